@@ -1,0 +1,48 @@
+"""What the catalog stores about one instance, as handed over by the ingest path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Attributes the index keeps, by level, in the Standard's keywords. The tag scanner decodes
+# exactly these from each dataset (pacs.dicom.scan.INDEX_KEYWORDS is the union).
+PATIENT_KEYWORDS: tuple[str, ...] = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+STUDY_KEYWORDS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+)
+SERIES_KEYWORDS: tuple[str, ...] = (
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+)
+INSTANCE_KEYWORDS: tuple[str, ...] = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
+ALL_KEYWORDS: tuple[str, ...] = (
+    PATIENT_KEYWORDS + STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
+)
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One stored instance: its index attributes and where its blob is."""
+
+    attributes: dict[str, str]  # keyword -> decoded value ('' when absent); PN as 'Family^Given'
+    transfer_syntax_uid: str
+    location: str
+    size: int
+    digest: str
+    source_aet: str = ""
+    received_at: float = 0.0  # seconds since the epoch
+    specific_character_set: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.attributes["SOPInstanceUID"]

@@ -1,0 +1,56 @@
+"""The blob store interface every implementation passes (see tests/unit/test_blobstore_contract.py).
+
+A blob is the complete Part-10 file of one instance. ``put`` is durable when it returns: the bytes
+are on stable storage (fsync/fdatasync done). Locations are opaque strings chosen by the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# A part of a blob to write: bytes in memory, or a spooled file copied in by the kernel.
+BlobPart = bytes | bytearray | memoryview | Path
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """Where a blob went and what it holds."""
+
+    location: str
+    size: int
+    digest: str  # hex BLAKE2b-128 of the whole blob
+
+
+class BlobStore(Protocol):
+    """Put, ranged get and delete of whole instances."""
+
+    def put(self, key: str, parts: Sequence[BlobPart]) -> BlobInfo:
+        """Write the concatenation of ``parts`` durably; ``key`` (SOP Instance UID) names it."""
+        ...
+
+    def get(self, location: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read ``length`` bytes (all when None) from ``offset``; BlobNotFound when absent."""
+        ...
+
+    def iter_chunks(self, location: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream a blob in chunks of at most ``chunk_size`` bytes, never all in memory."""
+        ...
+
+    def size(self, location: str) -> int:
+        """Size in bytes of a stored blob; BlobNotFound when absent."""
+        ...
+
+    def delete(self, location: str) -> None:
+        """Remove a blob; BlobNotFound when absent."""
+        ...
+
+    def locations(self) -> Iterator[str]:
+        """Every stored blob's location (for ``pacs reindex`` and ``pacs verify``)."""
+        ...
+
+    def close(self) -> None:
+        """Release files and handles."""
+        ...
