@@ -1,1 +1,1 @@
-"""The catalog: LMDB records of patients, studies, series and instances (plus Arrow columns later)."""
+"""The catalog: LMDB records of patients, studies, series, instances (Arrow columns later)."""

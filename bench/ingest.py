@@ -1,0 +1,123 @@
+"""Ingest load generator: N instances over K concurrent dcmtk ``storescu`` associations.
+
+In one run the same files go to three receivers, so the figures compare like with like:
+
+- ``pacs``: this archive (``pacs serve``, durable: blob fsync + LMDB commit before each response);
+- ``pynetdicom``: a plain pynetdicom storage SCP writing one file per instance (Python baseline);
+- ``storescp --ignore``: dcmtk's C++ SCP discarding the data (the ceiling).
+
+Usage: ``python -m bench.ingest [-n 2000] [-k 4] [--size 64]`` (``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import free_port
+from tests.dicomgen import make_ct, write
+
+
+def generate(folder: Path, count: int, size: int, streams: int) -> list[Path]:
+    """``count`` CT instances of ``size``×``size`` 16-bit pixels, split in ``streams`` folders."""
+    dirs = [folder / f"stream{i}" for i in range(streams)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    study = make_ct().StudyInstanceUID
+    for i in range(count):
+        ds = make_ct(study_uid=study, rows=size, columns=size, instance_number=i + 1,
+                     patient_id=f"P{i % 50:03d}")
+        write(ds, dirs[i % streams] / f"{i:06d}.dcm")
+    return dirs
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("receiver did not start")
+
+
+def push(dirs: list[Path], port: int, aet: str) -> float:
+    """Send every folder with its own storescu at once; return the wall time in seconds."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aec", aet, "-aet", "BENCH", "--max-pdu", "131072",
+             "+sd", "127.0.0.1", str(port), str(d)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for d in dirs
+    ]
+    failed = [p.communicate()[1].decode() for p in procs if p.wait() != 0]
+    elapsed = time.perf_counter() - start
+    if failed:
+        raise RuntimeError(f"storescu failed: {failed[0][-2000:]}")
+    return elapsed
+
+
+def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
+    port = free_port()
+    out = work / f"out-{name}"
+    if name == "pacs":
+        cmd = [sys.executable, "-m", "pacs", "serve", "--data-dir", str(out), "--host",
+               "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+        aet = "PACS"
+    elif name == "pynetdicom":
+        cmd = [sys.executable, "-m", "bench.pynetdicom_scp", str(port), str(out)]
+        aet = "BASELINE"
+    else:
+        cmd = ["storescp", "--ignore", "--max-pdu", "131072", str(port)]
+        aet = "ANY-SCP"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TCP_NODELAY="1"))
+    try:
+        wait_port(port, proc)
+        return push(dirs, port, aet)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--count", type=int, default=2000)
+    parser.add_argument("-k", "--associations", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
+    parser.add_argument("--receivers", default="pacs,pynetdicom,storescp")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
+        work = Path(tmp)
+        dirs = generate(work / "files", args.count, args.size, args.associations)
+        total = sum(f.stat().st_size for d in dirs for f in d.iterdir())
+        print(f"{args.count} instances, {total / args.count / 1024:.1f} KiB each, "
+              f"{args.associations} associations (dcmtk storescu)")
+        results: dict[str, float] = {}
+        for name in args.receivers.split(","):
+            seconds = run_receiver(name, work, dirs)
+            results[name] = seconds
+            print(f"  {name:12s} {args.count / seconds:9.0f} instances/s "
+                  f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)")
+        if "pacs" in results:
+            for other in ("pynetdicom", "storescp"):
+                if other in results:
+                    print(f"  pacs / {other}: {results[other] / results['pacs']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

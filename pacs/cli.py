@@ -1,0 +1,100 @@
+"""The ``pacs`` command: serve, reindex, verify.
+
+Exit codes: 0 success, 1 the command ran and found problems (verify), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pacs import __version__
+from pacs.config import Settings, load_settings
+from pacs.errors import ConfigError
+
+log = logging.getLogger("pacs")
+
+# Flag name -> setting name, for the flags `serve` takes (every setting is also PACS_<NAME>).
+_SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--data-dir": ("data_dir", str, "data directory (index, blobs, spool)"),
+    "--aet": ("aet", str, "our AE title"),
+    "--host": ("host", str, "DICOM listen address"),
+    "--port": ("port", int, "DICOM listen port"),
+    "--http-host": ("http_host", str, "HTTP listen address"),
+    "--http-port": ("http_port", int, "HTTP listen port"),
+    "--max-associations": ("max_associations", int, "concurrent associations"),
+    "--max-pdu-size": ("max_pdu_size", int, "maximum PDU length we receive"),
+    "--acse-timeout": ("acse_timeout", float, "ARTIM timeout, seconds"),
+    "--idle-timeout": ("idle_timeout", float, "drop an association idle this long, seconds"),
+    "--log-level": ("log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+    "--on-duplicate": ("on_duplicate", str, "keep or replace a re-sent SOP Instance UID"),
+    "--store-backend": ("store_backend", str, "blob store: files"),
+}
+
+
+def scanner_implementation() -> str:
+    from pacs.dicom.scan import IMPLEMENTATION
+
+    return IMPLEMENTATION
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pacs", description="A high-throughput DICOM archive.")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"pacs {__version__} (tag scanner: {scanner_implementation()})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "run the DICOM (and HTTP) server"),
+        ("reindex", "rebuild the index from the blob store"),
+        ("verify", "check every indexed blob exists and matches its hash"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", type=Path, help="TOML settings file")
+        for flag, (_setting, kind, text) in _SERVE_FLAGS.items():
+            if name != "serve" and flag not in ("--data-dir", "--log-level"):
+                continue
+            cmd.add_argument(flag, type=kind, default=None, help=text)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for flag, (setting, _kind, _text) in _SERVE_FLAGS.items():
+        attr = flag.lstrip("-").replace("-", "_")
+        if hasattr(args, attr):
+            overrides[setting] = getattr(args, attr)
+    return load_settings(args.config, overrides=overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"pacs: error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    if args.command == "serve":
+        from pacs.server.app import run
+
+        return run(settings)
+    from pacs import maintenance
+
+    if args.command == "reindex":
+        return maintenance.reindex_command(settings)
+    return maintenance.verify_command(settings)

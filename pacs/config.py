@@ -1,0 +1,213 @@
+"""Settings: one frozen object built from defaults, a TOML file, ``PACS_*`` variables and flags.
+
+Later sources win: defaults < ``--config FILE`` < environment < command-line flags. Remote AEs
+(C-MOVE destinations, forwarding targets) are tables of the TOML file only::
+
+    aet = "PACS"
+    port = 11112
+
+    [remote.STORESCP]
+    host = "127.0.0.1"
+    port = 11113
+
+Every setting is validated here, once; a bad one raises ``ConfigError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pacs.errors import ConfigError
+
+DuplicatePolicy = Literal["keep", "replace"]
+StoreBackend = Literal["files"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """A peer we may connect to as SCU (C-MOVE destination, forwarding target)."""
+
+    aet: str
+    host: str
+    port: int
+    move_destination: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the archive; see the README's Settings section for each one's meaning."""
+
+    data_dir: Path = Path("pacs-data")
+    aet: str = "PACS"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    http_host: str = "127.0.0.1"
+    http_port: int = 8042
+    max_associations: int = 200
+    max_pdu_size: int = 262144
+    acse_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    log_level: LogLevel = "INFO"
+    store_backend: StoreBackend = "files"
+    on_duplicate: DuplicatePolicy = "keep"
+    spool_memory_limit: int = 16 * 1024 * 1024
+    max_pending_stores: int = 64
+    commit_batch: int = 256
+    io_threads: int = 8
+    lmdb_map_size: int = 64 * 1024**3
+    remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "remotes"}
+_DEFAULTS = Settings()
+
+
+def _check_aet(name: str, value: str) -> str:
+    # PS3.5 AE VR: 16 characters at most, no backslash or control characters, not all spaces.
+    if not value.strip() or len(value) > 16 or any(c == "\\" or ord(c) < 32 for c in value):
+        raise ConfigError(f"{name}: {value!r} is not a valid AE title (1-16 characters, no '\\')")
+    return value.strip()
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a TOML, environment or flag value into the setting's type, or raise ConfigError."""
+    default = getattr(_DEFAULTS, name)
+    literal = _LITERALS.get(name)
+    try:
+        if literal is not None:
+            value = str(raw).upper() if name == "log_level" else str(raw).lower()
+            if value not in literal:
+                raise ValueError(f"must be one of {', '.join(literal)}")
+            return value
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("must be true or false")
+        if isinstance(default, int):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError("must be an integer")
+            return int(raw)
+        if isinstance(default, float):
+            if isinstance(raw, bool):
+                raise ValueError("must be a number")
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(str(raw))
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {raw!r} {exc}") from None
+
+
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "log_level": get_args(LogLevel),
+    "store_backend": get_args(StoreBackend),
+    "on_duplicate": get_args(DuplicatePolicy),
+}
+
+# Inclusive bounds for numeric settings.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "http_port": (0, 65535),
+    "max_associations": (1, 100_000),
+    "max_pdu_size": (4096, 16 * 1024 * 1024),  # PS3.8 allows more; we cap the receive buffer
+    "acse_timeout": (0.01, 3600),
+    "idle_timeout": (0.01, 86400),
+    "spool_memory_limit": (0, 1 << 34),
+    "max_pending_stores": (1, 100_000),
+    "commit_batch": (1, 100_000),
+    "io_threads": (1, 256),
+    "lmdb_map_size": (1 << 20, 1 << 50),
+}
+
+
+def _validate(values: dict[str, Any]) -> None:
+    for name, (low, high) in _BOUNDS.items():
+        if not low <= values[name] <= high:
+            raise ConfigError(f"{name}: {values[name]!r} is out of range [{low:g}, {high:g}]")
+    values["aet"] = _check_aet("aet", values["aet"])
+
+
+def _remotes(table: Any) -> dict[str, RemoteAE]:
+    if not isinstance(table, dict):
+        raise ConfigError("remote: must be tables like [remote.AET] with host and port")
+    remotes: dict[str, RemoteAE] = {}
+    for aet, entry in table.items():
+        aet = _check_aet(f"remote.{aet}", aet)
+        if not isinstance(entry, dict) or "host" not in entry or "port" not in entry:
+            raise ConfigError(f"remote.{aet}: needs host and port")
+        unknown = set(entry) - {"host", "port", "move_destination"}
+        if unknown:
+            raise ConfigError(f"remote.{aet}: unknown key {sorted(unknown)[0]!r}")
+        port = entry["port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ConfigError(f"remote.{aet}.port: {port!r} is not a port number")
+        remotes[aet] = RemoteAE(
+            aet, str(entry["host"]), port, bool(entry.get("move_destination", True))
+        )
+    return remotes
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, ``PACS_*`` variables and flag overrides (None = unset)."""
+    values: dict[str, Any] = {name: getattr(_DEFAULTS, name) for name in _FIELDS}
+    remotes: dict[str, RemoteAE] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        for key, raw in data.items():
+            if key == "remote":
+                remotes = _remotes(raw)
+            elif key in _FIELDS:
+                values[key] = _coerce(key, raw)
+            else:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+    env = os.environ if environ is None else environ
+    for name in _FIELDS:
+        raw_env = env.get(f"PACS_{name.upper()}")
+        if raw_env is not None and raw_env != "":
+            values[name] = _coerce(name, raw_env)
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw)
+    _validate(values)
+    return Settings(**values, remotes=remotes)
+
+
+def setting_names() -> list[str]:
+    """Names of the scalar settings, in declaration order (for docs and `pacs serve --help`)."""
+    return list(_FIELDS)

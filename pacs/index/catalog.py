@@ -1,0 +1,571 @@
+"""The catalog: patients, studies, series and instances in one LMDB environment.
+
+Named databases (all keys UTF-8, see :func:`pacs.index.codec.key`)::
+
+    instances         SOPInstanceUID    -> positional JSON InstanceRecord (codec.encode_instance)
+    series            SeriesInstanceUID -> {series keywords, StudyInstanceUID, counts}
+    studies           StudyInstanceUID  -> {study keywords, patient_key, counts}
+    patients          patient key       -> {patient keywords, IssuerOfPatientID, patient_key,
+                                            counts}
+    patient_studies   patient key + NUL + StudyInstanceUID   -> b''   (listing = prefix scan)
+    study_series      StudyInstanceUID + NUL + SeriesInstanceUID -> b''
+    series_instances  SeriesInstanceUID + NUL + SOPInstanceUID   -> b''
+    meta              b'total_size' -> ASCII integer (bytes of all indexed blobs)
+
+The patient key is ``PatientID + NUL + IssuerOfPatientID``; when PatientID is empty (anonymised
+data) it is ``NUL + StudyInstanceUID``, so that unrelated anonymous studies are not merged into one
+patient. NUL never occurs in the values (it is removed), so prefix scans cannot run into another
+parent's children.
+
+Upper-level records take their attributes from the instances: the first instance creates them and
+every later instance overwrites them (*the latest wins*), including the hierarchy: an instance
+whose series is known under another study moves that series, with its counts, to the new study
+(and likewise a study to a new patient); emptied parents are removed. Counts (the DICOM
+``NumberOf...Related...`` keywords) are kept in the same write transaction as the records.
+
+Reads open their own short read transaction and never wait for the writer. Writes happen in one
+transaction per call; LMDB allows one writer at a time, which :class:`pacs.index.writer.
+CatalogWriter` serialises into group commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import lmdb
+
+from pacs.errors import CatalogError
+from pacs.index.codec import (
+    child_key,
+    child_prefix,
+    decode_dict,
+    decode_instance,
+    encode_dict,
+    encode_instance,
+    key,
+)
+from pacs.index.records import (
+    PATIENT_KEYWORDS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
+    InstanceRecord,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OnDuplicate = Literal["keep", "replace"]
+OutcomeKind = Literal["stored", "duplicate_kept", "replaced"]
+
+DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows with the data
+_MAX_GROWTHS = 8
+
+SERIES_INSTANCES = "NumberOfSeriesRelatedInstances"
+STUDY_SERIES = "NumberOfStudyRelatedSeries"
+STUDY_INSTANCES = "NumberOfStudyRelatedInstances"
+PATIENT_STUDIES = "NumberOfPatientRelatedStudies"
+PATIENT_SERIES = "NumberOfPatientRelatedSeries"
+PATIENT_INSTANCES = "NumberOfPatientRelatedInstances"
+PATIENT_KEY = "patient_key"
+_PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
+
+_DB_NAMES = (
+    "instances",
+    "series",
+    "studies",
+    "patients",
+    "patient_studies",
+    "study_series",
+    "series_instances",
+    "meta",
+)
+_TOTAL_SIZE = b"total_size"
+
+
+def _bytes(value: bytes | memoryview | None) -> bytes | None:
+    # Transactions here are opened with buffers=False: values are always bytes (no copy here).
+    return cast(bytes | None, value)
+
+
+def patient_key(attributes: dict[str, str]) -> str:
+    """The stable key of the patient an instance belongs to (see the module docstring)."""
+    pid = attributes.get("PatientID", "").replace("\0", "")
+    if pid:
+        return pid + "\0" + attributes.get("IssuerOfPatientID", "").replace("\0", "")
+    return "\0" + attributes["StudyInstanceUID"].replace("\0", "")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """What ``store_batch`` did with one record.
+
+    ``obsolete_location`` is the blob the caller should now delete: the new blob for
+    ``duplicate_kept``, the previous blob for ``replaced`` (None when it is the same location).
+    """
+
+    sop_instance_uid: str
+    kind: OutcomeKind
+    location: str  # the blob the catalog now points to
+    obsolete_location: str | None = None
+
+
+class _Gate:
+    """Shared/exclusive gate: growing the map needs every transaction of this process closed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class _Txn:
+    """One write transaction with a cache of the upper-level records it touches.
+
+    A batch of instances of one series reads and rewrites its series, study and patient once per
+    batch instead of once per instance; ``flush`` writes the dirty records before the commit.
+    """
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self._cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self.size_delta = 0
+
+    def get(self, level: str, uid: str) -> dict[str, Any] | None:
+        k = (level, uid)
+        if k not in self._cache:
+            raw = _bytes(self.txn.get(key(uid), db=self.dbs[level]))
+            self._cache[k] = None if raw is None else decode_dict(raw)
+        return self._cache[k]
+
+    def need(self, level: str, uid: str) -> dict[str, Any]:
+        record = self.get(level, uid)
+        if record is None:
+            raise CatalogError(f"catalog inconsistent: no {level} record {uid!r}")
+        return record
+
+    def put(self, level: str, uid: str, record: dict[str, Any]) -> None:
+        self._cache[(level, uid)] = record
+        self._dirty.add((level, uid))
+
+    def remove(self, level: str, uid: str) -> None:
+        self._cache[(level, uid)] = None
+        self._dirty.add((level, uid))
+
+    def link(self, index: str, parent: str, child: str) -> None:
+        # The value holds the child UID only when its key had to be hashed (see codec.key).
+        raw = child.encode()
+        value = b"" if key(child) == raw else raw
+        self.txn.put(child_key(parent, child), value, db=self.dbs[index])
+
+    def unlink(self, index: str, parent: str, child: str) -> None:
+        self.txn.delete(child_key(parent, child), db=self.dbs[index])
+
+    def flush(self) -> None:
+        for level, uid in self._dirty:
+            record = self._cache[(level, uid)]
+            if record is None:
+                self.txn.delete(key(uid), db=self.dbs[level])
+            else:
+                self.txn.put(key(uid), encode_dict(record), db=self.dbs[level])
+        if self.size_delta:
+            meta = self.dbs["meta"]
+            total = int(self.txn.get(_TOTAL_SIZE, b"0", db=meta)) + self.size_delta
+            self.txn.put(_TOTAL_SIZE, str(total).encode(), db=meta)
+        self._dirty.clear()
+        self.size_delta = 0
+
+
+def _check(record: InstanceRecord) -> None:
+    attrs = record.attributes
+    for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+        if not attrs.get(keyword):
+            raise CatalogError(f"instance record without {keyword}: {attrs.get('SOPInstanceUID')}")
+
+
+class Catalog:
+    """Patients, studies, series and instances in one LMDB environment at ``path`` (a folder)."""
+
+    def __init__(
+        self, path: Path, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._gate = _Gate()
+        try:
+            if not readonly:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(_DB_NAMES),
+                readonly=readonly,
+                sync=True,  # a commit is durable when it returns: stores are acknowledged after it
+                metasync=True,
+                max_readers=512,
+            )
+            self._dbs = {n: self._env.open_db(n.encode(), create=not readonly) for n in _DB_NAMES}
+        except lmdb.Error as exc:
+            raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc
+
+    # -- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        for _ in range(2):
+            with self._gate.shared():
+                try:
+                    txn = self._env.begin(buffers=False)
+                except lmdb.MapResizedError:
+                    txn = None
+                if txn is not None:
+                    try:
+                        yield txn
+                    except lmdb.Error as exc:
+                        raise CatalogError(f"catalog read failed: {exc}") from exc
+                    finally:
+                        txn.abort()
+                    return
+            # Another process grew the map: adopt its size (no transaction may be open).
+            with self._gate.exclusive():
+                self._env.set_mapsize(0)
+        raise CatalogError("catalog map keeps being resized")
+
+    def _write(self, fn: Callable[[_Txn], T]) -> T:
+        """Run ``fn`` in one write transaction, growing the map when it is full."""
+        if self.readonly:
+            raise CatalogError("catalog opened read-only")
+        for _ in range(_MAX_GROWTHS):
+            try:
+                with self._gate.shared(), self._env.begin(write=True) as txn:
+                    t = _Txn(txn, self._dbs)
+                    result = fn(t)
+                    t.flush()
+                return result
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                with self._gate.exclusive():
+                    self._env.set_mapsize(0)
+            except lmdb.Error as exc:
+                raise CatalogError(f"catalog write failed: {exc}") from exc
+        raise CatalogError(f"catalog map still full after {_MAX_GROWTHS} growths")
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            new_size = self._env.info()["map_size"] * 2
+            log.warning("catalog map full: growing it to %d MiB", new_size >> 20)
+            self._env.set_mapsize(new_size)
+
+    @property
+    def map_size(self) -> int:
+        """Current size of the memory map in bytes."""
+        return int(self._env.info()["map_size"])
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def store_batch(
+        self, records: Sequence[InstanceRecord], on_duplicate: OnDuplicate = "keep"
+    ) -> list[StoreOutcome]:
+        """Index records in ONE write transaction, durable when this returns."""
+        return self.store_items([(r, on_duplicate) for r in records])
+
+    def store_items(
+        self, items: Sequence[tuple[InstanceRecord, OnDuplicate]]
+    ) -> list[StoreOutcome]:
+        """Like ``store_batch`` with a duplicate policy per record (used by the writer)."""
+        for record, on_duplicate in items:
+            _check(record)
+            if on_duplicate not in ("keep", "replace"):
+                raise CatalogError(f"unknown duplicate policy {on_duplicate!r}")
+
+        def apply(t: _Txn) -> list[StoreOutcome]:
+            return [self._store_one(t, record, dup) for record, dup in items]
+
+        return self._write(apply)
+
+    def _store_one(
+        self, t: _Txn, record: InstanceRecord, on_duplicate: OnDuplicate
+    ) -> StoreOutcome:
+        uid = record.sop_instance_uid
+        raw = _bytes(t.txn.get(key(uid), db=self._dbs["instances"]))
+        if raw is None:
+            self._add(t, record)
+            return StoreOutcome(uid, "stored", record.location)
+        old = decode_instance(raw)
+        if on_duplicate == "keep":
+            obsolete = None if record.location == old.location else record.location
+            return StoreOutcome(uid, "duplicate_kept", old.location, obsolete)
+        self._remove(t, old)
+        self._add(t, record)
+        obsolete = None if record.location == old.location else old.location
+        return StoreOutcome(uid, "replaced", record.location, obsolete)
+
+    def _add(self, t: _Txn, record: InstanceRecord) -> None:
+        attrs = record.attributes
+        pk = patient_key(attrs)
+        study_uid = attrs["StudyInstanceUID"]
+        series_uid = attrs["SeriesInstanceUID"]
+
+        patient = t.get("patients", pk)
+        if patient is None:
+            patient = {PATIENT_KEY: pk, PATIENT_STUDIES: 0, PATIENT_SERIES: 0, PATIENT_INSTANCES: 0}
+        patient.update((k, attrs.get(k, "")) for k in _PATIENT_ATTRS)
+        t.put("patients", pk, patient)
+
+        study = t.get("studies", study_uid)
+        if study is None:
+            study = {PATIENT_KEY: pk, STUDY_SERIES: 0, STUDY_INSTANCES: 0}
+            patient[PATIENT_STUDIES] += 1
+            t.link("patient_studies", pk, study_uid)
+        elif study[PATIENT_KEY] != pk:
+            self._move_study(t, study_uid, study, pk)
+        study.update((k, attrs.get(k, "")) for k in STUDY_KEYWORDS)
+        t.put("studies", study_uid, study)
+
+        series = t.get("series", series_uid)
+        if series is None:
+            series = {"StudyInstanceUID": study_uid, SERIES_INSTANCES: 0}
+            study[STUDY_SERIES] += 1
+            patient[PATIENT_SERIES] += 1
+            t.link("study_series", study_uid, series_uid)
+        elif series["StudyInstanceUID"] != study_uid:
+            self._move_series(t, series_uid, series, study_uid)
+        series.update((k, attrs.get(k, "")) for k in SERIES_KEYWORDS)
+        t.put("series", series_uid, series)
+
+        series[SERIES_INSTANCES] += 1
+        study[STUDY_INSTANCES] += 1
+        patient[PATIENT_INSTANCES] += 1
+        t.txn.put(key(record.sop_instance_uid), encode_instance(record), db=self._dbs["instances"])
+        t.link("series_instances", series_uid, record.sop_instance_uid)
+        t.size_delta += record.size
+
+    def _move_study(self, t: _Txn, study_uid: str, study: dict[str, Any], new_pk: str) -> None:
+        """Re-parent a study (with its counts) under another, already stored, patient."""
+        old_pk = study[PATIENT_KEY]
+        log.info("study %s moves from patient %r to %r", study_uid, old_pk, new_pk)
+        old = t.need("patients", old_pk)
+        new = t.need("patients", new_pk)
+        for patient, sign in ((old, -1), (new, 1)):
+            patient[PATIENT_STUDIES] += sign
+            patient[PATIENT_SERIES] += sign * study[STUDY_SERIES]
+            patient[PATIENT_INSTANCES] += sign * study[STUDY_INSTANCES]
+        t.unlink("patient_studies", old_pk, study_uid)
+        t.link("patient_studies", new_pk, study_uid)
+        study[PATIENT_KEY] = new_pk
+        if old[PATIENT_STUDIES] <= 0:
+            t.remove("patients", old_pk)
+        else:
+            t.put("patients", old_pk, old)
+
+    def _move_series(self, t: _Txn, series_uid: str, series: dict[str, Any], new_st: str) -> None:
+        """Re-parent a series (with its counts) under another, already stored, study."""
+        old_st = series["StudyInstanceUID"]
+        log.info("series %s moves from study %s to %s", series_uid, old_st, new_st)
+        n = series[SERIES_INSTANCES]
+        old_study = t.need("studies", old_st)
+        old_patient = t.need("patients", old_study[PATIENT_KEY])
+        new_study = t.need("studies", new_st)
+        new_patient = t.need("patients", new_study[PATIENT_KEY])
+        for record, sign in ((old_study, -1), (new_study, 1)):
+            record[STUDY_SERIES] += sign
+            record[STUDY_INSTANCES] += sign * n
+        for record, sign in ((old_patient, -1), (new_patient, 1)):
+            record[PATIENT_SERIES] += sign
+            record[PATIENT_INSTANCES] += sign * n
+        t.unlink("study_series", old_st, series_uid)
+        t.link("study_series", new_st, series_uid)
+        series["StudyInstanceUID"] = new_st
+        self._drop_if_empty(t, old_st, old_study, old_patient)
+
+    def _drop_if_empty(
+        self, t: _Txn, study_uid: str, study: dict[str, Any], patient: dict[str, Any]
+    ) -> None:
+        """Remove a study left without series, and its patient if left without studies."""
+        pk = study[PATIENT_KEY]
+        if study[STUDY_SERIES] <= 0:
+            t.remove("studies", study_uid)
+            t.unlink("patient_studies", pk, study_uid)
+            patient[PATIENT_STUDIES] -= 1
+        else:
+            t.put("studies", study_uid, study)
+        if patient[PATIENT_STUDIES] <= 0:
+            t.remove("patients", pk)
+        else:
+            t.put("patients", pk, patient)
+
+    def _remove(self, t: _Txn, record: InstanceRecord) -> None:
+        """Unindex an instance, updating counts up its chain and dropping emptied parents."""
+        uid = record.sop_instance_uid
+        series_uid = record.attributes["SeriesInstanceUID"]
+        t.txn.delete(key(uid), db=self._dbs["instances"])
+        t.unlink("series_instances", series_uid, uid)
+        t.size_delta -= record.size
+        series = t.need("series", series_uid)
+        study_uid = series["StudyInstanceUID"]
+        study = t.need("studies", study_uid)
+        patient = t.need("patients", study[PATIENT_KEY])
+        series[SERIES_INSTANCES] -= 1
+        study[STUDY_INSTANCES] -= 1
+        patient[PATIENT_INSTANCES] -= 1
+        if series[SERIES_INSTANCES] <= 0:
+            t.remove("series", series_uid)
+            t.unlink("study_series", study_uid, series_uid)
+            study[STUDY_SERIES] -= 1
+            patient[PATIENT_SERIES] -= 1
+        else:
+            t.put("series", series_uid, series)
+        self._drop_if_empty(t, study_uid, study, patient)
+
+    def delete_instance(self, uid: str) -> InstanceRecord | None:
+        """Unindex one instance; its record (whose blob the caller deletes), None if unknown."""
+
+        def apply(t: _Txn) -> InstanceRecord | None:
+            raw = _bytes(t.txn.get(key(uid), db=self._dbs["instances"]))
+            if raw is None:
+                return None
+            record = decode_instance(raw)
+            self._remove(t, record)
+            return record
+
+        return self._write(apply)
+
+    def clear(self) -> None:
+        """Empty every database (before a reindex)."""
+
+        def apply(t: _Txn) -> None:
+            for db in self._dbs.values():
+                t.txn.drop(db, delete=False)
+
+        self._write(apply)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get_instance(self, uid: str) -> InstanceRecord | None:
+        """The record of one instance, None when not indexed."""
+        with self._read() as txn:
+            raw = _bytes(txn.get(key(uid), db=self._dbs["instances"]))
+        return None if raw is None else decode_instance(raw)
+
+    def _get_dict(self, level: str, uid: str) -> dict[str, Any] | None:
+        with self._read() as txn:
+            raw = _bytes(txn.get(key(uid), db=self._dbs[level]))
+        return None if raw is None else decode_dict(raw)
+
+    def get_series(self, uid: str) -> dict[str, Any] | None:
+        """Series keywords, StudyInstanceUID and NumberOfSeriesRelatedInstances."""
+        return self._get_dict("series", uid)
+
+    def get_study(self, uid: str) -> dict[str, Any] | None:
+        """Study keywords, patient_key and the NumberOfStudyRelated... counts."""
+        return self._get_dict("studies", uid)
+
+    def get_patient(self, patient_key: str) -> dict[str, Any] | None:
+        """Patient keywords, patient_key and the NumberOfPatientRelated... counts."""
+        return self._get_dict("patients", patient_key)
+
+    def _children(self, index: str, parent: str) -> list[str]:
+        prefix = child_prefix(parent)
+        out: list[str] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._dbs[index])
+            if cursor.set_range(prefix):
+                for k, v in cast(Iterator[tuple[bytes, bytes]], cursor):
+                    if not k.startswith(prefix):
+                        break
+                    out.append(v.decode() if v else k[len(prefix) :].decode())
+        return out
+
+    def series_of_study(self, uid: str) -> list[str]:
+        """SeriesInstanceUIDs of a study, in key order."""
+        return self._children("study_series", uid)
+
+    def instances_of_series(self, uid: str) -> list[str]:
+        """SOPInstanceUIDs of a series, in key order."""
+        return self._children("series_instances", uid)
+
+    def studies_of_patient(self, patient_key: str) -> list[str]:
+        """StudyInstanceUIDs of a patient, in key order."""
+        return self._children("patient_studies", patient_key)
+
+    def iter_instances(self, chunk: int = 1000) -> Iterator[InstanceRecord]:
+        """Every instance record in key order.
+
+        Reads ``chunk`` records per read transaction so that a slow consumer never pins an old
+        snapshot (which would stop LMDB from reusing pages) nor blocks a map growth.
+        """
+        after: bytes | None = None
+        last = b""
+        while True:
+            rows: list[bytes] = []
+            with self._read() as txn:
+                cursor = txn.cursor(db=self._dbs["instances"])
+                found = cursor.set_range(after) if after is not None else cursor.first()
+                while found and len(rows) < chunk:
+                    k = cast(bytes, cursor.key())
+                    if k != after:
+                        rows.append(cast(bytes, cursor.value()))
+                        last = k
+                    found = cursor.next()
+            if not rows:
+                return
+            after = last
+            yield from (decode_instance(raw) for raw in rows)
+
+    def statistics(self) -> dict[str, int]:
+        """Counts of patients, studies, series and instances, and the total size of the blobs."""
+        with self._read() as txn:
+            stats = {
+                level: int(txn.stat(self._dbs[level])["entries"])
+                for level in ("patients", "studies", "series", "instances")
+            }
+            stats["total_size"] = int(txn.get(_TOTAL_SIZE, b"0", db=self._dbs["meta"]))
+        return stats
+
+    def close(self) -> None:
+        """Close the environment (no transaction may be running)."""
+        with self._gate.exclusive():
+            self._env.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

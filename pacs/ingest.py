@@ -1,0 +1,179 @@
+"""The one write path: scan a received dataset, write its Part-10 blob, commit its index entry.
+
+Used by C-STORE and (later) STOW-RS and bulk import. Idempotent on SOPInstanceUID: a duplicate
+follows the ``on_duplicate`` setting (keep the first, or replace it), and is logged either way.
+
+``store`` returns only when the blob is durable and the index transaction that records it has
+committed, so the caller may then acknowledge the instance (C-STORE-RSP success).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacs.config import DuplicatePolicy
+from pacs.dicom import part10
+from pacs.dicom.scan import read_index_attributes
+from pacs.errors import DicomFormatError, IngestError, PacsError
+from pacs.index.catalog import Catalog
+from pacs.index.records import ALL_KEYWORDS, InstanceRecord
+from pacs.index.writer import CatalogWriter
+from pacs.store.base import BlobStore
+
+log = logging.getLogger("pacs.ingest")
+
+# PS3.4 Annex B.2.3 C-STORE statuses (and PS3.7 C.4 general ones) used by the write path.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """What happened to one instance that was accepted."""
+
+    sop_instance_uid: str
+    location: str
+    outcome: str  # "stored", "duplicate_kept" or "replaced"
+
+
+@contextmanager
+def _readable(dataset: bytes | Path) -> Iterator[bytes | mmap.mmap]:
+    """The dataset as a buffer: bytes as they are, a spooled file memory-mapped (no read)."""
+    if isinstance(dataset, bytes):
+        yield dataset
+        return
+    with open(dataset, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
+
+
+def read_attributes(
+    dataset: bytes | Path, transfer_syntax_uid: str, sop_instance_uid: str | None
+) -> dict[str, str]:
+    """Decode the index attributes, checking the SOP Instance UID against the command's."""
+    try:
+        with _readable(dataset) as buffer:
+            if len(buffer) == 0:
+                raise IngestError(CANNOT_UNDERSTAND, "empty data set")
+            attributes = read_index_attributes(buffer, transfer_syntax_uid)
+    except DicomFormatError as exc:
+        raise IngestError(CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from exc
+    uid = attributes.get("SOPInstanceUID", "")
+    if not uid:
+        raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, "data set has no SOPInstanceUID")
+    if sop_instance_uid is not None and uid != sop_instance_uid:
+        raise IngestError(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPInstanceUID {uid} differs from the command's {sop_instance_uid}",
+        )
+    return attributes
+
+
+class Ingest:
+    """Scan → BlobStore.put → CatalogWriter.submit, with blocking work on an executor."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        catalog: Catalog,
+        writer: CatalogWriter,
+        executor: Executor,
+        on_duplicate: DuplicatePolicy = "keep",
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.writer = writer
+        self.executor = executor
+        self.on_duplicate: DuplicatePolicy = on_duplicate
+
+    def _write_blob(
+        self,
+        dataset: bytes | Path,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str | None,
+        source_aet: str,
+    ) -> InstanceRecord | None:
+        """Blocking part: scan and write the blob (None: a kept duplicate, nothing written)."""
+        attributes = read_attributes(dataset, transfer_syntax_uid, sop_instance_uid)
+        uid = attributes["SOPInstanceUID"]
+        if self.on_duplicate == "keep" and self.catalog.get_instance(uid) is not None:
+            log.info("duplicate SOPInstanceUID %s from %s: kept the stored one", uid, source_aet)
+            return None
+        sop_class = attributes.get("SOPClassUID") or sop_class_uid
+        meta = part10.file_meta(sop_class, uid, transfer_syntax_uid, source_aet)
+        try:
+            info = self.store.put(uid, [meta, dataset])
+        except PacsError as exc:
+            log.error("cannot write blob of %s: %s", uid, exc)
+            raise IngestError(OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from exc
+        charset = attributes.pop("SpecificCharacterSet", "")
+        return InstanceRecord(
+            attributes={k: attributes.get(k, "") for k in ALL_KEYWORDS},
+            transfer_syntax_uid=transfer_syntax_uid,
+            location=info.location,
+            size=info.size,
+            digest=info.digest,
+            source_aet=source_aet,
+            received_at=time.time(),
+            specific_character_set=charset,
+        )
+
+    async def store(
+        self,
+        dataset: bytes | Path,
+        *,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str | None,
+        source_aet: str,
+    ) -> StoredInstance:
+        """Archive one dataset durably; raises IngestError with the status to answer."""
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(
+            self.executor,
+            self._write_blob,
+            dataset,
+            transfer_syntax_uid,
+            sop_class_uid,
+            sop_instance_uid,
+            source_aet,
+        )
+        if record is None:
+            assert sop_instance_uid is not None or isinstance(dataset, bytes)
+            uid = sop_instance_uid or ""
+            return StoredInstance(uid, "", "duplicate_kept")
+        try:
+            outcome = await asyncio.wrap_future(self.writer.submit(record, self.on_duplicate))
+        except PacsError as exc:
+            log.error("cannot index %s: %s", record.sop_instance_uid, exc)
+            await loop.run_in_executor(self.executor, self._forget_blob, record.location)
+            raise IngestError(OUT_OF_RESOURCES, f"cannot index the instance: {exc}") from exc
+        obsolete = outcome.obsolete_location
+        if obsolete:
+            # A kept duplicate's new blob, or the replaced instance's old one.
+            await loop.run_in_executor(self.executor, self._forget_blob, obsolete)
+        if outcome.kind != "stored":
+            log.info("duplicate SOPInstanceUID %s from %s: %s",
+                     record.sop_instance_uid, source_aet, outcome.kind)
+        return StoredInstance(record.sop_instance_uid, record.location, outcome.kind)
+
+    def _forget_blob(self, location: str) -> None:
+        try:
+            self.store.delete(location)
+        except PacsError as exc:
+            log.warning("cannot delete obsolete blob %s: %s", location, exc)

@@ -1,0 +1,115 @@
+"""SCP dispatch: one table from DIMSE command field to handler; errors become statuses here.
+
+PS3.7 §9: a request is answered by a response carrying the request's message ID, SOP class and
+instance, and a status. Handlers raise ``IngestError`` (or any ``PacsError``); this module is the
+single boundary that turns them into a status and an error comment on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacs.dicom import uids
+from pacs.errors import IngestError, PacsError
+from pacs.ingest import CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS, Ingest
+from pacs.net import dimse
+
+log = logging.getLogger("pacs.scp")
+
+UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.4.2 (general status)
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One DIMSE request as it reached the SCP: command, optional dataset, and where from."""
+
+    command: dimse.Command
+    dataset: bytes | Path | None
+    context_id: int
+    abstract_syntax: str
+    transfer_syntax: str
+    calling_aet: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    command: dimse.Command
+    dataset: bytes | None = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def supported_contexts() -> dict[str, tuple[str, ...]]:
+    """Abstract syntax -> transfer syntaxes we accept, in our order of preference."""
+    contexts: dict[str, tuple[str, ...]] = {
+        uids.VERIFICATION: (uids.IMPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN),
+    }
+    for sop_class in uids.STORAGE_SOP_CLASSES:
+        contexts[sop_class] = uids.ALL_TRANSFER_SYNTAXES
+    return contexts
+
+
+class Services:
+    """The SCP side of every DIMSE service the archive offers."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.handlers: Mapping[int, Handler] = {
+            dimse.C_ECHO_RQ: self.c_echo,
+            dimse.C_STORE_RQ: self.c_store,
+        }
+
+    async def handle(self, request: Request) -> Response:
+        """Answer a request; never raises for a handled request (status says what happened)."""
+        field = request.command.get(dimse.COMMAND_FIELD)
+        handler = self.handlers.get(field) if isinstance(field, int) else None
+        if handler is None:
+            log.warning("%s: unsupported DIMSE command field %r", request.calling_aet, field)
+            return self._failure(request, UNRECOGNIZED_OPERATION,
+                                 f"command field {field!r} is not supported")
+        try:
+            return await handler(request)
+        except IngestError as exc:
+            log.warning("%s: %s refused: %s", request.calling_aet,
+                        request.command.get(dimse.AFFECTED_SOP_INSTANCE_UID), exc.comment)
+            return self._failure(request, exc.status, exc.comment)
+        except PacsError as exc:
+            log.error("%s: processing failure: %s", request.calling_aet, exc)
+            return self._failure(request, PROCESSING_FAILURE, str(exc))
+
+    @staticmethod
+    def _failure(request: Request, status: int, comment: str) -> Response:
+        field = request.command.get(dimse.COMMAND_FIELD)
+        rsp_field = (field | 0x8000) if isinstance(field, int) else 0x8000
+        return Response(dimse.response_for(request.command, rsp_field, status, comment))
+
+    async def c_echo(self, request: Request) -> Response:
+        msg_id = request.command.get(dimse.MESSAGE_ID)
+        return Response(dimse.c_echo_rsp(msg_id if isinstance(msg_id, int) else 0, SUCCESS))
+
+    async def c_store(self, request: Request) -> Response:
+        command = request.command
+        msg_id = command.get(dimse.MESSAGE_ID)
+        sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID) or request.abstract_syntax)
+        sop_instance = str(command.get(dimse.AFFECTED_SOP_INSTANCE_UID) or "")
+        if request.dataset is None:
+            raise IngestError(CANNOT_UNDERSTAND, "C-STORE-RQ without a data set")
+        stored = await self.ingest.store(
+            request.dataset,
+            transfer_syntax_uid=request.transfer_syntax,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance or None,
+            source_aet=request.calling_aet,
+        )
+        log.debug("%s: stored %s (%s)", request.calling_aet, stored.sop_instance_uid,
+                  stored.outcome)
+        return Response(
+            dimse.c_store_rsp(msg_id if isinstance(msg_id, int) else 0, sop_class, sop_instance,
+                              SUCCESS)
+        )

@@ -1,0 +1,105 @@
+"""Shared fixtures: a running archive process, dcmtk availability, generated instances."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# Debian's dcmtk tools wait ~40 ms per request for a delayed ACK without this.
+os.environ.setdefault("TCP_NODELAY", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (make test installs Debian's dcmtk)")
+    return path
+
+
+@dataclass
+class ArchiveProcess:
+    """A `pacs serve` subprocess on loopback with its own data directory."""
+
+    data_dir: Path
+    port: int
+    aet: str = "PACS"
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.log_path = self.data_dir.parent / f"pacs-{self.port}.log"
+        log = open(self.log_path, "a")
+        env = dict(os.environ, **self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacs", "serve", "--data-dir", str(self.data_dir),
+             "--host", "127.0.0.1", "--port", str(self.port), "--aet", self.aet,
+             *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pacs serve exited {self.proc.returncode}:\n{self.log()}")
+            if re.search(r"DICOM SCP .* listening on", self.log()):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pacs serve did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def archive_factory(tmp_path: Path) -> Iterator:
+    started: list[ArchiveProcess] = []
+
+    def make(*extra_args: str, env: dict[str, str] | None = None) -> ArchiveProcess:
+        archive = ArchiveProcess(tmp_path / f"data{len(started)}", free_port(),
+                                 extra_args=list(extra_args), env=env or {})
+        archive.start()
+        started.append(archive)
+        return archive
+
+    yield make
+    for archive in started:
+        archive.stop()
+
+
+@pytest.fixture
+def archive(archive_factory) -> ArchiveProcess:
+    return archive_factory("--acse-timeout", "2", "--idle-timeout", "3")

@@ -1,0 +1,142 @@
+"""CatalogWriter: group commit from many threads, ordering, errors, close."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from pacs.errors import CatalogError
+from pacs.index.catalog import Catalog, StoreOutcome
+from pacs.index.writer import CatalogWriter
+from tests.unit.index._records import check_consistent, hierarchy, make_record
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    cat = Catalog(tmp_path / "db", map_size=1 << 26)
+    yield cat
+    cat.close()
+
+
+def hold(writer: CatalogWriter) -> threading.Event:
+    """Block the writer thread until the returned event is set (so that submissions queue up)."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def wait() -> None:
+        started.set()
+        release.wait(10)
+
+    writer.run(wait)
+    assert started.wait(10)
+    return release
+
+
+def test_many_threads_group_commit(catalog: Catalog) -> None:
+    records = hierarchy(4, 5, 4, 5)  # 400 records
+    futures: list[Future[StoreOutcome]] = []
+    lock = threading.Lock()
+    with CatalogWriter(catalog, batch_size=64) as writer:
+
+        def submit(part: int) -> None:
+            for record in records[part::8]:
+                future = writer.submit(record)
+                with lock:
+                    futures.append(future)
+
+        threads = [threading.Thread(target=submit, args=(p,)) for p in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        outcomes = [f.result(timeout=30) for f in futures]
+    assert len(outcomes) == 400 and {o.kind for o in outcomes} == {"stored"}
+    assert writer.records_committed == 400
+    assert writer.batches_committed < 400  # fsync-bound commits make the queue build up
+    assert catalog.statistics()["instances"] == 400
+    check_consistent(catalog)
+
+
+def test_queued_records_share_one_transaction(catalog: Catalog) -> None:
+    writer = CatalogWriter(catalog, batch_size=256)
+    release = hold(writer)
+    futures = [writer.submit(r) for r in hierarchy(2, 2, 2, 25)]  # 200 records
+    assert not any(f.done() for f in futures)
+    release.set()
+    assert all(f.result(timeout=10).kind == "stored" for f in futures)
+    writer.close()
+    assert writer.batches_committed == 1 and writer.largest_batch == 200
+
+
+def test_batch_size_is_respected(catalog: Catalog) -> None:
+    writer = CatalogWriter(catalog, batch_size=16)
+    release = hold(writer)
+    futures = [writer.submit(r) for r in hierarchy(1, 1, 1, 40)]
+    release.set()
+    writer.close()
+    assert all(f.result().kind == "stored" for f in futures)
+    assert (writer.batches_committed, writer.largest_batch) == (3, 16)
+
+
+def test_duplicate_outcomes_through_writer(catalog: Catalog) -> None:
+    with CatalogWriter(catalog) as writer:
+        first = writer.submit(make_record("P", "1", "1.1", "1.1.1", location="a"))
+        kept = writer.submit(make_record("P", "1", "1.1", "1.1.1", location="b"), "keep")
+        replaced = writer.submit(make_record("P", "1", "1.1", "1.1.1", location="c"), "replace")
+        assert first.result(5).kind == "stored"
+        assert (kept.result(5).kind, kept.result().obsolete_location) == ("duplicate_kept", "b")
+        assert (replaced.result(5).kind, replaced.result().obsolete_location) == ("replaced", "a")
+
+
+def test_bad_record_fails_alone(catalog: Catalog) -> None:
+    writer = CatalogWriter(catalog)
+    release = hold(writer)
+    good1 = writer.submit(make_record("P", "1", "1.1", "a"))
+    bad = writer.submit(make_record("P", "1", "", "b"))
+    good2 = writer.submit(make_record("P", "1", "1.1", "c"))
+    release.set()
+    assert good1.result(5).kind == good2.result(5).kind == "stored"
+    with pytest.raises(CatalogError):
+        bad.result(5)
+    # The thread survived: later work still runs.
+    assert writer.submit(make_record("P", "1", "1.1", "d")).result(5).kind == "stored"
+    writer.close()
+    assert catalog.statistics()["instances"] == 3
+
+
+def test_run_in_writer_thread_keeps_order(catalog: Catalog) -> None:
+    with CatalogWriter(catalog) as writer:
+        writer.submit(make_record("P", "1", "1.1", "a"))
+        deleted = writer.run(lambda: catalog.delete_instance("a"))
+        names = writer.run(lambda: threading.current_thread().name)
+        boom = writer.run(lambda: 1 // 0)
+        record = deleted.result(5)
+        assert record is not None and record.sop_instance_uid == "a"
+        assert names.result(5) == "catalog-writer"
+        with pytest.raises(ZeroDivisionError):
+            boom.result(5)
+    assert catalog.statistics()["instances"] == 0
+
+
+def test_close_commits_queued_then_refuses(catalog: Catalog) -> None:
+    writer = CatalogWriter(catalog, batch_size=8)
+    futures = [writer.submit(r) for r in hierarchy(2, 2, 2, 5)]
+    writer.close()
+    assert all(f.done() and f.result().kind == "stored" for f in futures)
+    assert catalog.statistics()["instances"] == 40
+    with pytest.raises(CatalogError):
+        writer.submit(make_record("P", "1", "1.1", "late"))
+    writer.close()  # idempotent
+
+
+def test_writer_grows_a_full_map(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "db", map_size=1 << 16) as catalog:
+        with CatalogWriter(catalog) as writer:
+            futures = [writer.submit(r) for r in hierarchy(2, 5, 5, 10)]
+            assert all(f.result(30).kind == "stored" for f in futures)
+        assert catalog.map_size > 1 << 16
+        assert catalog.statistics()["instances"] == 500
