@@ -25,7 +25,7 @@ from tests.dicomgen import make_ct, write
 
 
 def generate(folder: Path, count: int, size: int, streams: int) -> list[Path]:
-    """``count`` CT instances of ``size``×``size`` 16-bit pixels, split in ``streams`` folders."""
+    """``count`` CT instances of ``size`` x ``size`` 16-bit pixels, split in ``streams`` folders."""
     dirs = [folder / f"stream{i}" for i in range(streams)]
     for d in dirs:
         d.mkdir(parents=True)

@@ -49,7 +49,7 @@ class ArchiveProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         self.log_path = self.data_dir.parent / f"pacs-{self.port}.log"
-        log = open(self.log_path, "a")
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child process owns it
         env = dict(os.environ, **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacs", "serve", "--data-dir", str(self.data_dir),

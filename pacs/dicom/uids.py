@@ -36,7 +36,9 @@ def _transfer_syntaxes() -> tuple[str, ...]:
 
 
 ALL_TRANSFER_SYNTAXES: tuple[str, ...] = _transfer_syntaxes()
-ENCAPSULATED_TRANSFER_SYNTAXES: tuple[str, ...] = ALL_TRANSFER_SYNTAXES[len(NATIVE_TRANSFER_SYNTAXES):]
+ENCAPSULATED_TRANSFER_SYNTAXES: tuple[str, ...] = ALL_TRANSFER_SYNTAXES[
+    len(NATIVE_TRANSFER_SYNTAXES) :
+]
 
 
 def _storage_sop_classes() -> tuple[str, ...]:

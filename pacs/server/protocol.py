@@ -12,15 +12,34 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from pacs.errors import PacsError
-from pacs.net import Association, events, negotiation
-from pacs.server.services import Request
+from pacs.net import (
+    Aborted,
+    AssociateRequested,
+    Association,
+    CommandReceived,
+    ConnectionClosed,
+    DatasetFragment,
+    Event,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    Role,
+    dimse,
+    negotiate,
+)
+from pacs.net.fsm import State
+from pacs.server.services import Request, Response
 from pacs.server.spool import Spool
 
 if TYPE_CHECKING:
     from pacs.server.dimse_server import DimseServer
 
 log = logging.getLogger("pacs.dimse")
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 transient, source 3 service-provider (presentation
+# related), reason 2 local limit exceeded: the peer may retry later.
+REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT = 2, 3, 2
+# A-ABORT source 2 service-provider, reason 0 not specified (PS3.8 9.3.8).
+ABORT_SOURCE_PROVIDER = 2
 
 
 class DicomProtocol(asyncio.BufferedProtocol):
@@ -29,9 +48,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def __init__(self, server: DimseServer) -> None:
         self.server = server
         self.settings = server.settings
-        self.association = Association.acceptor(
-            ae_title=self.settings.aet, max_pdu_length=self.settings.max_pdu_size
-        )
+        self.association = Association(Role.ACCEPTOR, max_pdu_length=self.settings.max_pdu_size)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.calling_aet = ""
@@ -40,12 +57,13 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._idle: asyncio.TimerHandle | None = None
         self._last_progress = self._loop.time()
         self._spool: Spool | None = None
-        self._pending_command: tuple[int, object] | None = None
+        self._store_command: CommandReceived | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._release_requested = False
         self._accepted = False
         self._closed = False
         self._paused = False
+        self._timer_state: State | None = None
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -63,13 +81,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._idle = self._loop.call_later(self.settings.idle_timeout, self._check_idle)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.association.get_buffer()
+        return self.association.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        try:
-            self.association.buffer_updated(nbytes)
-        except PacsError as exc:  # the association already queued an A-ABORT
-            log.warning("%s %s: protocol error: %s", self.peer, self.calling_aet, exc)
+        self.association.buffer_updated(nbytes)
         self._drain_events()
 
     def eof_received(self) -> bool:
@@ -78,6 +93,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.association.is_closed:
+            self.association.receive_data(b"")
+            self._closed = True  # nothing more may be written; still drain for the log
+            self._drain_events()
         self._closed = True
         for handle in (self._artim, self._idle):
             if handle is not None:
@@ -118,11 +137,145 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if self.association.should_close and self.transport is not None and not self._closed:
             self.transport.close()
 
-    def _on_event(self, event: object) -> None:
-        raise NotImplementedError
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, DatasetFragment):  # the hot path first
+            if self._spool is None:
+                self._protocol_abort("data set fragment without a pending C-STORE-RQ")
+                return
+            self._spool.write(event.data)  # copies: the view dies at the next call
+            if event.last:
+                self._dataset_complete()
+        elif isinstance(event, CommandReceived):
+            self._on_command(event)
+        elif isinstance(event, AssociateRequested):
+            self._on_associate(event)
+        elif isinstance(event, ReleaseRequested | ReleaseConfirmed):
+            self._release_requested = True
+            self._maybe_release()
+        elif isinstance(event, Aborted):
+            level = logging.WARNING if event.local else logging.INFO
+            log.log(level, "%s %s: association aborted (source %d, reason %d)%s", self.peer,
+                    self.calling_aet, event.source, event.reason,
+                    f": {event.error}" if event.error else "")
+            self._drop_spool()
+        elif isinstance(event, ConnectionClosed):
+            self._drop_spool()
+            self._end_association()
+
+    def _on_associate(self, event: AssociateRequested) -> None:
+        rq = event.pdu
+        self.calling_aet = rq.calling_ae_title.strip()
+        if not self.server.may_accept_association():
+            log.warning("%s %s: rejected, %d associations already open", self.peer,
+                        self.calling_aet, self.server.associations)
+            self._write(self.association.reject(
+                REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT))
+            return
+        ac = negotiate(rq, self.server.contexts, max_pdu_length=self.settings.max_pdu_size)
+        self._write(self.association.accept(ac))
+        self._accepted = True
+        self.server.associations += 1
+        accepted = sum(1 for pc in ac.presentation_contexts if pc.result == 0)
+        log.info("%s %s -> %s: association accepted (%d of %d presentation contexts)",
+                 self.peer, self.calling_aet, rq.called_ae_title.strip(), accepted,
+                 len(rq.presentation_contexts))
+
+    def _on_command(self, event: CommandReceived) -> None:
+        if self._spool is not None:
+            self._protocol_abort("new command before the previous data set was complete")
+            return
+        if event.has_dataset:
+            self._store_command = event
+            self._spool = Spool(self.settings.spool_memory_limit, self.settings.spool_dir)
+            return
+        self._dispatch(event, None)
+
+    def _dataset_complete(self) -> None:
+        assert self._spool is not None and self._store_command is not None
+        spool, command = self._spool, self._store_command
+        self._spool, self._store_command = None, None
+        self._dispatch(command, spool)
+
+    def _dispatch(self, event: CommandReceived, spool: Spool | None) -> None:
+        abstract_syntax, transfer_syntax = self.association.accepted_contexts[event.context_id]
+        if event.command.get(dimse.COMMAND_FIELD) == dimse.C_CANCEL_RQ:
+            return  # nothing cancellable yet (C-FIND/C-MOVE/C-GET come later)
+        try:
+            dataset = spool.finish() if spool is not None else None
+        except OSError as exc:
+            log.error("%s %s: cannot spool the data set: %s", self.peer, self.calling_aet, exc)
+            dataset = None
+        request = Request(event.command, dataset, event.context_id, abstract_syntax,
+                          transfer_syntax, self.calling_aet, self.peer)
+        self.server.store_started(self)
+        task = self._loop.create_task(self._serve(request, spool))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: Request, spool: Spool | None) -> None:
+        try:
+            response: Response = await self.server.services.handle(request)
+        finally:
+            if spool is not None:
+                spool.discard()
+            self.server.store_finished()
+        if self._closed or not self.association.is_established:
+            log.info("%s %s: association gone before the response to message %s", self.peer,
+                     self.calling_aet, request.command.message_id)
+        else:
+            self._write(self.association.send_command(request.context_id, response.command,
+                                                      False))
+            self._last_progress = self._loop.time()
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        """Answer A-RELEASE-RQ once every response of this association is out."""
+        if (self._release_requested and not self._tasks and not self._closed
+                and self.association.release_response_due):
+            self._release_requested = False
+            self._write(self.association.release_response())
+            self._flush()
+            self._update_timers()
+
+    def _protocol_abort(self, why: str) -> None:
+        log.warning("%s %s: %s; aborting", self.peer, self.calling_aet, why)
+        self._drop_spool()
+        self._write(self.association.abort(ABORT_SOURCE_PROVIDER, 0))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            log.warning("%s %s: incomplete data set dropped (%d bytes)", self.peer,
+                        self.calling_aet, self._spool.size)
+            self._spool.discard()
+            self._spool = None
+            self._store_command = None
+
+    def _end_association(self) -> None:
+        if self._accepted:
+            self._accepted = False
+            self.server.associations -= 1
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def shutdown(self) -> None:
+        """Server stopping: in-flight stores have answered; drop the connection."""
+        if self.transport is not None and not self._closed:
+            if self.association.is_established:
+                self._write(self.association.abort(ABORT_SOURCE_PROVIDER, 0))
+            self.transport.close()
 
     def _update_timers(self) -> None:
         running = self.association.artim_running
+        state = self.association.state
+        if state is not self._timer_state and self._artim is not None and running:
+            # AA-1 and AR-4 (re)start ARTIM on entering Sta13: a fresh full interval.
+            self._artim.cancel()
+            self._artim = None
+        self._timer_state = state
         if running and self._artim is None:
             self._artim = self._loop.call_later(self.settings.acse_timeout, self._artim_expired)
         elif not running and self._artim is not None:
@@ -132,8 +285,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _artim_expired(self) -> None:
         self._artim = None
         log.info("%s %s: ARTIM timer expired", self.peer, self.calling_aet)
-        self.association.timer_expired()
-        self._drain_events()
+        if self.association.artim_running:
+            self.association.timer_expired()
+            self._drain_events()
         if self.transport is not None and not self._closed:
             self.transport.close()
 
@@ -143,8 +297,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         idle_for = self._loop.time() - self._last_progress
         if idle_for >= self.settings.idle_timeout and not self._tasks:
             log.info("%s %s: idle for %.1f s, aborting", self.peer, self.calling_aet, idle_for)
-            self.association.abort()
-            self._flush()
+            if self.association.is_established:
+                self._write(self.association.abort(ABORT_SOURCE_PROVIDER, 0))
             if self.transport is not None:
                 self.transport.abort()
             return
@@ -152,4 +306,3 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._idle = self._loop.call_later(wait, self._check_idle)
 
 
-__all__ = ["DicomProtocol", "Request", "Spool", "events", "negotiation"]

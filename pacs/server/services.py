@@ -85,17 +85,26 @@ class Services:
 
     @staticmethod
     def _failure(request: Request, status: int, comment: str) -> Response:
-        field = request.command.get(dimse.COMMAND_FIELD)
-        rsp_field = (field | 0x8000) if isinstance(field, int) else 0x8000
-        return Response(dimse.response_for(request.command, rsp_field, status, comment))
+        command = request.command
+        field = command.get(dimse.COMMAND_FIELD)
+        response = dimse.Command({
+            dimse.COMMAND_FIELD: (field | 0x8000) if isinstance(field, int) else 0x8000,
+            dimse.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id or 0,
+            dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
+            dimse.STATUS: status,
+            dimse.ERROR_COMMENT: comment.encode("ascii", "replace").decode("ascii")[:64],
+        })  # fmt: skip
+        for tag in (dimse.AFFECTED_SOP_CLASS_UID, dimse.AFFECTED_SOP_INSTANCE_UID):
+            if command.get(tag):
+                response[tag] = command[tag]
+        return Response(response)
 
     async def c_echo(self, request: Request) -> Response:
-        msg_id = request.command.get(dimse.MESSAGE_ID)
-        return Response(dimse.c_echo_rsp(msg_id if isinstance(msg_id, int) else 0, SUCCESS))
+        return Response(dimse.c_echo_rsp(request.command.message_id or 0, SUCCESS))
 
     async def c_store(self, request: Request) -> Response:
         command = request.command
-        msg_id = command.get(dimse.MESSAGE_ID)
+        msg_id = command.message_id or 0
         sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID) or request.abstract_syntax)
         sop_instance = str(command.get(dimse.AFFECTED_SOP_INSTANCE_UID) or "")
         if request.dataset is None:
@@ -110,6 +119,5 @@ class Services:
         log.debug("%s: stored %s (%s)", request.calling_aet, stored.sop_instance_uid,
                   stored.outcome)
         return Response(
-            dimse.c_store_rsp(msg_id if isinstance(msg_id, int) else 0, sop_class, sop_instance,
-                              SUCCESS)
+            dimse.c_store_rsp(msg_id, sop_class, sop_instance, SUCCESS)
         )

@@ -1,0 +1,50 @@
+"""Look inside an archive's data directory the way a test should: through its own index."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset, FileDataset
+
+from pacs.index.catalog import Catalog
+from pacs.index.records import InstanceRecord
+from pacs.store.files import FileStore
+
+
+def stored_instance(data_dir: Path, sop_instance_uid: str) -> tuple[InstanceRecord, bytes] | None:
+    """The index record and blob bytes of one instance, or None when it is not indexed."""
+    catalog = Catalog(data_dir / "index", readonly=True)
+    try:
+        record = catalog.get_instance(sop_instance_uid)
+    finally:
+        catalog.close()
+    if record is None:
+        return None
+    store = FileStore(data_dir / "blobs")
+    try:
+        return record, store.get(record.location)
+    finally:
+        store.close()
+
+
+def statistics(data_dir: Path) -> dict[str, int]:
+    catalog = Catalog(data_dir / "index", readonly=True)
+    try:
+        return catalog.statistics()
+    finally:
+        catalog.close()
+
+
+def read_blob(blob: bytes) -> FileDataset:
+    return pydicom.dcmread(io.BytesIO(blob))
+
+
+def same_dataset(a: Dataset, b: Dataset) -> bool:
+    """Element-by-element equality of two datasets (file meta excluded)."""
+    a_tags = [e.tag for e in a]
+    b_tags = [e.tag for e in b]
+    if a_tags != b_tags:
+        return False
+    return all(a[tag].value == b[tag].value for tag in a_tags)

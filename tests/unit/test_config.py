@@ -1,0 +1,80 @@
+"""Settings: sources merge in order, every bad value is a one-line ConfigError."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacs.config import RemoteAE, load_settings
+from pacs.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_archive() -> None:
+    s = load_settings(environ={})
+    assert (s.aet, s.host, s.port, s.http_host, s.http_port) == (
+        "PACS", "0.0.0.0", 11112, "127.0.0.1", 8042)
+    assert s.data_dir == Path("pacs-data")
+
+
+def test_later_sources_win(tmp_path: Path) -> None:
+    toml = tmp_path / "pacs.toml"
+    toml.write_text('aet = "FROMFILE"\nport = 2000\nidle_timeout = 5\nlog_level = "debug"\n')
+    s = load_settings(toml, environ={"PACS_PORT": "3000"}, overrides={"aet": "FLAG"})
+    assert (s.aet, s.port, s.idle_timeout, s.log_level) == ("FLAG", 3000, 5.0, "DEBUG")
+
+
+def test_remote_tables(tmp_path: Path) -> None:
+    toml = tmp_path / "pacs.toml"
+    toml.write_text('[remote.STORESCP]\nhost = "127.0.0.1"\nport = 11113\n'
+                    '[remote.VIEWER]\nhost = "10.0.0.2"\nport = 104\nmove_destination = false\n')
+    s = load_settings(toml, environ={})
+    assert s.remotes["STORESCP"] == RemoteAE("STORESCP", "127.0.0.1", 11113, True)
+    assert s.remotes["VIEWER"].move_destination is False
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("port = 70000", "port"),
+        ('port = "abc"', "port"),
+        ('aet = "WAY_TOO_LONG_AE_TITLE"', "aet"),
+        ('aet = "A\\\\B"', "aet"),
+        ('on_duplicate = "sometimes"', "on_duplicate"),
+        ("max_pdu_size = 10", "max_pdu_size"),
+        ("nonsense = 1", "nonsense"),
+        ("[remote.X]\nhost = 'h'\n", "remote.X"),
+        ("[remote.X]\nhost = 'h'\nport = 0\n", "remote.X.port"),
+        ("port = ", "config file"),
+    ],
+)
+def test_bad_settings(tmp_path: Path, text: str, message: str) -> None:
+    toml = tmp_path / "pacs.toml"
+    toml.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_settings(toml, environ={})
+
+
+def test_bad_environment_value() -> None:
+    with pytest.raises(ConfigError, match="idle_timeout"):
+        load_settings(environ={"PACS_IDLE_TIMEOUT": "soon"})
+
+
+def test_cli_bad_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pacs", "serve", "--port", "99999", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "port" in proc.stderr
+
+
+def test_cli_version_names_the_scanner() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pacs", "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "tag scanner: " in proc.stdout
+    assert proc.stdout.split("tag scanner: ")[1].startswith(("cython", "python"))
