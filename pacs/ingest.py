@@ -37,6 +37,8 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 
+WHOLE = 0x100000000  # scan stop tag past every real tag: walk the whole data set
+
 
 @dataclass(frozen=True, slots=True)
 class StoredInstance:
@@ -69,16 +71,21 @@ def read_attributes(
         with _readable(dataset) as buffer:
             if len(buffer) == 0:
                 raise IngestError(CANNOT_UNDERSTAND, "empty data set")
-            attributes = read_index_attributes(buffer, transfer_syntax_uid)
+            # Walk to the end, not just to Pixel Data: a truncated data set or an element
+            # running past its end is refused here, never archived (values are not read).
+            attributes = read_index_attributes(buffer, transfer_syntax_uid, stop_tag=WHOLE)
     except DicomFormatError as exc:
         raise IngestError(CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from exc
-    uid = attributes.get("SOPInstanceUID", "")
-    if not uid:
-        raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, "data set has no SOPInstanceUID")
+    # The archive's hierarchy needs the three Type 1 UIDs; without them nothing could find it.
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not attributes.get(keyword):
+            raise IngestError(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set has no {keyword}")
+    uid = attributes["SOPInstanceUID"]
     if sop_instance_uid is not None and uid != sop_instance_uid:
         raise IngestError(
             DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"SOPInstanceUID {uid} differs from the command's {sop_instance_uid}",
+            # The comment is cut at 64 characters (LO): the words first, then the UIDs.
+            f"SOPInstanceUID differs from the command's: {uid} != {sop_instance_uid}",
         )
     return attributes
 
@@ -94,7 +101,7 @@ class Ingest:
         executor: Executor,
         on_duplicate: DuplicatePolicy = "keep",
     ) -> None:
-        self.store = store
+        self.blobs = store
         self.catalog = catalog
         self.writer = writer
         self.executor = executor
@@ -117,7 +124,7 @@ class Ingest:
         sop_class = attributes.get("SOPClassUID") or sop_class_uid
         meta = part10.file_meta(sop_class, uid, transfer_syntax_uid, source_aet)
         try:
-            info = self.store.put(uid, [meta, dataset])
+            info = self.blobs.put(uid, [meta, dataset])
         except PacsError as exc:
             log.error("cannot write blob of %s: %s", uid, exc)
             raise IngestError(OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from exc
@@ -174,6 +181,6 @@ class Ingest:
 
     def _forget_blob(self, location: str) -> None:
         try:
-            self.store.delete(location)
+            self.blobs.delete(location)
         except PacsError as exc:
             log.warning("cannot delete obsolete blob %s: %s", location, exc)

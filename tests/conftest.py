@@ -49,14 +49,14 @@ class ArchiveProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         self.log_path = self.data_dir.parent / f"pacs-{self.port}.log"
-        log = open(self.log_path, "a")  # noqa: SIM115 - the child process owns it
         env = dict(os.environ, **self.env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pacs", "serve", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port), "--aet", self.aet,
-             *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-        )
+        with open(self.log_path, "a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pacs", "serve", "--data-dir", str(self.data_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--aet", self.aet,
+                 *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -102,4 +102,4 @@ def archive_factory(tmp_path: Path) -> Iterator:
 
 @pytest.fixture
 def archive(archive_factory) -> ArchiveProcess:
-    return archive_factory("--acse-timeout", "2", "--idle-timeout", "3")
+    return archive_factory("--acse-timeout", "2", "--idle-timeout", "3", "--log-level", "DEBUG")

@@ -484,7 +484,11 @@ class Association:
 
     def _abort_actions(self, action: Action, reason: int, message: str) -> None:
         abort = P.Abort(P.ABORT_SOURCE_SERVICE_PROVIDER, reason).encode()
-        if action is Action.AA_1 or action is Action.AA_7:
+        if action is Action.AA_1:
+            # No association yet, but the transport still wants to log why it aborts.
+            self._outbox.append(abort)
+            self._events.append(Aborted(P.ABORT_SOURCE_SERVICE_PROVIDER, reason, True, message))
+        elif action is Action.AA_7:
             self._outbox.append(abort)
         elif action is Action.AA_8:
             self._outbox.append(abort)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pacs.archive import Archive
 from pacs.config import Settings
@@ -47,13 +49,12 @@ def run(settings: Settings) -> int:
     """Blocking entry point for the CLI; exit status 0 after an orderly shutdown."""
     try:
         import uvloop
+
+        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:  # plain asyncio still works, only slower
-        uvloop = None
+        runner = asyncio.run
     try:
-        if uvloop is not None:
-            uvloop.run(serve(settings))
-        else:
-            asyncio.run(serve(settings))
+        runner(serve(settings))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 2

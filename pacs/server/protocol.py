@@ -68,8 +68,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     # --- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -210,7 +209,15 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self.server.store_started(self)
         task = self._loop.create_task(self._serve(request, spool))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s %s: request failed", self.peer, self.calling_aet,
+                      exc_info=task.exception())
+        # An A-RELEASE-RQ that arrived while this response was in flight is answered now.
+        self._maybe_release()
 
     async def _serve(self, request: Request, spool: Spool | None) -> None:
         try:
@@ -226,7 +233,6 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._write(self.association.send_command(request.context_id, response.command,
                                                       False))
             self._last_progress = self._loop.time()
-        self._maybe_release()
 
     def _maybe_release(self) -> None:
         """Answer A-RELEASE-RQ once every response of this association is out."""

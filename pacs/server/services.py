@@ -82,6 +82,9 @@ class Services:
         except PacsError as exc:
             log.error("%s: processing failure: %s", request.calling_aet, exc)
             return self._failure(request, PROCESSING_FAILURE, str(exc))
+        except Exception as exc:  # a bug: answer, log it whole, keep serving
+            log.exception("%s: unexpected error in %s", request.calling_aet, handler.__name__)
+            return self._failure(request, PROCESSING_FAILURE, f"internal error: {exc!r}")
 
     @staticmethod
     def _failure(request: Request, status: int, comment: str) -> Response:

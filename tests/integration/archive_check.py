@@ -42,9 +42,13 @@ def read_blob(blob: bytes) -> FileDataset:
 
 
 def same_dataset(a: Dataset, b: Dataset) -> bool:
-    """Element-by-element equality of two datasets (file meta excluded)."""
-    a_tags = [e.tag for e in a]
-    b_tags = [e.tag for e in b]
+    """Element-by-element equality of two datasets (file meta excluded).
+
+    Group lengths (gggg,0000) and Data Set Trailing Padding (FFFC,FFFC) are left out: senders
+    such as storescu recalculate the one and drop the other.
+    """
+    a_tags = [e.tag for e in a if e.tag.element != 0 and e.tag != 0xFFFCFFFC]
+    b_tags = [e.tag for e in b if e.tag.element != 0 and e.tag != 0xFFFCFFFC]
     if a_tags != b_tags:
         return False
     return all(a[tag].value == b[tag].value for tag in a_tags)

@@ -353,7 +353,8 @@ def test_command_while_dataset_due_aborts():
 def test_garbage_before_association_gets_abort_and_close_on_timer():
     acc = Association(Role.ACCEPTOR)
     acc.receive_data(b"GET / HTTP/1.1\r\n\r\n")
-    assert drain(acc) == []  # AA-1 in Sta2: A-ABORT sent, no indication
+    # AA-1 in Sta2: A-ABORT sent; the local Aborted event lets the transport log why.
+    assert drain(acc) == [Aborted(2, 1, True, "unknown PDU type 0x47")]
     assert P.decode(acc.data_to_send()).source == 2
     assert acc.state is State.Sta13 and acc.artim_running
     acc.receive_data(b"more garbage")  # ignored: the stream is out of step
