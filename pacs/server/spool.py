@@ -7,9 +7,12 @@ copied once here (into a list of bytes, or by ``write`` into the file).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger("pacs.spool")
 
 
 class Spool:
@@ -38,6 +41,7 @@ class Spool:
         if self._fh is None:
             self._fh, name = tempfile.mkstemp(prefix="spool-", suffix=".dcm", dir=self._tmp_dir)
             self._path = Path(name)
+            log.debug("data set over %d bytes: spooling to %s", self._limit, name)
             for chunk in self._chunks:
                 self._write_all(chunk)
             self._chunks = []
