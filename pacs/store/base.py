@@ -1,7 +1,9 @@
 """The blob store interface every implementation passes (see tests/unit/test_blobstore_contract.py).
 
-A blob is the complete Part-10 file of one instance. ``put`` is durable when it returns: the bytes
-are on stable storage (fsync/fdatasync done). Locations are opaque strings chosen by the store.
+A blob is the complete Part-10 file of one instance. ``put`` is durable when it returns (the
+bytes are on stable storage, fsync/fdatasync done), unless called with ``durable=False``: then the
+next ``flush`` makes it (and every other put before it) durable, which is how a writer groups
+many instances under one fdatasync. Locations are opaque strings chosen by the store.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ class BlobInfo:
 class BlobStore(Protocol):
     """Put, ranged get and delete of whole instances."""
 
-    def put(self, key: str, parts: Sequence[BlobPart]) -> BlobInfo:
-        """Write the concatenation of ``parts`` durably; ``key`` (SOP Instance UID) names it."""
+    def put(self, key: str, parts: Sequence[BlobPart], *, durable: bool = True) -> BlobInfo:
+        """Write the concatenation of ``parts``; ``key`` (SOP Instance UID) names it.
+
+        Durable on return unless ``durable=False`` (then durable after the next ``flush``).
+        """
+        ...
+
+    def flush(self) -> None:
+        """Make every put so far durable (one fdatasync for a whole batch where possible)."""
         ...
 
     def get(self, location: str, offset: int = 0, length: int | None = None) -> bytes:
