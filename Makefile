@@ -39,3 +39,24 @@ bench: system-deps $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info pacs/dicom/_cscan*.so ext/*.c
+
+# Fuzz each scanner twin with atheris for FUZZ_SECONDS (installed into the venv if missing).
+# Crash inputs land in build/fuzz/; copy one into tests/unit/dicom/fuzz_vectors/ to keep it.
+FUZZ_SECONDS ?= 30
+FUZZ_DIR     := build/fuzz
+.PHONY: fuzz bench-guard
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris
+	$(BIN)/python setup.py -q build_ext --inplace
+	mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/corpus-pyscan $(FUZZ_DIR)/corpus-cscan
+	$(BIN)/python -m tests.fuzz.seed_corpus $(FUZZ_DIR)/seeds
+	for twin in pyscan cscan; do \
+	  $(BIN)/python -m tests.fuzz.fuzz_$$twin -max_total_time=$(FUZZ_SECONDS) -max_len=4200 \
+	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=$(FUZZ_DIR)/crash-$$twin- \
+	    -print_final_stats=1 $(FUZZ_DIR)/corpus-$$twin $(FUZZ_DIR)/seeds || exit 1; \
+	done
+
+# Hot-path ratios against in-run baselines (bench/guard.py); fails below the floors.
+bench-guard: $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
+	$(BIN)/python -m bench.guard

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from pacs.config import Settings
 from pacs.errors import ConfigError
@@ -13,11 +14,17 @@ from pacs.index.writer import CatalogWriter
 from pacs.ingest import Ingest
 from pacs.store.base import BlobStore
 from pacs.store.files import FileStore
+from pacs.store.segments import SegmentStore
 
 log = logging.getLogger("pacs.archive")
 
 
-def open_store(settings: Settings) -> BlobStore:
+def open_store(settings: Settings, worker_id: int = 0) -> BlobStore:
+    """The configured blob store; ``worker_id`` -1 is a maintenance tool (it never ingests)."""
+    if settings.store_backend == "segments":
+        writer = f"w{worker_id}" if worker_id >= 0 else "tool"
+        return SegmentStore(settings.blob_dir, writer_id=writer,
+                            segment_size=settings.segment_size)
     if settings.store_backend == "files":
         return FileStore(settings.blob_dir)
     raise ConfigError(f"store_backend: unknown backend {settings.store_backend!r}")
@@ -37,21 +44,25 @@ class Archive:
     writer: CatalogWriter
     executor: ThreadPoolExecutor
     ingest: Ingest
+    spool_dir: Path
+    worker_id: int = 0
 
     @classmethod
-    def open(cls, settings: Settings) -> Archive:
-        for folder in (settings.data_dir, settings.spool_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        # Spooled datasets left by a crash were never acknowledged: drop them.
-        for leftover in settings.spool_dir.glob("spool-*"):
+    def open(cls, settings: Settings, worker_id: int = 0) -> Archive:
+        """Open everything one worker process needs (each worker has its own spool folder)."""
+        spool_dir = settings.spool_dir / f"w{worker_id}"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        # Spooled data sets left by a crash were never acknowledged: drop them.
+        for leftover in spool_dir.glob("spool-*"):
             log.warning("removing unfinished spool file %s", leftover)
             leftover.unlink(missing_ok=True)
-        store = open_store(settings)
+        store = open_store(settings, worker_id)
         catalog = open_catalog(settings)
-        writer = CatalogWriter(catalog, batch_size=settings.commit_batch)
+        writer = CatalogWriter(catalog, batch_size=settings.commit_batch,
+                               before_commit=store.flush)
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
         ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate)
-        return cls(settings, store, catalog, writer, executor, ingest)
+        return cls(settings, store, catalog, writer, executor, ingest, spool_dir, worker_id)
 
     def close(self) -> None:
         """Finish queued index commits, then release everything (order matters)."""

@@ -26,13 +26,22 @@ _SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--port": ("port", int, "DICOM listen port"),
     "--http-host": ("http_host", str, "HTTP listen address"),
     "--http-port": ("http_port", int, "HTTP listen port"),
-    "--max-associations": ("max_associations", int, "concurrent associations"),
+    "--workers": ("workers", int, "DICOM worker processes (0: one per core)"),
+    "--max-associations": ("max_associations", int, "concurrent associations per worker"),
     "--max-pdu-size": ("max_pdu_size", int, "maximum PDU length we receive"),
     "--acse-timeout": ("acse_timeout", float, "ARTIM timeout, seconds"),
     "--idle-timeout": ("idle_timeout", float, "drop an association idle this long, seconds"),
     "--log-level": ("log_level", str, "DEBUG, INFO, WARNING or ERROR"),
     "--on-duplicate": ("on_duplicate", str, "keep or replace a re-sent SOP Instance UID"),
     "--store-backend": ("store_backend", str, "blob store: files"),
+}
+
+
+_EXPORT_SELECTORS = {
+    "--patient": "PatientID",
+    "--study": "StudyInstanceUID",
+    "--series": "SeriesInstanceUID",
+    "--instance": "SOPInstanceUID",
 }
 
 
@@ -54,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         ("serve", "run the DICOM (and HTTP) server"),
         ("reindex", "rebuild the index from the blob store"),
         ("verify", "check every indexed blob exists and matches its hash"),
+        ("export", "write instances out as ordinary Part-10 files"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", type=Path, help="TOML settings file")
@@ -61,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
             if name != "serve" and flag not in ("--data-dir", "--log-level"):
                 continue
             cmd.add_argument(flag, type=kind, default=None, help=text)
+        if name == "export":
+            cmd.add_argument("out_dir", type=Path, help="folder to write study/series/sop.dcm")
+            for option, keyword in _EXPORT_SELECTORS.items():
+                cmd.add_argument(option, dest=keyword, default=None,
+                                 help=f"only instances with this {keyword}")
     return parser
 
 
@@ -73,11 +88,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides=overrides)
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str, process: str = "") -> None:
+    """Plain lines on stderr; worker processes tag theirs (``w0``, ``w1``, ...)."""
+    tag = f"[{process}] " if process else ""
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
 
 
@@ -88,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     if args.command == "serve":
         from pacs.server.app import run
 
@@ -97,4 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "reindex":
         return maintenance.reindex_command(settings)
+    if args.command == "export":
+        selection = {k: getattr(args, k) for k in _EXPORT_SELECTORS.values()
+                     if getattr(args, k) is not None}
+        return maintenance.export_command(settings, args.out_dir, selection)
     return maintenance.verify_command(settings)

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 from pacs.errors import ConfigError
 
 DuplicatePolicy = Literal["keep", "replace"]
-StoreBackend = Literal["files"]
+StoreBackend = Literal["segments", "files"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -50,12 +50,14 @@ class Settings:
     port: int = 11112
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    workers: int = 0  # DICOM worker processes; 0 = one per core
     max_associations: int = 200
     max_pdu_size: int = 262144
     acse_timeout: float = 30.0
     idle_timeout: float = 60.0
     log_level: LogLevel = "INFO"
-    store_backend: StoreBackend = "files"
+    store_backend: StoreBackend = "segments"
+    segment_size: int = 1 << 30
     on_duplicate: DuplicatePolicy = "keep"
     spool_memory_limit: int = 16 * 1024 * 1024
     max_pending_stores: int = 64
@@ -63,6 +65,10 @@ class Settings:
     io_threads: int = 8
     lmdb_map_size: int = 64 * 1024**3
     remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     @property
     def index_dir(self) -> Path:
@@ -131,11 +137,13 @@ _LITERALS: dict[str, tuple[str, ...]] = {
 _BOUNDS: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
     "http_port": (0, 65535),
+    "workers": (0, 64),
     "max_associations": (1, 100_000),
     "max_pdu_size": (4096, 16 * 1024 * 1024),  # PS3.8 allows more; we cap the receive buffer
     "acse_timeout": (0.01, 3600),
     "idle_timeout": (0.01, 86400),
     "spool_memory_limit": (0, 1 << 34),
+    "segment_size": (4096, 1 << 40),
     "max_pending_stores": (1, 100_000),
     "commit_batch": (1, 100_000),
     "io_threads": (1, 256),

@@ -124,7 +124,8 @@ class Ingest:
         sop_class = attributes.get("SOPClassUID") or sop_class_uid
         meta = part10.file_meta(sop_class, uid, transfer_syntax_uid, source_aet)
         try:
-            info = self.blobs.put(uid, [meta, dataset])
+            # Not durable yet: the writer flushes once per batch, before the index commit.
+            info = self.blobs.put(uid, [meta, dataset], durable=False)
         except PacsError as exc:
             log.error("cannot write blob of %s: %s", uid, exc)
             raise IngestError(OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pacs.config import Settings
 from pacs.dicom import part10
@@ -47,7 +48,7 @@ def reindex_command(settings: Settings) -> int:
     from pacs.archive import open_catalog, open_store
 
     try:
-        store, catalog = open_store(settings), open_catalog(settings)
+        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
     except PacsError as exc:
         log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
         return 2
@@ -69,7 +70,7 @@ def verify_command(settings: Settings) -> int:
     from pacs.archive import open_catalog, open_store
 
     try:
-        store, catalog = open_store(settings), open_catalog(settings)
+        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
     except PacsError as exc:
         log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
         return 2
@@ -83,3 +84,47 @@ def verify_command(settings: Settings) -> int:
             print(f"{kind}: {item}")
     print(f"checked {report.checked} instances: {'OK' if report.ok else 'PROBLEMS FOUND'}")
     return 0 if report.ok else 1
+
+
+def export_command(settings: Settings, out_dir: Path, selection: dict[str, str]) -> int:
+    """Write the selected instances as ordinary Part-10 files: DIR/study/series/sop.dcm.
+
+    ``selection`` maps index keywords (PatientID, StudyInstanceUID, SeriesInstanceUID,
+    SOPInstanceUID) to required values; empty selects everything.
+    """
+    from pacs.archive import open_catalog, open_store
+
+    try:
+        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
+    except PacsError as exc:
+        log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+        return 2
+    written = failed = 0
+    try:
+        for record in catalog.iter_instances():
+            attrs = record.attributes
+            if any(attrs.get(k) != v for k, v in selection.items()):
+                continue
+            folder = out_dir / _safe(attrs["StudyInstanceUID"]) / _safe(attrs["SeriesInstanceUID"])
+            target = folder / f"{_safe(record.sop_instance_uid)}.dcm"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(".part")
+                with open(partial, "wb") as fh:
+                    for chunk in store.iter_chunks(record.location):
+                        fh.write(chunk)
+                partial.replace(target)
+                written += 1
+            except (OSError, PacsError) as exc:
+                log.error("cannot export %s: %s", record.sop_instance_uid, exc)
+                failed += 1
+    finally:
+        catalog.close()
+        store.close()
+    print(f"exported {written} instances to {out_dir}, {failed} failed")
+    return 0 if not failed else 1
+
+
+def _safe(uid: str) -> str:
+    """A UID as a file name: UIDs are digits and dots, but the index may hold anything."""
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in uid) or "_"

@@ -56,6 +56,7 @@ class ArchiveProcess:
                  "--host", "127.0.0.1", "--port", str(self.port), "--aet", self.aet,
                  *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+                start_new_session=True,  # its own process group: kill_all reaches the workers
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -79,6 +80,46 @@ class ArchiveProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+    def kill_all(self) -> None:
+        """SIGKILL the server and every worker process, as a power cut would."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        deadline = time.monotonic() + 10
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        """The server's process and its workers (same process group)."""
+        assert self.proc is not None
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields: state ppid pgrp ...; zombies hold no memory and no files
+            if int(fields[2]) == self.proc.pid and fields[0] != "Z":
+                found.append(int(entry.name))
+        return found
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -2,10 +2,11 @@
 
 Same signature, same results, same status codes: ``scan_core`` walks the top-level elements
 of a dataset and returns ``(flat, status, pos, tag)`` where ``flat`` holds one
-``tag, vr_code, value_offset, length`` quad per element (``vr_code`` is the two VR bytes as a
-16-bit int, 0 when the element was read as implicit VR). ``status`` is ``END`` (the buffer
-ended cleanly), ``STOP`` (a top-level tag >= ``stop_tag`` starts at ``pos``) or an ``E_*``
-error code, with ``pos`` the offset of the failing header and ``tag`` its tag (-1 if unread).
+``tag, vr_code, value_offset, length`` quad per element (a list here, an ``array.array("q")``
+in the compiled twin; ``vr_code`` is the two VR bytes as a 16-bit int, 0 when the element was
+read as implicit VR). ``status`` is ``END`` (the buffer ended cleanly), ``STOP`` (a top-level
+tag >= ``stop_tag`` starts at ``pos``) or an ``E_*`` error code, with ``pos`` the offset of
+the failing header and ``tag`` its tag (-1 if unread).
 
 The leniency policy both twins implement is documented in :mod:`pacs.dicom.scan`.
 """

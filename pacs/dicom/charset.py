@@ -52,6 +52,40 @@ def python_encodings(specific_character_set: str) -> tuple[str, ...]:
     return tuple(checked) or DEFAULT_ENCODINGS
 
 
+# codec_mode: how the first codec of a character set decodes bytes without an ISO 2022 escape
+LATIN1 = 0  # every byte as the code point of its value
+ASCII_COMPATIBLE = 1  # bytes 0-127 as ASCII (others need the codec)
+OTHER = 2  # only the codec knows
+_LATIN1_TEXT = bytes(range(256)).decode("latin-1")
+
+
+@functools.lru_cache(maxsize=64)
+def codec_mode(encodings: tuple[str, ...]) -> int:
+    """:data:`LATIN1`, :data:`ASCII_COMPATIBLE` or :data:`OTHER` for ``encodings[0]``.
+
+    Tells the compiled index decoder when ``decode_text`` of a value without ESC is plain
+    Latin-1 decoding (found by decoding every byte value, not from the codec's name).
+    """
+    try:
+        if bytes(range(256)).decode(encodings[0], "replace") == _LATIN1_TEXT:
+            return LATIN1
+        if bytes(range(128)).decode(encodings[0], "replace") == _LATIN1_TEXT[:128]:
+            return ASCII_COMPATIBLE
+    except Exception:  # an unusable codec: decode_value copes with it
+        pass
+    return OTHER
+
+
+@functools.lru_cache(maxsize=256)
+def charset_info(specific_character_set: str) -> tuple[tuple[str, ...], int]:
+    """(:func:`python_encodings`, :func:`codec_mode`) of a (0008,0005) value."""
+    encodings = python_encodings(specific_character_set)
+    return encodings, codec_mode(encodings)
+
+
+DEFAULT_CHARSET_INFO: tuple[tuple[str, ...], int] = (DEFAULT_ENCODINGS, LATIN1)
+
+
 def decode_text(value: bytes, encodings: tuple[str, ...]) -> str:
     """Decode a text value with the character set, as pydicom does, without warnings."""
     if _ESC not in value:

@@ -8,7 +8,11 @@ the index record, :func:`read_index_attributes` does both.
 
 The loop itself has two twins with one behaviour: the compiled ``pacs.dicom._cscan`` (from
 ``ext/scan.pyx``) and the pure ``pacs.dicom._pyscan``. :data:`IMPLEMENTATION` says which one
-runs; ``PACS_NO_EXTENSIONS=1`` forces the pure one.
+runs; ``PACS_NO_EXTENSIONS=1`` forces the pure one. With the compiled twin,
+:func:`read_index_attributes` takes a fast path (``_cscan.index_core``): the loop records only
+the index tags and decodes plain ASCII/Latin-1 values itself, handing the others to
+:func:`pacs.dicom.charset.decode_value`; its record equals :func:`index_attributes` of the
+table (the twin tests check it).
 
 Transfer syntaxes: Implicit VR LE, Explicit VR LE, Explicit VR BE, Deflated Explicit VR LE
 (and JPIP Referenced Deflate; the buffer is the raw-deflated dataset, inflated with zlib in
@@ -47,13 +51,20 @@ import mmap
 import os
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from typing import Any, NamedTuple, overload
 
 from pydicom.datadict import dictionary_VR, keyword_dict
 
 from pacs.dicom import _pyscan
-from pacs.dicom.charset import DEFAULT_ENCODINGS, STRING_VRS, decode_value, python_encodings
+from pacs.dicom.charset import (
+    DEFAULT_CHARSET_INFO,
+    DEFAULT_ENCODINGS,
+    STRING_VRS,
+    charset_info,
+    decode_value,
+    python_encodings,
+)
 from pacs.errors import DicomFormatError
 from pacs.index.records import ALL_KEYWORDS
 
@@ -72,7 +83,8 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
-ScanCore = Callable[[Any, bool, bool, int, int], tuple[list[int], int, int, int]]
+ScanCore = Callable[[Any, bool, bool, int, int], tuple[MutableSequence[int], int, int, int]]
+IndexCore = Callable[[Any, bool, bool, int, int, Any], tuple[dict[str, str] | None, int, int, int]]
 
 PIXEL_DATA = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -98,18 +110,18 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = frozenset(("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"))
 
 
-def _pick_core() -> tuple[ScanCore, str]:
+def _pick_core() -> tuple[ScanCore, IndexCore | None, str]:
     if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
         try:
             from pacs.dicom import _cscan
         except ImportError:
             pass
         else:
-            return _cscan.scan_core, "cython"
-    return _pyscan.scan_core, "python"
+            return _cscan.scan_core, _cscan.index_core, "cython"
+    return _pyscan.scan_core, None, "python"
 
 
-_core, IMPLEMENTATION = _pick_core()
+_core, _index_core, IMPLEMENTATION = _pick_core()
 
 
 class Element(NamedTuple):
@@ -155,28 +167,36 @@ class ElementTable(Sequence[Element]):
 
     ``buffer`` is the object the offsets refer to (the inflated bytes for deflated syntaxes),
     ``stop_offset`` the offset of the first tag >= the stop tag (None when the dataset ended
-    first), ``raw`` the flat ``[tag, vr_code, value_offset, length, ...]`` list of the loop.
+    first), ``raw`` the flat ``[tag, vr_code, value_offset, length, ...]`` list of the loop
+    (the compiled loop hands over an ``array.array``; the list is made on first use).
     """
 
-    __slots__ = ("buffer", "explicit", "little_endian", "raw", "stop_offset")
+    __slots__ = ("_flat", "_list", "buffer", "explicit", "little_endian", "stop_offset")
 
     def __init__(
         self,
-        raw: list[int],
+        raw: MutableSequence[int],
         buffer: Buffer,
         *,
         explicit: bool = True,
         little_endian: bool = True,
         stop_offset: int | None = None,
     ) -> None:
-        self.raw = raw
+        self._flat = raw
+        self._list: list[int] | None = raw if isinstance(raw, list) else None
         self.buffer = buffer
         self.explicit = explicit
         self.little_endian = little_endian
         self.stop_offset = stop_offset
 
+    @property
+    def raw(self) -> list[int]:
+        if self._list is None:
+            self._list = list(self._flat)
+        return self._list
+
     def __len__(self) -> int:
-        return len(self.raw) // 4
+        return len(self._flat) // 4
 
     @overload
     def __getitem__(self, index: int) -> Element: ...
@@ -190,11 +210,11 @@ class ElementTable(Sequence[Element]):
             index += n
         if not 0 <= index < n:
             raise IndexError("element index out of range")
-        tag, code, offset, length = self.raw[4 * index : 4 * index + 4]
+        tag, code, offset, length = self._flat[4 * index : 4 * index + 4]
         return Element(tag, _vr_name(code, tag, length), offset, length)
 
     def __iter__(self) -> Iterator[Element]:
-        raw = self.raw
+        raw = self._flat
         for i in range(0, len(raw), 4):
             tag, code, offset, length = raw[i : i + 4]
             yield Element(tag, _vr_name(code, tag, length), offset, length)
@@ -211,11 +231,11 @@ class ElementTable(Sequence[Element]):
 
     @property
     def tags(self) -> list[int]:
-        return self.raw[0::4]
+        return list(self._flat[0::4])
 
     def find(self, tag: int) -> Element | None:
         """The last element with ``tag``, or None."""
-        tags = self.raw[0::4]
+        tags = self._flat[0::4]
         try:
             i = len(tags) - 1 - tags[::-1].index(tag)
         except ValueError:
@@ -231,20 +251,33 @@ class ElementTable(Sequence[Element]):
         return bytes(self.buffer[start : start + element.length])
 
 
+_SYNTAXES: dict[str, tuple[bool, bool, bool]] = {}
+
+
 def _syntax(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     """(explicit, little endian, deflated) for a transfer syntax UID."""
+    known = _SYNTAXES.get(transfer_syntax_uid)
+    if known is not None:
+        return known
     uid = transfer_syntax_uid.rstrip("\x00 ")
     if uid == _IMPLICIT_LE:
-        return False, True, False
-    if uid == _EXPLICIT_BE:
-        return True, False, False
-    return True, True, uid in _DEFLATED
+        known = False, True, False
+    elif uid == _EXPLICIT_BE:
+        known = True, False, False
+    else:
+        known = True, True, uid in _DEFLATED
+    if len(_SYNTAXES) < 256:
+        _SYNTAXES[transfer_syntax_uid] = known
+    return known
 
 
 def _as_view(buffer: Buffer) -> Any:
     """A 1-D unsigned-byte view when ``buffer`` is a memoryview of another shape."""
-    if isinstance(buffer, memoryview) and (buffer.format != "B" or buffer.ndim != 1):
-        return buffer.cast("B")
+    if isinstance(buffer, memoryview):
+        if not buffer.c_contiguous:
+            return memoryview(buffer.tobytes())
+        if buffer.format != "B" or buffer.ndim != 1:
+            return buffer.cast("B")
     return buffer
 
 
@@ -254,13 +287,13 @@ def _fail(status: int, pos: int, tag: int) -> DicomFormatError:
 
 def _inflate_scan(
     core: ScanCore, buffer: Buffer, stop_tag: int, offset: int
-) -> tuple[bytearray, list[int], int, int, int]:
+) -> tuple[bytearray, MutableSequence[int], int, int, int]:
     """Inflate a raw-deflated dataset only as far as the scan needs it."""
     inflater = zlib.decompressobj(-15)
     source = memoryview(buffer)
     pending: Any = source[offset:]
     out = bytearray()
-    limit = 1 << 16
+    limit = 1 << 14  # a typical header fits; grows x4 per retry
     try:
         while True:
             want = limit - len(out)
@@ -293,15 +326,23 @@ def scan(
     return _scan(_core, buffer, transfer_syntax_uid, stop_tag, offset)
 
 
-def _scan(
-    core: ScanCore, buffer: Buffer, transfer_syntax_uid: str, stop_tag: int, offset: int
-) -> ElementTable:
+def _prepare(
+    buffer: Buffer, transfer_syntax_uid: str, stop_tag: int, offset: int
+) -> tuple[Any, bool, bool, bool]:
+    """(view, explicit, little endian, deflated) after checking the arguments."""
     explicit, little, deflated = _syntax(transfer_syntax_uid)
     if not 0 <= stop_tag <= 0x100000000:
         raise ValueError(f"stop tag out of range: {stop_tag:#x}")
     view = _as_view(buffer)  # the buffer itself unless a memoryview of other items
     if not 0 <= offset <= len(view):
         raise ValueError(f"offset {offset} outside the buffer of {len(view)} bytes")
+    return view, explicit, little, deflated
+
+
+def _scan(
+    core: ScanCore, buffer: Buffer, transfer_syntax_uid: str, stop_tag: int, offset: int
+) -> ElementTable:
+    view, explicit, little, deflated = _prepare(buffer, transfer_syntax_uid, stop_tag, offset)
     target: Buffer = view
     if deflated:
         target, flat, status, pos, tag = _inflate_scan(core, view, stop_tag, offset)
@@ -341,8 +382,8 @@ def index_attributes(table: ElementTable) -> dict[str, str]:
     Character Set is honoured; trailing padding is stripped; multiple values stay joined by
     ``\\``; the last occurrence of a repeated tag wins. Never raises.
     """
-    raw = table.raw
-    tags = raw[0::4]
+    raw = table._flat
+    tags = list(raw[0::4])
     if tags == sorted(tags):
         # The usual case: ascending tags, so bisect finds the last occurrence of each.
         hits = []
@@ -390,4 +431,49 @@ def read_index_attributes(
     ``offset`` is where the dataset starts in ``buffer`` (e.g. after the Part-10 header).
     Raises only :class:`~pacs.errors.DicomFormatError` on malformed input.
     """
-    return index_attributes(_scan(_core, buffer, transfer_syntax_uid, stop_tag, offset))
+    return _read_index(_core, _index_core, buffer, transfer_syntax_uid, stop_tag, offset)
+
+
+def _read_index(
+    core: ScanCore,
+    index_core: IndexCore | None,
+    buffer: Buffer,
+    transfer_syntax_uid: str,
+    stop_tag: int,
+    offset: int,
+) -> dict[str, str]:
+    """The index record by ``index_core`` (the compiled fast path) or via the table."""
+    if index_core is None:
+        return index_attributes(_scan(core, buffer, transfer_syntax_uid, stop_tag, offset))
+    view, explicit, little, deflated = _prepare(buffer, transfer_syntax_uid, stop_tag, offset)
+    if deflated:
+        # Inflate as far as the scan needs, then walk the inflated bytes once more (cheap).
+        view, _flat, status, pos, tag = _inflate_scan(core, view, stop_tag, offset)
+        if status > _pyscan.STOP:
+            raise _fail(status, pos, tag)
+        offset = 0
+    record, status, pos, tag = index_core(view, explicit, little, stop_tag, offset, _INDEX_SPEC)
+    if record is None:
+        raise _fail(status, pos, tag)
+    return record
+
+
+def _index_spec() -> Any:
+    """The compiled fast path's description of the index tags (None without the extension)."""
+    try:
+        from pacs.dicom import _cscan
+    except ImportError:
+        return None
+    return _cscan.IndexSpec(
+        _INDEX_TAG_ORDER,
+        [_INDEX_TAGS[tag][0] for tag in _INDEX_TAG_ORDER],
+        [_INDEX_TAGS[tag][1] for tag in _INDEX_TAG_ORDER],
+        sorted(STRING_VRS),
+        decode_value,
+        charset_info,
+        DEFAULT_CHARSET_INFO,
+        _SPECIFIC_CHARACTER_SET,
+    )
+
+
+_INDEX_SPEC = _index_spec()

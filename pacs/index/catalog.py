@@ -467,6 +467,29 @@ class Catalog:
 
         return self._write(apply)
 
+    def relocate(self, moves: dict[str, tuple[str, str]]) -> list[str]:
+        """Point instances at new blob locations (after compaction), in one transaction.
+
+        ``moves`` maps SOP Instance UID -> (old location, new location). An instance whose
+        location is no longer ``old`` (deleted or re-sent meanwhile) is left alone; the UIDs of
+        those are returned so the caller knows their new copies are garbage.
+        """
+
+        def apply(t: _Txn) -> list[str]:
+            stale: list[str] = []
+            db = self._dbs["instances"]
+            for uid, (old, new) in moves.items():
+                raw = _bytes(t.txn.get(key(uid), db=db))
+                record = None if raw is None else decode_instance(raw)
+                if record is None or record.location != old:
+                    stale.append(uid)
+                    continue
+                record.location = new
+                t.txn.put(key(uid), encode_instance(record), db=db)
+            return stale
+
+        return self._write(apply)
+
     def clear(self) -> None:
         """Empty every database (before a reindex)."""
 

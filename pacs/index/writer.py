@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pacs.errors import CatalogError
+from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
 from pacs.index.records import InstanceRecord
 
@@ -47,11 +47,19 @@ class CatalogWriter:
     """Owns every write to ``catalog`` from one thread; thread-safe ``submit`` and ``run``."""
 
     def __init__(
-        self, catalog: Catalog, batch_size: int = 256, name: str = "catalog-writer"
+        self,
+        catalog: Catalog,
+        batch_size: int = 256,
+        name: str = "catalog-writer",
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
+        """``before_commit`` runs in the writer thread before each batch's transaction: the
+        blob store's ``flush`` goes there, so one fdatasync covers the whole batch's blobs and
+        no index entry ever points at bytes that are not yet on disk."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.catalog = catalog
+        self.before_commit = before_commit
         self.batch_size = batch_size
         self.batches_committed = 0  # write transactions committed for stores
         self.records_committed = 0
@@ -136,6 +144,16 @@ class CatalogWriter:
         batch = [s for s in batch if s.future.set_running_or_notify_cancel()]
         if not batch:
             return
+        if self.before_commit is not None:
+            try:
+                self.before_commit()
+            except Exception as exc:  # the blobs are not durable: nothing may be indexed
+                log.error("flush before commit failed (%s): %d stores refused", exc, len(batch))
+                for store in batch:
+                    error = StorageError(f"blobs not made durable: {exc}")
+                    error.__cause__ = exc
+                    store.future.set_exception(error)
+                return
         try:
             outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch])
         except Exception as exc:

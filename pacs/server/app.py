@@ -1,11 +1,24 @@
-"""``pacs serve``: the event loop (uvloop when available), signals and orderly shutdown."""
+"""``pacs serve``: worker processes, each an event loop (uvloop when available), signals and
+orderly shutdown.
+
+With ``workers`` > 1 the parent process only supervises: every worker binds the DICOM port with
+SO_REUSEPORT (the kernel spreads connections across them), opens the shared LMDB environment and
+the blob store with its own writer identity, and runs its own catalog writer thread. SIGINT and
+SIGTERM are forwarded; a worker exits when its parent dies.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import signal
+import socket
+import time
 from collections.abc import Callable, Coroutine
+from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
 from pacs.archive import Archive
@@ -15,7 +28,13 @@ from pacs.server.dimse_server import DimseServer
 log = logging.getLogger("pacs.serve")
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    worker_id: int = 0,
+    parent_sentinel: int | None = None,
+    association_counts: SynchronizedArray[Any] | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then finish in-flight stores and close."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -24,8 +43,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests)
             pass
-    archive = await loop.run_in_executor(None, Archive.open, settings)
-    dimse = DimseServer(settings, archive)
+    if parent_sentinel is not None:
+        # The supervisor died (even by SIGKILL): finish what is in flight and leave.
+        loop.add_reader(parent_sentinel, stop.set)
+    archive = await loop.run_in_executor(None, Archive.open, settings, worker_id)
+    dimse = DimseServer(settings, archive, reuse_port=settings.worker_count > 1,
+                        association_counts=association_counts, worker_id=worker_id)
     try:
         await dimse.start()
         stats = archive.catalog.statistics()
@@ -45,17 +68,112 @@ def _scanner() -> str:
     return IMPLEMENTATION
 
 
-def run(settings: Settings) -> int:
-    """Blocking entry point for the CLI; exit status 0 after an orderly shutdown."""
+def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
-
-        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:  # plain asyncio still works, only slower
-        runner = asyncio.run
+        return asyncio.run
+    return uvloop.run
+
+
+def run(settings: Settings) -> int:
+    """Blocking entry point for the CLI; exit status 0 after an orderly shutdown."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.worker_count == 1:
+        return _run_worker(settings, 0, None)
+    return _supervise(settings)
+
+
+def _run_worker(
+    settings: Settings,
+    worker_id: int,
+    parent_sentinel: int | None,
+    association_counts: SynchronizedArray[Any] | None = None,
+) -> int:
     try:
-        runner(serve(settings))
+        _runner()(serve(settings, worker_id=worker_id, parent_sentinel=parent_sentinel,
+                        association_counts=association_counts))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 2
+    return 0
+
+
+def _worker_main(
+    settings: Settings, worker_id: int, association_counts: SynchronizedArray[Any]
+) -> None:
+    """Entry point of a spawned worker process."""
+    from pacs.cli import configure_logging
+
+    configure_logging(settings.log_level, f"w{worker_id}")
+    parent = multiprocessing.parent_process()
+    sentinel = parent.sentinel if parent is not None else None
+    raise SystemExit(_run_worker(settings, worker_id, sentinel, association_counts))
+
+
+def _concrete_port(settings: Settings) -> Settings:
+    """Port 0 means 'any free port': pick it once here so that every worker shares it."""
+    if settings.port != 0:
+        return settings
+    import dataclasses
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((settings.host, 0))
+        port = int(sock.getsockname()[1])
+    return dataclasses.replace(settings, port=port)
+
+
+def _supervise(settings: Settings) -> int:
+    settings = _concrete_port(settings)
+    context = multiprocessing.get_context("spawn")
+    count = settings.worker_count
+    stopping = False
+    exit_codes: dict[int, int] = {}
+    # One slot per worker: a restarted worker's slot is reset, so a crash leaks no count.
+    association_counts = context.Array("i", count)
+
+    def start(worker_id: int) -> BaseProcess:
+        with association_counts.get_lock():
+            association_counts[worker_id] = 0
+        process = context.Process(target=_worker_main,
+                                  args=(settings, worker_id, association_counts),
+                                  name=f"pacs-w{worker_id}", daemon=False)
+        process.start()
+        return process
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("starting %d DICOM workers on port %d", count, settings.port)
+    workers = {i: start(i) for i in range(count)}
+    restarts: dict[int, float] = {}
+    while workers:
+        for worker_id, process in list(workers.items()):
+            process.join(0.2)
+            if process.exitcode is None:
+                continue
+            del workers[worker_id]
+            exit_codes[worker_id] = process.exitcode
+            if stopping:
+                continue
+            if process.exitcode == 2 and worker_id not in restarts:
+                # A worker that cannot bind or open the archive: the others will fail alike.
+                log.error("worker %d failed to start; stopping", worker_id)
+                on_signal(signal.SIGTERM, None)
+                continue
+            log.error("worker %d exited with %s; restarting it", worker_id, process.exitcode)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - restarts.get(worker_id, 0.0))))
+            restarts[worker_id] = time.monotonic()
+            workers[worker_id] = start(worker_id)
+    failed = {w: c for w, c in exit_codes.items() if c != 0}
+    if failed:
+        log.error("workers exited with %s", failed)
+        return 2 if 2 in failed.values() else 1
+    log.info("all workers stopped")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from multiprocessing.sharedctypes import SynchronizedArray
+from typing import Any
 
 from pacs.archive import Archive
 from pacs.config import Settings
@@ -16,13 +18,25 @@ log = logging.getLogger("pacs.dimse")
 class DimseServer:
     """Owns the listening socket and every live ``DicomProtocol``."""
 
-    def __init__(self, settings: Settings, archive: Archive) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        archive: Archive,
+        reuse_port: bool = False,
+        association_counts: SynchronizedArray[Any] | None = None,
+        worker_id: int = 0,
+    ) -> None:
+        """``association_counts`` holds one slot per worker process, in shared memory, so that
+        ``max_associations`` caps the archive as a whole, not each worker."""
         self.settings = settings
+        self.reuse_port = reuse_port
+        self._counts = association_counts
+        self._slot = worker_id
         self.archive = archive
         self.services = Services(archive.ingest)
         self.contexts = supported_contexts()
         self.connections: set[DicomProtocol] = set()
-        self.associations = 0  # accepted and not yet ended
+        self._local_associations = 0  # accepted here and not yet ended
         self.pending_stores = 0
         self._paused: set[DicomProtocol] = set()
         self._server: asyncio.Server | None = None
@@ -36,6 +50,7 @@ class DimseServer:
             self.settings.host,
             self.settings.port,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         for sock in self._server.sockets:
@@ -56,8 +71,33 @@ class DimseServer:
         self.connections.discard(protocol)
         self._paused.discard(protocol)
 
-    def may_accept_association(self) -> bool:
-        return self.associations < self.settings.max_associations
+    @property
+    def associations(self) -> int:
+        """Associations open in every worker."""
+        if self._counts is None:
+            return self._local_associations
+        with self._counts.get_lock():
+            return int(sum(self._counts[:]))
+
+    def try_add_association(self) -> bool:
+        """Count a new association unless the archive-wide cap is reached."""
+        if self._counts is None:
+            if self._local_associations >= self.settings.max_associations:
+                return False
+            self._local_associations += 1
+            return True
+        with self._counts.get_lock():
+            if sum(self._counts[:]) >= self.settings.max_associations:
+                return False
+            self._counts[self._slot] += 1
+        self._local_associations += 1
+        return True
+
+    def remove_association(self) -> None:
+        self._local_associations -= 1
+        if self._counts is not None:
+            with self._counts.get_lock():
+                self._counts[self._slot] -= 1
 
     def store_started(self, protocol: DicomProtocol) -> None:
         """Count a store in flight; stop reading from peers while the queue is full."""

@@ -164,7 +164,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _on_associate(self, event: AssociateRequested) -> None:
         rq = event.pdu
         self.calling_aet = rq.calling_ae_title.strip()
-        if not self.server.may_accept_association():
+        if not self.server.try_add_association():
             log.warning("%s %s: rejected, %d associations already open", self.peer,
                         self.calling_aet, self.server.associations)
             self._write(self.association.reject(
@@ -173,7 +173,6 @@ class DicomProtocol(asyncio.BufferedProtocol):
         ac = negotiate(rq, self.server.contexts, max_pdu_length=self.settings.max_pdu_size)
         self._write(self.association.accept(ac))
         self._accepted = True
-        self.server.associations += 1
         accepted = sum(1 for pc in ac.presentation_contexts if pc.result == 0)
         log.info("%s %s -> %s: association accepted (%d of %d presentation contexts)",
                  self.peer, self.calling_aet, rq.called_ae_title.strip(), accepted,
@@ -185,7 +184,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
             return
         if event.has_dataset:
             self._store_command = event
-            self._spool = Spool(self.settings.spool_memory_limit, self.settings.spool_dir)
+            self._spool = Spool(self.settings.spool_memory_limit, self.server.archive.spool_dir)
             return
         self._dispatch(event, None)
 
@@ -261,7 +260,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _end_association(self) -> None:
         if self._accepted:
             self._accepted = False
-            self.server.associations -= 1
+            self.server.remove_association()
 
     def _write(self, data: bytes) -> None:
         if data and self.transport is not None and not self._closed:

@@ -10,7 +10,9 @@ from pydicom.dataset import Dataset, FileDataset
 
 from pacs.index.catalog import Catalog
 from pacs.index.records import InstanceRecord
+from pacs.store.base import BlobStore
 from pacs.store.files import FileStore
+from pacs.store.segments import SegmentStore
 
 
 def stored_instance(data_dir: Path, sop_instance_uid: str) -> tuple[InstanceRecord, bytes] | None:
@@ -22,11 +24,35 @@ def stored_instance(data_dir: Path, sop_instance_uid: str) -> tuple[InstanceReco
         catalog.close()
     if record is None:
         return None
-    store = FileStore(data_dir / "blobs")
+    store = open_blob_store(data_dir)
     try:
         return record, store.get(record.location)
     finally:
         store.close()
+
+
+def open_blob_store(data_dir: Path) -> BlobStore:
+    """The store an archive wrote (segments by default, files when configured so)."""
+    blobs = data_dir / "blobs"
+    if any(blobs.glob("*.seg")):
+        return SegmentStore(blobs, writer_id="test")
+    return FileStore(blobs)
+
+
+def flip_last_byte(data_dir: Path, location: str) -> None:
+    """Corrupt one stored blob in place, whatever the store (a bit rot stand-in)."""
+    blobs = data_dir / "blobs"
+    if ".seg:" in location:
+        name, offset, length = location.rsplit(":", 2)
+        path, at = blobs / name, int(offset) + int(length) - 1
+    else:
+        path = blobs / location
+        at = path.stat().st_size - 1
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0xFF]))
 
 
 def statistics(data_dir: Path) -> dict[str, int]:

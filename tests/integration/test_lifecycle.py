@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, require_tool
 from tests.dicomgen import make_ct, write
-from tests.integration.archive_check import statistics, stored_instance
+from tests.integration.archive_check import flip_last_byte, statistics, stored_instance
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +76,7 @@ def test_reindex_rebuilds_and_verify_checks(archive, tmp_path: Path) -> None:
     assert record.attributes["PatientID"] == "P0"
 
     # Flip one byte of one blob: verify must notice and exit 1.
-    blob = archive.data_dir / "blobs" / record.location
-    raw = bytearray(blob.read_bytes())
-    raw[-1] ^= 0xFF
-    blob.write_bytes(bytes(raw))
+    flip_last_byte(archive.data_dir, record.location)
     proc = pacs("verify", "--data-dir", data)
     assert proc.returncode == 1
     assert "digest_mismatch" in proc.stdout
@@ -91,3 +88,21 @@ def test_bad_port_in_config_file_is_exit_2(tmp_path: Path) -> None:
     proc = pacs("serve", "--config", str(config), "--data-dir", str(tmp_path / "d"))
     assert proc.returncode == 2
     assert proc.stderr.startswith("pacs: error: port")
+
+
+def test_export_writes_ordinary_part10_files(archive, tmp_path: Path) -> None:
+    one, other = make_ct().StudyInstanceUID, make_ct().StudyInstanceUID
+    files = [write(make_ct(study_uid=one if i < 3 else other, instance_number=i),
+                   tmp_path / f"{i}.dcm") for i in range(5)]
+    assert store_files(archive.port, files).returncode == 0
+    out = tmp_path / "export"
+    proc = pacs("export", str(out), "--study", one, "--data-dir", str(archive.data_dir))
+    assert proc.returncode == 0, proc.stderr
+    exported = sorted(out.rglob("*.dcm"))
+    assert len(exported) == 3
+    for path in exported:
+        ds = pydicom.dcmread(path)
+        assert ds.StudyInstanceUID == one
+        assert path.parent.name == ds.SeriesInstanceUID and path.stem == ds.SOPInstanceUID
+        _, blob = stored_instance(archive.data_dir, ds.SOPInstanceUID)
+        assert path.read_bytes() == blob

@@ -14,7 +14,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from tests.dicomgen import make_ct
-from tests.integration.archive_check import read_blob, same_dataset, stored_instance
+from tests.integration.archive_check import (
+    open_blob_store,
+    read_blob,
+    same_dataset,
+    stored_instance,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,5 +82,8 @@ def test_replace_policy_keeps_the_latest(archive_factory, scu_ae: AE) -> None:
         assoc.release()
     record, _ = stored_instance(archive.data_dir, first.SOPInstanceUID)
     assert record.attributes["PatientName"] == "New^Name"
-    blobs = [p for p in (archive.data_dir / "blobs").rglob("*.dcm")]
-    assert len(blobs) == 1  # the replaced blob was deleted
+    store = open_blob_store(archive.data_dir)
+    try:
+        assert list(store.locations()) == [record.location]  # the replaced blob was deleted
+    finally:
+        store.close()

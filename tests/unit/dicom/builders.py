@@ -87,6 +87,9 @@ def pydicom_test_files() -> list[Path]:
 
 
 CORES = {"python": _pyscan.scan_core}
+# (scan core, index core) of each twin, for scan._read_index: the pure twin has no index core
+# (its record is index_attributes of its table), the compiled one takes its fast path.
+READERS: dict[str, tuple[object, object]] = {"python": (_pyscan.scan_core, None)}
 try:
     from pacs.dicom import _cscan
 except ImportError:  # extension not built
@@ -94,3 +97,12 @@ except ImportError:  # extension not built
 else:
     if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
         CORES["cython"] = _cscan.scan_core
+        READERS["cython"] = (_cscan.scan_core, _cscan.index_core)
+
+
+def read_index(reader: str, data, syntax: str, stop: int = 0x7FE00010, offset: int = 0):
+    """scan._read_index by one twin (see READERS)."""
+    from pacs.dicom import scan as scan_mod
+
+    core, index_core = READERS[reader]
+    return scan_mod._read_index(core, index_core, data, syntax, stop, offset)

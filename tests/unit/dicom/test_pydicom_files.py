@@ -12,7 +12,7 @@ from pydicom.multival import MultiValue
 from pacs.dicom import part10
 from pacs.dicom import scan as scan_mod
 from pacs.errors import DicomFormatError
-from tests.unit.dicom.builders import CORES, pydicom_test_files
+from tests.unit.dicom.builders import CORES, READERS, pydicom_test_files, read_index
 
 FILES = pydicom_test_files()
 
@@ -97,3 +97,19 @@ def test_whole_dataset_twins_agree(path):
     data = path.read_bytes()
     results = [_outcome(core, data, 0x100000000) for core in CORES.values()]
     assert all(r == results[0] for r in results)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_index_readers_agree(path):
+    """The compiled fast path gives the pure twin's record (or error), headers and whole."""
+    data = path.read_bytes()
+    for stop in (scan_mod.PIXEL_DATA, 0x100000000):
+        results = []
+        for name in READERS:
+            try:
+                meta, offset = part10.read_file_meta(data)
+                results.append(read_index(name, data, meta.get("TransferSyntaxUID", ""), stop,
+                                          offset))
+            except DicomFormatError as exc:
+                results.append(exc)
+        assert all(r == results[0] for r in results)

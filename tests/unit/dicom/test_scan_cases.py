@@ -273,6 +273,10 @@ def test_buffer_types_and_offset(core):
     words = memoryview(bytearray(data)).cast("H")
     table = scan_mod._scan(core, words, EXPLICIT, scan_mod.PIXEL_DATA, 6)
     assert [tuple(e) for e in table] == expected
+    strided = memoryview(bytes(b for c in data for b in (c, 0xEE)))[::2]  # not contiguous
+    table = scan_mod._scan(core, strided, EXPLICIT, scan_mod.PIXEL_DATA, 6)
+    assert [tuple(e) for e in table] == expected
+    assert scan_mod.read_index_attributes(strided, EXPLICIT, offset=6)["PatientName"] == "Doe^John"
 
 
 def test_mmap_closes_after_scan(tmp_path):

@@ -16,9 +16,11 @@ from tests.unit.dicom.builders import (
     DEFLATED,
     EXPLICIT,
     IMPLICIT,
+    READERS,
     TEST_FILES,
     el,
     item,
+    read_index,
     seq,
 )
 
@@ -102,12 +104,19 @@ def _has_delimiter_tags(spec) -> bool:
     return False
 
 
-def outcome(core, data, syntax, stop, offset):
+def outcome(name, data, syntax, stop, offset):
+    """Table (and index record) or error of one twin; its index reader must agree with it."""
     try:
-        table = scan_mod._scan(core, data, syntax, stop, offset)
+        record = read_index(name, data, syntax, stop, offset)
     except DicomFormatError as exc:
+        record = exc
+    try:
+        table = scan_mod._scan(CORES[name], data, syntax, stop, offset)
+    except DicomFormatError as exc:
+        assert record == exc
         return ("error", exc.reason, exc.offset, exc.tag)
     attributes = scan_mod.index_attributes(table)  # must never raise
+    assert record == attributes
     assert all(isinstance(v, str) for v in attributes.values())
     assert all(e.value_offset + (0 if e.length == 0xFFFFFFFF else e.length) <= len(table.buffer)
                for e in table)
@@ -118,14 +127,14 @@ def outcome(core, data, syntax, stop, offset):
 @given(streams())
 def test_twins_agree_on_generated_and_mutated_streams(case):
     data, syntax, stop, offset = case
-    results = [outcome(core, data, syntax, stop, offset) for core in CORES.values()]
+    results = [outcome(name, data, syntax, stop, offset) for name in READERS]
     assert all(r == results[0] for r in results)
 
 
 @SETTINGS
 @given(st.binary(max_size=64), st.sampled_from([EXPLICIT, IMPLICIT, BIG]))
 def test_twins_agree_on_random_bytes(data, syntax):
-    results = [outcome(core, data, syntax, 0x100000000, 0) for core in CORES.values()]
+    results = [outcome(name, data, syntax, 0x100000000, 0) for name in READERS]
     assert all(r == results[0] for r in results)
 
 
@@ -137,7 +146,7 @@ def test_twins_agree_on_deflated_streams(case, garble):
     deflated = bytearray(compressor.compress(data) + compressor.flush())
     if garble and deflated:
         deflated[len(deflated) // 2] ^= 0x5A
-    results = [outcome(core, bytes(deflated), DEFLATED, stop, 0) for core in CORES.values()]
+    results = [outcome(name, bytes(deflated), DEFLATED, stop, 0) for name in READERS]
     assert all(r == results[0] for r in results)
 
 
@@ -174,6 +183,35 @@ def test_twins_agree_on_mutated_real_headers(real, data):
         pos = data.draw(st.integers(0, len(mutated) - 1))
         mutated[pos] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(mutated)))
-    results = [outcome(core, bytes(mutated[:cut]), syntax, 0x100000000, 0)
-               for core in CORES.values()]
+    results = [outcome(name, bytes(mutated[:cut]), syntax, 0x100000000, 0) for name in READERS]
+    assert all(r == results[0] for r in results)
+
+
+# Index values: every decoding branch of the compiled fast path against the pure record.
+CHARSETS = ["", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "\\ISO 2022 IR 87", "GB18030",
+            "ISO_IR 13", "ISO_IR 144", "ISO_IR 999", "ISO 2022 IR 6\\ISO 2022 IR 149", "UTF-7"]
+INDEX_TAGS = [t for t in sorted(scan_mod._INDEX_TAGS) if t != 0x00080005]
+VALUE_BYTES = st.one_of(
+    st.sampled_from(b" \x00\\=^\x1b$B()\x80\xe9\xff\xc3\xa9A1.z"), st.integers(0, 255)
+)
+INDEX_VRS = st.sampled_from([None, "AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN",
+                             "SH", "ST", "TM", "UC", "UI", "UR", "UT", "UN", "OB", "SQ", "US"])
+
+
+@SETTINGS
+@given(
+    st.sampled_from(CHARSETS),
+    st.lists(
+        st.tuples(st.sampled_from(INDEX_TAGS), INDEX_VRS,
+                  st.lists(VALUE_BYTES, max_size=20).map(bytes)),
+        max_size=8,
+    ),
+    st.booleans(),
+)
+def test_index_readers_agree_on_values(charset, elements, implicit):
+    data = el(0x00080005, None if implicit else "CS", charset.encode()) if charset else b""
+    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
+        data += el(tag, None if implicit else (vr or "UN"), value)
+    syntax = IMPLICIT if implicit else EXPLICIT
+    results = [outcome(name, data, syntax, scan_mod.PIXEL_DATA, 0) for name in READERS]
     assert all(r == results[0] for r in results)

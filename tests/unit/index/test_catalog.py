@@ -261,3 +261,18 @@ def test_map_grows_when_full(tmp_path: Path) -> None:
         catalog.store_batch(hierarchy(2, 5, 5, 20))  # ~1,000 records: far more than 64 KiB
         assert catalog.map_size > start
         assert catalog.statistics()["instances"] == 1000
+
+
+def test_relocate_moves_only_current_locations(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "db", map_size=1 << 26) as catalog:
+        a = make_record("P", "ST", "SE", "A", location="seg1:0:10")
+        b = make_record("P", "ST", "SE", "B", location="seg1:10:10")
+        catalog.store_batch([a, b])
+        stale = catalog.relocate({"A": ("seg1:0:10", "seg2:0:10"),
+                                  "B": ("seg0:99:10", "seg2:10:10"),  # B is elsewhere now
+                                  "C": ("seg1:20:10", "seg2:20:10")})  # C is not indexed
+        assert sorted(stale) == ["B", "C"]
+        record_a, record_b = catalog.get_instance("A"), catalog.get_instance("B")
+        assert record_a is not None and record_a.location == "seg2:0:10"
+        assert record_b is not None and record_b.location == "seg1:10:10"
+        assert catalog.statistics()["instances"] == 2

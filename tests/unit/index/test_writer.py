@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pacs.errors import CatalogError
+from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, StoreOutcome
 from pacs.index.writer import CatalogWriter
 from tests.unit.index._records import check_consistent, hierarchy, make_record
@@ -140,3 +140,28 @@ def test_writer_grows_a_full_map(tmp_path: Path) -> None:
             assert all(f.result(30).kind == "stored" for f in futures)
         assert catalog.map_size > 1 << 16
         assert catalog.statistics()["instances"] == 500
+
+
+def test_before_commit_runs_once_per_batch_before_the_transaction(catalog: Catalog) -> None:
+    seen: list[int] = []  # instances in the catalog each time the hook ran
+    writer = CatalogWriter(catalog, before_commit=lambda: seen.append(
+        catalog.statistics()["instances"]))
+    release = hold(writer)
+    futures = [writer.submit(r) for r in hierarchy(1, 1, 2, 5)]  # 10 records, queued
+    release.set()
+    for f in futures:
+        f.result(10)
+    writer.close()
+    assert seen == [0]  # one flush, before the one commit that added all ten
+
+
+def test_failing_before_commit_refuses_the_batch(catalog: Catalog) -> None:
+    def broken_flush() -> None:
+        raise OSError("disk gone")
+
+    writer = CatalogWriter(catalog, before_commit=broken_flush)
+    future = writer.submit(make_record("P", "S", "SE", "I"))
+    with pytest.raises(StorageError, match="disk gone"):
+        future.result(10)
+    writer.close()
+    assert catalog.statistics()["instances"] == 0

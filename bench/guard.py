@@ -1,0 +1,151 @@
+"""Hot-path guard: ratios against in-run baselines must stay above their floors.
+
+``python -m bench.guard`` (``make bench-guard``, run by ``.ci/run`` after the tests) measures
+each registered check in this one process: the hot path and its baseline run in alternation,
+``REPEATS`` times, each for about ``SLICE`` seconds, and the ratio is the median of the
+per-repeat ratios (baseline time / hot-path time). A ratio measured this way is stable on a
+noisy machine where absolute times are not. Exit status 1 when a ratio is below its floor or
+a check cannot run (e.g. the compiled scanner is not built: CI always builds it).
+
+Floors sit well under the goals (the scanner's goal: >= 50x pydicom, >= 10x the pure twin).
+Later hot paths (ingest, C-FIND) add their checks with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+REPEATS = 7
+SLICE = 0.02  # seconds per measurement
+
+
+@dataclass(frozen=True)
+class Check:
+    """``subject`` must be at least ``floor`` times faster than ``baseline``."""
+
+    name: str
+    subject: Callable[[], object]
+    baseline_name: str
+    baseline: Callable[[], object]
+    floor: float
+
+
+class Unavailable(Exception):
+    """A check that cannot run here (the guard then fails)."""
+
+
+CheckFactory = Callable[[], list[Check]]
+REGISTRY: list[CheckFactory] = []
+
+
+def register(factory: CheckFactory) -> CheckFactory:
+    """Add a factory of checks (called when the guard runs; may raise :class:`Unavailable`)."""
+    REGISTRY.append(factory)
+    return factory
+
+
+def _per_call(fn: Callable[[], object], loops: int) -> float:
+    start = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - start) / loops
+
+
+def _loops(fn: Callable[[], object]) -> int:
+    """Calls that take about SLICE seconds (after a warm-up call)."""
+    fn()
+    once = _per_call(fn, 3)
+    return max(1, int(SLICE / max(once, 1e-9)))
+
+
+def measure(check: Check) -> float:
+    """Median over REPEATS of (baseline time / subject time), measured in alternation."""
+    subject_loops, baseline_loops = _loops(check.subject), _loops(check.baseline)
+    ratios = []
+    for _ in range(REPEATS):
+        baseline = _per_call(check.baseline, baseline_loops)
+        subject = _per_call(check.subject, subject_loops)
+        ratios.append(baseline / subject)
+    return statistics.median(ratios)
+
+
+# -- the tag scanner ------------------------------------------------------------------------
+
+
+@register
+def scanner_checks() -> list[Check]:
+    """Index record of the benchmark's CT header (about 3 KB before 512 KB of pixels)."""
+    from bench import bench_scan
+
+    if bench_scan._cscan is None:
+        raise Unavailable(
+            "compiled scanner not built (run: .venv/bin/python setup.py build_ext --inplace)"
+        )
+    instance = bench_scan.ct_instance(bench_scan.SYNTAXES["explicit"])
+    dataset, syntax = bench_scan.dataset_of(instance)
+    expected = bench_scan.pydicom_index(instance)
+    if not bench_scan.compiled_index(dataset, syntax) == expected == bench_scan.pure_index(
+        dataset, syntax
+    ):
+        raise Unavailable("the readers disagree on the CT header")
+    from pacs.dicom import scan as scan_mod
+
+    if scan_mod.IMPLEMENTATION != "cython":
+        raise Unavailable(f"the public API runs the {scan_mod.IMPLEMENTATION} twin")
+    read, whole = scan_mod.read_index_attributes, 0x100000000
+
+    def compiled() -> object:
+        return read(dataset, syntax)
+
+    def compiled_whole() -> object:
+        return read(dataset, syntax, stop_tag=whole)
+
+    return [
+        Check("scan+index CT (compiled)", compiled, "pydicom dcmread+attributes",
+              lambda: bench_scan.pydicom_index(instance), 20.0),
+        Check("scan+index CT (compiled)", compiled, "pure twin",
+              lambda: bench_scan.pure_index(dataset, syntax), 5.0),
+        Check("whole-dataset CT, ingest (compiled)", compiled_whole, "pure twin",
+              lambda: bench_scan.pure_index(dataset, syntax, whole), 5.0),
+    ]
+
+
+# -- runner ---------------------------------------------------------------------------------
+
+
+def run(factories: list[CheckFactory]) -> Iterator[tuple[str, bool]]:
+    """(report line, passed) per check, in registration order."""
+    for factory in factories:
+        try:
+            checks = factory()
+        except Unavailable as exc:
+            yield f"  FAIL {factory.__name__}: cannot run: {exc}", False
+            continue
+        for check in checks:
+            ratio = measure(check)
+            ok = ratio >= check.floor
+            label = f"{check.name} vs {check.baseline_name}"
+            yield (
+                f"  {'ok  ' if ok else 'FAIL'} {label:64s} {ratio:8.1f}x  (floor {check.floor:g}x)",
+                ok,
+            )
+
+
+def main() -> int:
+    start = time.perf_counter()
+    print(f"hot-path guard: median of {REPEATS} in-process ratios (baseline / hot path)")
+    passed = True
+    for line, ok in run(REGISTRY):
+        print(line, flush=True)
+        passed &= ok
+    verdict = "passed" if passed else "FAILED (a ratio below its floor or a check that cannot run)"
+    print(f"guard {verdict} ({time.perf_counter() - start:.1f} s)")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

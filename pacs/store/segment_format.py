@@ -1,0 +1,351 @@
+"""On-disk format of the segment store: records, the seal trailer, locations, and scanners.
+
+A segment is a file ``<owner>-<seq:08d>.seg`` of records, each::
+
+    header (88 bytes, little endian)
+        magic      4s   b"PSG1"
+        kind       B    1 = blob, 2 = tombstone, 3 = seal
+        flags      B    0 (reserved)
+        key_len    H    bytes of key used (<= 64)
+        data_len   Q    bytes of data following the header
+        data_crc   I    zlib.crc32 of the data
+        key        64s  UTF-8 key, zero padded (SOP Instance UIDs are at most 64 characters)
+        header_crc I    zlib.crc32 of the 84 bytes above: lets a scanner re-find boundaries
+    data (data_len bytes)
+        blob:      the complete Part-10 file
+        tombstone: the location (UTF-8) of the deleted blob; key = the deleted blob's key
+        seal:      the segment's index (see ``encode_index``); always the last record
+
+A sealed segment ends with a 16-byte footer ``<Q seal_offset><4s b"PSND"><I crc>`` so its index
+is found with two reads, without walking the records. The header has a fixed size so a location
+(``<segment>:<data offset>:<data length>``) points at its own header: ``get`` verifies it with
+one small read and needs no lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+MAGIC = b"PSG1"
+KIND_BLOB = 1
+KIND_TOMBSTONE = 2
+KIND_SEAL = 3
+KEY_MAX = 64
+
+_HEAD = struct.Struct("<4sBBHQI64s")  # the part covered by header_crc
+_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEAD.size + _CRC.size  # 88
+_FOOTER = struct.Struct("<Q4sI")
+FOOTER_SIZE = _FOOTER.size  # 16
+_FOOTER_MAGIC = b"PSND"
+_INDEX_HEAD = struct.Struct("<IIQ")  # tombstones, records, bytes of the tombstone section
+_TOMB_ENTRY = struct.Struct("<H")
+_REC_ENTRY = struct.Struct("<QQB")  # data offset, data length, key length; then the key
+CHUNK = 1 << 20
+
+# Writer ids become file names and location prefixes: keep them plain. "compact" names the
+# segments written by compaction, so no writer may take it.
+WRITER_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
+COMPACT_OWNER = "compact"
+SEGMENT_NAME = re.compile(r"([A-Za-z0-9_]{1,32})-(\d{8})\.seg")
+_LOCATION = re.compile(r"([A-Za-z0-9_]{1,32}-\d{8}\.seg):([1-9]\d{0,18}):(0|[1-9]\d{0,18})")
+
+
+def segment_name(owner: str, seq: int) -> str:
+    return f"{owner}-{seq:08d}.seg"
+
+
+def parse_segment_name(name: str) -> tuple[str, int] | None:
+    """(owner, seq) of a segment file name, None for any other file."""
+    m = SEGMENT_NAME.fullmatch(name)
+    return (m[1], int(m[2])) if m else None
+
+
+def format_location(segment: str, data_offset: int, length: int) -> str:
+    return f"{segment}:{data_offset}:{length}"
+
+
+def parse_location(location: str) -> tuple[str, int, int] | None:
+    """(segment, data offset, length), or None when ``location`` is not one of ours."""
+    m = _LOCATION.fullmatch(location)
+    if m is None or int(m[2]) < HEADER_SIZE:
+        return None
+    return m[1], int(m[2]), int(m[3])
+
+
+def key_bytes(key: str) -> bytes:
+    """The key as stored: UTF-8, or ``#`` + a hash when longer than the 64 bytes reserved."""
+    raw = key.encode("utf-8", "surrogatepass")
+    if len(raw) <= KEY_MAX:
+        return raw
+    return b"#" + hashlib.blake2b(raw, digest_size=31).hexdigest().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A decoded record header; ``offset`` is where the record starts."""
+
+    offset: int
+    kind: int
+    key: str
+    data_len: int
+    data_crc: int
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + HEADER_SIZE
+
+    @property
+    def end(self) -> int:
+        return self.offset + HEADER_SIZE + self.data_len
+
+
+def pack_header(kind: int, key: bytes, data_len: int, data_crc: int) -> bytes:
+    head = _HEAD.pack(MAGIC, kind, 0, len(key), data_len, data_crc, key)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def unpack_header(raw: bytes, offset: int) -> Header | None:
+    """The header in ``raw`` (read at ``offset``), or None when it is not a valid header."""
+    if len(raw) < HEADER_SIZE:
+        return None
+    head = raw[: _HEAD.size]
+    magic, kind, _flags, key_len, data_len, data_crc, key = _HEAD.unpack(head)
+    if magic != MAGIC or kind not in (KIND_BLOB, KIND_TOMBSTONE, KIND_SEAL) or key_len > KEY_MAX:
+        return None
+    if _CRC.unpack_from(raw, _HEAD.size)[0] != zlib.crc32(head):
+        return None
+    return Header(offset, kind, key[:key_len].decode("utf-8", "surrogatepass"), data_len, data_crc)
+
+
+def read_header(fd: int, offset: int) -> Header | None:
+    return unpack_header(os.pread(fd, HEADER_SIZE, offset), offset)
+
+
+def crc_range(fd: int, offset: int, length: int, crc: int = 0) -> int:
+    """crc32 of ``length`` bytes at ``offset``, read in chunks (never the whole range at once)."""
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+        if not chunk:
+            raise EOFError(f"short read at {offset}")
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+    return crc
+
+
+# -- the seal record and footer -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SegmentIndex:
+    """What a segment holds: blob records (data offset, length, key) and tombstoned locations."""
+
+    records: list[tuple[int, int, str]] = field(default_factory=list)
+    tombstones: list[str] = field(default_factory=list)
+    sealed: bool = False
+    end: int = 0  # end of the last valid record (of the footer, when sealed)
+
+
+def encode_index(records: bytes | bytearray, n_records: int, tombstones: list[str]) -> bytes:
+    """The seal record's data; ``records`` is a concatenation of ``encode_record_entry``."""
+    tomb = b"".join(_TOMB_ENTRY.pack(len(raw)) + raw for raw in (t.encode() for t in tombstones))
+    return _INDEX_HEAD.pack(len(tombstones), n_records, len(tomb)) + tomb + bytes(records)
+
+
+def encode_record_entry(data_offset: int, length: int, key: bytes) -> bytes:
+    return _REC_ENTRY.pack(data_offset, length, len(key)) + key
+
+
+def _decode_tombstones(raw: bytes, count: int) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    for _ in range(count):
+        (n,) = _TOMB_ENTRY.unpack_from(raw, pos)
+        out.append(raw[pos + 2 : pos + 2 + n].decode())
+        pos += 2 + n
+    return out
+
+
+def decode_records(raw: bytes, count: int) -> list[tuple[int, int, str]]:
+    out: list[tuple[int, int, str]] = []
+    pos = 0
+    for _ in range(count):
+        off, length, n = _REC_ENTRY.unpack_from(raw, pos)
+        pos += _REC_ENTRY.size
+        out.append((off, length, raw[pos : pos + n].decode("utf-8", "surrogatepass")))
+        pos += n
+    return out
+
+
+def pack_footer(seal_offset: int) -> bytes:
+    head = struct.pack("<Q4s", seal_offset, _FOOTER_MAGIC)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex | None:
+    """The index of a sealed segment from its footer; None when it is not (validly) sealed.
+
+    With ``records=False`` only the tombstone section is read (cheap: deletes are rare).
+    """
+    if size < HEADER_SIZE + FOOTER_SIZE:
+        return None
+    raw = os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE)
+    seal_offset, magic, crc = _FOOTER.unpack(raw)
+    if magic != _FOOTER_MAGIC or crc != zlib.crc32(raw[:12]):
+        return None
+    head = read_header(fd, seal_offset)
+    if head is None or head.kind != KIND_SEAL or head.end + FOOTER_SIZE != size:
+        return None
+    n_tomb, n_rec, tomb_len = _INDEX_HEAD.unpack(os.pread(fd, _INDEX_HEAD.size, head.data_offset))
+    pos = head.data_offset + _INDEX_HEAD.size
+    if records:
+        rest = os.pread(fd, head.data_len - _INDEX_HEAD.size, pos)
+        if zlib.crc32(rest, zlib.crc32(struct.pack("<IIQ", n_tomb, n_rec, tomb_len))) != (
+            head.data_crc
+        ):
+            return None
+        return SegmentIndex(
+            records=decode_records(rest[tomb_len:], n_rec),
+            tombstones=_decode_tombstones(rest[:tomb_len], n_tomb),
+            sealed=True,
+            end=size,
+        )
+    tomb = os.pread(fd, tomb_len, pos)
+    return SegmentIndex(tombstones=_decode_tombstones(tomb, n_tomb), sealed=True, end=size)
+
+
+def seal_bytes(offset: int, index: bytes) -> bytes:
+    """Seal record (at ``offset``) + footer: appended as one write, then fdatasync'd."""
+    return pack_header(KIND_SEAL, b"", len(index), zlib.crc32(index)) + index + pack_footer(offset)
+
+
+# -- scanning -------------------------------------------------------------------------------------
+
+
+def walk(fd: int, size: int, start: int = 0) -> Iterator[Header]:
+    """Headers from ``start`` on, trusting lengths; stops at the first invalid or cut record.
+
+    No data checksums: for segments other processes are appending to (their tail may be half
+    written, which just ends the walk) and for listing. Recovery uses ``validate`` instead.
+    """
+    offset = start
+    while offset + HEADER_SIZE <= size:
+        head = read_header(fd, offset)
+        if head is None or head.end > size:
+            return
+        yield head
+        if head.kind == KIND_SEAL:
+            return
+        offset = head.end
+
+
+def resync(fd: int, start: int, size: int) -> int | None:
+    """Offset of the next valid header after ``start`` (searching for the magic), or None."""
+    pos = start + 1
+    while pos + HEADER_SIZE <= size:
+        chunk = os.pread(fd, min(CHUNK + HEADER_SIZE, size - pos), pos)
+        i = chunk.find(MAGIC)
+        while i >= 0:
+            head = read_header(fd, pos + i)
+            if head is not None and head.end <= size:
+                return pos + i
+            i = chunk.find(MAGIC, i + 1)
+        pos += CHUNK
+    return None
+
+
+@dataclass(slots=True)
+class Validation:
+    """What ``validate`` found in one segment."""
+
+    records: list[Header] = field(default_factory=list)  # header and data checksums verified
+    good_end: int = 0  # end of the last verified record: a torn tail starts here
+    corrupt: list[tuple[int, int]] = field(default_factory=list)  # (offset, end) skipped ranges
+    sealed: bool = False
+
+
+def validate(fd: int, size: int) -> Validation:
+    """Check every record (header and data crc); note the ranges that fail.
+
+    A record whose header is intact but whose data fails its crc is skipped by its length; an
+    invalid header is skipped by searching for the next valid one. Whatever follows the last
+    verified record is the torn tail; ranges before it are corruption (kept, never truncated).
+    """
+    out = Validation()
+    offset = 0
+    while offset < size:
+        head = read_header(fd, offset) if offset + HEADER_SIZE <= size else None
+        if head is not None and head.end <= size:
+            if crc_range(fd, head.data_offset, head.data_len) == head.data_crc:
+                out.records.append(head)
+                out.good_end = head.end
+                if head.kind == KIND_SEAL:
+                    out.sealed = True
+                    return out
+            else:
+                out.corrupt.append((offset, head.end))
+            offset = head.end
+            continue
+        nxt = resync(fd, offset, size)
+        out.corrupt.append((offset, nxt if nxt is not None else size))
+        if nxt is None:
+            break
+        offset = nxt
+    # Damage after the last verified record is the torn tail, not corruption.
+    out.corrupt = [(a, b) for a, b in out.corrupt if a < out.good_end]
+    return out
+
+
+# -- I/O helpers ----------------------------------------------------------------------------------
+
+
+def digest_file(fd: int, size: int, digest: hashlib.blake2b, crc: int) -> int:
+    """Feed a spooled file to the digest and return the running crc32 (1 MiB chunks)."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [view[: min(CHUNK, size - offset)]], offset)
+        if n == 0:
+            raise OSError(f"spooled file shorter than its {size} bytes")
+        digest.update(view[:n])
+        crc = zlib.crc32(view[:n], crc)
+        offset += n
+    return crc
+
+
+def pwrite_all(fd: int, views: Sequence[memoryview | bytes], offset: int) -> int:
+    """Write all of ``views`` at ``offset`` (retrying short writes); the end offset."""
+    pending = [memoryview(v) for v in views if len(v)]
+    while pending:
+        n = os.pwritev(fd, pending[:1024], offset)  # IOV_MAX is 1024 on Linux
+        offset += n
+        while n and pending:
+            if n >= len(pending[0]):
+                n -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][n:]
+                n = 0
+    return offset
+
+
+def pread_all(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < length:
+        chunk = os.pread(fd, length - got, offset + got)
+        if not chunk:
+            raise OSError("segment ends inside a blob")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

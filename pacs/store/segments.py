@@ -1,0 +1,613 @@
+"""The default blob store: append-only segment files with group commit (Haystack-style).
+
+Many processes share one ``root``; each writes through its own ``writer_id`` into its own active
+segment ``<writer_id>-<seq:08d>.seg`` (format: ``segment_format``), and reads any segment. Puts
+append a record (header + Part-10 bytes); ``durable=False`` puts are made durable together by one
+``flush`` (one fdatasync per batch instead of one fsync per file, see DESIGN.md). A location is
+``<segment>:<data offset>:<length>``: self-contained, so a read needs no lookup.
+
+Rolling: when a record would carry the active segment past ``segment_size``, the next segment is
+created (and its folder fsynced) first, then the old one is sealed (index record + footer,
+fdatasync), so a writer's highest-numbered segment is always its active one and no name is
+ever reused. Only sealed segments are compacted (``compaction``).
+
+Recovery at open touches only this writer's segments: the last one is validated record by
+record (header and data crc32) and a torn tail after the last verified record is truncated and
+logged; corruption before it is logged and kept (the segment is then sealed, never truncated
+into acknowledged data). An unsealed older segment (a crash between creating the next one and
+sealing) is validated and sealed.
+
+Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
+recomputed from the segments: sealed ones carry their index (records and tombstones) in the
+seal record, unsealed ones (one per writer) are walked header by header. Each store loads every
+tombstone at open; a delete made by another process after that is seen by ``locations`` and
+``compact`` (which rescan) but not by ``get`` (the catalog is the authority on what is live).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacs.errors import BlobNotFound, StorageError
+from pacs.store import segment_format as fmt
+from pacs.store.base import BlobInfo, BlobPart
+from pacs.store.compaction import CompactReport, compact
+from pacs.store.files import _copy_file, _fsync_dir
+
+log = logging.getLogger(__name__)
+
+_MAX_READ_FDS = 256  # cached read descriptors (one per segment); older ones are closed
+
+
+class _ReadHandle:
+    """A cached read descriptor, closed only when retired and no read is using it."""
+
+    __slots__ = ("fd", "refs", "retired")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 0
+        self.retired = False
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStat:
+    """Space accounting of one segment (from its records and every tombstone in the root)."""
+
+    name: str
+    sealed: bool
+    size: int  # bytes on disk
+    blob_bytes: int  # data bytes of all blob records
+    dead_bytes: int  # data bytes of tombstoned blob records
+
+
+class SegmentStore:
+    """A BlobStore appending whole instances to segment files under ``root``."""
+
+    def __init__(self, root: Path, writer_id: str = "w0", segment_size: int = 1 << 30) -> None:
+        if not fmt.WRITER_ID.fullmatch(writer_id) or writer_id == fmt.COMPACT_OWNER:
+            raise ValueError(f"writer_id must match [A-Za-z0-9_]{{1,32}}, not {writer_id!r}")
+        if segment_size < 4096:
+            raise ValueError("segment_size must be at least 4096 bytes")
+        self.root = Path(root)
+        self.writer_id = writer_id
+        self.segment_size = segment_size
+        self._wlock = threading.RLock()
+        self._rlock = threading.Lock()
+        self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
+        self._dead: set[str] = set()  # tombstoned locations known to this process
+        self._closed = False
+        self._wfd = -1
+        self._dirty = False
+        self._flush_error: OSError | None = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._open_writer()
+            self._load_tombstones()
+        except OSError as exc:
+            self._close_fds()
+            raise StorageError(f"cannot open segment store at {self.root}: {exc}") from exc
+
+    # -- opening and recovery ----------------------------------------------------------------
+
+    def segments(self) -> list[str]:
+        """Every segment file name in the root, ordered by owner and sequence number."""
+        names = [n for n in os.listdir(self.root) if fmt.parse_segment_name(n)]
+        return sorted(names, key=lambda n: fmt.parse_segment_name(n) or ("", 0))
+
+    def _own_segments(self) -> list[str]:
+        return [n for n in self.segments() if n.startswith(self.writer_id + "-")]
+
+    def _open_writer(self) -> None:
+        own = self._own_segments()
+        for name in own[:-1]:
+            self._seal_if_unsealed(name)
+        if not own:
+            self._start_segment(1)
+            return
+        last = own[-1]
+        fd = os.open(self.root / last, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            state = self._recover(fd, last)
+        except BaseException:
+            os.close(fd)
+            raise
+        seq = fmt.parse_segment_name(last)
+        assert seq is not None
+        if state.sealed:
+            os.close(fd)
+            self._start_segment(seq[1] + 1)
+            return
+        self._wfd, self._active, self._tail = fd, last, state.good_end
+        self._index = bytearray()
+        self._n_records = 0
+        self._tombs: list[str] = []
+        for head in state.records:
+            self._note_record(head)
+        if state.corrupt:
+            # Never append after damage we keep: start a clean segment.
+            self._roll()
+
+    def _recover(self, fd: int, name: str) -> fmt.Validation:
+        """Validate a segment of ours; cut a torn tail and repair a torn footer."""
+        size = os.fstat(fd).st_size
+        if fmt.read_sealed_index(fd, size, records=False) is not None:
+            return fmt.Validation(sealed=True, good_end=size)
+        state = fmt.validate(fd, size)
+        for start, end in state.corrupt:
+            log.error(
+                "segment %s: %d corrupt bytes at %d kept as they are", name, end - start, start
+            )
+        if state.sealed:
+            # The seal record is whole but its footer is not: write the footer again.
+            seal = state.records[-1]
+            os.ftruncate(fd, seal.end)
+            os.pwrite(fd, fmt.pack_footer(seal.offset), seal.end)
+            os.fdatasync(fd)
+            state.good_end = seal.end + fmt.FOOTER_SIZE
+        elif state.good_end < size:
+            log.warning(
+                "segment %s: cut a torn tail of %d bytes at offset %d",
+                name,
+                size - state.good_end,
+                state.good_end,
+            )
+            os.ftruncate(fd, state.good_end)
+            os.fdatasync(fd)
+        return state
+
+    def _seal_if_unsealed(self, name: str) -> None:
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            state = self._recover(fd, name)
+            if state.sealed:
+                return
+            log.warning("segment %s was left unsealed by a crash: sealing it", name)
+            index = bytearray()
+            tombs: list[str] = []
+            n = 0
+            for head in state.records:
+                if head.kind == fmt.KIND_BLOB:
+                    index += fmt.encode_record_entry(
+                        head.data_offset, head.data_len, fmt.key_bytes(head.key)
+                    )
+                    n += 1
+                elif head.kind == fmt.KIND_TOMBSTONE:
+                    tombs.append(os.pread(fd, head.data_len, head.data_offset).decode())
+            self._write_seal(fd, state.good_end, fmt.encode_index(index, n, tombs))
+        finally:
+            os.close(fd)
+
+    def _note_record(self, head: fmt.Header) -> None:
+        """Add a record of the active segment to the index its seal will carry."""
+        if head.kind == fmt.KIND_BLOB:
+            key = fmt.key_bytes(head.key)
+            self._index += fmt.encode_record_entry(head.data_offset, head.data_len, key)
+            self._n_records += 1
+        elif head.kind == fmt.KIND_TOMBSTONE:
+            self._tombs.append(os.pread(self._wfd, head.data_len, head.data_offset).decode())
+
+    def _start_segment(self, seq: int) -> None:
+        name = fmt.segment_name(self.writer_id, seq)
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # The new name must be durable before any put into it is acknowledged.
+        _fsync_dir(self.root)
+        self._wfd, self._active, self._tail = fd, name, 0
+        self._index = bytearray()
+        self._n_records = 0
+        self._tombs = []
+
+    @staticmethod
+    def _write_seal(fd: int, offset: int, index: bytes) -> int:
+        data = fmt.seal_bytes(offset, index)
+        fmt.pwrite_all(fd, [data], offset)
+        os.fdatasync(fd)
+        return offset + len(data)
+
+    def _roll(self) -> None:
+        """Start the next segment, then seal the old one (see the module docstring)."""
+        old_fd, old_tail = self._wfd, self._tail
+        index = fmt.encode_index(self._index, self._n_records, self._tombs)
+        seq = fmt.parse_segment_name(self._active)
+        assert seq is not None
+        self._start_segment(seq[1] + 1)
+        try:
+            self._write_seal(old_fd, old_tail, index)  # also makes its unflushed puts durable
+        except OSError as exc:
+            # Puts not yet flushed may be lost with the old segment: the next flush must fail.
+            if self._dirty:
+                self._flush_error = exc
+            raise
+        finally:
+            os.close(old_fd)
+        self._dirty = False
+
+    def _load_tombstones(self) -> None:
+        for name in self.segments():
+            index = self._scan(name, records=False)
+            if index is not None:
+                self._dead.update(index.tombstones)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def put(self, key: str, parts: Sequence[BlobPart], *, durable: bool = True) -> BlobInfo:
+        """Append one record; durable on return, or at the next ``flush`` if not ``durable``."""
+        self._check_open()
+        kb = fmt.key_bytes(key)
+        digest = hashlib.blake2b(digest_size=16)
+        crc = 0
+        size = 0
+        items: list[memoryview | tuple[int, int]] = []  # bytes, or (spool fd, length)
+        start: int | None = None  # set once the record's first byte may be written
+        try:
+            try:
+                # Hash outside the write lock: hashlib releases the GIL on large buffers.
+                for part in parts:
+                    if isinstance(part, Path):
+                        src = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+                        items.append((src, 0))  # listed at once, so it is closed below
+                        n = os.fstat(src).st_size
+                        items[-1] = (src, n)
+                        crc = fmt.digest_file(src, n, digest, crc)
+                    else:
+                        n = len(view := memoryview(part).cast("B"))
+                        digest.update(view)
+                        crc = zlib.crc32(view, crc)
+                        items.append(view)
+                    size += n
+                header = fmt.pack_header(fmt.KIND_BLOB, kb, size, crc)
+                with self._wlock:
+                    self._check_open()
+                    try:
+                        self._roll_if_full(fmt.HEADER_SIZE + size)
+                        start = self._tail
+                        self._append(header, items)
+                        self._sync(durable)
+                    except OSError:
+                        self._undo(start)  # under the lock: nobody appended after us
+                        raise
+                    data_offset = self._tail - size
+                    self._index += fmt.encode_record_entry(data_offset, size, kb)
+                    self._n_records += 1
+                    location = fmt.format_location(self._active, data_offset, size)
+            finally:
+                for item in items:
+                    if isinstance(item, tuple):
+                        os.close(item[0])
+        except OSError as exc:
+            raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+        return BlobInfo(location=location, size=size, digest=digest.hexdigest())
+
+    def _roll_if_full(self, record_size: int) -> None:
+        # A record bigger than a whole segment goes alone into one.
+        if self._tail > 0 and self._tail + record_size > self.segment_size:
+            self._roll()
+
+    def _append(self, header: bytes, items: Sequence[memoryview | tuple[int, int]]) -> None:
+        """Write header + items at the tail: bytes with pwritev, spooled files by the kernel."""
+        pos = self._tail
+        batch: list[memoryview] = [memoryview(header)]
+        for item in items:
+            if isinstance(item, memoryview):
+                batch.append(item)
+                continue
+            pos = fmt.pwrite_all(self._wfd, batch, pos)
+            batch = []
+            src, n = item
+            os.lseek(src, 0, os.SEEK_SET)
+            os.lseek(self._wfd, pos, os.SEEK_SET)  # _copy_file writes at the file position
+            if _copy_file(src, self._wfd, n) != n:
+                raise OSError(f"spooled file shrank while being copied ({n} bytes expected)")
+            pos += n
+        self._tail = fmt.pwrite_all(self._wfd, batch, pos)
+
+    def _sync(self, durable: bool) -> None:
+        if durable:
+            os.fdatasync(self._wfd)
+            self._dirty = False
+        else:
+            self._dirty = True
+
+    def _undo(self, start: int | None) -> None:
+        """Cut a half-written record so the next one starts on a boundary."""
+        if start is None:
+            return
+        try:
+            if self._wfd >= 0:
+                os.ftruncate(self._wfd, start)
+                self._tail = start
+        except OSError:
+            log.exception("segment %s: cannot cut a failed write at %d", self._active, start)
+
+    def flush(self) -> None:
+        """One fdatasync of the active segment makes every earlier put durable."""
+        self._check_open()
+        with self._wlock:
+            if self._flush_error is not None:
+                exc, self._flush_error = self._flush_error, None
+                raise StorageError(f"earlier puts may be lost: {exc}") from exc
+            if not self._dirty:
+                return
+            try:
+                os.fdatasync(self._wfd)
+            except OSError as exc:
+                raise StorageError(f"cannot flush segment {self._active}: {exc}") from exc
+            self._dirty = False
+
+    def delete(self, location: str) -> None:
+        """Append a tombstone (fdatasync'd: deletes are rare); BlobNotFound when not live."""
+        with self._reading(location) as (_fd, head, _parsed):
+            key = head.key
+        data = location.encode()
+        with self._wlock:
+            if location in self._dead:
+                raise BlobNotFound(f"blob already deleted: {location}")
+            start: int | None = None
+            try:
+                self._roll_if_full(fmt.HEADER_SIZE + len(data))
+                start = self._tail
+                header = fmt.pack_header(
+                    fmt.KIND_TOMBSTONE, fmt.key_bytes(key), len(data), zlib.crc32(data)
+                )
+                self._append(header, [memoryview(data)])
+                os.fdatasync(self._wfd)
+                self._dirty = False
+            except OSError as exc:
+                self._undo(start)
+                raise StorageError(f"cannot delete {location}: {exc}") from exc
+            self._tombs.append(location)
+            self._dead.add(location)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _acquire(self, segment: str) -> _ReadHandle:
+        with self._rlock:
+            handle = self._readers.get(segment)
+            if handle is not None:
+                self._readers.move_to_end(segment)
+                handle.refs += 1
+                return handle
+        try:
+            fd = os.open(self.root / segment, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no segment {segment} (deleted or compacted)") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot open segment {segment}: {exc}") from exc
+        with self._rlock:
+            handle = self._readers.get(segment)
+            if handle is not None:  # another thread opened it meanwhile
+                os.close(fd)
+            else:
+                handle = self._readers[segment] = _ReadHandle(fd)
+                while len(self._readers) > _MAX_READ_FDS:
+                    _, old = self._readers.popitem(last=False)
+                    self._retire(old)
+            handle.refs += 1
+            return handle
+
+    def _release(self, handle: _ReadHandle) -> None:
+        with self._rlock:
+            handle.refs -= 1
+            if handle.retired and handle.refs == 0:
+                os.close(handle.fd)
+
+    def _retire(self, handle: _ReadHandle) -> None:
+        """Drop from the cache (caller holds _rlock); closed once no read uses it."""
+        handle.retired = True
+        if handle.refs == 0:
+            os.close(handle.fd)
+
+    def _reading(self, location: str) -> _Reading:
+        self._check_open()
+        parsed = fmt.parse_location(location)
+        if parsed is None:
+            raise BlobNotFound(f"not a segment store location: {location!r}")
+        if location in self._dead:
+            raise BlobNotFound(f"blob deleted: {location}")
+        return _Reading(self, location, parsed)
+
+    def get(self, location: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read ``length`` bytes (to the end when None) from ``offset``; short at the end."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        with self._reading(location) as (fd, _head, (_seg, data_offset, size)):
+            end = size if length is None else min(size, offset + length)
+            if offset >= end:
+                return b""
+            try:
+                return fmt.pread_all(fd, end - offset, data_offset + offset)
+            except OSError as exc:
+                raise StorageError(f"cannot read {location}: {exc}") from exc
+
+    def iter_chunks(self, location: str, chunk_size: int = fmt.CHUNK) -> Iterator[bytes]:
+        """Stream a blob; BlobNotFound is raised here, not at the first ``next``."""
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        reading = self._reading(location)
+        reading.__enter__()
+        return self._chunks(reading, chunk_size)
+
+    @staticmethod
+    def _chunks(reading: _Reading, chunk_size: int) -> Iterator[bytes]:
+        try:
+            fd, (_seg, pos, size) = reading.fd, reading.parsed
+            end = pos + size
+            while pos < end:
+                try:
+                    chunk = os.pread(fd, min(chunk_size, end - pos), pos)
+                except OSError as exc:
+                    raise StorageError(f"cannot read {reading.location}: {exc}") from exc
+                if not chunk:
+                    raise StorageError(f"segment ends inside {reading.location}")
+                pos += len(chunk)
+                yield chunk
+        finally:
+            reading.__exit__(None, None, None)
+
+    def size(self, location: str) -> int:
+        """Size in bytes of a stored blob."""
+        with self._reading(location) as (_fd, head, _parsed):
+            return head.data_len
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def _scan(self, name: str, records: bool = True) -> fmt.SegmentIndex | None:
+        """Index of one segment (sealed: its seal record; else a header walk); None if gone."""
+        if name == self._active and not self._closed:
+            with self._wlock:
+                if name == self._active:
+                    entries = fmt.decode_records(bytes(self._index), self._n_records)
+                    return fmt.SegmentIndex(entries, list(self._tombs), False, self._tail)
+        try:
+            fd = os.open(self.root / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            index = fmt.read_sealed_index(fd, size, records=records)
+            if index is not None:
+                return index
+            index = fmt.SegmentIndex()
+            for head in fmt.walk(fd, size):
+                if head.kind == fmt.KIND_BLOB:
+                    index.records.append((head.data_offset, head.data_len, head.key))
+                elif head.kind == fmt.KIND_TOMBSTONE:
+                    index.tombstones.append(os.pread(fd, head.data_len, head.data_offset).decode())
+                index.end = head.end
+            return index
+        finally:
+            os.close(fd)
+
+    def scan_all(self) -> tuple[dict[str, fmt.SegmentIndex], set[str]]:
+        """Every segment's index, and every tombstoned location (all writers)."""
+        try:
+            indexes = {n: i for n in self.segments() if (i := self._scan(n)) is not None}
+        except OSError as exc:
+            raise StorageError(f"cannot scan segments under {self.root}: {exc}") from exc
+        dead = set(self._dead)
+        for index in indexes.values():
+            dead.update(index.tombstones)
+        return indexes, dead
+
+    def iter_records(self) -> Iterator[tuple[str, str]]:
+        """(location, key) of every live blob, scanning the self-describing segments.
+
+        After a crash in compaction one key may appear twice (identical bytes): keep one.
+        """
+        self._check_open()
+        indexes, dead = self.scan_all()
+        for name, index in indexes.items():
+            for data_offset, length, key in index.records:
+                location = fmt.format_location(name, data_offset, length)
+                if location not in dead:
+                    yield location, key
+
+    def locations(self) -> Iterator[str]:
+        """Every live blob's location (for ``pacs reindex`` and ``pacs verify``)."""
+        for location, _key in self.iter_records():
+            yield location
+
+    def segment_stats(self) -> list[SegmentStat]:
+        """Per segment: size, blob bytes and tombstoned bytes (for a compaction threshold)."""
+        indexes, dead = self.scan_all()
+        out = []
+        for name, index in indexes.items():
+            total = sum(n for _o, n, _k in index.records)
+            gone = sum(n for o, n, _k in index.records if fmt.format_location(name, o, n) in dead)
+            out.append(SegmentStat(name, index.sealed, index.end, total, gone))
+        return out
+
+    def compact(
+        self,
+        is_live: Callable[[str], bool],
+        relocate: Callable[[dict[str, str]], None],
+        min_dead_fraction: float = 0.5,
+    ) -> CompactReport:
+        """Rewrite sealed segments whose dead fraction is at least ``min_dead_fraction``.
+
+        See ``pacs.store.compaction``: live means not tombstoned and ``is_live(location)`` (the
+        catalog's word); ``relocate`` gets {old: new} for each rewritten group, after the new
+        segment is durable and before the old ones are unlinked.
+        """
+        self._check_open()
+        return compact(self, is_live, relocate, min_dead_fraction)
+
+    def forget_segment(self, name: str) -> None:
+        """Stop reading a segment that compaction removed (fds are closed once unused)."""
+        with self._rlock:
+            handle = self._readers.pop(name, None)
+            if handle is not None:
+                self._retire(handle)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush, then release every descriptor; later calls raise StorageError."""
+        if self._closed:
+            return
+        with self._wlock:
+            try:
+                if self._dirty and self._wfd >= 0:
+                    os.fdatasync(self._wfd)
+            finally:
+                self._closed = True
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        if self._wfd >= 0:
+            os.close(self._wfd)
+            self._wfd = -1
+        with self._rlock:
+            for handle in self._readers.values():
+                self._retire(handle)
+            self._readers.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"segment store at {self.root} is closed")
+
+
+class _Reading:
+    """A verified blob record held open for reading: ``with`` yields (fd, header, parsed)."""
+
+    def __init__(self, store: SegmentStore, location: str, parsed: tuple[str, int, int]) -> None:
+        self.store = store
+        self.location = location
+        self.parsed = parsed
+        self.fd = -1
+        self._handle: _ReadHandle | None = None
+
+    def __enter__(self) -> tuple[int, fmt.Header, tuple[str, int, int]]:
+        segment, data_offset, size = self.parsed
+        handle = self.store._acquire(segment)
+        try:
+            st = os.fstat(handle.fd)
+            if st.st_nlink == 0:  # compaction unlinked it: the location is stale
+                self.store.forget_segment(segment)
+                raise BlobNotFound(f"segment {segment} was compacted away")
+            head = None
+            if data_offset + size <= st.st_size:
+                head = fmt.read_header(handle.fd, data_offset - fmt.HEADER_SIZE)
+            if head is None or head.kind != fmt.KIND_BLOB or head.data_len != size:
+                raise BlobNotFound(f"no blob at {self.location}")
+        except OSError as exc:
+            self.store._release(handle)
+            raise StorageError(f"cannot read {self.location}: {exc}") from exc
+        except BaseException:
+            self.store._release(handle)
+            raise
+        self._handle, self.fd = handle, handle.fd
+        return handle.fd, head, self.parsed
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self.store._release(self._handle)
+            self._handle = None
