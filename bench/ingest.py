@@ -73,9 +73,12 @@ def push(dirs: list[Path], port: int, aet: str) -> float:
 def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
     port = free_port()
     out = work / f"out-{name}"
-    if name == "pacs":
+    if name.startswith("pacs"):
+        # "pacs" uses the default worker count; "pacs-w1", "pacs-w2" set it.
+        workers = name.partition("-w")[2] or "0"
         cmd = [sys.executable, "-m", "pacs", "serve", "--data-dir", str(out), "--host",
-               "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+               "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
+               "--workers", workers]
         aet = "PACS"
     elif name == "pynetdicom":
         cmd = [sys.executable, "-m", "bench.pynetdicom_scp", str(port), str(out)]
@@ -99,7 +102,8 @@ def main() -> None:
     parser.add_argument("-n", "--count", type=int, default=2000)
     parser.add_argument("-k", "--associations", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
-    parser.add_argument("--receivers", default="pacs,pynetdicom,storescp")
+    parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,storescp",
+                        help="comma-separated: pacs[-wN], pynetdicom, storescp")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
@@ -113,10 +117,10 @@ def main() -> None:
             results[name] = seconds
             print(f"  {name:12s} {args.count / seconds:9.0f} instances/s "
                   f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)")
-        if "pacs" in results:
+        for ours in [r for r in results if r.startswith("pacs")]:
             for other in ("pynetdicom", "storescp"):
                 if other in results:
-                    print(f"  pacs / {other}: {results[other] / results['pacs']:.2f}x")
+                    print(f"  {ours} / {other}: {results[other] / results[ours]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,13 @@ from pacs.errors import ConfigError
 from pacs.index.catalog import Catalog
 from pacs.index.writer import CatalogWriter
 from pacs.ingest import Ingest
+from pacs.recovery import (
+    InflightSegments,
+    checkpoint_name,
+    leave_clean_marker,
+    replay,
+    take_clean_marker,
+)
 from pacs.store.base import BlobStore
 from pacs.store.files import FileStore
 from pacs.store.segments import SegmentStore
@@ -30,8 +38,9 @@ def open_store(settings: Settings, worker_id: int = 0) -> BlobStore:
     raise ConfigError(f"store_backend: unknown backend {settings.store_backend!r}")
 
 
-def open_catalog(settings: Settings) -> Catalog:
-    return Catalog(settings.index_dir, map_size=settings.lmdb_map_size)
+def open_catalog(settings: Settings, durable_commits: bool = True) -> Catalog:
+    return Catalog(settings.index_dir, map_size=settings.lmdb_map_size,
+                   durable_commits=durable_commits)
 
 
 @dataclass
@@ -57,16 +66,43 @@ class Archive:
             log.warning("removing unfinished spool file %s", leftover)
             leftover.unlink(missing_ok=True)
         store = open_store(settings, worker_id)
-        catalog = open_catalog(settings)
-        writer = CatalogWriter(catalog, batch_size=settings.commit_batch,
-                               before_commit=store.flush)
+        if not isinstance(store, SegmentStore):
+            catalog = open_catalog(settings)
+            writer = CatalogWriter(catalog, batch_size=settings.commit_batch,
+                                   before_commit=store.flush, blob_store=store)
+            inflight = None
+        else:
+            # The segment log makes stores durable; the catalog catches up from it (recovery).
+            catalog = open_catalog(settings, durable_commits=False)
+            _recover(settings, catalog, store)
+            inflight = InflightSegments(store)
+            name = checkpoint_name(store.writer_id)
+            writer = CatalogWriter(
+                catalog, batch_size=settings.commit_batch, before_commit=store.flush,
+                checkpoint=lambda: catalog.checkpoint(name, inflight.checkpoint_position()),
+                blob_store=store,
+            )
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
-        ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate)
+        ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight)
         return cls(settings, store, catalog, writer, executor, ingest, spool_dir, worker_id)
 
     def close(self) -> None:
         """Finish queued index commits, then release everything (order matters)."""
         self.executor.shutdown(wait=True)
-        self.writer.close()
+        self.writer.close()  # commits what is queued and takes a last checkpoint
         self.catalog.close()
         self.store.close()
+        if isinstance(self.store, SegmentStore):
+            leave_clean_marker(self.settings.state_dir, self.store.writer_id)
+
+
+def _recover(settings: Settings, catalog: Catalog, store: SegmentStore) -> None:
+    """After an unclean stop, index what this writer's segments hold beyond the checkpoint."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if take_clean_marker(settings.state_dir, store.writer_id):
+        return
+    started = time.monotonic()
+    replayed = replay(catalog, store)
+    catalog.checkpoint(checkpoint_name(store.writer_id), store.active_segment)
+    log.info("writer %s: replayed %d instances from the segment log in %.2f s",
+             store.writer_id, replayed, time.monotonic() - started)

@@ -79,6 +79,10 @@ class Settings:
         return self.data_dir / "blobs"
 
     @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 

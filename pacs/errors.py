@@ -11,6 +11,8 @@
     ├── StorageError             the blob store failed to write or read
     │   └── BlobNotFound         no blob at this location
     ├── CatalogError             the index failed
+    ├── QueryError               a query (C-FIND identifier, QIDO-RS) is invalid; carries the
+    │                            DIMSE status (0xA900, 0xC000...) and an error comment
     └── IngestError              an instance was refused; carries the DIMSE status to send
 
 DIMSE statuses are values, never exceptions on the wire: service handlers turn these into a
@@ -79,6 +81,16 @@ class CatalogError(PacsError):
 
 class IngestError(PacsError):
     """An instance was refused; ``status`` is the DIMSE status to answer with."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        self.status = status
+        self.comment = comment
+        super().__init__(f"0x{status:04X}: {comment}")
+
+
+class QueryError(PacsError):
+    """A query cannot be processed; ``status`` is the C-FIND failure status to answer with
+    (0xA900 identifier does not match SOP class, 0xC000-0xCFFF unable to process)."""
 
     def __init__(self, status: int, comment: str) -> None:
         self.status = status

@@ -15,7 +15,7 @@ import mmap
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from pacs.errors import DicomFormatError, IngestError, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.records import ALL_KEYWORDS, InstanceRecord
 from pacs.index.writer import CatalogWriter
+from pacs.recovery import InflightSegments
 from pacs.store.base import BlobStore
 
 log = logging.getLogger("pacs.ingest")
@@ -36,6 +37,8 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+
+INLINE_LIMIT = 256 * 1024  # data sets up to this size are scanned on the loop, written in batch
 
 WHOLE = 0x100000000  # scan stop tag past every real tag: walk the whole data set
 
@@ -100,22 +103,25 @@ class Ingest:
         writer: CatalogWriter,
         executor: Executor,
         on_duplicate: DuplicatePolicy = "keep",
+        inflight: InflightSegments | None = None,
     ) -> None:
         self.blobs = store
         self.catalog = catalog
         self.writer = writer
         self.executor = executor
         self.on_duplicate: DuplicatePolicy = on_duplicate
+        self.inflight = inflight
 
-    def _write_blob(
+    def _prepare(
         self,
         dataset: bytes | Path,
         transfer_syntax_uid: str,
         sop_class_uid: str,
         sop_instance_uid: str | None,
         source_aet: str,
-    ) -> InstanceRecord | None:
-        """Blocking part: scan and write the blob (None: a kept duplicate, nothing written)."""
+    ) -> tuple[InstanceRecord, bytes] | None:
+        """Scan and check the data set: its record (no location yet) and its Part-10 header;
+        None for a duplicate that the ``keep`` policy keeps out."""
         attributes = read_attributes(dataset, transfer_syntax_uid, sop_instance_uid)
         uid = attributes["SOPInstanceUID"]
         if self.on_duplicate == "keep" and self.catalog.get_instance(uid) is not None:
@@ -123,23 +129,30 @@ class Ingest:
             return None
         sop_class = attributes.get("SOPClassUID") or sop_class_uid
         meta = part10.file_meta(sop_class, uid, transfer_syntax_uid, source_aet)
-        try:
-            # Not durable yet: the writer flushes once per batch, before the index commit.
-            info = self.blobs.put(uid, [meta, dataset], durable=False)
-        except PacsError as exc:
-            log.error("cannot write blob of %s: %s", uid, exc)
-            raise IngestError(OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from exc
         charset = attributes.pop("SpecificCharacterSet", "")
-        return InstanceRecord(
+        record = InstanceRecord(
             attributes={k: attributes.get(k, "") for k in ALL_KEYWORDS},
             transfer_syntax_uid=transfer_syntax_uid,
-            location=info.location,
-            size=info.size,
-            digest=info.digest,
+            location="",
+            size=0,
+            digest="",
             source_aet=source_aet,
             received_at=time.time(),
             specific_character_set=charset,
         )
+        return record, meta
+
+    def _write_large(
+        self, record: InstanceRecord, meta: bytes, dataset: bytes | Path
+    ) -> InstanceRecord:
+        """Blocking: write a large blob (not durable yet: the writer flushes per batch)."""
+        try:
+            info = self.blobs.put(record.sop_instance_uid, [meta, dataset], durable=False)
+        except PacsError as exc:
+            log.error("cannot write blob of %s: %s", record.sop_instance_uid, exc)
+            raise IngestError(OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from exc
+        record.location, record.size, record.digest = info.location, info.size, info.digest
+        return record
 
     async def store(
         self,
@@ -150,27 +163,40 @@ class Ingest:
         sop_instance_uid: str | None,
         source_aet: str,
     ) -> StoredInstance:
-        """Archive one dataset durably; raises IngestError with the status to answer."""
+        """Archive one dataset durably; raises IngestError with the status to answer.
+
+        A small data set (bytes up to ``INLINE_LIMIT``) is scanned right here on the event loop
+        (a few µs with the compiled scanner) and its blob written by the catalog writer's flush
+        stage in the same batch as its neighbours: one thread hop out and one back. A large or
+        spooled one is scanned and written on the executor, off the loop.
+        """
         loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(
-            self.executor,
-            self._write_blob,
-            dataset,
-            transfer_syntax_uid,
-            sop_class_uid,
-            sop_instance_uid,
-            source_aet,
-        )
-        if record is None:
-            assert sop_instance_uid is not None or isinstance(dataset, bytes)
-            uid = sop_instance_uid or ""
-            return StoredInstance(uid, "", "duplicate_kept")
-        try:
-            outcome = await asyncio.wrap_future(self.writer.submit(record, self.on_duplicate))
-        except PacsError as exc:
-            log.error("cannot index %s: %s", record.sop_instance_uid, exc)
-            await loop.run_in_executor(self.executor, self._forget_blob, record.location)
-            raise IngestError(OUT_OF_RESOURCES, f"cannot index the instance: {exc}") from exc
+        inline = isinstance(dataset, bytes) and len(dataset) <= INLINE_LIMIT
+        # From before the blob write until its index commit, its segment is "in flight": the
+        # catalog's checkpoint must not pass it (pacs.recovery).
+        with self.inflight.writing() if self.inflight is not None else nullcontext():
+            args = (dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet)
+            if inline:
+                prepared = self._prepare(*args)
+            else:
+                prepared = await loop.run_in_executor(self.executor, self._prepare, *args)
+            if prepared is None:
+                return StoredInstance(sop_instance_uid or "", "", "duplicate_kept")
+            record, meta = prepared
+            if inline:
+                future = self.writer.submit(record, self.on_duplicate, blob=[meta, dataset])
+            else:
+                await loop.run_in_executor(self.executor, self._write_large, record, meta,
+                                           dataset)
+                future = self.writer.submit(record, self.on_duplicate)
+            try:
+                outcome = await asyncio.wrap_future(future)
+            except PacsError as exc:
+                log.error("cannot archive %s: %s", record.sop_instance_uid, exc)
+                if record.location:
+                    await loop.run_in_executor(self.executor, self._forget_blob,
+                                               record.location)
+                raise IngestError(OUT_OF_RESOURCES, f"cannot archive the instance: {exc}") from exc
         obsolete = outcome.obsolete_location
         if obsolete:
             # A kept duplicate's new blob, or the replaced instance's old one.

@@ -48,7 +48,9 @@ class ArchiveProcess:
     log_path: Path | None = None
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start ``pacs serve`` and wait until every worker listens (this run's log only)."""
         self.log_path = self.data_dir.parent / f"pacs-{self.port}.log"
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = dict(os.environ, **self.env)
         with open(self.log_path, "a") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
@@ -62,7 +64,10 @@ class ArchiveProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pacs serve exited {self.proc.returncode}:\n{self.log()}")
-            if re.search(r"DICOM SCP .* listening on", self.log()):
+            text = self.log()[offset:]
+            workers = re.search(r"starting (\d+) DICOM workers", text)
+            expected = int(workers[1]) if workers else 1
+            if len(re.findall(r"DICOM SCP .* listening on", text)) >= expected:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"pacs serve did not start:\n{self.log()}")

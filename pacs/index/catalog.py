@@ -11,6 +11,8 @@ Named databases (all keys UTF-8, see :func:`pacs.index.codec.key`)::
     study_series      StudyInstanceUID + NUL + SeriesInstanceUID -> b''
     series_instances  SeriesInstanceUID + NUL + SOPInstanceUID   -> b''
     meta              b'total_size' -> ASCII integer (bytes of all indexed blobs)
+    sx, sx_counts, sx_log  secondary indexes for queries (pacs.index.secondary), updated by
+                      _Txn.flush in the same write transaction as the records
 
 The patient key is ``PatientID + NUL + IssuerOfPatientID``; when PatientID is empty (anonymised
 data) it is ``NUL + StudyInstanceUID``, so that unrelated anonymous studies are not merged into one
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -41,6 +43,7 @@ from typing import Any, Literal, TypeVar, cast
 import lmdb
 
 from pacs.errors import CatalogError
+from pacs.index import secondary
 from pacs.index.codec import (
     child_key,
     child_prefix,
@@ -84,6 +87,7 @@ _DB_NAMES = (
     "study_series",
     "series_instances",
     "meta",
+    *secondary.DB_NAMES,  # secondary indexes for queries, kept in the same transactions
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -166,11 +170,16 @@ class _Txn:
         self._cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.size_delta = 0
+        # For pacs.index.secondary: records as read before this transaction changed them, and
+        # (SeriesInstanceUID, SOPClassUID, +1/-1) per instance added or removed.
+        self._orig: dict[tuple[str, str], bytes | None] = {}
+        self.instance_deltas: list[tuple[str, str, int]] = []
 
     def get(self, level: str, uid: str) -> dict[str, Any] | None:
         k = (level, uid)
         if k not in self._cache:
             raw = _bytes(self.txn.get(key(uid), db=self.dbs[level]))
+            self._orig[k] = raw
             self._cache[k] = None if raw is None else decode_dict(raw)
         return self._cache[k]
 
@@ -198,12 +207,21 @@ class _Txn:
         self.txn.delete(child_key(parent, child), db=self.dbs[index])
 
     def flush(self) -> None:
+        changes = []
         for level, uid in self._dirty:
             record = self._cache[(level, uid)]
+            old = self._orig.get((level, uid))
+            if (level, uid) not in self._orig:
+                old = _bytes(self.txn.get(key(uid), db=self.dbs[level]))
+            changes.append((level, uid, old, record))
             if record is None:
                 self.txn.delete(key(uid), db=self.dbs[level])
+                self._orig[(level, uid)] = None
             else:
-                self.txn.put(key(uid), encode_dict(record), db=self.dbs[level])
+                self._orig[(level, uid)] = raw = encode_dict(record)
+                self.txn.put(key(uid), raw, db=self.dbs[level])
+        secondary.on_flush(self.txn, self.dbs, changes, self.instance_deltas)
+        self.instance_deltas = []
         if self.size_delta:
             meta = self.dbs["meta"]
             total = int(self.txn.get(_TOTAL_SIZE, b"0", db=meta)) + self.size_delta
@@ -223,9 +241,17 @@ class Catalog:
     """Patients, studies, series and instances in one LMDB environment at ``path`` (a folder)."""
 
     def __init__(
-        self, path: Path, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False
+        self,
+        path: Path,
+        map_size: int = DEFAULT_MAP_SIZE,
+        readonly: bool = False,
+        durable_commits: bool = True,
     ) -> None:
+        """``durable_commits=False`` skips LMDB's fsyncs at commit (a commit is still visible
+        at once): for a caller whose own log makes the writes durable and who calls
+        ``checkpoint`` now and then, replaying its log from there after a crash."""
         self.path = Path(path)
+        self.durable_commits = durable_commits
         self.readonly = readonly
         self._gate = _Gate()
         try:
@@ -236,11 +262,20 @@ class Catalog:
                 map_size=map_size,
                 max_dbs=len(_DB_NAMES),
                 readonly=readonly,
-                sync=True,  # a commit is durable when it returns: stores are acknowledged after it
-                metasync=True,
+                # Durable commits: a commit is on disk when it returns. Without them LMDB keeps
+                # its integrity if the file system preserves write order, and loses only the
+                # transactions since the last checkpoint, which the segment log replays.
+                sync=durable_commits,
+                metasync=durable_commits,
                 max_readers=512,
             )
-            self._dbs = {n: self._env.open_db(n.encode(), create=not readonly) for n in _DB_NAMES}
+            self._dbs = {}
+            for n in _DB_NAMES:
+                try:
+                    self._dbs[n] = self._env.open_db(n.encode(), create=not readonly)
+                except lmdb.NotFoundError:
+                    if n not in secondary.DB_NAMES:  # absent from an older read-only catalog
+                        raise
         except lmdb.Error as exc:
             raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc
 
@@ -292,6 +327,25 @@ class Catalog:
             new_size = self._env.info()["map_size"] * 2
             log.warning("catalog map full: growing it to %d MiB", new_size >> 20)
             self._env.set_mapsize(new_size)
+
+    def checkpoint(self, name: str, value: str) -> None:
+        """Record ``name = value`` and make every commit so far durable (one env sync)."""
+        meta_key = b"checkpoint/" + name.encode()
+
+        def apply(t: _Txn) -> None:
+            t.txn.put(meta_key, value.encode(), db=self._dbs["meta"])
+
+        self._write(apply)
+        try:
+            self._env.sync(True)
+        except lmdb.Error as exc:
+            raise CatalogError(f"catalog sync failed: {exc}") from exc
+
+    def get_checkpoint(self, name: str) -> str | None:
+        """The value of the last durable ``checkpoint(name, ...)``, None when never set."""
+        with self._read() as txn:
+            raw = _bytes(txn.get(b"checkpoint/" + name.encode(), db=self._dbs["meta"]))
+        return None if raw is None else raw.decode()
 
     @property
     def map_size(self) -> int:
@@ -375,6 +429,7 @@ class Catalog:
         patient[PATIENT_INSTANCES] += 1
         t.txn.put(key(record.sop_instance_uid), encode_instance(record), db=self._dbs["instances"])
         t.link("series_instances", series_uid, record.sop_instance_uid)
+        t.instance_deltas.append((series_uid, attrs.get("SOPClassUID", ""), 1))
         t.size_delta += record.size
 
     def _move_study(self, t: _Txn, study_uid: str, study: dict[str, Any], new_pk: str) -> None:
@@ -437,6 +492,7 @@ class Catalog:
         series_uid = record.attributes["SeriesInstanceUID"]
         t.txn.delete(key(uid), db=self._dbs["instances"])
         t.unlink("series_instances", series_uid, uid)
+        t.instance_deltas.append((series_uid, record.attributes.get("SOPClassUID", ""), -1))
         t.size_delta -= record.size
         series = t.need("series", series_uid)
         study_uid = series["StudyInstanceUID"]
@@ -500,6 +556,14 @@ class Catalog:
         self._write(apply)
 
     # -- reading -------------------------------------------------------------------------------
+
+    def reader(self) -> AbstractContextManager[lmdb.Transaction]:
+        """A short read transaction (for pacs.index.query): close it before yielding rows."""
+        return self._read()
+
+    def database(self, name: str) -> Any:
+        """The handle of one named database (see the module docstring)."""
+        return self._dbs[name]
 
     def get_instance(self, uid: str) -> InstanceRecord | None:
         """The record of one instance, None when not indexed."""

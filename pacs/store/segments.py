@@ -510,6 +510,32 @@ class SegmentStore:
                 if location not in dead:
                     yield location, key
 
+    @property
+    def active_segment(self) -> str:
+        """The segment this writer appends to now (names only grow: a position in time)."""
+        return self._active
+
+    def iter_own_records(self, from_segment: str | None = None) -> Iterator[tuple[str, str]]:
+        """(location, key) of this writer's live blobs in write order, from ``from_segment`` on
+        (all when None): what an index replay after a crash must look at."""
+        self._check_open()
+        start = fmt.parse_segment_name(from_segment) if from_segment else None
+        for name in self._own_segments():
+            parsed = fmt.parse_segment_name(name)
+            if start is not None and parsed is not None and parsed[1] < start[1]:
+                continue
+            try:
+                index = self._scan(name)
+            except OSError as exc:
+                raise StorageError(f"cannot scan segment {name}: {exc}") from exc
+            if index is None:
+                continue
+            dead = self._dead | set(index.tombstones)
+            for data_offset, length, key in index.records:
+                location = fmt.format_location(name, data_offset, length)
+                if location not in dead:
+                    yield location, key
+
     def locations(self) -> Iterator[str]:
         """Every live blob's location (for ``pacs reindex`` and ``pacs verify``)."""
         for location, _key in self.iter_records():

@@ -1,0 +1,292 @@
+"""Apache Arrow columns of the studies, for scans: infix wildcards, wide ranges, listings.
+
+One row per study with its patient's attributes, its own, its counts and ModalitiesInStudy
+(a list column), plus *derived* columns named ``keyword~`` holding the values as
+:func:`pacs.index.matching.normalizer` prepares them (upper-cased person names, padded times),
+so that a vectorised filter compares exactly what the Python matcher compares.
+
+The columns are a cache of LMDB and always rebuildable from it. Freshness: every write
+transaction bumps ``sx/gen`` and logs the studies and patients it changed
+(:mod:`pacs.index.secondary`). Before each query :meth:`StudyColumns.snapshot` reads the
+generation in a read transaction; when it moved, the changed studies are re-read from LMDB into
+an *overlay* (study UID -> fresh row, or None when deleted) that hides their base rows. When the
+overlay grows past ``compact_at`` rows it is folded into a new base table. A query issued right
+after a store therefore sees it, whichever process wrote it, at a cost proportional to what
+changed. A full build happens only when the cache is empty, the indexes were rebuilt (another
+epoch) or the log no longer covers the gap.
+
+Cold start: the base table is saved as an Arrow IPC file next to LMDB (``columns-studies.arrow``,
+written atomically, tagged with epoch and generation) and memory-mapped at the next start, then
+caught up from the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pacs.index import secondary
+from pacs.index.catalog import (
+    PATIENT_INSTANCES,
+    PATIENT_KEY,
+    PATIENT_SERIES,
+    PATIENT_STUDIES,
+    STUDY_INSTANCES,
+    STUDY_SERIES,
+    Catalog,
+)
+from pacs.index.codec import child_prefix, decode_dict, key
+from pacs.index.matching import norm_time
+from pacs.index.records import PATIENT_KEYWORDS, STUDY_KEYWORDS
+
+log = logging.getLogger(__name__)
+
+PATIENT_FIELDS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
+PATIENT_COUNTS = (PATIENT_STUDIES, PATIENT_SERIES, PATIENT_INSTANCES)
+STUDY_FIELDS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    PATIENT_KEY,
+    *PATIENT_FIELDS,
+    *(k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"),
+    STUDY_SERIES,
+    STUDY_INSTANCES,
+)
+LIST_FIELD = "ModalitiesInStudy"
+DERIVED = {
+    "PatientName~": ("PatientName", str.upper),
+    "ReferringPhysicianName~": ("ReferringPhysicianName", str.upper),
+    "StudyTime~": ("StudyTime", norm_time),
+}
+SCHEMA = pa.schema(
+    [pa.field(f, pa.string()) for f in STUDY_FIELDS]
+    + [pa.field(LIST_FIELD, pa.list_(pa.string()))]
+    + [pa.field(d, pa.string()) for d in DERIVED]
+)
+FILE_NAME = "columns-studies.arrow"
+
+Row = dict[str, str]
+
+
+def patient_row(record: dict[str, Any]) -> Row:
+    """The patient-level values of a patient record, as strings."""
+    row = {f: str(record.get(f) or "") for f in PATIENT_FIELDS}
+    for c in PATIENT_COUNTS:
+        row[c] = str(record.get(c, 0))
+    row[PATIENT_KEY] = record[PATIENT_KEY]
+    return row
+
+
+def study_row(
+    txn: Any, dbs: dict[str, Any], uid: str, patients: dict[str, Row] | None = None
+) -> Row | None:
+    """Everything known at STUDY level (patient attributes included) about one study."""
+    raw = txn.get(key(uid), db=dbs["studies"])
+    if raw is None:
+        return None
+    record = decode_dict(raw)
+    pk = record[PATIENT_KEY]
+    prow = None if patients is None else patients.get(pk)
+    if prow is None:
+        praw = txn.get(key(pk), db=dbs["patients"])
+        prow = patient_row(decode_dict(praw)) if praw is not None else {PATIENT_KEY: pk}
+        if patients is not None:
+            patients[pk] = prow
+    row = dict(prow)
+    for k in STUDY_KEYWORDS:
+        row[k] = str(record.get(k) or "")
+    row["StudyInstanceUID"] = uid
+    row[STUDY_SERIES] = str(record.get(STUDY_SERIES, 0))
+    row[STUDY_INSTANCES] = str(record.get(STUDY_INSTANCES, 0))
+    row[LIST_FIELD] = "\\".join(secondary.modalities_of_study(txn, dbs, uid))
+    return row
+
+
+def rows_to_table(rows: Iterable[Row]) -> pa.Table:
+    rows = list(rows)
+    data: dict[str, list[Any]] = {f: [r.get(f, "") for r in rows] for f in STUDY_FIELDS}
+    data[LIST_FIELD] = [r[LIST_FIELD].split("\\") if r.get(LIST_FIELD) else [] for r in rows]
+    for name, (src, fn) in DERIVED.items():
+        data[name] = [fn(v) for v in data[src]]
+    return pa.table(data, schema=SCHEMA)
+
+
+def table_rows(table: pa.Table, names: Iterable[str]) -> list[Row]:
+    """Rows (as dicts of strings) of ``table`` restricted to the columns ``names``."""
+    names = [n for n in names if n in table.column_names]
+    cols = []
+    for n in names:
+        values = table.column(n).to_pylist()
+        if n == LIST_FIELD:
+            values = ["\\".join(v) for v in values]
+        cols.append(values)
+    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The studies as of one generation: ``table`` rows where ``keep``, plus ``overlay``."""
+
+    table: pa.Table
+    keep: pa.ChunkedArray | None  # None: every base row is current
+    overlay: dict[str, Row | None] = field(default_factory=dict)
+    generation: int = 0
+
+    @property
+    def overlay_rows(self) -> list[Row]:
+        return [r for r in self.overlay.values() if r is not None]
+
+
+class StudyColumns:
+    """The study column cache of one process (thread-safe)."""
+
+    def __init__(self, catalog: Catalog, compact_at: int = 4096, persist: bool = True) -> None:
+        self.catalog = catalog
+        self.compact_at = compact_at
+        self.persist = persist and not catalog.readonly
+        self._file = Path(catalog.path) / FILE_NAME
+        self._lock = threading.Lock()
+        self._epoch = ""
+        self._snap: Snapshot | None = None
+        self.full_builds = 0
+
+    def snapshot(self) -> Snapshot:
+        """The columns as of now (everything committed before this call included)."""
+        dbs = {n: self.catalog.database(n) for n in _DBS}
+        with self._lock, self.catalog.reader() as txn:
+            st = secondary.state(txn, dbs)
+            if st is None:
+                raise secondary_missing()
+            epoch, gen = st
+            snap = self._snap
+            if snap is None and self.persist:
+                snap = self._load(epoch)
+            if snap is not None and epoch == self._epoch and snap.generation == gen:
+                self._snap = snap
+                return snap
+            changed = None
+            if snap is not None and epoch == self._epoch and snap.generation < gen:
+                changed = secondary.changed_since(txn, dbs, snap.generation, gen)
+            if snap is None or changed is None:
+                snap = self._build(txn, dbs, gen)
+                self._epoch = epoch
+            else:
+                snap = self._catch_up(txn, dbs, snap, changed, gen)
+        if snap.keep is None and self.persist and not self._saved(snap):
+            self._save(snap)
+        self._snap = snap
+        return snap
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build(self, txn: Any, dbs: dict[str, Any], gen: int) -> Snapshot:
+        self.full_builds += 1
+        patients = {}
+        for _, raw in cast(Iterable[tuple[bytes, bytes]], txn.cursor(db=dbs["patients"])):
+            record = decode_dict(raw)
+            patients[record[PATIENT_KEY]] = patient_row(record)
+        mods = secondary.all_study_modalities(txn, dbs)
+        data: dict[str, list[Any]] = {f: [] for f in STUDY_FIELDS}
+        data[LIST_FIELD] = []
+        study_cols = [k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"]
+        pat_appenders = [(data[k].append, k) for k in PATIENT_FIELDS]
+        uids, pks = data["StudyInstanceUID"], data[PATIENT_KEY]
+        nse, nin, mlist = data[STUDY_SERIES], data[STUDY_INSTANCES], data[LIST_FIELD]
+        empty: Row = {}
+        for k, raw in cast(Iterable[tuple[bytes, bytes]], txn.cursor(db=dbs["studies"])):
+            record = decode_dict(raw)
+            uid = record.get("StudyInstanceUID") or k.decode()
+            pk = record[PATIENT_KEY]
+            uids.append(uid)
+            pks.append(pk)
+            prow = patients.get(pk, empty)
+            for append, f in pat_appenders:
+                append(prow.get(f, ""))
+            for f in study_cols:
+                data[f].append(str(record.get(f) or ""))
+            nse.append(str(record.get(STUDY_SERIES, 0)))
+            nin.append(str(record.get(STUDY_INSTANCES, 0)))
+            mlist.append(mods.get(k, []))
+        for name, (src, fn) in DERIVED.items():
+            data[name] = [fn(v) for v in data[src]]
+        table = pa.table(data, schema=SCHEMA)
+        return Snapshot(table, None, {}, gen)
+
+    def _catch_up(
+        self,
+        txn: Any,
+        dbs: dict[str, Any],
+        snap: Snapshot,
+        changed: tuple[set[str], set[str]],
+        gen: int,
+    ) -> Snapshot:
+        studies, patients = changed
+        for pk in patients:  # a patient's attributes changed: all its studies did
+            prefix = child_prefix(pk)
+            cursor = txn.cursor(db=dbs["patient_studies"])
+            if cursor.set_range(prefix):
+                for k, v in cast(Iterable[tuple[bytes, bytes]], cursor):
+                    if not k.startswith(prefix):
+                        break
+                    studies.add(v.decode() if v else k[len(prefix) :].decode())
+        overlay = dict(snap.overlay)
+        cache: dict[str, Row] = {}
+        for uid in studies:
+            overlay[uid] = study_row(txn, dbs, uid, cache)
+        table = snap.table
+        if len(overlay) > self.compact_at:
+            hide = pc.is_in(table.column("StudyInstanceUID"), value_set=pa.array(list(overlay)))
+            base = table.filter(pc.invert(hide))
+            live = [r for r in overlay.values() if r is not None]
+            table = pa.concat_tables([base, rows_to_table(live)]).combine_chunks()
+            return Snapshot(table, None, {}, gen)
+        keep = pc.invert(
+            pc.is_in(table.column("StudyInstanceUID"), value_set=pa.array(list(overlay)))
+        )
+        return Snapshot(table, keep, overlay, gen)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _saved(self, snap: Snapshot) -> bool:
+        meta = snap.table.schema.metadata or {}
+        return meta.get(b"generation") == str(snap.generation).encode()
+
+    def _save(self, snap: Snapshot) -> None:
+        table = snap.table.replace_schema_metadata(
+            {"epoch": self._epoch, "generation": str(snap.generation)}
+        )
+        tmp = self._file.with_name(f".{FILE_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+            os.replace(tmp, self._file)
+        except OSError as exc:
+            log.warning("cannot save study columns to %s: %s", self._file, exc)
+
+    def _load(self, epoch: str) -> Snapshot | None:
+        try:
+            source = pa.memory_map(str(self._file))
+            table = pa.ipc.open_file(source).read_all()
+        except (OSError, pa.ArrowInvalid):
+            return None
+        meta = table.schema.metadata or {}
+        if meta.get(b"epoch", b"").decode() != epoch or table.schema.remove_metadata() != SCHEMA:
+            return None
+        self._epoch = epoch
+        return Snapshot(table, None, {}, int(meta.get(b"generation", b"0")))
+
+
+_DBS = ("studies", "patients", "patient_studies", "meta", *secondary.DB_NAMES)
+
+
+def secondary_missing() -> Exception:
+    from pacs.errors import CatalogError
+
+    return CatalogError("secondary indexes missing: open the catalog read-write once")

@@ -1,0 +1,136 @@
+"""The segment log is the durable truth; the catalog catches up from it after a crash.
+
+With the segment store, an instance is acknowledged once its blob is fdatasync'd and its index
+entry *committed* (visible to queries) but not yet fsync'd: LMDB commits run without their two
+fsyncs, which halves the disk syncs per batch. Every ``checkpoint_interval`` the catalog writer
+records a checkpoint (the oldest segment that may still hold instances not durably indexed) and
+syncs LMDB. After an unclean stop, each worker replays its own segments from its checkpoint:
+every live record the catalog does not know is indexed again (``replay``).
+
+A clean stop leaves a marker per worker; its absence at start means "replay".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pacs.errors import BlobNotFound, PacsError
+from pacs.index.catalog import Catalog
+from pacs.index.maintenance import blob_digest
+from pacs.index.records import InstanceRecord
+from pacs.store.segment_format import parse_segment_name
+from pacs.store.segments import SegmentStore
+
+log = logging.getLogger("pacs.recovery")
+
+
+def _order(segment: str) -> tuple[str, int]:
+    return parse_segment_name(segment) or ("", 0)
+
+
+class InflightSegments:
+    """Segments that may hold instances written but not yet committed to the catalog."""
+
+    def __init__(self, store: SegmentStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around put → commit of one instance. The segment is noted *before* the put:
+        segments only grow, so the note is never later than where the blob lands."""
+        segment = self._store.active_segment
+        with self._lock:
+            self._counts[segment] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._counts[segment] -= 1
+                if not self._counts[segment]:
+                    del self._counts[segment]
+
+    def checkpoint_position(self) -> str:
+        """Every record in segments before this one is committed to the catalog."""
+        with self._lock:
+            candidates = [self._store.active_segment, *self._counts]
+        return min(candidates, key=_order)
+
+
+def checkpoint_name(writer_id: str) -> str:
+    return f"segments/{writer_id}"
+
+
+def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256) -> int:
+    """Index this writer's records from its checkpoint on that the catalog lacks.
+
+    A record whose key the catalog holds at another, readable location is left alone; one whose
+    indexed blob is gone (replaced, then tombstoned) is indexed again in its place.
+    """
+    from pacs.maintenance import read_record
+
+    start = catalog.get_checkpoint(checkpoint_name(store.writer_id))
+    batch: list[InstanceRecord] = []
+    replayed = 0
+    for location, key in store.iter_own_records(start):
+        existing = catalog.get_instance(key)
+        if existing is not None:
+            if existing.location == location:
+                continue
+            try:  # indexed elsewhere and readable there: that one stands
+                store.size(existing.location)
+                continue
+            except BlobNotFound:
+                pass
+        try:
+            record = read_record(store, location)
+            record.size, record.digest = blob_digest(store, location)
+        except PacsError as exc:
+            log.error("replay: cannot read %s (%s): %s", location, key, exc)
+            continue
+        batch.append(record)
+        if len(batch) >= batch_size:
+            catalog.store_batch(batch, on_duplicate="replace")
+            replayed += len(batch)
+            batch = []
+    if batch:
+        catalog.store_batch(batch, on_duplicate="replace")
+        replayed += len(batch)
+    return replayed
+
+
+def clean_marker(state_dir: Path, writer_id: str) -> Path:
+    return state_dir / f"{writer_id}.clean"
+
+
+def take_clean_marker(state_dir: Path, writer_id: str) -> bool:
+    """True when the last stop of this writer was clean; from now on it is 'running'."""
+    marker = clean_marker(state_dir, writer_id)
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_dir(state_dir)
+    return True
+
+
+def leave_clean_marker(state_dir: Path, writer_id: str) -> None:
+    marker = clean_marker(state_dir, writer_id)
+    with open(marker, "wb") as fh:
+        os.fsync(fh.fileno())
+    _fsync_dir(state_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
