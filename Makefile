@@ -57,6 +57,6 @@ fuzz: $(STAMP)
 	done
 
 # Hot-path ratios against in-run baselines (bench/guard.py); fails below the floors.
-bench-guard: $(STAMP)
+bench-guard: system-deps $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace
 	$(BIN)/python -m bench.guard

@@ -97,6 +97,36 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def disk_write_rate(folder: Path, size_mib: int = 1024) -> float:
+    """Sustained write rate of the disk under ``folder`` in MB/s (dd with a final fdatasync)."""
+    target = folder / "dd.bin"
+    start = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size_mib}",
+                    "conv=fdatasync"], check=True, capture_output=True)
+    elapsed = time.perf_counter() - start
+    target.unlink()
+    return size_mib * 1024 * 1024 / elapsed / 1e6
+
+
+def matrix(receivers: list[str]) -> None:
+    """The issue's table: 64x64 and 512x512 CT, 1 and 4 associations, plus the disk rate."""
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
+        work = Path(tmp)
+        print(f"disk: {disk_write_rate(work):.0f} MB/s sustained (dd 1 GiB, conv=fdatasync)")
+        print(f"{'size':>9s} {'assoc':>5s} " + " ".join(f"{r:>22s}" for r in receivers))
+        for size, count in ((64, 4000), (512, 1000)):
+            for streams in (1, 4):
+                dirs = generate(work / f"files-{size}-{streams}", count, size, streams)
+                total = sum(f.stat().st_size for d in dirs for f in d.iterdir())
+                cells = []
+                for name in receivers:
+                    seconds = run_receiver(name, work, dirs)
+                    cells.append(f"{count / seconds:7.0f}/s {total / seconds / 1e6:7.1f} MB/s")
+                row = " ".join(f"{c:>22s}" for c in cells)
+                print(f"{size:>4d}x{size:<4d} {streams:>5d} {row}", flush=True)
+                shutil.rmtree(work / f"files-{size}-{streams}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--count", type=int, default=2000)
@@ -104,7 +134,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
     parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,storescp",
                         help="comma-separated: pacs[-wN], pynetdicom, storescp")
+    parser.add_argument("--matrix", action="store_true",
+                        help="64x64 and 512x512, 1 and 4 associations, and the disk's rate")
     args = parser.parse_args()
+    if args.matrix:
+        matrix(args.receivers.split(","))
+        return
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
         dirs = generate(work / "files", args.count, args.size, args.associations)
