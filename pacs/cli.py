@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         ("reindex", "rebuild the index from the blob store"),
         ("verify", "check every indexed blob exists and matches its hash"),
         ("export", "write instances out as ordinary Part-10 files"),
+        ("compact", "rewrite segments whose dead fraction is high, reclaiming the space"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", type=Path, help="TOML settings file")
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
             if name != "serve" and flag not in ("--data-dir", "--log-level"):
                 continue
             cmd.add_argument(flag, type=kind, default=None, help=text)
+        if name == "compact":
+            cmd.add_argument("--min-dead-fraction", type=float, default=0.5,
+                             help="rewrite sealed segments at least this dead (0-1)")
         if name == "export":
             cmd.add_argument("out_dir", type=Path, help="folder to write study/series/sop.dcm")
             for option, keyword in _EXPORT_SELECTORS.items():
@@ -115,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "reindex":
         return maintenance.reindex_command(settings)
+    if args.command == "compact":
+        return maintenance.compact_command(settings, args.min_dead_fraction)
     if args.command == "export":
         selection = {k: getattr(args, k) for k in _EXPORT_SELECTORS.values()
                      if getattr(args, k) is not None}

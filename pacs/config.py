@@ -58,6 +58,8 @@ class Settings:
     log_level: LogLevel = "INFO"
     store_backend: StoreBackend = "segments"
     segment_size: int = 1 << 30
+    compact_threshold: float = 0.5  # dead fraction that triggers automatic compaction; 0: never
+    compact_check_interval: float = 600.0
     on_duplicate: DuplicatePolicy = "keep"
     spool_memory_limit: int = 16 * 1024 * 1024
     max_pending_stores: int = 64
@@ -148,6 +150,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "idle_timeout": (0.01, 86400),
     "spool_memory_limit": (0, 1 << 34),
     "segment_size": (4096, 1 << 40),
+    "compact_threshold": (0, 1),
+    "compact_check_interval": (0.1, 7 * 86400),
     "max_pending_stores": (1, 100_000),
     "commit_batch": (1, 100_000),
     "io_threads": (1, 256),

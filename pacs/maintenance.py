@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from pacs.config import Settings
 from pacs.dicom import part10
 from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, PacsError
+from pacs.index.catalog import Catalog
 from pacs.index.maintenance import reindex, verify
 from pacs.index.records import ALL_KEYWORDS, InstanceRecord
 from pacs.store.base import BlobStore
+from pacs.store.compaction import CompactReport
+from pacs.store.segments import SegmentStore
 
 log = logging.getLogger("pacs.maintenance")
 
@@ -128,3 +132,62 @@ def export_command(settings: Settings, out_dir: Path, selection: dict[str, str])
 def _safe(uid: str) -> str:
     """A UID as a file name: UIDs are digits and dots, but the index may hold anything."""
     return "".join(c if c.isalnum() or c in ".-_" else "_" for c in uid) or "_"
+
+
+def compact_segments(
+    catalog: Catalog,
+    store: SegmentStore,
+    min_dead_fraction: float,
+    run_write: Callable[[Callable[[], list[str]]], list[str]] | None = None,
+) -> CompactReport:
+    """Rewrite sealed segments whose dead fraction reached ``min_dead_fraction``.
+
+    Live means: the catalog still points at that very location. ``run_write`` runs the
+    catalog's relocation transaction (in the server: on the catalog writer's thread).
+    """
+    keys = dict(store.iter_records())  # location -> SOP Instance UID
+
+    def is_live(location: str) -> bool:
+        key = keys.get(location)
+        record = catalog.get_instance(key) if key is not None else None
+        return record is not None and record.location == location
+
+    def relocate(moves: dict[str, str]) -> None:
+        targets = {keys[old]: (old, new) for old, new in moves.items() if old in keys}
+
+        def apply() -> list[str]:
+            return catalog.relocate(targets)
+
+        stale = run_write(apply) if run_write is not None else apply()
+        for uid in stale:
+            # Deleted or re-sent while being copied: the new copy is garbage, tombstone it.
+            try:
+                store.delete(targets[uid][1])
+            except PacsError as exc:
+                log.warning("compaction: cannot drop the stale copy of %s: %s", uid, exc)
+        if stale:
+            log.info("compaction: %d instances changed meanwhile; dropped their copies",
+                     len(stale))
+
+    return store.compact(is_live, relocate, min_dead_fraction)
+
+
+def compact_command(settings: Settings, min_dead_fraction: float) -> int:
+    from pacs.archive import open_catalog, open_store
+
+    try:
+        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
+    except PacsError as exc:
+        log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+        return 2
+    try:
+        if not isinstance(store, SegmentStore):
+            print("the file store needs no compaction")
+            return 0
+        report = compact_segments(catalog, store, min_dead_fraction)
+    finally:
+        catalog.close()
+        store.close()
+    print(f"compacted {len(report.removed)} of {report.examined} sealed segments: moved "
+          f"{report.moved} instances, reclaimed {report.reclaimed / 1e6:.1f} MB")
+    return 0

@@ -49,6 +49,9 @@ async def serve(
     archive = await loop.run_in_executor(None, Archive.open, settings, worker_id)
     dimse = DimseServer(settings, archive, reuse_port=settings.worker_count > 1,
                         association_counts=association_counts, worker_id=worker_id)
+    compactor = None
+    if worker_id == 0 and settings.compact_threshold > 0:
+        compactor = asyncio.create_task(_compact_periodically(archive))
     try:
         await dimse.start()
         stats = archive.catalog.statistics()
@@ -58,8 +61,42 @@ async def serve(
         log.info("shutting down: finishing in-flight stores")
         await dimse.stop()
     finally:
+        if compactor is not None:
+            compactor.cancel()
         await loop.run_in_executor(None, archive.close)
         log.info("index closed; bye")
+
+
+async def _compact_periodically(archive: Archive) -> None:
+    """Worker 0 rewrites sealed segments once their dead fraction reaches the threshold."""
+    from pacs.maintenance import compact_segments
+    from pacs.store.segments import SegmentStore
+
+    store, settings = archive.store, archive.settings
+    if not isinstance(store, SegmentStore):
+        return
+    loop = asyncio.get_running_loop()
+
+    def run_write(fn: Callable[[], list[str]]) -> list[str]:
+        return archive.writer.run(fn).result()
+
+    while True:
+        await asyncio.sleep(settings.compact_check_interval)
+        try:
+            stats = await loop.run_in_executor(archive.executor, store.segment_stats)
+            due = [s for s in stats if s.sealed and s.blob_bytes
+                   and s.dead_bytes / s.blob_bytes >= settings.compact_threshold]
+            if not due:
+                continue
+            log.info("compacting: %d sealed segments at least %.0f%% dead", len(due),
+                     100 * settings.compact_threshold)
+            report = await loop.run_in_executor(
+                archive.executor, compact_segments, archive.catalog, store,
+                settings.compact_threshold, run_write)
+            log.info("compaction moved %d instances and reclaimed %.1f MB", report.moved,
+                     report.reclaimed / 1e6)
+        except Exception:  # the next round retries; nothing is lost by a failed compaction
+            log.exception("compaction failed")
 
 
 def _scanner() -> str:
