@@ -11,6 +11,7 @@ from pathlib import Path
 from pacs.config import Settings
 from pacs.errors import ConfigError
 from pacs.index.catalog import Catalog
+from pacs.index.query import QueryEngine
 from pacs.index.writer import CatalogWriter
 from pacs.ingest import Ingest
 from pacs.recovery import (
@@ -55,6 +56,14 @@ class Archive:
     ingest: Ingest
     spool_dir: Path
     worker_id: int = 0
+    _queries: QueryEngine | None = None
+
+    @property
+    def queries(self) -> QueryEngine:
+        """The query engine (built on first use: it may build the secondary indexes)."""
+        if self._queries is None:
+            self._queries = QueryEngine(self.catalog)
+        return self._queries
 
     @classmethod
     def open(cls, settings: Settings, worker_id: int = 0) -> Archive:

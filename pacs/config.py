@@ -66,6 +66,8 @@ class Settings:
     commit_batch: int = 256
     io_threads: int = 8
     lmdb_map_size: int = 64 * 1024**3
+    max_find_results: int = 0  # C-FIND responses per query; 0: no cap
+    fuzzy_person_names: bool = True  # PN matching ignores case (strict when false)
     remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
 
     @property
@@ -156,6 +158,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "commit_batch": (1, 100_000),
     "io_threads": (1, 256),
     "lmdb_map_size": (1 << 20, 1 << 50),
+    "max_find_results": (0, 1 << 31),
 }
 
 

@@ -33,7 +33,7 @@ class DimseServer:
         self._counts = association_counts
         self._slot = worker_id
         self.archive = archive
-        self.services = Services(archive.ingest)
+        self.services = Services(archive)
         self.contexts = supported_contexts()
         self.connections: set[DicomProtocol] = set()
         self._local_associations = 0  # accepted here and not yet ended

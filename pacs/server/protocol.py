@@ -27,7 +27,7 @@ from pacs.net import (
     negotiate,
 )
 from pacs.net.fsm import State
-from pacs.server.services import Request, Response
+from pacs.server.messages import Request, Response
 from pacs.server.spool import Spool
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._closed = False
         self._paused = False
         self._timer_state: State | None = None
+        self._can_write = asyncio.Event()  # cleared while the transport's buffer is full
+        self._can_write.set()
+        self._cancels: dict[int, asyncio.Event] = {}  # message ID -> its C-CANCEL flag
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -106,6 +109,12 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._spool.discard()
             self._spool = None
         self.server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._paused and not self._closed:
@@ -196,19 +205,43 @@ class DicomProtocol(asyncio.BufferedProtocol):
 
     def _dispatch(self, event: CommandReceived, spool: Spool | None) -> None:
         abstract_syntax, transfer_syntax = self.association.accepted_contexts[event.context_id]
-        if event.command.get(dimse.COMMAND_FIELD) == dimse.C_CANCEL_RQ:
-            return  # nothing cancellable yet (C-FIND/C-MOVE/C-GET come later)
+        command = event.command
+        if command.get(dimse.COMMAND_FIELD) == dimse.C_CANCEL_RQ:
+            target = command.message_id_being_responded_to
+            flag = self._cancels.get(target) if target is not None else None
+            log.info("%s %s: C-CANCEL-RQ for message %s%s", self.peer, self.calling_aet,
+                     target, "" if flag is not None else " (nothing running)")
+            if flag is not None:
+                flag.set()
+            return
         try:
             dataset = spool.finish() if spool is not None else None
         except OSError as exc:
             log.error("%s %s: cannot spool the data set: %s", self.peer, self.calling_aet, exc)
             dataset = None
-        request = Request(event.command, dataset, event.context_id, abstract_syntax,
-                          transfer_syntax, self.calling_aet, self.peer)
+        cancel = asyncio.Event()
+        message_id = command.message_id
+        if message_id is not None:
+            self._cancels[message_id] = cancel
+        request = Request(command, dataset, event.context_id, abstract_syntax, transfer_syntax,
+                          self.calling_aet, self.peer, cancel,
+                          lambda rsp, data: self._send_pending(event.context_id, rsp, data))
         self.server.store_started(self)
         task = self._loop.create_task(self._serve(request, spool))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    async def _send_pending(
+        self, context_id: int, command: dimse.Command, dataset: bytes | None
+    ) -> None:
+        """Write one pending response now; wait while the peer does not read."""
+        if self._closed or not self.association.is_established:
+            raise ConnectionError("association ended")
+        self._write(self.association.send_command(context_id, command, dataset is not None))
+        if dataset is not None:
+            self._write(self.association.send_dataset(context_id, dataset))
+        self._last_progress = self._loop.time()
+        await self._can_write.wait()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -221,9 +254,13 @@ class DicomProtocol(asyncio.BufferedProtocol):
     async def _serve(self, request: Request, spool: Spool | None) -> None:
         try:
             response: Response = await self.server.services.handle(request)
+        except ConnectionError:
+            return  # the peer went away while we were sending pending responses
         finally:
             if spool is not None:
                 spool.discard()
+            if request.command.message_id is not None:
+                self._cancels.pop(request.command.message_id, None)
             self.server.store_finished()
         if self._closed or not self.association.is_established:
             log.info("%s %s: association gone before the response to message %s", self.peer,

@@ -8,14 +8,18 @@ single boundary that turns them into a status and an error comment on the wire.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pacs.dicom import uids
-from pacs.errors import IngestError, PacsError
-from pacs.ingest import CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS, Ingest
+from pacs.errors import IngestError, PacsError, QueryError
+from pacs.ingest import CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS
 from pacs.net import dimse
+from pacs.server.find import FIND_MODELS, FindSCP
+from pacs.server.messages import Handler, Request, Response
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
 
 log = logging.getLogger("pacs.scp")
 
@@ -23,33 +27,17 @@ UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.4.2 (general status)
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One DIMSE request as it reached the SCP: command, optional dataset, and where from."""
-
-    command: dimse.Command
-    dataset: bytes | Path | None
-    context_id: int
-    abstract_syntax: str
-    transfer_syntax: str
-    calling_aet: str
-    peer: str
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    command: dimse.Command
-    dataset: bytes | None = None
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
 def supported_contexts() -> dict[str, tuple[str, ...]]:
     """Abstract syntax -> transfer syntaxes we accept, in our order of preference."""
     contexts: dict[str, tuple[str, ...]] = {
         uids.VERIFICATION: (uids.IMPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN),
     }
+    for find_model in FIND_MODELS:
+        contexts[find_model] = (
+            uids.EXPLICIT_VR_LITTLE_ENDIAN,
+            uids.IMPLICIT_VR_LITTLE_ENDIAN,
+            uids.EXPLICIT_VR_BIG_ENDIAN,
+        )
     for sop_class in uids.STORAGE_SOP_CLASSES:
         contexts[sop_class] = uids.ALL_TRANSFER_SYNTAXES
     return contexts
@@ -58,11 +46,14 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
 class Services:
     """The SCP side of every DIMSE service the archive offers."""
 
-    def __init__(self, ingest: Ingest) -> None:
-        self.ingest = ingest
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.ingest = archive.ingest
+        self.find = FindSCP(archive)
         self.handlers: Mapping[int, Handler] = {
             dimse.C_ECHO_RQ: self.c_echo,
             dimse.C_STORE_RQ: self.c_store,
+            dimse.C_FIND_RQ: self.find.c_find,
         }
 
     async def handle(self, request: Request) -> Response:
@@ -79,9 +70,14 @@ class Services:
             log.warning("%s: %s refused: %s", request.calling_aet,
                         request.command.get(dimse.AFFECTED_SOP_INSTANCE_UID), exc.comment)
             return self._failure(request, exc.status, exc.comment)
+        except QueryError as exc:
+            log.warning("%s: query refused: %s", request.calling_aet, exc.comment)
+            return self._failure(request, exc.status, exc.comment)
         except PacsError as exc:
             log.error("%s: processing failure: %s", request.calling_aet, exc)
             return self._failure(request, PROCESSING_FAILURE, str(exc))
+        except ConnectionError:
+            raise  # the association is gone: nothing to answer
         except Exception as exc:  # a bug: answer, log it whole, keep serving
             log.exception("%s: unexpected error in %s", request.calling_aet, handler.__name__)
             return self._failure(request, PROCESSING_FAILURE, f"internal error: {exc!r}")

@@ -1,0 +1,94 @@
+"""C-FIND SCP (PS3.4 C.4.1): identifier in, pending responses streamed out as rows are found.
+
+The query runs on the executor in chunks (LMDB reads never hold a transaction across chunks),
+each row is sent as a pending response right away, and a C-CANCEL-RQ stops it between rows with
+the Cancel status. Statuses: 0xFF00 pending, 0x0000 done, 0xFE00 cancelled, 0xA900 identifier
+does not match the SOP class, 0xC000 unable to process (with an error comment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pacs.dicom.identifier import decode_identifier, encode_identifier
+from pacs.errors import DicomFormatError, QueryError
+from pacs.index.query import parse_identifier
+from pacs.net import dimse
+from pacs.server.messages import Request, Response
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
+
+log = logging.getLogger("pacs.find")
+
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+FIND_MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
+
+UNABLE_TO_PROCESS = 0xC000
+CHUNK = 64  # rows fetched per executor call
+
+
+def find_rsp(request: Request, status: int, has_dataset: bool) -> dimse.Command:
+    return dimse.Command({
+        dimse.AFFECTED_SOP_CLASS_UID: request.abstract_syntax,
+        dimse.COMMAND_FIELD: dimse.C_FIND_RSP,
+        dimse.MESSAGE_ID_BEING_RESPONDED_TO: request.command.message_id or 0,
+        dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT if has_dataset else dimse.NO_DATA_SET,
+        dimse.STATUS: status,
+    })  # fmt: skip
+
+
+def _take(rows: Iterator[dict[str, str]], n: int) -> list[dict[str, str]]:
+    return list(itertools.islice(rows, n))
+
+
+class FindSCP:
+    """Answers C-FIND-RQ in the Patient Root and Study Root models."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def c_find(self, request: Request) -> Response:
+        model = FIND_MODELS.get(request.abstract_syntax)
+        if model is None:
+            raise QueryError(UNABLE_TO_PROCESS, "C-FIND on a context that is not a FIND model")
+        if request.dataset is None:
+            raise QueryError(UNABLE_TO_PROCESS, "C-FIND-RQ without an identifier")
+        data = (request.dataset if isinstance(request.dataset, bytes)
+                else Path(request.dataset).read_bytes())
+        try:
+            elements = decode_identifier(data, request.transfer_syntax)
+        except DicomFormatError as exc:
+            raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
+        settings = self.archive.settings
+        query = parse_identifier(
+            None, model, elements,
+            limit=settings.max_find_results or None,
+            fuzzy_names=settings.fuzzy_person_names,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        executor = self.archive.executor
+        engine = await loop.run_in_executor(executor, lambda: self.archive.queries)
+        rows = await loop.run_in_executor(executor, engine.run, query)
+        sent = 0
+        assert request.send_pending is not None
+        while True:
+            chunk = await loop.run_in_executor(executor, _take, rows, CHUNK)
+            for row in chunk:
+                if request.cancel is not None and request.cancel.is_set():
+                    log.info("%s: C-FIND cancelled after %d matches", request.calling_aet, sent)
+                    return Response(find_rsp(request, dimse.CANCEL, False))
+                row.setdefault("QueryRetrieveLevel", query.level)
+                identifier = encode_identifier(row, request.transfer_syntax)
+                await request.send_pending(find_rsp(request, dimse.PENDING, True), identifier)
+                sent += 1
+            if len(chunk) < CHUNK:
+                break
+        log.info("%s: C-FIND %s level, %d matches", request.calling_aet, query.level, sent)
+        return Response(find_rsp(request, dimse.SUCCESS, False))
