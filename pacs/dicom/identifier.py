@@ -60,7 +60,8 @@ def decode_identifier(data: bytes, transfer_syntax_uid: str) -> dict[str, str]:
             keyword = keyword_for_tag(element.tag)
             if not keyword or element.VR == "SQ" or element.tag.is_private:
                 continue
-            result[keyword] = _text(element.value).strip()
+            # UI values are NUL-padded to an even length; text values space-padded.
+            result[keyword] = _text(element.value).strip(" \x00")
         return result
     except DicomFormatError:
         raise

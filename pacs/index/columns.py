@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -60,7 +60,7 @@ STUDY_FIELDS: tuple[str, ...] = (
     STUDY_INSTANCES,
 )
 LIST_FIELD = "ModalitiesInStudy"
-DERIVED = {
+DERIVED: dict[str, tuple[str, Callable[[str], str]]] = {
     "PatientName~": ("PatientName", str.upper),
     "ReferringPhysicianName~": ("ReferringPhysicianName", str.upper),
     "StudyTime~": ("StudyTime", norm_time),

@@ -206,9 +206,7 @@ def _range(vr: str, text: str, keyword: str) -> Range:
             continue
         lo, hi = text[:i], text[i + 1 :]
         if all(not p or _DT.fullmatch(p) for p in (lo, hi)):
-            return Range(
-                norm_datetime(lo) if lo else None, norm_datetime(hi, True) if hi else None
-            )
+            return Range(norm_datetime(lo) if lo else None, norm_datetime(hi, True) if hi else None)
     raise fail(f"invalid date-time range {text!r} in {keyword}")
 
 
@@ -262,6 +260,10 @@ class Filter:
     def test(self, row: Mapping[str, str]) -> bool:
         raise NotImplementedError
 
+    def exact_values(self) -> list[str] | None:
+        """The values when every alternative is single value matching (None otherwise)."""
+        return None
+
     def mask(self, table: pa.Table) -> pa.ChunkedArray:
         raise NotImplementedError
 
@@ -298,8 +300,10 @@ class ValueFilter(Filter):
             elif isinstance(alt, Like):
                 if self._regexes[i].fullmatch(stored):
                     return True
-            elif stored and (alt.low is None or stored >= alt.low) and (
-                alt.high is None or stored <= alt.high
+            elif (
+                stored
+                and (alt.low is None or stored >= alt.low)
+                and (alt.high is None or stored <= alt.high)
             ):
                 return True
         return False
@@ -330,14 +334,16 @@ class ValueFilter(Filter):
     def mask(self, table: pa.Table) -> pa.ChunkedArray:
         col = table.column(self.column)
         if pa.types.is_list(col.type):  # multi-valued: any element matches
-            n = len(col)
-            flat = pc.list_flatten(col)
-            parents = pc.list_parent_indices(col)
-            hits = pc.filter(parents, self._mask_values(flat))
-            out = pa.array([False] * n) if n else pa.array([], pa.bool_())
-            if len(hits):
-                out = pc.is_in(pa.array(range(n), pa.int64()), value_set=pc.unique(hits))
-            return pa.chunked_array([out])
+            out = []
+            for chunk in col.chunks:
+                # per list: matching elements = cumulative count at its end minus at its start
+                hits = pc.cumulative_sum(pc.cast(self._mask_values(chunk.values), pa.int64()))
+                ends = pa.concat_arrays([pa.array([0], pa.int64()), hits])
+                offsets = chunk.offsets
+                last = pc.take(ends, offsets.slice(1))
+                first = pc.take(ends, offsets.slice(0, len(offsets) - 1))
+                out.append(pc.greater(last, first))
+            return pa.chunked_array(out, pa.bool_())
         return self._mask_values(col)
 
 

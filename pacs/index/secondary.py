@@ -239,7 +239,7 @@ def _walk(
 
 
 def _ident(k: bytes, v: bytes) -> str:
-    return v.decode() if v else k[k.rindex(b"\0") + 1 :].decode()
+    return v.decode() if v else k.split(b"\0", 2)[2].decode()
 
 
 def lookup(

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pacs.dimse")
 
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
+
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 transient, source 3 service-provider (presentation
 # related), reason 2 local limit exceeded: the peer may retry later.
 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT = 2, 3, 2
@@ -67,6 +69,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()  # cleared while the transport's buffer is full
         self._can_write.set()
         self._cancels: dict[int, asyncio.Event] = {}  # message ID -> its C-CANCEL flag
+        self._sock: socket.socket | None = None
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -75,6 +78,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock if _TCP_QUICKACK else None
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.connection_opened(self)
@@ -86,6 +90,14 @@ class DicomProtocol(asyncio.BufferedProtocol):
         return self.association.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._sock is not None:
+            # Acknowledge at once: a peer without TCP_NODELAY (pynetdicom, many modalities)
+            # otherwise holds its next small PDU until our delayed ACK, ~40 ms per request.
+            # Linux clears the flag after each ACK, hence on every read.
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._sock = None
         self.association.buffer_updated(nbytes)
         self._drain_events()
 
