@@ -45,11 +45,11 @@ def send_until_killed(archive, files: list[Path], kill_after: int) -> list[Path]
     return acknowledged
 
 
-@pytest.mark.parametrize("kill_after", [1, 37, 150])
+@pytest.mark.parametrize("kill_after", [1, 120, 600])
 def test_kill_9_loses_no_acknowledged_instance(archive, tmp_path: Path, kill_after: int):
     study = make_ct().StudyInstanceUID
     files = [write(make_ct(study_uid=study, instance_number=i), tmp_path / f"{i:04d}.dcm")
-             for i in range(400)]
+             for i in range(1000)]
     acknowledged = send_until_killed(archive, files, kill_after)
     assert len(acknowledged) < len(files)
     archive.start()
