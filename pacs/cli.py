@@ -27,13 +27,14 @@ _SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--http-host": ("http_host", str, "HTTP listen address"),
     "--http-port": ("http_port", int, "HTTP listen port"),
     "--workers": ("workers", int, "DICOM worker processes (0: one per core)"),
-    "--max-associations": ("max_associations", int, "concurrent associations per worker"),
+    "--max-associations": ("max_associations", int, "concurrent associations (all workers together)"),
     "--max-pdu-size": ("max_pdu_size", int, "maximum PDU length we receive"),
     "--acse-timeout": ("acse_timeout", float, "ARTIM timeout, seconds"),
     "--idle-timeout": ("idle_timeout", float, "drop an association idle this long, seconds"),
     "--log-level": ("log_level", str, "DEBUG, INFO, WARNING or ERROR"),
     "--on-duplicate": ("on_duplicate", str, "keep or replace a re-sent SOP Instance UID"),
-    "--store-backend": ("store_backend", str, "blob store: files"),
+    "--store-backend": ("store_backend", str, "blob store: segments (default) or files"),
+    "--max-find-results": ("max_find_results", int, "C-FIND responses per query (0: no cap)"),
 }
 
 
