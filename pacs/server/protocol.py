@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pacs.net import (
@@ -70,6 +71,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._can_write.set()
         self._cancels: dict[int, asyncio.Event] = {}  # message ID -> its C-CANCEL flag
         self._sock: socket.socket | None = None
+        # Sub-operations we send as acceptor (C-GET's C-STORE-RQ): message ID -> its response.
+        self._next_message_id = 0
+        self._awaiting: dict[int, asyncio.Future[dimse.Command]] = {}
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -106,7 +110,14 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._drain_events()
         return False
 
+    def _fail_awaiting(self) -> None:
+        for future in self._awaiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError("association ended"))
+        self._awaiting.clear()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_awaiting()
         if not self.association.is_closed:
             self.association.receive_data(b"")
             self._closed = True  # nothing more may be written; still drain for the log
@@ -203,11 +214,74 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if self._spool is not None:
             self._protocol_abort("new command before the previous data set was complete")
             return
+        field = event.command.get(dimse.COMMAND_FIELD)
+        if isinstance(field, int) and field & 0x8000:
+            self._on_response(event)
+            return
         if event.has_dataset:
             self._store_command = event
             self._spool = Spool(self.settings.spool_memory_limit, self.server.archive.spool_dir)
             return
         self._dispatch(event, None)
+
+    def _on_response(self, event: CommandReceived) -> None:
+        """A response to a sub-operation we sent (C-STORE-RSP during a C-GET)."""
+        if event.has_dataset:
+            self._protocol_abort("a response with a data set where none is defined")
+            return
+        answered = event.command.message_id_being_responded_to
+        future = self._awaiting.pop(answered, None) if answered is not None else None
+        if future is None:
+            log.warning("%s %s: response to unknown message %s ignored", self.peer,
+                        self.calling_aet, answered)
+        elif not future.done():
+            future.set_result(event.command)
+
+    def accepted_context(self, abstract_syntax: str, transfer_syntax: str) -> int | None:
+        """The ID of an accepted presentation context for this pair, if any."""
+        for context_id, pair in self.association.accepted_contexts.items():
+            if pair == (abstract_syntax, transfer_syntax):
+                return context_id
+        return None
+
+    async def send_sub_store(
+        self,
+        context_id: int,
+        command: dimse.Command,
+        chunks: Iterable[bytes | memoryview],
+        timeout: float,
+    ) -> dimse.Command:
+        """Send a C-STORE-RQ sub-operation on this association and wait for its response.
+
+        ``command``'s MessageID is set here. The data set goes out chunk by chunk as P-DATA,
+        pausing while the peer does not read; the response must come within ``timeout``.
+        """
+        if self._closed or not self.association.is_established:
+            raise ConnectionError("association ended")
+        self._next_message_id = self._next_message_id % 0xFFFF + 1
+        message_id = self._next_message_id
+        command[dimse.MESSAGE_ID] = message_id
+        future: asyncio.Future[dimse.Command] = self._loop.create_future()
+        self._awaiting[message_id] = future
+        try:
+            self._write(self.association.send_command(context_id, command, True))
+            pending: bytes | memoryview | None = None
+            for chunk in chunks:
+                if pending is not None:
+                    self._write_dataset(context_id, pending, last=False)
+                    await self._can_write.wait()
+                pending = chunk
+            self._write_dataset(context_id, pending or b"", last=True)
+            await self._can_write.wait()
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._awaiting.pop(message_id, None)
+
+    def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
+        if self._closed or not self.association.is_established:
+            raise ConnectionError("association ended")
+        for part in self.association.send_dataset_parts(context_id, data, last=last):
+            self._write(part)
 
     def _dataset_complete(self) -> None:
         assert self._spool is not None and self._store_command is not None
@@ -311,7 +385,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._accepted = False
             self.server.remove_association()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         if data and self.transport is not None and not self._closed:
             self.transport.write(data)
 
