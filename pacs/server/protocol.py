@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from pacs.net import (
@@ -202,7 +202,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._write(self.association.reject(
                 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT))
             return
-        ac = negotiate(rq, self.server.contexts, max_pdu_length=self.settings.max_pdu_size)
+        # The SCP role is granted where a C-GET peer asks for it: its storage contexts then
+        # carry our C-STORE sub-operations back to it.
+        ac = negotiate(rq, self.server.contexts, max_pdu_length=self.settings.max_pdu_size,
+                       accept_scp_role=True)
         self._write(self.association.accept(ac))
         self._accepted = True
         accepted = sum(1 for pc in ac.presentation_contexts if pc.result == 0)
@@ -237,18 +240,16 @@ class DicomProtocol(asyncio.BufferedProtocol):
         elif not future.done():
             future.set_result(event.command)
 
-    def accepted_context(self, abstract_syntax: str, transfer_syntax: str) -> int | None:
-        """The ID of an accepted presentation context for this pair, if any."""
-        for context_id, pair in self.association.accepted_contexts.items():
-            if pair == (abstract_syntax, transfer_syntax):
-                return context_id
-        return None
+    def accepted_syntaxes(self, abstract_syntax: str) -> list[tuple[int, str]]:
+        """(context ID, transfer syntax) of the accepted contexts for ``abstract_syntax``."""
+        return [(context_id, transfer) for context_id, (abstract, transfer)
+                in self.association.accepted_contexts.items() if abstract == abstract_syntax]
 
     async def send_sub_store(
         self,
         context_id: int,
         command: dimse.Command,
-        chunks: Iterable[bytes | memoryview],
+        chunks: AsyncIterator[bytes],
         timeout: float,
     ) -> dimse.Command:
         """Send a C-STORE-RQ sub-operation on this association and wait for its response.
@@ -266,7 +267,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         try:
             self._write(self.association.send_command(context_id, command, True))
             pending: bytes | memoryview | None = None
-            for chunk in chunks:
+            async for chunk in chunks:
                 if pending is not None:
                     self._write_dataset(context_id, pending, last=False)
                     await self._can_write.wait()
@@ -311,7 +312,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._cancels[message_id] = cancel
         request = Request(command, dataset, event.context_id, abstract_syntax, transfer_syntax,
                           self.calling_aet, self.peer, cancel,
-                          lambda rsp, data: self._send_pending(event.context_id, rsp, data))
+                          lambda rsp, data: self._send_pending(event.context_id, rsp, data),
+                          self)
         self.server.store_started(self)
         task = self._loop.create_task(self._serve(request, spool))
         self._tasks.add(task)

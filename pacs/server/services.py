@@ -16,6 +16,7 @@ from pacs.errors import IngestError, PacsError, QueryError
 from pacs.ingest import CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS
 from pacs.net import dimse
 from pacs.server.find import FIND_MODELS, FindSCP
+from pacs.server.get import GET_MODELS, GetSCP
 from pacs.server.messages import Handler, Request, Response
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
     contexts: dict[str, tuple[str, ...]] = {
         uids.VERIFICATION: (uids.IMPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN),
     }
-    for find_model in FIND_MODELS:
+    for find_model in (*FIND_MODELS, *GET_MODELS):
         contexts[find_model] = (
             uids.EXPLICIT_VR_LITTLE_ENDIAN,
             uids.IMPLICIT_VR_LITTLE_ENDIAN,
@@ -50,10 +51,12 @@ class Services:
         self.archive = archive
         self.ingest = archive.ingest
         self.find = FindSCP(archive)
+        self.get = GetSCP(archive)
         self.handlers: Mapping[int, Handler] = {
             dimse.C_ECHO_RQ: self.c_echo,
             dimse.C_STORE_RQ: self.c_store,
             dimse.C_FIND_RQ: self.find.c_find,
+            dimse.C_GET_RQ: self.get.c_get,
         }
 
     async def handle(self, request: Request) -> Response:

@@ -1,0 +1,172 @@
+"""C-GET SCP (PS3.4 C.4.3): the instances go back as C-STORE sub-operations on the same
+association, over the storage contexts the peer proposed with the SCP role.
+
+Statuses: 0xFF00 pending after each sub-operation (with the remaining / completed / failed /
+warning counts), then 0x0000 all done, 0xB000 some failed (Failed SOP Instance UID List),
+0xA702 none could be done, 0xFE00 cancelled, 0xA900 / 0xC000 a bad identifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pacs.dicom.identifier import decode_identifier, encode_identifier
+from pacs.errors import DicomFormatError, PacsError, QueryError
+from pacs.index.records import InstanceRecord
+from pacs.net import dimse
+from pacs.server.messages import Request, Response
+from pacs.server.payload import instance_payload
+from pacs.server.retrieve import resolve_instances
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
+
+log = logging.getLogger("pacs.get")
+
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+GET_MODELS = {PATIENT_ROOT_GET: "PATIENT", STUDY_ROOT_GET: "STUDY"}
+
+UNABLE_TO_PROCESS = 0xC000
+SUB_OPERATIONS_FAILED = 0xA702
+SOME_FAILED = 0xB000
+SUB_STORE_TIMEOUT = 60.0
+NOT_SENT = 0xC000  # a sub-operation that could not even be attempted (counted as failed)
+
+
+@dataclass
+class Counts:
+    """Sub-operation bookkeeping shared by C-GET and C-MOVE."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+
+    def record(self, uid: str, status: int) -> None:
+        self.remaining -= 1
+        if status == dimse.SUCCESS:
+            self.completed += 1
+        elif status & 0xF000 == 0xB000:  # warnings: coercion, elements discarded, ...
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(uid)
+
+    def fields(self, final: bool) -> dict[int, int | str]:
+        values: dict[int, int | str] = {
+            dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS: self.completed,
+            dimse.NUMBER_OF_FAILED_SUBOPERATIONS: self.failed,
+            dimse.NUMBER_OF_WARNING_SUBOPERATIONS: self.warning,
+        }
+        if not final:
+            values[dimse.NUMBER_OF_REMAINING_SUBOPERATIONS] = self.remaining
+        return values
+
+    def final_status(self, cancelled: bool) -> int:
+        if cancelled:
+            return dimse.CANCEL
+        if self.failed and not (self.completed or self.warning):
+            return SUB_OPERATIONS_FAILED
+        if self.failed or self.warning:
+            return SOME_FAILED
+        return dimse.SUCCESS
+
+
+def retrieve_rsp(request: Request, field_value: int, status: int, counts: Counts,
+                 final: bool, has_dataset: bool = False) -> dimse.Command:
+    command = dimse.Command({
+        dimse.AFFECTED_SOP_CLASS_UID: request.abstract_syntax,
+        dimse.COMMAND_FIELD: field_value,
+        dimse.MESSAGE_ID_BEING_RESPONDED_TO: request.command.message_id or 0,
+        dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT if has_dataset else dimse.NO_DATA_SET,
+        dimse.STATUS: status,
+    })  # fmt: skip
+    command.update(counts.fields(final))
+    return command
+
+
+def final_response(request: Request, field_value: int, counts: Counts,
+                   cancelled: bool) -> Response:
+    status = counts.final_status(cancelled)
+    if counts.failed_uids and status != dimse.SUCCESS:
+        identifier = encode_identifier(
+            {"FailedSOPInstanceUIDList": "\\".join(counts.failed_uids)},
+            request.transfer_syntax)
+        return Response(retrieve_rsp(request, field_value, status, counts, True, True),
+                        identifier)
+    return Response(retrieve_rsp(request, field_value, status, counts, True))
+
+
+async def identified_instances(archive: Archive, request: Request,
+                               models: dict[str, str]) -> list[InstanceRecord]:
+    """The instances a C-GET / C-MOVE identifier names (QueryError when it is bad)."""
+    model = models.get(request.abstract_syntax)
+    if model is None or request.dataset is None:
+        raise QueryError(UNABLE_TO_PROCESS, "retrieve request without an identifier")
+    data = (request.dataset if isinstance(request.dataset, bytes)
+            else Path(request.dataset).read_bytes())
+    try:
+        elements = decode_identifier(data, request.transfer_syntax)
+    except DicomFormatError as exc:
+        raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
+    loop = asyncio.get_running_loop()
+    engine = await loop.run_in_executor(archive.executor, lambda: archive.queries)
+    return await loop.run_in_executor(archive.executor, resolve_instances, archive.catalog,
+                                      engine, model, elements)
+
+
+class GetSCP:
+    """Answers C-GET-RQ in the Patient Root and Study Root models."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def c_get(self, request: Request) -> Response:
+        records = await identified_instances(self.archive, request, GET_MODELS)
+        subops = request.sub_operations
+        assert subops is not None and request.send_pending is not None
+        counts = Counts(remaining=len(records))
+        cancelled = False
+        for record in records:
+            if request.cancel is not None and request.cancel.is_set():
+                cancelled = True
+                break
+            status = await self._sub_store(request, record)
+            counts.record(record.sop_instance_uid, status)
+            if counts.remaining:
+                await request.send_pending(
+                    retrieve_rsp(request, dimse.C_GET_RSP, dimse.PENDING, counts, False), None)
+        log.info("%s: C-GET of %d instances: %d completed, %d failed, %d warnings%s",
+                 request.calling_aet, len(records), counts.completed, counts.failed,
+                 counts.warning, " (cancelled)" if cancelled else "")
+        return final_response(request, dimse.C_GET_RSP, counts, cancelled)
+
+    async def _sub_store(self, request: Request, record: InstanceRecord) -> int:
+        """One C-STORE sub-operation; its status (0xA700-ish failure when it cannot run)."""
+        subops = request.sub_operations
+        assert subops is not None
+        sop_class = record.attributes.get("SOPClassUID", "")
+        contexts = subops.accepted_syntaxes(sop_class)
+        try:
+            syntax, chunks = await instance_payload(
+                self.archive.store, record, [ts for _, ts in contexts], self.archive.executor)
+        except PacsError as exc:
+            log.warning("%s: C-GET cannot send %s: %s", request.calling_aet,
+                        record.sop_instance_uid, exc)
+            return NOT_SENT
+        context_id = next(cid for cid, ts in contexts if ts == syntax)
+        command = dimse.c_store_rq(0, sop_class, record.sop_instance_uid,
+                                   move_originator_ae_title=None)
+        try:
+            rsp = await subops.send_sub_store(context_id, command, chunks, SUB_STORE_TIMEOUT)
+        except TimeoutError:
+            log.warning("%s: no C-STORE-RSP for %s within %.0f s", request.calling_aet,
+                        record.sop_instance_uid, SUB_STORE_TIMEOUT)
+            return NOT_SENT
+        return rsp.status if rsp.status is not None else NOT_SENT
