@@ -161,6 +161,9 @@ class GetSCP:
                         record.sop_instance_uid, exc)
             return NOT_SENT
         context_id = next(cid for cid, ts in contexts if ts == syntax)
+        if syntax != record.transfer_syntax_uid:
+            log.info("%s: sending %s as %s, converted from %s", request.calling_aet,
+                     record.sop_instance_uid, syntax, record.transfer_syntax_uid)
         command = dimse.c_store_rq(0, sop_class, record.sop_instance_uid,
                                    move_originator_ae_title=None)
         try:
