@@ -48,14 +48,22 @@ def read_record(store: BlobStore, location: str) -> InstanceRecord:
     )
 
 
-def reindex_command(settings: Settings) -> int:
+def _open(settings: Settings) -> tuple[BlobStore, Catalog] | None:
+    """The archive's blob store and catalog for a maintenance tool; None (logged) if not."""
     from pacs.archive import open_catalog, open_store
 
     try:
-        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
+        return open_store(settings, worker_id=-1), open_catalog(settings)
     except PacsError as exc:
         log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+        return None
+
+
+def reindex_command(settings: Settings) -> int:
+    opened = _open(settings)
+    if opened is None:
         return 2
+    store, catalog = opened
     try:
         report = reindex(catalog, store, read_record)
     finally:
@@ -71,13 +79,10 @@ def reindex_command(settings: Settings) -> int:
 
 
 def verify_command(settings: Settings) -> int:
-    from pacs.archive import open_catalog, open_store
-
-    try:
-        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
-    except PacsError as exc:
-        log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+    opened = _open(settings)
+    if opened is None:
         return 2
+    store, catalog = opened
     try:
         report = verify(catalog, store)
     finally:
@@ -96,13 +101,10 @@ def export_command(settings: Settings, out_dir: Path, selection: dict[str, str])
     ``selection`` maps index keywords (PatientID, StudyInstanceUID, SeriesInstanceUID,
     SOPInstanceUID) to required values; empty selects everything.
     """
-    from pacs.archive import open_catalog, open_store
-
-    try:
-        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
-    except PacsError as exc:
-        log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+    opened = _open(settings)
+    if opened is None:
         return 2
+    store, catalog = opened
     written = failed = 0
     try:
         for record in catalog.iter_instances():
@@ -173,13 +175,10 @@ def compact_segments(
 
 
 def compact_command(settings: Settings, min_dead_fraction: float) -> int:
-    from pacs.archive import open_catalog, open_store
-
-    try:
-        store, catalog = open_store(settings, worker_id=-1), open_catalog(settings)
-    except PacsError as exc:
-        log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+    opened = _open(settings)
+    if opened is None:
         return 2
+    store, catalog = opened
     try:
         if not isinstance(store, SegmentStore):
             print("the file store needs no compaction")

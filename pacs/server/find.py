@@ -12,14 +12,12 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacs.dicom.identifier import decode_identifier, encode_identifier
-from pacs.errors import DicomFormatError, QueryError
+from pacs.dicom.identifier import encode_identifier
 from pacs.index.query import parse_identifier
 from pacs.net import dimse
-from pacs.server.messages import Request, Response
+from pacs.server.messages import Request, Response, request_identifier
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -30,7 +28,6 @@ PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 FIND_MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
-UNABLE_TO_PROCESS = 0xC000
 CHUNK = 64  # rows fetched per executor call
 
 
@@ -55,17 +52,7 @@ class FindSCP:
         self.archive = archive
 
     async def c_find(self, request: Request) -> Response:
-        model = FIND_MODELS.get(request.abstract_syntax)
-        if model is None:
-            raise QueryError(UNABLE_TO_PROCESS, "C-FIND on a context that is not a FIND model")
-        if request.dataset is None:
-            raise QueryError(UNABLE_TO_PROCESS, "C-FIND-RQ without an identifier")
-        data = (request.dataset if isinstance(request.dataset, bytes)
-                else Path(request.dataset).read_bytes())
-        try:
-            elements = decode_identifier(data, request.transfer_syntax)
-        except DicomFormatError as exc:
-            raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
+        model, elements = request_identifier(request, FIND_MODELS)
         settings = self.archive.settings
         query = parse_identifier(
             None, model, elements,

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pacs.dicom.identifier import decode_identifier, encode_identifier
-from pacs.errors import DicomFormatError, PacsError, QueryError
+from pacs.dicom.identifier import encode_identifier
+from pacs.errors import PacsError
 from pacs.index.records import InstanceRecord
 from pacs.net import dimse
-from pacs.server.messages import Request, Response
+from pacs.server.messages import Request, Response, request_identifier
 from pacs.server.payload import instance_payload
 from pacs.server.retrieve import resolve_instances
 
@@ -31,7 +30,6 @@ PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 GET_MODELS = {PATIENT_ROOT_GET: "PATIENT", STUDY_ROOT_GET: "STUDY"}
 
-UNABLE_TO_PROCESS = 0xC000
 SUB_OPERATIONS_FAILED = 0xA702
 SOME_FAILED = 0xB000
 SUB_STORE_TIMEOUT = 60.0
@@ -106,15 +104,7 @@ def final_response(request: Request, field_value: int, counts: Counts,
 async def identified_instances(archive: Archive, request: Request,
                                models: dict[str, str]) -> list[InstanceRecord]:
     """The instances a C-GET / C-MOVE identifier names (QueryError when it is bad)."""
-    model = models.get(request.abstract_syntax)
-    if model is None or request.dataset is None:
-        raise QueryError(UNABLE_TO_PROCESS, "retrieve request without an identifier")
-    data = (request.dataset if isinstance(request.dataset, bytes)
-            else Path(request.dataset).read_bytes())
-    try:
-        elements = decode_identifier(data, request.transfer_syntax)
-    except DicomFormatError as exc:
-        raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
+    model, elements = request_identifier(request, models)
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(archive.executor, lambda: archive.queries)
     return await loop.run_in_executor(archive.executor, resolve_instances, archive.catalog,

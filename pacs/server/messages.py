@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pacs.dicom.identifier import decode_identifier
+from pacs.errors import DicomFormatError, QueryError
 from pacs.net import dimse
+
+UNABLE_TO_PROCESS = 0xC000  # PS3.4 C.4.1.1.4: failure, unable to process
 
 PendingSender = Callable[[dimse.Command, bytes | None], Awaitable[None]]
 
@@ -57,3 +61,22 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+
+
+def request_identifier(request: Request, models: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """(information model, identifier keyword -> text) of a C-FIND / C-GET / C-MOVE request.
+
+    Raises QueryError 0xC000 when the context is not one of ``models`` or the identifier is
+    missing or unreadable.
+    """
+    model = models.get(request.abstract_syntax)
+    if model is None:
+        raise QueryError(UNABLE_TO_PROCESS, "request on a context of another model")
+    if request.dataset is None:
+        raise QueryError(UNABLE_TO_PROCESS, "request without an identifier")
+    data = (request.dataset if isinstance(request.dataset, bytes)
+            else Path(request.dataset).read_bytes())
+    try:
+        return model, decode_identifier(data, request.transfer_syntax)
+    except DicomFormatError as exc:
+        raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
