@@ -84,7 +84,7 @@ class ConversionError(PacsError):
 def _decodable(transfer_syntax: str) -> bool:
     """pydicom has a working pixel data decoder for this encapsulated syntax."""
     try:
-        from pydicom.pixels import get_decoder
+        from pydicom.pixels.decoders.base import get_decoder
 
         return bool(get_decoder(transfer_syntax).is_available)
     except Exception:  # NotImplementedError for syntaxes nobody decodes, ImportError...
