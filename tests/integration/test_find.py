@@ -75,7 +75,7 @@ def findscu(port: int, model: str, *keys: str) -> tuple[list[dict[str, str]], st
         row = {}
         for match in re.finditer(r"\(([0-9a-f]{4}),([0-9a-f]{4})\) \w\w \[([^\]]*)\]\s+#.*?(\w+)$",
                                  block, re.M):
-            row[match[4]] = match[3].strip()
+            row[match[4]] = match[3].strip(" \x00")  # UI values are NUL-padded
         results.append(row)
     return results, output
 
