@@ -27,7 +27,7 @@ _SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--http-host": ("http_host", str, "HTTP listen address"),
     "--http-port": ("http_port", int, "HTTP listen port"),
     "--workers": ("workers", int, "DICOM worker processes (0: one per core)"),
-    "--max-associations": ("max_associations", int, "concurrent associations (all workers together)"),
+    "--max-associations": ("max_associations", int, "associations open at once, all workers"),
     "--max-pdu-size": ("max_pdu_size", int, "maximum PDU length we receive"),
     "--acse-timeout": ("acse_timeout", float, "ARTIM timeout, seconds"),
     "--idle-timeout": ("idle_timeout", float, "drop an association idle this long, seconds"),

@@ -67,6 +67,7 @@ class Settings:
     io_threads: int = 8
     lmdb_map_size: int = 64 * 1024**3
     max_find_results: int = 0  # C-FIND responses per query; 0: no cap
+    move_associations: int = 2  # parallel associations of a large C-MOVE
     fuzzy_person_names: bool = True  # PN matching ignores case (strict when false)
     remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
 
@@ -159,6 +160,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "io_threads": (1, 256),
     "lmdb_map_size": (1 << 20, 1 << 50),
     "max_find_results": (0, 1 << 31),
+    "move_associations": (1, 64),
 }
 
 

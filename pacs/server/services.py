@@ -18,6 +18,7 @@ from pacs.net import dimse
 from pacs.server.find import FIND_MODELS, FindSCP
 from pacs.server.get import GET_MODELS, GetSCP
 from pacs.server.messages import Handler, Request, Response
+from pacs.server.move import MOVE_MODELS, MoveSCP
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -33,7 +34,7 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
     contexts: dict[str, tuple[str, ...]] = {
         uids.VERIFICATION: (uids.IMPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN),
     }
-    for find_model in (*FIND_MODELS, *GET_MODELS):
+    for find_model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
         contexts[find_model] = (
             uids.EXPLICIT_VR_LITTLE_ENDIAN,
             uids.IMPLICIT_VR_LITTLE_ENDIAN,
@@ -52,11 +53,13 @@ class Services:
         self.ingest = archive.ingest
         self.find = FindSCP(archive)
         self.get = GetSCP(archive)
+        self.move = MoveSCP(archive)
         self.handlers: Mapping[int, Handler] = {
             dimse.C_ECHO_RQ: self.c_echo,
             dimse.C_STORE_RQ: self.c_store,
             dimse.C_FIND_RQ: self.find.c_find,
             dimse.C_GET_RQ: self.get.c_get,
+            dimse.C_MOVE_RQ: self.move.c_move,
         }
 
     async def handle(self, request: Request) -> Response:
