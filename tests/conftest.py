@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.integration.peers"]  # the scp_factory fixture
+
 # Debian's dcmtk tools wait ~40 ms per request for a delayed ACK without this.
 os.environ.setdefault("TCP_NODELAY", "1")
 
