@@ -1,0 +1,126 @@
+"""C-MOVE and C-GET of one study, next to the ceiling measured in the same run.
+
+``python -m bench.bench_retrieve [-n 500] [--size 512]``: stores N CT instances in a fresh
+archive, then times (a) dcmtk ``storescu`` pushing the same files to ``storescp --ignore``
+(the ceiling), (b) ``movescu`` of the study to that ``storescp``, (c) ``getscu --ignore`` of the
+study, and samples the archive's peak RSS (all its processes) during (b) and (c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.ingest import generate, wait_port
+from tests.conftest import free_port
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (the workers)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(entry.name) != pid and int(stat[1]) != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def timed(cmd: list[str], server_pid: int | None = None) -> tuple[float, int]:
+    """Wall seconds of ``cmd`` and the server's peak RSS meanwhile."""
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set() and server_pid is not None:
+            peak = max(peak, rss(server_pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ,
+                                                                         TCP_NODELAY="1"))
+    elapsed = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
+    return elapsed, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--count", type=int, default=500)
+    parser.add_argument("--size", type=int, default=512)
+    args = parser.parse_args()
+    env = dict(os.environ, TCP_NODELAY="1")
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
+        work = Path(tmp)
+        (folder,) = generate(work / "files", args.count, args.size, 1)
+        total = sum(f.stat().st_size for f in folder.iterdir())
+        dest_port, pacs_port = free_port(), free_port()
+        config = work / "pacs.toml"
+        config.write_text(f'[remote.SINK]\nhost = "127.0.0.1"\nport = {dest_port}\n')
+        sink = subprocess.Popen(["storescp", "--ignore", "-pdu", "131072", str(dest_port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pacs", "serve", "--data-dir", str(work / "data"),
+             "--config", str(config), "--host", "127.0.0.1", "--port", str(pacs_port),
+             "--log-level", "WARNING"], env=env)
+        try:
+            wait_port(dest_port, sink)
+            wait_port(pacs_port, server)
+            subprocess.run(["storescu", "-aec", "PACS", "+sd", "127.0.0.1", str(pacs_port),
+                            str(folder)], check=True, env=env, capture_output=True)
+            study = _study_uid(folder)
+            rows = []
+            seconds, _ = timed(["storescu", "-aec", "SINK", "+sd", "127.0.0.1", str(dest_port),
+                                str(folder)])
+            rows.append(("storescu -> storescp (ceiling)", seconds, 0))
+            seconds, peak = timed(["movescu", "-aec", "PACS", "-aem", "SINK", "-S",
+                                   "-k", "QueryRetrieveLevel=STUDY",
+                                   "-k", f"StudyInstanceUID={study}",
+                                   "127.0.0.1", str(pacs_port)], server.pid)
+            rows.append(("C-MOVE pacs -> storescp", seconds, peak))
+            seconds, peak = timed(["getscu", "--ignore", "-aec", "PACS", "-S",
+                                   "-k", "QueryRetrieveLevel=STUDY",
+                                   "-k", f"StudyInstanceUID={study}",
+                                   "127.0.0.1", str(pacs_port)], server.pid)
+            rows.append(("C-GET pacs -> getscu --ignore", seconds, peak))
+        finally:
+            server.terminate()
+            sink.terminate()
+            server.wait(30)
+            sink.wait(30)
+        print(f"{args.count} instances of {args.size}x{args.size}, "
+              f"{total / args.count / 1024:.0f} KiB each")
+        ceiling = rows[0][1]
+        for name, secs, peak in rows:
+            extra = f", {ceiling / secs:4.2f} of the ceiling" if peak else ""
+            rss_text = f", server peak RSS {peak / 2**20:.0f} MiB" if peak else ""
+            print(f"  {name:32s} {args.count / secs:7.0f} instances/s "
+                  f"{total / secs / 1e6:7.1f} MB/s{extra}{rss_text}")
+
+
+def _study_uid(folder: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID)
+
+
+if __name__ == "__main__":
+    main()
