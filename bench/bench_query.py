@@ -6,7 +6,9 @@
 Builds a synthetic index (10 instances per series, one series per study, two studies per
 patient) through ``Catalog.store_batch``, then reports p50/p95 latencies of typical queries,
 rows/s of a 10,000-study listing, the build rate and the cold start (open + first scan query,
-with the saved column file, and with a full column build from LMDB).
+with the saved column file, and with a full column build from LMDB). The query kinds
+(:func:`cases`, :data:`LISTING`) are shared with bench.bench_find_dimse, which runs them over
+DIMSE against ``pacs serve`` and prints these API figures next to its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pacs.index.catalog import Catalog
@@ -83,15 +86,87 @@ def build(cat: Catalog, n_instances: int, per_series: int = 10, batch: int = 500
     return time.perf_counter() - t0
 
 
-def measure(fn: Callable[[int], int], repeat: int) -> tuple[float, float, int]:
+def measure(fn: Callable[[int], int], repeat: int, warm_all: bool = False
+            ) -> tuple[float, float, int]:
+    """p50, p95 (ms) and rows of ``fn(1..repeat)`` after ``fn(0)`` (all of them untimed first
+    with ``warm_all``: keyed cases touch other LMDB pages on each repeat)."""
     times, rows = [], 0
-    fn(0)  # warm
+    for i in range(repeat + 1 if warm_all else 1):
+        fn(i)
     for i in range(repeat):
         t0 = time.perf_counter()
         rows = fn(i + 1)
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.95) - 1], rows
+
+
+@dataclass(frozen=True)
+class Case:
+    """One query kind: ``identifier(i)`` is the i-th repeat's identifier (keyed cases pick a
+    different study each repeat, the same sequence in every run and on every path)."""
+
+    name: str
+    level: str
+    identifier: Callable[[int], dict[str, str]]
+    limit: int | None = None
+
+
+def study_uid(s: int) -> str:
+    return f"1.2.826.0.1.3680043.9.1.{s}"
+
+
+def cases(n_studies: int) -> list[Case]:
+    """The issue's query kinds, shared by this benchmark and bench.bench_find_dimse."""
+
+    def pick(i: int) -> int:
+        return random.Random(7000 + i).randrange(n_studies)
+
+    def study(ident: dict[str, str]) -> Callable[[int], dict[str, str]]:
+        return lambda i: {**dict.fromkeys(STUDY_KEYS, ""), **ident}
+
+    def keyed(make: Callable[[int], dict[str, str]]) -> Callable[[int], dict[str, str]]:
+        return lambda i: {**dict.fromkeys(STUDY_KEYS, ""), **make(pick(i))}
+
+    return [
+        Case("exact PatientID", "STUDY", keyed(lambda s: {"PatientID": f"PID{s // 2:07d}"})),
+        Case("PatientName prefix SMI*", "STUDY", study({"PatientName": "SMI*"})),
+        Case("infix *MIT*", "STUDY", study({"PatientName": "*MIT*"})),
+        Case("StudyDate one month", "STUDY", study({"StudyDate": "20200301-20200331"})),
+        Case("ModalitiesInStudy=MR + month", "STUDY",
+             study({"ModalitiesInStudy": "MR", "StudyDate": "20200301-20200331"})),
+        Case("AccessionNumber", "STUDY", keyed(lambda s: {"AccessionNumber": f"ACC{s:08d}"})),
+        Case("STUDY unfiltered limit 100", "STUDY", study({}), limit=100),
+        Case("all SERIES of one study", "SERIES", lambda i: {
+            "StudyInstanceUID": study_uid(pick(i)), "SeriesInstanceUID": "", "Modality": "",
+            "SeriesNumber": "", "NumberOfSeriesRelatedInstances": ""}),
+        Case("all IMAGEs of one series", "IMAGE", lambda i: {
+            "StudyInstanceUID": study_uid(pick(i)),
+            "SeriesInstanceUID": study_uid(pick(i)) + ".1", "SOPInstanceUID": "",
+            "InstanceNumber": "", "SOPClassUID": ""}),
+    ]
+
+
+#: 10,000 studies at any size >= 100,000 instances (AccessionNumber ACC00000000..ACC00009999).
+LISTING = Case("listing 10,000 studies (ACC0000*)", "STUDY",
+               lambda i: {**dict.fromkeys(STUDY_KEYS, ""), "AccessionNumber": "ACC0000*"})
+
+
+def run_case(engine: QueryEngine, case: Case, i: int) -> int:
+    q = parse_identifier(case.level, "STUDY", case.identifier(i), limit=case.limit)
+    return sum(1 for _ in engine.run(q))
+
+
+def api_figures(engine: QueryEngine, n_studies: int, repeat: int
+                ) -> dict[str, tuple[float, float, int]]:
+    """(p50 ms, p95 ms, rows) per case through the Python API, plus the 10,000-study listing."""
+    out = {}
+    for case in [*cases(n_studies), LISTING]:
+        reps = repeat if case is not LISTING else max(3, repeat // 5)
+        keyed = case.identifier(1) != case.identifier(2)
+        out[case.name] = measure(lambda i, c=case: run_case(engine, c, i),  # type: ignore[misc]
+                                 reps, warm_all=keyed)
+    return out
 
 
 def open_catalog(path: Path) -> Catalog:
@@ -142,51 +217,15 @@ def main() -> None:
         cat = open_catalog(path)
         engine = QueryEngine(cat)
         rng = random.Random(7)
-
-        def study(ident: dict[str, str], limit: int | None = None) -> Callable[[int], int]:
-            def fn(i: int) -> int:
-                q = parse_identifier("STUDY", "STUDY",
-                                     {**dict.fromkeys(STUDY_KEYS, ""), **ident}, limit=limit)
-                return sum(1 for _ in engine.run(q))
-            return fn
-
-        def keyed(make: Callable[[int], dict[str, str]], level: str = "STUDY"
-                  ) -> Callable[[int], int]:
-            def fn(i: int) -> int:
-                ident = make(rng.randrange(n_studies))
-                if level == "STUDY":
-                    ident = {**dict.fromkeys(STUDY_KEYS, ""), **ident}
-                q = parse_identifier(level, "STUDY", ident)
-                return sum(1 for _ in engine.run(q))
-            return fn
-
-        cases: list[tuple[str, Callable[[int], int]]] = [
-            ("exact PatientID", keyed(lambda s: {"PatientID": f"PID{s // 2:07d}"})),
-            ("PatientName prefix SMI*", study({"PatientName": "SMI*"})),
-            ("infix *MIT*", study({"PatientName": "*MIT*"})),
-            ("StudyDate one month", study({"StudyDate": "20200301-20200331"})),
-            ("ModalitiesInStudy=MR + month", study({"ModalitiesInStudy": "MR",
-                                                    "StudyDate": "20200301-20200331"})),
-            ("AccessionNumber", keyed(lambda s: {"AccessionNumber": f"ACC{s:08d}"})),
-            ("STUDY unfiltered limit 100", study({}, limit=100)),
-            ("all SERIES of one study", keyed(lambda s: {
-                "StudyInstanceUID": f"1.2.826.0.1.3680043.9.1.{s}", "SeriesInstanceUID": "",
-                "Modality": "", "SeriesNumber": "", "NumberOfSeriesRelatedInstances": ""},
-                "SERIES")),
-            ("all IMAGEs of one series", keyed(lambda s: {
-                "StudyInstanceUID": f"1.2.826.0.1.3680043.9.1.{s}",
-                "SeriesInstanceUID": f"1.2.826.0.1.3680043.9.1.{s}.1", "SOPInstanceUID": "",
-                "InstanceNumber": "", "SOPClassUID": ""}, "IMAGE")),
-        ]
         print(f"\n{'query':34} {'p50 ms':>8} {'p95 ms':>8} {'rows':>7}")
-        for name, fn in cases:
-            p50, p95, rows = measure(fn, args.repeat)
+        for name, (p50, p95, rows) in api_figures(engine, n_studies, args.repeat).items():
             print(f"{name:34} {p50:8.2f} {p95:8.2f} {rows:7d}")
 
         listing = min(10_000, n_studies)
         q = Query("STUDY", return_keys=STUDY_KEYS, limit=listing)
         p50, _, rows = measure(lambda i: sum(1 for _ in engine.run(q)), 10)
-        print(f"\nlisting {rows} studies: p50 {p50:.1f} ms = {rows / p50 * 1000:,.0f} rows/s")
+        print(f"\nlisting {rows} studies (unfiltered, limit): p50 {p50:.1f} ms "
+              f"= {rows / p50 * 1000:,.0f} rows/s")
 
         # freshness cost: a store, then the same scan query (catch-up of the column cache)
         st = study_attrs(n_studies + 1, rng)
@@ -201,6 +240,8 @@ def main() -> None:
             list(engine.run(parse_identifier("STUDY", "STUDY", {"PatientName": "*MIT*"})))
             times.append((time.perf_counter() - t0) * 1000)
         print(f"infix query right after a store: p50 {statistics.median(times):.2f} ms")
+        for i in range(20):  # leave the index as built (a reused --dir is not rebuilt)
+            cat.delete_instance(st["StudyInstanceUID"] + f".1.{i}")
         cat.close()
     finally:
         if tmp is not None:

@@ -80,6 +80,7 @@ def main() -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "pacs", "serve", "--data-dir", str(work / "data"),
              "--config", str(config), "--host", "127.0.0.1", "--port", str(pacs_port),
+             "--http-port", "0",
              "--log-level", "WARNING"], env=env)
         try:
             wait_port(dest_port, sink)

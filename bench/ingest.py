@@ -77,7 +77,7 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
         # "pacs" uses the default worker count; "pacs-w1", "pacs-w2" set it.
         workers = name.partition("-w")[2] or "0"
         cmd = [sys.executable, "-m", "pacs", "serve", "--data-dir", str(out), "--host",
-               "127.0.0.1", "--port", str(port), "--log-level", "WARNING",
+               "127.0.0.1", "--port", str(port), "--http-port", "0", "--log-level", "WARNING",
                "--workers", workers]
         aet = "PACS"
     elif name == "pynetdicom":

@@ -92,7 +92,8 @@ class Archive:
                 blob_store=store,
             )
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
-        ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight)
+        ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight,
+                        settings.routes)
         return cls(settings, store, catalog, writer, executor, ingest, spool_dir, worker_id)
 
     def close(self) -> None:

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         ("verify", "check every indexed blob exists and matches its hash"),
         ("export", "write instances out as ordinary Part-10 files"),
         ("compact", "rewrite segments whose dead fraction is high, reclaiming the space"),
+        ("jobs", "list the forwarding queue (routing rules) and its failures"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", type=Path, help="TOML settings file")
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "reindex":
         return maintenance.reindex_command(settings)
+    if args.command == "jobs":
+        return maintenance.jobs_command(settings)
     if args.command == "compact":
         return maintenance.compact_command(settings, args.min_dead_fraction)
     if args.command == "export":

@@ -41,6 +41,20 @@ class RemoteAE:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Forward what matches (every given condition) to ``destination``, a remote AE."""
+
+    destination: str
+    calling_aet: str = ""  # only instances received from this AE
+    modality: str = ""  # only instances of this Modality
+
+    def matches(self, calling_aet: str, modality: str) -> bool:
+        return (not self.calling_aet or self.calling_aet == calling_aet) and (
+            not self.modality or self.modality == modality
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the archive; see the README's Settings section for each one's meaning."""
 
@@ -69,7 +83,9 @@ class Settings:
     max_find_results: int = 0  # C-FIND responses per query; 0: no cap
     move_associations: int = 2  # parallel associations of a large C-MOVE
     fuzzy_person_names: bool = True  # PN matching ignores case (strict when false)
+    forward_retry_base: float = 5.0  # seconds before the first retry of a failed forward
     remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
 
     @property
     def worker_count(self) -> int:
@@ -92,7 +108,9 @@ class Settings:
         return self.data_dir / "spool"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "remotes"}
+_FIELDS = {
+    f.name: f for f in dataclasses.fields(Settings) if f.name not in ("remotes", "routes")
+}
 _DEFAULTS = Settings()
 
 
@@ -161,6 +179,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "lmdb_map_size": (1 << 20, 1 << 50),
     "max_find_results": (0, 1 << 31),
     "move_associations": (1, 64),
+    "forward_retry_base": (0.01, 3600),
 }
 
 
@@ -191,6 +210,25 @@ def _remotes(table: Any) -> dict[str, RemoteAE]:
     return remotes
 
 
+def _routes(table: Any, remotes: Mapping[str, RemoteAE]) -> tuple[Route, ...]:
+    if not isinstance(table, list):
+        raise ConfigError("route: must be [[route]] tables with a destination")
+    routes = []
+    for number, entry in enumerate(table, 1):
+        where = f"route #{number}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("destination"), str):
+            raise ConfigError(f"{where}: needs destination = \"AET\"")
+        unknown = set(entry) - {"destination", "calling_aet", "modality"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if entry["destination"] not in remotes:
+            raise ConfigError(f"{where}: destination {entry['destination']!r} is not a "
+                              "[remote.AET] table")
+        routes.append(Route(entry["destination"], str(entry.get("calling_aet", "")),
+                            str(entry.get("modality", ""))))
+    return tuple(routes)
+
+
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -199,6 +237,7 @@ def load_settings(
     """Merge defaults, the TOML file, ``PACS_*`` variables and flag overrides (None = unset)."""
     values: dict[str, Any] = {name: getattr(_DEFAULTS, name) for name in _FIELDS}
     remotes: dict[str, RemoteAE] = {}
+    route_table: Any = []
     if config_file is not None:
         try:
             with open(config_file, "rb") as fh:
@@ -210,6 +249,8 @@ def load_settings(
         for key, raw in data.items():
             if key == "remote":
                 remotes = _remotes(raw)
+            elif key == "route":
+                route_table = raw
             elif key in _FIELDS:
                 values[key] = _coerce(key, raw)
             else:
@@ -226,7 +267,7 @@ def load_settings(
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _coerce(name, raw)
     _validate(values)
-    return Settings(**values, remotes=remotes)
+    return Settings(**values, remotes=remotes, routes=_routes(route_table, remotes))
 
 
 def setting_names() -> list[str]:

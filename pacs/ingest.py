@@ -13,13 +13,13 @@ import asyncio
 import logging
 import mmap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacs.config import DuplicatePolicy
+from pacs.config import DuplicatePolicy, Route
 from pacs.dicom import part10
 from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, IngestError, PacsError
@@ -104,6 +104,7 @@ class Ingest:
         executor: Executor,
         on_duplicate: DuplicatePolicy = "keep",
         inflight: InflightSegments | None = None,
+        routes: Sequence[Route] = (),
     ) -> None:
         self.blobs = store
         self.catalog = catalog
@@ -111,6 +112,7 @@ class Ingest:
         self.executor = executor
         self.on_duplicate: DuplicatePolicy = on_duplicate
         self.inflight = inflight
+        self.routes = routes
 
     def _prepare(
         self,
@@ -183,12 +185,15 @@ class Ingest:
             if prepared is None:
                 return StoredInstance(sop_instance_uid or "", "", "duplicate_kept")
             record, meta = prepared
+            modality = record.attributes.get("Modality", "")
+            forwards = [r.destination for r in self.routes if r.matches(source_aet, modality)]
             if inline:
-                future = self.writer.submit(record, self.on_duplicate, blob=[meta, dataset])
+                future = self.writer.submit(record, self.on_duplicate, blob=[meta, dataset],
+                                            forwards=forwards)
             else:
                 await loop.run_in_executor(self.executor, self._write_large, record, meta,
                                            dataset)
-                future = self.writer.submit(record, self.on_duplicate)
+                future = self.writer.submit(record, self.on_duplicate, forwards=forwards)
             try:
                 outcome = await asyncio.wrap_future(future)
             except PacsError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,4 +190,26 @@ def compact_command(settings: Settings, min_dead_fraction: float) -> int:
         store.close()
     print(f"compacted {len(report.removed)} of {report.examined} sealed segments: moved "
           f"{report.moved} instances, reclaimed {report.reclaimed / 1e6:.1f} MB")
+    return 0
+
+
+def jobs_command(settings: Settings) -> int:
+    """List the forwarding queue: what waits for which destination, and the last error."""
+    from pacs.archive import open_catalog
+
+    try:
+        catalog = open_catalog(settings)
+    except PacsError as exc:
+        log.error("cannot open the archive at %s: %s", settings.data_dir, exc)
+        return 2
+    try:
+        queue = catalog.forward_queue()
+    finally:
+        catalog.close()
+    now = time.time()
+    for entry in queue:
+        wait = max(0.0, entry.due - now)
+        print(f"{entry.destination:16s} {entry.sop_instance_uid}  attempts {entry.attempts}  "
+              f"next in {wait:.0f} s  {entry.last_error}")
+    print(f"{len(queue)} forwards queued")
     return 0

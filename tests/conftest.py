@@ -58,7 +58,7 @@ class ArchiveProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pacs", "serve", "--data-dir", str(self.data_dir),
                  "--host", "127.0.0.1", "--port", str(self.port), "--aet", self.aet,
-                 *self.extra_args],
+                 "--http-port", "0", *self.extra_args],  # a test passing its own port wins
                 stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
                 start_new_session=True,  # its own process group: kill_all reaches the workers
             )

@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeVar, cast
 import lmdb
 
 from pacs.errors import CatalogError
-from pacs.index import secondary
+from pacs.index import outbox, secondary
 from pacs.index.codec import (
     child_key,
     child_prefix,
@@ -88,6 +88,7 @@ _DB_NAMES = (
     "series_instances",
     "meta",
     *secondary.DB_NAMES,  # secondary indexes for queries, kept in the same transactions
+    outbox.DB_NAME,  # instances waiting to be forwarded (pacs.index.outbox)
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -274,7 +275,8 @@ class Catalog:
                 try:
                     self._dbs[n] = self._env.open_db(n.encode(), create=not readonly)
                 except lmdb.NotFoundError:
-                    if n not in secondary.DB_NAMES:  # absent from an older read-only catalog
+                    # Absent from an older catalog opened read-only: readers cope without it.
+                    if n not in secondary.DB_NAMES and n != outbox.DB_NAME:
                         raise
         except lmdb.Error as exc:
             raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc
@@ -361,18 +363,58 @@ class Catalog:
         return self.store_items([(r, on_duplicate) for r in records])
 
     def store_items(
-        self, items: Sequence[tuple[InstanceRecord, OnDuplicate]]
+        self,
+        items: Sequence[tuple[InstanceRecord, OnDuplicate]],
+        forwards: Sequence[Sequence[str]] | None = None,
     ) -> list[StoreOutcome]:
-        """Like ``store_batch`` with a duplicate policy per record (used by the writer)."""
+        """Like ``store_batch`` with a duplicate policy per record (used by the writer).
+
+        ``forwards`` (one list of AE titles per item) queues each newly stored or replaced
+        instance for forwarding, in the same transaction (``pacs.index.outbox``).
+        """
         for record, on_duplicate in items:
             _check(record)
             if on_duplicate not in ("keep", "replace"):
                 raise CatalogError(f"unknown duplicate policy {on_duplicate!r}")
 
         def apply(t: _Txn) -> list[StoreOutcome]:
-            return [self._store_one(t, record, dup) for record, dup in items]
+            outcomes = [self._store_one(t, record, dup) for record, dup in items]
+            for outcome, destinations in zip(outcomes, forwards or (), strict=False):
+                if destinations and outcome.kind != "duplicate_kept":
+                    outbox.enqueue(t.txn, self._dbs[outbox.DB_NAME], outcome.sop_instance_uid,
+                                   list(destinations))
+            return outcomes
 
         return self._write(apply)
+
+    def forwards_due(self, now: float, limit: int = 500) -> list[outbox.Forward]:
+        """Queued forwards due at ``now`` (pacs.index.outbox)."""
+        if outbox.DB_NAME not in self._dbs:
+            return []
+        with self._read() as txn:
+            return outbox.due(txn, self._dbs[outbox.DB_NAME], now, limit)
+
+    def forward_queue(self) -> list[outbox.Forward]:
+        """Every queued forward, by due time."""
+        if outbox.DB_NAME not in self._dbs:
+            return []
+        with self._read() as txn:
+            return list(outbox.entries(txn, self._dbs[outbox.DB_NAME]))
+
+    def settle_forwards(
+        self, sent: Sequence[outbox.Forward], failed: Sequence[tuple[outbox.Forward, str]],
+        now: float, retry_base: float,
+    ) -> None:
+        """Drop the delivered entries, postpone the failed ones (one transaction)."""
+        db = self._dbs[outbox.DB_NAME]
+
+        def apply(t: _Txn) -> None:
+            for entry in sent:
+                outbox.done(t.txn, db, entry)
+            for entry, error in failed:
+                outbox.retry_later(t.txn, db, entry, error, now, retry_base)
+
+        self._write(apply)
 
     def _store_one(
         self, t: _Txn, record: InstanceRecord, on_duplicate: OnDuplicate

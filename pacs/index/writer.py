@@ -40,6 +40,7 @@ class _Store:
     on_duplicate: OnDuplicate
     future: Future[StoreOutcome]
     blob: Sequence[BlobPart] | None = None  # written by the flush stage, then indexed
+    forwards: Sequence[str] = ()  # AE titles to queue it for, in the same transaction
 
 
 @dataclass(slots=True)
@@ -98,6 +99,7 @@ class CatalogWriter:
         record: InstanceRecord,
         on_duplicate: OnDuplicate = "keep",
         blob: Sequence[BlobPart] | None = None,
+        forwards: Sequence[str] = (),
     ) -> Future[StoreOutcome]:
         """Queue a record; the future resolves once its transaction is committed.
 
@@ -108,7 +110,7 @@ class CatalogWriter:
         if blob is not None and self.blob_store is None:
             raise ValueError("this writer has no blob store to write blobs with")
         future: Future[StoreOutcome] = Future()
-        self._put(_Store(record, on_duplicate, future, blob))
+        self._put(_Store(record, on_duplicate, future, blob, forwards))
         return future
 
     def run(self, fn: Callable[[], T]) -> Future[T]:
@@ -264,7 +266,8 @@ class CatalogWriter:
     def _commit(self, batch: list[_Store]) -> None:
         try:
             started = time.perf_counter()
-            outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch])
+            outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch],
+                                                [s.forwards for s in batch])
             self.commit_seconds += time.perf_counter() - started
         except Exception as exc:
             if len(batch) > 1:
@@ -281,7 +284,8 @@ class CatalogWriter:
 
     def _commit_one(self, store: _Store) -> None:
         try:
-            (outcome,) = self.catalog.store_items([(store.record, store.on_duplicate)])
+            (outcome,) = self.catalog.store_items([(store.record, store.on_duplicate)],
+                                                  [store.forwards])
         except Exception as exc:
             self._fail(store, exc)
             return

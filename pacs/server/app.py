@@ -49,20 +49,33 @@ async def serve(
     archive = await loop.run_in_executor(None, Archive.open, settings, worker_id)
     dimse = DimseServer(settings, archive, reuse_port=settings.worker_count > 1,
                         association_counts=association_counts, worker_id=worker_id)
-    compactor = None
+    background: list[asyncio.Task[None]] = []
     if worker_id == 0 and settings.compact_threshold > 0:
-        compactor = asyncio.create_task(_compact_periodically(archive))
+        background.append(asyncio.create_task(_compact_periodically(archive)))
+    if worker_id == 0:
+        from pacs.server.forward import forward_forever
+
+        background.append(asyncio.create_task(forward_forever(archive)))
+    web = None
     try:
         await dimse.start()
+        if worker_id == 0:
+            from pacs.web.app import WebServer
+
+            web = WebServer(archive, dimse.port)
+            await web.start()
         stats = archive.catalog.statistics()
         log.info("archive at %s holds %s instances; scanner %s", settings.data_dir,
                  stats.get("instances", 0), _scanner())
         await stop.wait()
         log.info("shutting down: finishing in-flight stores")
+        if web is not None:
+            await web.stop()
         await dimse.stop()
     finally:
-        if compactor is not None:
-            compactor.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await loop.run_in_executor(None, archive.close)
         log.info("index closed; bye")
 

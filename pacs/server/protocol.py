@@ -189,6 +189,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
                     self.calling_aet, event.source, event.reason,
                     f": {event.error}" if event.error else "")
             self._drop_spool()
+            self._end_association()
         elif isinstance(event, ConnectionClosed):
             self._drop_spool()
             self._end_association()
@@ -364,6 +365,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
                 and self.association.release_response_due):
             self._release_requested = False
             self._write(self.association.release_response())
+            self._end_association()  # released: its slot is free before the socket closes
             self._flush()
             self._update_timers()
 

@@ -21,10 +21,11 @@ AET = "STORESCP"
 class StoreSCP:
     """dcmtk storescp on a free port writing into ``directory``."""
 
-    def __init__(self, directory: Path, *args: str, debug: bool = True) -> None:
+    def __init__(self, directory: Path, *args: str, debug: bool = True,
+                 port: int | None = None) -> None:
         self.directory = directory
         self.extra = ["-d"] if debug else []
-        self.port = free_port()
+        self.port = port or free_port()
         directory.mkdir(exist_ok=True)
         env = dict(os.environ, TCP_NODELAY="1")
         self.log_path = directory.parent / f"{directory.name}.log"

@@ -1,0 +1,97 @@
+"""The forwarder: worker 0 drains the forwarding queue (``pacs.index.outbox``) to remote AEs.
+
+Routing rules (``[[route]]`` in the settings) queue instances as they are indexed; this loop
+sends what is due with the SCU, drops what the destination acknowledged and postpones each
+failure with an exponential back-off. The queue lives in the index, so a forward survives a
+restart; ``pacs jobs`` lists what waits and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from pacs.index.outbox import Forward
+from pacs.net import dimse
+from pacs.server.scu import send_instances
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
+
+log = logging.getLogger("pacs.forward")
+
+POLL = 0.5  # seconds between looks at the queue when idle
+BATCH = 500  # entries taken per round
+
+
+async def forward_forever(archive: Archive) -> None:
+    """Run until cancelled; each round sends every due entry, grouped by destination."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            now = time.time()
+            due = await loop.run_in_executor(archive.executor, archive.catalog.forwards_due,
+                                             now, BATCH)
+            if due:
+                await _send_round(archive, due)
+                continue  # more may be due
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the queue is durable: the next round tries again
+            log.exception("forwarding round failed")
+        await asyncio.sleep(POLL)
+
+
+async def _send_round(archive: Archive, due: list[Forward]) -> None:
+    settings = archive.settings
+    loop = asyncio.get_running_loop()
+    groups: dict[str, list[Forward]] = defaultdict(list)
+    for entry in due:
+        groups[entry.destination].append(entry)
+    sent: list[Forward] = []
+    failed: list[tuple[Forward, str]] = []
+    for destination, entries in groups.items():
+        remote = settings.remotes.get(destination)
+        if remote is None:
+            failed += [(e, f"unknown destination {destination}") for e in entries]
+            continue
+        by_uid: dict[str, Forward] = {}
+        items = []
+        for entry in entries:
+            record = await loop.run_in_executor(archive.executor, archive.catalog.get_instance,
+                                                entry.sop_instance_uid)
+            if record is None:  # deleted meanwhile: nothing left to forward
+                sent.append(entry)
+                continue
+            by_uid[record.sop_instance_uid] = entry
+            items.append((record.location, record.attributes.get("SOPClassUID", ""),
+                          record.sop_instance_uid, record.transfer_syntax_uid))
+        outcomes: dict[str, tuple[int, str]] = {}
+
+        def on_result(uid: str, status: int, comment: str | None,
+                      outcomes: dict[str, tuple[int, str]] = outcomes) -> None:
+            outcomes[uid] = (status, comment or "")
+
+        if items:
+            await send_instances(archive.store, items, (remote.host, remote.port, remote.aet),
+                                 settings.aet, associations=1, on_result=on_result)
+        for uid, entry in by_uid.items():
+            status, comment = outcomes.get(uid, (0xC000, "not attempted"))
+            if status == dimse.SUCCESS or status & 0xF000 == 0xB000:
+                sent.append(entry)
+            else:
+                failed.append((entry, f"0x{status:04X} {comment}".strip()))
+        log.info("forwarded %d of %d instances to %s", len(items) - sum(
+            1 for e, _ in failed if e.destination == destination), len(items), destination)
+    now = time.time()
+    for entry, error in failed:
+        log.warning("forward of %s to %s failed (attempt %d): %s", entry.sop_instance_uid,
+                    entry.destination, entry.attempts + 1, error)
+
+    def settle() -> None:
+        archive.catalog.settle_forwards(sent, failed, now, settings.forward_retry_base)
+
+    await asyncio.wrap_future(archive.writer.run(settle))

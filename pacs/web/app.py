@@ -1,0 +1,114 @@
+"""The HTTP front door: an aiohttp application on the worker's own event loop.
+
+::
+
+    POST /dicom-web/studies[/{study}]                          STOW-RS       (stow.py)
+    GET  /dicom-web/studies | /series | /instances ...         QIDO-RS       (qido.py)
+    GET  /dicom-web/studies/{study}[/series/{s}[/instances/{i}]][/metadata]  WADO-RS (wado.py)
+    GET  /dicom-web/.../instances/{i}[/frames/{n}]/rendered     rendered PNG  (render.py)
+    GET  /viewer?StudyInstanceUID=...                           viewer page   (viewer.py)
+    GET  /system, /statistics                                   Orthanc-style REST
+
+It shares the archive of the DIMSE server it runs beside (ingest path, query engine, blob
+store); only worker 0 serves HTTP (``pacs.server.app.serve``). Knows nothing of DIMSE.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from pacs import __version__
+from pacs.archive import Archive
+from pacs.web import qido, render, stow, viewer, wado
+from pacs.web.context import WebContext
+
+__all__ = ["WebServer", "build_app"]
+
+log = logging.getLogger("pacs.web")
+
+CONTEXT: web.AppKey[WebContext] = web.AppKey("context", WebContext)
+
+
+def _system(ctx: WebContext) -> dict[str, Any]:
+    return {
+        "Name": "pacs-archive",
+        "Version": __version__,
+        "DicomAet": ctx.settings.aet,
+        "DicomPort": ctx.dicom_port,
+        "HttpPort": ctx.http_port,
+        "DicomWeb": "/dicom-web",
+        "StorageBackend": ctx.settings.store_backend,
+    }
+
+
+def _statistics(ctx: WebContext) -> dict[str, Any]:
+    stats = ctx.archive.catalog.statistics()
+    size = int(stats.get("total_size", 0))
+    return {
+        "CountPatients": stats["patients"],
+        "CountStudies": stats["studies"],
+        "CountSeries": stats["series"],
+        "CountInstances": stats["instances"],
+        "TotalDiskSize": str(size),
+        "TotalDiskSizeMB": size // (1024 * 1024),
+    }
+
+
+def build_app(ctx: WebContext) -> web.Application:
+    app = web.Application()
+    app[CONTEXT] = ctx
+
+    async def system(_request: web.Request) -> web.Response:
+        return web.json_response(_system(ctx))
+
+    async def statistics(_request: web.Request) -> web.Response:
+        return web.json_response(_statistics(ctx))
+
+    app.add_routes([web.get("/system", system), web.get("/statistics", statistics)])
+    app.add_routes(stow.routes(ctx))
+    app.add_routes(qido.routes(ctx))
+    app.add_routes(render.routes(ctx))
+    app.add_routes(wado.routes(ctx))
+    app.add_routes(viewer.routes(ctx))
+    return app
+
+
+class WebServer:
+    """Starts and stops the HTTP listener on the running loop."""
+
+    def __init__(self, archive: Archive, dicom_port: int = 0) -> None:
+        self.context = WebContext.create(archive, dicom_port)
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        settings = self.context.settings
+        self.runner = web.AppRunner(build_app(self.context), access_log=None,
+                                    handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.http_host, settings.http_port,
+                           reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            # The DICOM side keeps serving: an archive without its web front door is better
+            # than none (e.g. two test archives on one machine, both on the default port).
+            log.error("HTTP disabled: cannot listen on %s:%d: %s", settings.http_host,
+                      settings.http_port, exc)
+            await self.stop()
+            return
+        for address in self.runner.addresses:
+            host, port = address[:2]
+            self.context.http_port = int(port)
+            log.info("HTTP (DICOMweb, REST, viewer) listening on %s:%d", host, port)
+
+    @property
+    def port(self) -> int:
+        return self.context.http_port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None

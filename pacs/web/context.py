@@ -1,0 +1,58 @@
+"""What every HTTP handler shares: the archive, the settings, limits, and error responses."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from pacs.archive import Archive
+from pacs.config import Settings
+
+__all__ = ["DEFAULT_MAX_BODY", "WebContext", "bad_request", "http_error", "too_large"]
+
+DEFAULT_MAX_BODY = 4 * 1024**3  # bytes of one STOW-RS request body
+
+
+def http_error(cls: type[web.HTTPError], message: str) -> web.HTTPError:
+    """An HTTP error with a small JSON body ``{"error": message}``."""
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def too_large(message: str, limit: int, size: int) -> web.HTTPError:
+    return web.HTTPRequestEntityTooLarge(limit, size, text=json.dumps({"error": message}),
+                                         content_type="application/json")
+
+
+def bad_request(message: str) -> web.HTTPError:
+    return http_error(web.HTTPBadRequest, message)
+
+
+def _max_body(settings: Settings) -> int:
+    """``http_max_body`` when the settings have it, else ``PACS_HTTP_MAX_BODY``, else 4 GiB."""
+    value = getattr(settings, "http_max_body", None)
+    if value is None:
+        raw = os.environ.get("PACS_HTTP_MAX_BODY", "")
+        value = int(raw) if raw.strip() else DEFAULT_MAX_BODY
+    return int(value)
+
+
+@dataclass
+class WebContext:
+    archive: Archive
+    settings: Settings
+    max_body: int = DEFAULT_MAX_BODY
+    dicom_port: int = 0
+    http_port: int = 0
+
+    @classmethod
+    def create(cls, archive: Archive, dicom_port: int = 0) -> WebContext:
+        settings = archive.settings
+        return cls(archive, settings, _max_body(settings), dicom_port or settings.port,
+                   settings.http_port)
+
+    def base_url(self, request: web.Request) -> str:
+        """scheme://host[:port] as the client addressed us (for RetrieveURL)."""
+        return f"{request.scheme}://{request.host}"

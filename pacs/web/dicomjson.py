@@ -1,0 +1,113 @@
+"""The DICOM JSON Model (PS3.18 Annex F) for index rows: keyword -> str in, JSON objects out.
+
+Values come from the index as the C-FIND encoder sees them (multiple values joined by a
+backslash, PN as ``Family^Given``). VRs are pydicom's dictionary VRs (an ambiguous "US or SS"
+reads as US). Numbers become JSON numbers (IS, DS, US, SS, UL, SL, FL, FD, SV, UV), PN values
+``{"Alphabetic": ...}``, empty values an attribute without "Value".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
+
+__all__ = ["MEDIA_TYPE", "dumps", "keyword_of", "tag_key", "to_json", "vr_of"]
+
+MEDIA_TYPE = "application/dicom+json"
+
+_INTEGER_VRS = frozenset(("IS", "US", "SS", "UL", "SL", "SV", "UV"))
+_FLOAT_VRS = frozenset(("DS", "FL", "FD"))
+
+
+@lru_cache(maxsize=1024)
+def tag_key(keyword: str) -> str | None:
+    """The 8 upper-case hex digits of a keyword's tag; None when unknown."""
+    tag = keyword_dict.get(keyword)
+    return None if tag is None else f"{tag:08X}"
+
+
+@lru_cache(maxsize=1024)
+def vr_of(keyword: str) -> str:
+    tag = keyword_dict.get(keyword)
+    if tag is None:
+        return "UN"
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+    return vr[:2] if vr else "UN"
+
+
+def keyword_of(name: str) -> str | None:
+    """A keyword (``PatientName``) or a tag (``00100010``, ``0010,0010``) as a known keyword."""
+    if name in keyword_dict:
+        return name
+    digits = name.replace(",", "").replace("(", "").replace(")", "")
+    if len(digits) == 8:
+        try:
+            tag = int(digits, 16)
+        except ValueError:
+            return None
+        keyword = keyword_for_tag(tag)
+        return keyword or None
+    return None
+
+
+def _number(vr: str, text: str) -> int | float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        if vr in _INTEGER_VRS:
+            return int(text)
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def element(keyword: str, value: str) -> dict[str, Any]:
+    """One attribute in the JSON model: {"vr": ..., "Value": [...]}."""
+    vr = vr_of(keyword)
+    out: dict[str, Any] = {"vr": vr}
+    if value == "":
+        return out
+    if vr == "SQ":
+        return out  # sequences are not in the index
+    # Single-valued text VRs: a backslash is a character there, not a separator.
+    values: list[Any] = [value] if vr in ("LT", "ST", "UT", "UR") else value.split("\\")
+    if vr == "PN":
+        out["Value"] = [{"Alphabetic": v} if v else None for v in values]
+    elif vr in _INTEGER_VRS or vr in _FLOAT_VRS:
+        out["Value"] = [_number(vr, v) for v in values]
+    elif vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
+        return out  # bulk data is not in the index
+    else:
+        out["Value"] = [v if v else None for v in values]
+    return out
+
+
+def to_json(row: Mapping[str, str], extra: Iterable[tuple[str, dict[str, Any]]] = ()) -> \
+        dict[str, Any]:
+    """One data set of the JSON model, tags in ascending order; unknown keywords skipped."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    for keyword, value in row.items():
+        if keyword == "QueryRetrieveLevel":
+            continue
+        key = tag_key(keyword)
+        if key is None:
+            continue
+        if keyword == "SpecificCharacterSet" and not value:
+            continue
+        items.append((key, element(keyword, value)))
+    items.extend(extra)
+    return dict(sorted(items))
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

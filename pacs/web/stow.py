@@ -1,0 +1,298 @@
+"""STOW-RS (PS3.18 Section 10.5): store instances sent as multipart/related Part-10 files.
+
+The body is streamed through :class:`pacs.web.multipart.MultipartParser` and counted against
+the body limit (413 as soon as it is passed); each part is kept in memory up to
+``spool_memory_limit`` and beyond that spooled (data set only) to the worker's spool folder.
+Only when the whole body has parsed are the parts handed, concurrently, to the one write path
+(:meth:`pacs.ingest.Ingest.store`), so a malformed body stores nothing.
+
+Statuses: 200 all stored, 202 some failed, 409 all failed, 400 malformed body, 413 body too
+large, 415 not ``multipart/related; type="application/dicom"``. The body lists stored instances
+in ReferencedSOPSequence and refused ones in FailedSOPSequence with their FailureReason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from pacs.dicom import part10
+from pacs.errors import DicomFormatError, IngestError
+from pacs.ingest import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    INLINE_LIMIT,
+    PROCESSING_FAILURE,
+    read_attributes,
+)
+from pacs.web import dicomjson
+from pacs.web.context import WebContext, bad_request, http_error, too_large
+from pacs.web.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_media_type,
+)
+
+__all__ = ["routes", "stow"]
+
+log = logging.getLogger("pacs.web.stow")
+
+SOURCE_AET = "STOW-RS"
+CONCURRENCY = 64  # instances of one request in the write path at once
+_FLUSH = 1 << 20  # spooled parts are written to disk in pieces of this size
+
+
+_PREFIX = b"\x00" * part10.PREAMBLE_LENGTH + b"DICM"
+_HEAD = 64 * 1024
+
+
+def read_meta(buffer: bytearray | bytes) -> tuple[dict[str, str], int]:
+    """(file meta, offset of the data set) of a Part-10 file; also accepted without the
+    preamble and ``DICM`` (group 0002 first, as pydicom writes a data set it did not read)."""
+    if bytes(buffer[128:132]) == b"DICM":
+        return part10.read_file_meta(buffer)
+    if bytes(buffer[:2]) != b"\x02\x00":
+        raise DicomFormatError("no DICM prefix and no file meta information", 0)
+    head = _PREFIX + bytes(buffer[:_HEAD])
+    try:
+        meta, offset = part10.read_file_meta(head)
+    except DicomFormatError:
+        meta, offset = part10.read_file_meta(_PREFIX + bytes(buffer))
+    return meta, offset - len(_PREFIX)
+
+
+@dataclass
+class Part:
+    """One received part: its data set (bytes, or a spool file without the meta) or why not."""
+
+    headers: dict[str, str]
+    memory_limit: int
+    spool_dir: Path
+    meta: dict[str, str] | None = None
+    buffer: bytearray = field(default_factory=bytearray)
+    path: Path | None = None
+    file: IO[bytes] | None = None
+    size: int = 0
+    error: str = ""
+
+    def add(self, data: bytes) -> None:
+        if self.error:
+            return
+        self.size += len(data)
+        self.buffer += data
+        if self.file is None and len(self.buffer) > self.memory_limit:
+            self._spool()
+        elif self.file is not None and len(self.buffer) >= _FLUSH:
+            self.file.write(self.buffer)
+            del self.buffer[:]
+
+    def _spool(self) -> None:
+        offset = self._read_meta()
+        if self.error:
+            del self.buffer[:]
+            return
+        self.path = self.spool_dir / f"spool-web-{uuid.uuid4().hex}"
+        self.file = open(self.path, "wb")  # noqa: SIM115 (closed by finish/discard)
+        self.file.write(memoryview(self.buffer)[offset:])
+        del self.buffer[:]
+
+    def _read_meta(self) -> int:
+        try:
+            self.meta, offset = read_meta(self.buffer)
+        except DicomFormatError as exc:
+            self.error = f"not a DICOM Part-10 file: {exc}"
+            return 0
+        return offset
+
+    def finish(self) -> None:
+        if self.error:
+            return
+        if self.file is not None:
+            self.file.write(self.buffer)
+            del self.buffer[:]
+            self.file.close()
+            return
+        offset = self._read_meta()
+        if not self.error:
+            del self.buffer[:offset]
+
+    @property
+    def dataset(self) -> bytes | Path:
+        return self.path if self.path is not None else bytes(self.buffer)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _check_content_type(request: web.Request) -> str:
+    """The boundary of an acceptable STOW-RS body; raises 415 / 400."""
+    media, params = parse_media_type(request.headers.get("Content-Type", ""))
+    if media != "multipart/related":
+        raise http_error(web.HTTPUnsupportedMediaType,
+                         'expected multipart/related; type="application/dicom"')
+    part_type, _ = parse_media_type(params.get("type", "application/dicom"))
+    if part_type != "application/dicom":
+        raise http_error(web.HTTPUnsupportedMediaType,
+                         f'multipart/related of {part_type!r} is not supported; '
+                         'send type="application/dicom"')
+    boundary = params.get("boundary", "")
+    if not boundary:
+        raise bad_request("multipart/related without a boundary")
+    return boundary
+
+
+async def _receive(ctx: WebContext, request: web.Request, boundary: str) -> list[Part]:
+    """The whole body as parts; raises 400 (malformed) or 413 (too large), leaving no files."""
+    if request.content_length is not None and request.content_length > ctx.max_body:
+        raise too_large(f"body of {request.content_length} bytes exceeds {ctx.max_body}",
+                        ctx.max_body, request.content_length)
+    try:
+        parser = MultipartParser(boundary)
+    except MultipartError as exc:
+        raise bad_request(str(exc)) from None
+    parts: list[Part] = []
+    current: Part | None = None
+    received = 0
+    memory_limit = max(ctx.settings.spool_memory_limit, 256 * 1024)
+    try:
+        async for chunk in request.content.iter_any():
+            received += len(chunk)
+            if received > ctx.max_body:
+                raise too_large(f"body exceeds {ctx.max_body} bytes", ctx.max_body, received)
+            for event in parser.feed(chunk):
+                if isinstance(event, PartData):
+                    assert current is not None
+                    current.add(event.data)
+                elif isinstance(event, PartStart):
+                    current = Part(event.headers, memory_limit, ctx.archive.spool_dir)
+                    parts.append(current)
+                elif isinstance(event, PartEnd):
+                    assert current is not None
+                    current.finish()
+                    current = None
+        parser.close()
+    except MultipartError as exc:
+        for part in parts:
+            part.discard()
+        raise bad_request(f"malformed multipart body: {exc}") from None
+    except BaseException:
+        for part in parts:
+            part.discard()
+        raise
+    return parts
+
+
+def _uid_item(sop_class: str, sop_instance: str) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    item["00081150"] = {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"}
+    item["00081155"] = {"vr": "UI", "Value": [sop_instance]} if sop_instance else {"vr": "UI"}
+    return item
+
+
+async def _store_part(
+    ctx: WebContext, part: Part, study: str | None, base: str
+) -> tuple[bool, dict[str, Any]]:
+    """(stored?, the ReferencedSOPSequence or FailedSOPSequence item) for one part."""
+    meta = part.meta or {}
+    sop_class = meta.get("MediaStorageSOPClassUID", "")
+    sop_uid = meta.get("MediaStorageSOPInstanceUID", "")
+
+    def failed(reason: int, comment: str) -> tuple[bool, dict[str, Any]]:
+        log.info("STOW-RS refused %s: 0x%04X %s", sop_uid or "a part", reason, comment)
+        item = _uid_item(sop_class, sop_uid)
+        item["00081197"] = {"vr": "US", "Value": [reason]}
+        return False, item
+
+    part_type, _ = parse_media_type(part.headers.get("content-type", "application/dicom"))
+    if part_type != "application/dicom":
+        return failed(CANNOT_UNDERSTAND, f"part of type {part_type!r}")
+    if part.error:
+        return failed(CANNOT_UNDERSTAND, part.error)
+    syntax = meta.get("TransferSyntaxUID", "")
+    if not syntax:
+        return failed(CANNOT_UNDERSTAND, "file meta without a TransferSyntaxUID")
+    dataset = part.dataset
+    archive = ctx.archive
+    try:
+        if study is not None:
+            loop = asyncio.get_running_loop()
+            if isinstance(dataset, bytes) and len(dataset) <= INLINE_LIMIT:
+                attributes = read_attributes(dataset, syntax, sop_uid or None)
+            else:
+                attributes = await loop.run_in_executor(
+                    archive.executor, read_attributes, dataset, syntax, sop_uid or None)
+            if attributes["StudyInstanceUID"] != study:
+                return failed(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                              "StudyInstanceUID differs from the request's study")
+        stored = await archive.ingest.store(
+            dataset, transfer_syntax_uid=syntax, sop_class_uid=sop_class,
+            sop_instance_uid=sop_uid or None, source_aet=SOURCE_AET)
+    except IngestError as exc:
+        return failed(exc.status, exc.comment)
+    except Exception as exc:  # never leave a request hanging on an unexpected failure
+        log.exception("STOW-RS: cannot store %s", sop_uid)
+        return failed(PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+    uid = stored.sop_instance_uid or sop_uid
+    item = _uid_item(sop_class, uid)
+    record = archive.catalog.get_instance(uid)
+    if record is not None:
+        a = record.attributes
+        item["00081190"] = {"vr": "UR", "Value": [
+            f"{base}/dicom-web/studies/{a['StudyInstanceUID']}/series/"
+            f"{a['SeriesInstanceUID']}/instances/{uid}"]}
+    return True, item
+
+
+async def stow(ctx: WebContext, request: web.Request, study: str | None) -> web.Response:
+    boundary = _check_content_type(request)
+    parts = await _receive(ctx, request, boundary)
+    base = ctx.base_url(request)
+    try:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(part: Part) -> tuple[bool, dict[str, Any]]:
+            async with gate:
+                return await _store_part(ctx, part, study, base)
+
+        results = await asyncio.gather(*(one(p) for p in parts))
+    finally:
+        for part in parts:
+            part.discard()
+    stored = [item for ok, item in results if ok]
+    failed = [item for ok, item in results if not ok]
+    body: dict[str, Any] = {}
+    if study:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/dicom-web/studies/{study}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": stored}
+    status = 200 if not failed else 202 if stored else 409
+    return web.Response(status=status, body=dicomjson.dumps(body),
+                        content_type=dicomjson.MEDIA_TYPE)
+
+
+def routes(ctx: WebContext) -> list[web.RouteDef]:
+    async def store_any(request: web.Request) -> web.StreamResponse:
+        return await stow(ctx, request, None)
+
+    async def store_study(request: web.Request) -> web.StreamResponse:
+        return await stow(ctx, request, request.match_info["study"])
+
+    return [
+        web.post("/dicom-web/studies", store_any),
+        web.post("/dicom-web/studies/{study}", store_study),
+    ]
+

@@ -1,0 +1,84 @@
+"""Routing rules forward to a real dcmtk storescp, through a durable queue: a forward queued
+while the destination is down survives a restart of the archive and goes out later."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import REPO, free_port, require_tool
+from tests.dicomgen import make_ct, write
+from tests.integration.archive_check import same_dataset
+from tests.integration.peers import StoreSCP
+
+pytestmark = pytest.mark.integration
+
+
+def config(tmp_path: Path, port: int) -> str:
+    path = tmp_path / "pacs.toml"
+    path.write_text(f'[remote.STORESCP]\nhost = "127.0.0.1"\nport = {port}\n'
+                    '[[route]]\ndestination = "STORESCP"\nmodality = "CT"\n'
+                    'calling_aet = "MODALITY"\n')
+    return str(path)
+
+
+def send(port: int, files: list[Path], calling: str = "MODALITY") -> None:
+    proc = subprocess.run([require_tool("storescu"), "-aet", calling, "-aec", "PACS",
+                           "127.0.0.1", str(port), *map(str, files)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def wait_for(predicate, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_rule_forwards_matching_instances_only(archive_factory, scp_factory, tmp_path):
+    scp = scp_factory()
+    archive = archive_factory("--config", config(tmp_path, scp.port))
+    ct = [write(make_ct(instance_number=i), tmp_path / f"ct{i}.dcm") for i in range(3)]
+    mr = write(make_ct(modality="MR"), tmp_path / "mr.dcm")
+    send(archive.port, [*ct, mr])
+    other = write(make_ct(), tmp_path / "other.dcm")
+    send(archive.port, [other], calling="ELSEWHERE")
+    assert wait_for(lambda: len(scp.received()) >= 3)
+    time.sleep(1.0)  # nothing else may follow
+    got = scp.received()
+    assert set(got) == {pydicom.dcmread(p).SOPInstanceUID for p in ct}
+    for path in ct:
+        original = pydicom.dcmread(path)
+        assert same_dataset(got[original.SOPInstanceUID], original)
+
+
+def test_forward_survives_restart_while_destination_down(archive_factory, tmp_path: Path):
+    port = free_port()
+    env = {"PACS_FORWARD_RETRY_BASE": "0.2"}
+    archive = archive_factory("--config", config(tmp_path, port), env=env)
+    files = [write(make_ct(instance_number=i), tmp_path / f"{i}.dcm") for i in range(2)]
+    send(archive.port, files)
+    assert wait_for(lambda: "forward of" in archive.log() and "failed" in archive.log())
+    assert archive.stop() == 0
+    jobs = subprocess.run([sys.executable, "-m", "pacs", "jobs", "--data-dir",
+                           str(archive.data_dir)], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert "2 forwards queued" in jobs.stdout, jobs.stdout
+    assert "attempts" in jobs.stdout
+    archive.start()
+    scp = StoreSCP(tmp_path / "late", port=port)
+    try:
+        assert wait_for(lambda: len(scp.received()) == 2, 30)
+    finally:
+        scp.kill()
+    assert wait_for(lambda: "0 forwards queued" in subprocess.run(
+        [sys.executable, "-m", "pacs", "jobs", "--data-dir", str(archive.data_dir)],
+        capture_output=True, text=True, cwd=REPO, timeout=60).stdout)
