@@ -64,6 +64,7 @@ class Settings:
     port: int = 11112
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    http_max_body: int = 4 * 1024**3  # bytes of one HTTP request body (STOW-RS); 413 beyond
     workers: int = 0  # DICOM worker processes; 0 = one per core
     max_associations: int = 200
     max_pdu_size: int = 262144
@@ -164,6 +165,7 @@ _LITERALS: dict[str, tuple[str, ...]] = {
 _BOUNDS: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
     "http_port": (0, 65535),
+    "http_max_body": (1024, 1 << 40),
     "workers": (0, 64),
     "max_associations": (1, 100_000),
     "max_pdu_size": (4096, 16 * 1024 * 1024),  # PS3.8 allows more; we cap the receive buffer

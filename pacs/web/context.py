@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -31,12 +30,8 @@ def bad_request(message: str) -> web.HTTPError:
 
 
 def _max_body(settings: Settings) -> int:
-    """``http_max_body`` when the settings have it, else ``PACS_HTTP_MAX_BODY``, else 4 GiB."""
-    value = getattr(settings, "http_max_body", None)
-    if value is None:
-        raw = os.environ.get("PACS_HTTP_MAX_BODY", "")
-        value = int(raw) if raw.strip() else DEFAULT_MAX_BODY
-    return int(value)
+    """The largest request body accepted (``http_max_body``, 413 beyond)."""
+    return settings.http_max_body
 
 
 @dataclass
