@@ -7,15 +7,13 @@ work on (multi-values joined by ``\\``; person names as ``Family^Given``).
 
 from __future__ import annotations
 
+import struct
 import warnings
+from functools import lru_cache
 from io import BytesIO
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 
 from pacs.dicom import uids
@@ -69,35 +67,66 @@ def decode_identifier(data: bytes, transfer_syntax_uid: str) -> dict[str, str]:
         raise DicomFormatError(f"cannot read the identifier: {exc}") from exc
 
 
+_NUMERIC = {"US": "H", "UL": "I", "SS": "h", "SL": "i", "FL": "f", "FD": "d"}
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
+                       "UV"})
+
+
+@lru_cache(maxsize=1024)
+def _tag_and_vr(keyword: str) -> tuple[int, str] | None:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    vr = dictionary_VR(tag)
+    # Ambiguous dictionary VRs ("US or SS", "OB or OW"): the first is what readers expect.
+    return tag, vr.split(" or ")[0]
+
+
+def _value_bytes(vr: str, text: str, codec: str, endian: str) -> bytes:
+    """The encoded, even-length value of one element given as text."""
+    if vr in _NUMERIC:
+        # Numbers the index keeps as text: a malformed one is sent empty, not invented.
+        try:
+            numbers = [float(v) if vr in ("FL", "FD") else int(v) for v in text.split("\\")]
+            return struct.pack(f"{endian}{len(numbers)}{_NUMERIC[vr]}", *numbers)
+        except (ValueError, struct.error):
+            return b""
+    raw = text.encode(codec, "replace") if vr in _TEXT_VRS else text.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    return raw
+
+
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})  # the charset applies
+
+
 def encode_identifier(values: dict[str, str], transfer_syntax_uid: str) -> bytes:
-    """An identifier data set holding ``values`` (keyword -> text), in the given syntax."""
+    """An identifier data set holding ``values`` (keyword -> text), in the given syntax.
+
+    Written directly, not through pydicom: C-FIND sends one per matching row, and pydicom's
+    writer took 0.4 ms per row (a 10,000-study listing 4.8 s). Values are encoded in the
+    repertoire ``SpecificCharacterSet`` names (UTF-8 for ISO_IR 192, else ASCII/Latin-1),
+    padded to even length (UI with NUL, the rest with a space), elements in tag order.
+    """
     implicit, little = _syntax(transfer_syntax_uid)
-    ds = Dataset()
-    if "SpecificCharacterSet" in values:
-        # Always answered: empty means the default repertoire (PS3.4 C.4.1.1.3.1).
-        ds.add(DataElement(_CHARSET_TAG, "CS", values["SpecificCharacterSet"] or None))
+    endian = "<" if little else ">"
+    charset = values.get("SpecificCharacterSet", "")
+    codec = "utf-8" if "192" in charset else "latin-1"
+    elements: list[tuple[int, str, str]] = []
     for keyword, text in values.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None or tag == _CHARSET_TAG:
+        found = _tag_and_vr(keyword)
+        if found is None or found[1] == "SQ":
             continue
-        vr = dictionary_VR(tag)
-        if vr == "SQ":
-            continue
-        value: object = text
-        if vr in ("US", "UL", "SS", "SL", "FL", "FD") and text:
-            # Numbers the index keeps as text: a malformed one is sent empty, not invented.
-            try:
-                value = [float(v) if vr.startswith("F") else int(v) for v in text.split("\\")]
-            except ValueError:
-                value = None
-        elif "\\" in text:
-            value = text.split("\\")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds.add(DataElement(tag, vr, value if text else None))
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # values are sent as the index holds them
-        write_dataset(buffer, ds)
-    return buffer.getvalue()
+        elements.append((found[0], found[1], text))
+    out = bytearray()
+    for tag, vr, text in sorted(elements):
+        value = _value_bytes(vr, text, codec, endian) if text else b""
+        group, element = tag >> 16, tag & 0xFFFF
+        if implicit:
+            out += struct.pack(f"{endian}HHI", group, element, len(value))
+        elif vr in _LONG_VRS:
+            out += struct.pack(f"{endian}HH2sHI", group, element, vr.encode(), 0, len(value))
+        else:
+            out += struct.pack(f"{endian}HH2sH", group, element, vr.encode(), len(value))
+        out += value
+    return bytes(out)
