@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from multiprocessing.process import BaseProcess
@@ -58,12 +59,14 @@ async def serve(
         background.append(asyncio.create_task(forward_forever(archive)))
     web = None
     try:
-        await dimse.start()
         if worker_id == 0:
             from pacs.web.app import WebServer
 
-            web = WebServer(archive, dimse.port)
-            await web.start()
+            web = WebServer(archive, settings.port)
+            await web.start()  # first: a port in use fails before any association is accepted
+        await dimse.start()
+        if web is not None:
+            web.context.dicom_port = dimse.port
         stats = archive.catalog.statistics()
         log.info("archive at %s holds %s instances; scanner %s", settings.data_dir,
                  stats.get("instances", 0), _scanner())
@@ -145,6 +148,7 @@ def _run_worker(
                         association_counts=association_counts))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
+        print(f"pacs: error: cannot serve: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -92,13 +92,11 @@ class WebServer:
                            reuse_address=True, backlog=1024)
         try:
             await site.start()
-        except OSError as exc:
-            # The DICOM side keeps serving: an archive without its web front door is better
-            # than none (e.g. two test archives on one machine, both on the default port).
-            log.error("HTTP disabled: cannot listen on %s:%d: %s", settings.http_host,
-                      settings.http_port, exc)
+        except OSError:
+            # Fatal, like a DICOM port in use: serve() starts HTTP before DICOM, so nothing
+            # has been accepted yet when the archive exits with its one-line error.
             await self.stop()
-            return
+            raise
         for address in self.runner.addresses:
             host, port = address[:2]
             self.context.http_port = int(port)
