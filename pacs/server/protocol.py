@@ -71,6 +71,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._can_write.set()
         self._cancels: dict[int, asyncio.Event] = {}  # message ID -> its C-CANCEL flag
         self._sock: socket.socket | None = None
+        self._soon: list[bytes | memoryview] = []  # see _write_soon
+        self._soon_scheduled = False
         # Sub-operations we send as acceptor (C-GET's C-STORE-RQ): message ID -> its response.
         self._next_message_id = 0
         self._awaiting: dict[int, asyncio.Future[dimse.Command]] = {}
@@ -162,9 +164,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._update_timers()
 
     def _flush(self) -> None:
-        data = self.association.data_to_send()
-        if data and self.transport is not None and not self._closed:
-            self.transport.write(data)
+        self._write(self.association.data_to_send())
         if self.association.should_close and self.transport is not None and not self._closed:
             self.transport.close()
 
@@ -229,7 +229,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._dispatch(event, None)
 
     def _on_response(self, event: CommandReceived) -> None:
-        """A response to a sub-operation we sent (C-STORE-RSP during a C-GET)."""
+        """A response to a request we sent (C-STORE-RSP during a C-GET, N-EVENT-REPORT-RSP)."""
         if event.has_dataset:
             self._protocol_abort("a response with a data set where none is defined")
             return
@@ -258,13 +258,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         ``command``'s MessageID is set here. The data set goes out chunk by chunk as P-DATA,
         pausing while the peer does not read; the response must come within ``timeout``.
         """
-        if self._closed or not self.association.is_established:
-            raise ConnectionError("association ended")
-        self._next_message_id = self._next_message_id % 0xFFFF + 1
-        message_id = self._next_message_id
-        command[dimse.MESSAGE_ID] = message_id
-        future: asyncio.Future[dimse.Command] = self._loop.create_future()
-        self._awaiting[message_id] = future
+        message_id, future = self._expect_response(command)
         try:
             self._write(self.association.send_command(context_id, command, True))
             pending: bytes | memoryview | None = None
@@ -278,6 +272,35 @@ class DicomProtocol(asyncio.BufferedProtocol):
             return await asyncio.wait_for(future, timeout)
         finally:
             self._awaiting.pop(message_id, None)
+
+    async def send_request(
+        self, context_id: int, command: dimse.Command, dataset: bytes | None, timeout: float
+    ) -> dimse.Command:
+        """Send a request (e.g. N-EVENT-REPORT-RQ) with its optional data set on this
+        association and wait at most ``timeout`` for its response; MessageID is set here."""
+        message_id, future = self._expect_response(command)
+        try:
+            self._write(self.association.send_command(context_id, command, dataset is not None))
+            if dataset is not None:
+                self._write_dataset(context_id, dataset, last=True)
+            self._last_progress = self._loop.time()
+            await self._can_write.wait()
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._awaiting.pop(message_id, None)
+
+    def _expect_response(
+        self, command: dimse.Command
+    ) -> tuple[int, asyncio.Future[dimse.Command]]:
+        """Give ``command`` a fresh MessageID; the future its response will complete."""
+        if self._closed or not self.association.is_established:
+            raise ConnectionError("association ended")
+        self._next_message_id = self._next_message_id % 0xFFFF + 1
+        message_id = self._next_message_id
+        command[dimse.MESSAGE_ID] = message_id
+        future: asyncio.Future[dimse.Command] = self._loop.create_future()
+        self._awaiting[message_id] = future
+        return message_id, future
 
     def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
         if self._closed or not self.association.is_established:
@@ -326,9 +349,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         """Write one pending response now; wait while the peer does not read."""
         if self._closed or not self.association.is_established:
             raise ConnectionError("association ended")
-        self._write(self.association.send_command(context_id, command, dataset is not None))
+        self._write_soon(self.association.send_command(context_id, command, dataset is not None))
         if dataset is not None:
-            self._write(self.association.send_dataset(context_id, dataset))
+            self._write_soon(self.association.send_dataset(context_id, dataset))
         self._last_progress = self._loop.time()
         await self._can_write.wait()
 
@@ -390,8 +413,26 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self.server.remove_association()
 
     def _write(self, data: bytes | memoryview) -> None:
+        if self._soon:
+            self._flush_soon()  # what was queued goes first: responses stay in order
         if data and self.transport is not None and not self._closed:
             self.transport.write(data)
+
+    def _write_soon(self, data: bytes | memoryview) -> None:
+        """Queue bytes for one ``writelines`` at the end of this loop iteration.
+
+        C-FIND sends a pending response per row: one send() per row cost more than the rows.
+        """
+        self._soon.append(data)
+        if not self._soon_scheduled:
+            self._soon_scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._soon_scheduled = False
+        if self._soon and self.transport is not None and not self._closed:
+            self.transport.writelines(self._soon)
+        self._soon = []
 
     def shutdown(self) -> None:
         """Server stopping: in-flight stores have answered; drop the connection."""
