@@ -321,3 +321,36 @@ def c_store_rsp(
     if error_comment is not None:
         command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
     return command
+
+
+def n_action_rsp(
+    message_id_being_responded_to: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    status: int,
+    action_type_id: int | None = None,
+    error_comment: str | None = None,
+) -> Command:
+    """N-ACTION-RSP (PS3.7 10.3.4.2) without an Action Reply data set."""
+    command = Command({
+        AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: N_ACTION_RSP,
+        MESSAGE_ID_BEING_RESPONDED_TO: message_id_being_responded_to,
+        COMMAND_DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
+        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+    })  # fmt: skip
+    if action_type_id is not None:
+        command[ACTION_TYPE_ID] = action_type_id
+    if error_comment is not None:
+        command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
+    return command
+
+
+def n_event_report_rq(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type_id: int
+) -> Command:
+    """N-EVENT-REPORT-RQ (PS3.7 10.3.1.1); the Event Information data set follows."""
+    return Command({
+        AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: N_EVENT_REPORT_RQ,
+        MESSAGE_ID: message_id, COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid, EVENT_TYPE_ID: event_type_id,
+    })  # fmt: skip

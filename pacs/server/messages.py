@@ -31,6 +31,12 @@ class SubOperations(Protocol):
         """Send a C-STORE-RQ with its data set; the peer's C-STORE-RSP."""
         ...
 
+    async def send_request(
+        self, context_id: int, command: dimse.Command, dataset: bytes | None, timeout: float
+    ) -> dimse.Command:
+        """Send any request (its data set, if any, whole) on this association; the response."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -15,6 +15,7 @@ from pacs.dicom import uids
 from pacs.errors import IngestError, PacsError, QueryError
 from pacs.ingest import CANNOT_UNDERSTAND, PROCESSING_FAILURE, SUCCESS
 from pacs.net import dimse
+from pacs.server.commitment import STORAGE_COMMITMENT_PUSH_MODEL, CommitmentSCP
 from pacs.server.find import FIND_MODELS, FindSCP
 from pacs.server.get import GET_MODELS, GetSCP
 from pacs.server.messages import Handler, Request, Response
@@ -42,6 +43,8 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
         )
     for sop_class in uids.STORAGE_SOP_CLASSES:
         contexts[sop_class] = uids.ALL_TRANSFER_SYNTAXES
+    contexts[STORAGE_COMMITMENT_PUSH_MODEL] = (
+        uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
     return contexts
 
 
@@ -54,12 +57,14 @@ class Services:
         self.find = FindSCP(archive)
         self.get = GetSCP(archive)
         self.move = MoveSCP(archive)
+        self.commitment = CommitmentSCP(archive)
         self.handlers: Mapping[int, Handler] = {
             dimse.C_ECHO_RQ: self.c_echo,
             dimse.C_STORE_RQ: self.c_store,
             dimse.C_FIND_RQ: self.find.c_find,
             dimse.C_GET_RQ: self.get.c_get,
             dimse.C_MOVE_RQ: self.move.c_move,
+            dimse.N_ACTION_RQ: self.commitment.n_action,
         }
 
     async def handle(self, request: Request) -> Response:
