@@ -49,7 +49,7 @@ class ArchiveProcess:
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         """Start ``pacs serve`` and wait until every worker listens (this run's log only)."""
         self.log_path = self.data_dir.parent / f"pacs-{self.port}.log"
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -163,12 +163,45 @@ def test_pynetdicom_move_with_pending_counts_and_cancel(archive_factory, scp_fac
         assert responses[-1].NumberOfCompletedSuboperations == 120
         pending = [r for r in responses[:-1] if r.Status == 0xFF00]
         assert pending and pending[0].NumberOfRemainingSuboperations < 120
-        statuses = []
-        for status, _ in assoc.send_c_move(query, "STORESCP", STUDY_ROOT, msg_id=9):
-            statuses.append(status)
-            if len(statuses) == 2:
-                assoc.send_c_cancel(9, query_model=STUDY_ROOT)
-        assert statuses[-1].Status == 0xFE00
-        assert statuses[-1].NumberOfCompletedSuboperations < 120
     finally:
         assoc.release()
+
+
+def test_c_cancel_right_behind_the_move(archive_factory, scp_factory, tmp_path: Path) -> None:
+    """The C-CANCEL-RQ follows the C-MOVE-RQ at once: the move stops with 0xFE00 and counts."""
+    from pacs.dicom.identifier import encode_identifier
+    from pacs.net import CommandReceived, dimse
+    from tests.netclient import Client
+
+    scp = scp_factory()
+    archive = archive_factory("--config", config(tmp_path, STORESCP=scp.port))
+    files = stock(archive, tmp_path, 120, rows=256)
+    syntax = "1.2.840.10008.1.2.1"
+    with Client(archive.port, contexts=[(STUDY_ROOT, (syntax,))]) as client:
+        client.associate()
+        context_id, _ = client.context_for(STUDY_ROOT)
+        move = dimse.Command({
+            dimse.AFFECTED_SOP_CLASS_UID: STUDY_ROOT, dimse.COMMAND_FIELD: dimse.C_MOVE_RQ,
+            dimse.MESSAGE_ID: 9, dimse.PRIORITY: 0, dimse.MOVE_DESTINATION: "STORESCP",
+            dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT,
+        })  # fmt: skip
+        cancel = dimse.Command({
+            dimse.COMMAND_FIELD: dimse.C_CANCEL_RQ, dimse.MESSAGE_ID_BEING_RESPONDED_TO: 9,
+            dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
+        })  # fmt: skip
+        identifier = encode_identifier(
+            {"QueryRetrieveLevel": "STUDY",
+             "StudyInstanceUID": pydicom.dcmread(files[0]).StudyInstanceUID}, syntax)
+        client.sock.sendall(client.assoc.send_command(context_id, move, True)
+                            + client.assoc.send_dataset(context_id, identifier)
+                            + client.assoc.send_command(context_id, cancel, False))
+        final = None
+        while final is None:
+            event = client.wait_for(CommandReceived)
+            assert isinstance(event, CommandReceived)
+            if event.command.status not in (0xFF00, 0xFF01):
+                final = event.command
+        client.release()
+    assert final.status == 0xFE00
+    assert final.get(dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS, 0) < 120
+    assert len(scp.received()) < 120
