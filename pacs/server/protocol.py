@@ -73,6 +73,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._sock: socket.socket | None = None
         self._soon: list[bytes | memoryview] = []  # see _write_soon
         self._soon_scheduled = False
+        self._discarding = False  # dropping the data set of a response to us
         # Sub-operations we send as acceptor (C-GET's C-STORE-RQ): message ID -> its response.
         self._next_message_id = 0
         self._awaiting: dict[int, asyncio.Future[dimse.Command]] = {}
@@ -170,6 +171,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, DatasetFragment):  # the hot path first
+            if self._discarding:  # a response's optional data set (e.g. an Event Reply)
+                self._discarding = not event.last
+                return
             if self._spool is None:
                 self._protocol_abort("data set fragment without a pending C-STORE-RQ")
                 return
@@ -230,9 +234,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
 
     def _on_response(self, event: CommandReceived) -> None:
         """A response to a request we sent (C-STORE-RSP during a C-GET, N-EVENT-REPORT-RSP)."""
-        if event.has_dataset:
-            self._protocol_abort("a response with a data set where none is defined")
-            return
+        # Its data set, if any (N-EVENT-REPORT-RSP may carry an Event Reply), is not needed.
+        self._discarding = event.has_dataset
         answered = event.command.message_id_being_responded_to
         future = self._awaiting.pop(answered, None) if answered is not None else None
         if future is None:
