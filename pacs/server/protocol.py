@@ -308,8 +308,11 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
         if self._closed or not self.association.is_established:
             raise ConnectionError("association ended")
-        for part in self.association.send_dataset_parts(context_id, data, last=last):
-            self._write(part)
+        parts = self.association.send_dataset_parts(context_id, data, last=last)
+        if self._soon:
+            self._flush_soon()
+        if self.transport is not None:
+            self.transport.writelines(parts)  # one call for the chunk's PDUs, no join
 
     def _dataset_complete(self) -> None:
         assert self._spool is not None and self._store_command is not None
