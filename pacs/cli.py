@@ -52,13 +52,17 @@ def scanner_implementation() -> str:
     return IMPLEMENTATION
 
 
+class _Version(argparse.Action):
+    """``--version``, naming the active tag scanner (imported only when asked: it is heavy)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(f"pacs {__version__} (tag scanner: {scanner_implementation()})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pacs", description="A high-throughput DICOM archive.")
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"pacs {__version__} (tag scanner: {scanner_implementation()})",
-    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("serve", "run the DICOM (and HTTP) server"),

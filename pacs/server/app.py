@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Coroutine
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pacs.archive import Archive
 from pacs.config import Settings
-from pacs.server.dimse_server import DimseServer
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
 
 log = logging.getLogger("pacs.serve")
 
@@ -37,6 +38,11 @@ async def serve(
     association_counts: SynchronizedArray[Any] | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then finish in-flight stores and close."""
+    # Imported here, not at the top: the supervisor process never needs them (its memory stays
+    # small), only the workers that serve.
+    from pacs.archive import Archive
+    from pacs.server.dimse_server import DimseServer
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
