@@ -22,7 +22,7 @@ from aiohttp import web
 
 from pacs import __version__
 from pacs.archive import Archive
-from pacs.web import qido, render, stow, viewer, wado
+from pacs.web import qido, render, rest, stow, viewer, wado
 from pacs.web.context import WebContext
 
 __all__ = ["WebServer", "build_app"]
@@ -73,6 +73,7 @@ def build_app(ctx: WebContext) -> web.Application:
     app.add_routes(render.routes(ctx))
     app.add_routes(wado.routes(ctx))
     app.add_routes(viewer.routes(ctx))
+    app.add_routes(rest.routes(ctx))
     return app
 
 

@@ -1,0 +1,258 @@
+"""The OpenAPI 3 document of the REST API, served at ``GET /openapi.json``.
+
+DICOMweb (``/dicom-web``) and the viewer follow their own standards and are not described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pacs import __version__
+from pacs.web.context import WebContext
+
+__all__ = ["document", "routes"]
+
+JSON = "application/json"
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+# PatientID is any LO value (URL-encoded in the path); the schema keeps to a simple alphabet.
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9_^-][A-Za-z0-9 _^-]{0,63}$"
+AET_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_IDS = {"type": "array", "items": {"type": "string"}}
+_TAGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_COUNT = {"type": "integer", "minimum": 0}
+
+_KIND = {
+    "patients": ("Patient", "PatientID of the patient (every issuer of that PatientID "
+                 "together), URL-encoded; not Orthanc's hash", PATIENT_ID_PATTERN),
+    "studies": ("Study", "StudyInstanceUID (not Orthanc's hash)", UID_PATTERN),
+    "series": ("Series", "SeriesInstanceUID (not Orthanc's hash)", UID_PATTERN),
+    "instances": ("Instance", "SOPInstanceUID (not Orthanc's hash)", UID_PATTERN),
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ERROR}}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _path_param(name: str, description: str, pattern: str, max_length: int = 64) -> \
+        dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": pattern, "maxLength": max_length}}
+
+
+def _query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_LIST_PARAMS = [
+    _query_param("expand", {"type": "boolean"}, "return details instead of ids"),
+    _query_param("limit", {"type": "integer", "minimum": 0}, "at most this many"),
+    _query_param("since", {"type": "integer", "minimum": 0}, "skip this many first"),
+]
+
+
+def _schemas() -> dict[str, Any]:
+    def resource(type_: str, props: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": ["ID", "Type", "MainDicomTags"],
+                "properties": {"ID": {"type": "string"}, "Type": {"const": type_},
+                               "MainDicomTags": _TAGS, **props}}
+
+    return {
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "string"}}},
+        "Patient": resource("Patient", {"Studies": _IDS, "CountStudies": _COUNT,
+                                        "CountSeries": _COUNT, "CountInstances": _COUNT}),
+        "Study": resource("Study", {"ParentPatient": {"type": "string"},
+                                    "PatientMainDicomTags": _TAGS, "Series": _IDS,
+                                    "CountSeries": _COUNT, "CountInstances": _COUNT}),
+        "Series": resource("Series", {"ParentStudy": {"type": "string"}, "Instances": _IDS,
+                                      "CountInstances": _COUNT}),
+        "Instance": resource("Instance", {
+            "ParentSeries": {"type": "string"}, "ParentStudy": {"type": "string"},
+            "FileSize": _COUNT, "TransferSyntaxUID": {"type": "string"},
+            "RemoteAET": {"type": "string"}, "ReceivedAt": {"type": "number"}}),
+        "Deleted": {"type": "object", "required": ["RemainingAncestor", "DeletedInstances"],
+                    "properties": {
+                        "RemainingAncestor": {"anyOf": [
+                            {"type": "null"},
+                            {"type": "object", "required": ["ID", "Type", "Path"],
+                             "properties": {"ID": {"type": "string"},
+                                            "Type": {"type": "string"},
+                                            "Path": {"type": "string"}}}]},
+                        "DeletedInstances": _COUNT, "DeletedSize": _COUNT}},
+        "Find": {"type": "object", "required": ["Level"], "additionalProperties": False,
+                 "properties": {
+                     "Level": {"enum": ["Patient", "Study", "Series", "Instance"]},
+                     "Query": {"type": "object", "additionalProperties": {"type": "string"},
+                               "description": "keyword (or tag) -> C-FIND matching value "
+                                              "(wildcards, ranges, UID lists)"},
+                     "Expand": {"type": "boolean"}, "CaseSensitive": {"type": "boolean"},
+                     "Limit": {"type": "integer", "minimum": 0},
+                     "Since": {"type": "integer", "minimum": 0}}},
+        "Modality": {"type": "object", "required": ["Host", "Port"],
+                     "additionalProperties": False,
+                     "properties": {"AET": {"type": "string"},
+                                    "Host": {"type": "string", "minLength": 1,
+                                             "pattern": r"^[A-Za-z0-9.:-]+$"},
+                                    "Port": {"type": "integer", "minimum": 1,
+                                             "maximum": 65535},
+                                    "AllowMove": {"type": "boolean"}}},
+        "StoreRequest": {"anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "object", "required": ["Resources"], "additionalProperties": False,
+             "properties": {"Resources": {"type": "array", "minItems": 1,
+                                          "items": {"type": "string", "minLength": 1}},
+                            "Synchronous": {"type": "boolean"}}}]},
+        "StoreResult": {"type": "object",
+                        "required": ["Completed", "Warning", "Failed", "FailedInstances"],
+                        "properties": {"Description": {"type": "string"},
+                                       "LocalAet": {"type": "string"},
+                                       "RemoteAet": {"type": "string"},
+                                       "InstancesCount": _COUNT, "Completed": _COUNT,
+                                       "Warning": _COUNT, "Failed": _COUNT,
+                                       "FailedInstances": _IDS}},
+    }
+
+
+def _resource_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    bad = _error("bad parameters")
+    for kind, (type_, id_doc, pattern) in _KIND.items():
+        ref = {"$ref": f"#/components/schemas/{type_}"}
+        param = _path_param("id", id_doc, pattern)
+        paths[f"/{kind}"] = {"get": {
+            "summary": f"{type_} ids (details with expand)", "operationId": f"list_{kind}",
+            "parameters": _LIST_PARAMS,
+            "responses": {"200": _json("ids, or details with expand", {
+                "anyOf": [_IDS, {"type": "array", "items": ref}]}), "400": bad}}}
+        paths[f"/{kind}/{{id}}"] = {
+            "parameters": [param],
+            "get": {"summary": f"one {type_.lower()}: main DICOM tags, children and counts",
+                    "operationId": f"get_{kind}",
+                    "responses": {"200": _json("details", ref), "400": bad,
+                                  "404": _error("unknown id")}},
+            "delete": {"summary": f"delete the {type_.lower()}: index entries and files",
+                       "operationId": f"delete_{kind}",
+                       "responses": {"200": _json("what was deleted",
+                                                  {"$ref": "#/components/schemas/Deleted"}),
+                                     "400": bad, "404": _error("unknown id")}},
+        }
+    param = _path_param("id", _KIND["instances"][1], UID_PATTERN)
+    paths["/instances/{id}/file"] = {"get": {
+        "summary": "the Part-10 file as stored", "operationId": "get_instance_file",
+        "parameters": [param],
+        "responses": {"200": {"description": "the file",
+                              "content": {"application/dicom": {"schema": {
+                                  "type": "string", "format": "binary"}}}},
+                      "404": _error("unknown id")}}}
+    paths["/instances/{id}/preview"] = {"get": {
+        "summary": "the first frame rendered as PNG", "operationId": "get_instance_preview",
+        "parameters": [param],
+        "responses": {"200": {"description": "PNG", "content": {"image/png": {"schema": {
+                          "type": "string", "format": "binary"}}}},
+                      "404": _error("unknown id"),
+                      "415": _error("no pixel data, or it cannot be decoded")}}}
+    paths["/tools/find"] = {"post": {
+        "summary": "find resources with the query model C-FIND and QIDO-RS share",
+        "operationId": "tools_find",
+        "requestBody": {"required": True, "content": {JSON: {"schema": {
+            "$ref": "#/components/schemas/Find"}}}},
+        "responses": {"200": _json("ids (details with Expand)", {
+            "anyOf": [_IDS, {"type": "array", "items": {"type": "object"}}]}),
+            "400": bad}}}
+    return paths
+
+
+def _modality_paths() -> dict[str, Any]:
+    bad = _error("bad parameters")
+    unknown = _error("unknown modality or resource")
+    memory = ("Changes live in this process's memory only: the configuration file is not "
+              "written, a restart forgets them, and C-MOVE and routing keep using the "
+              "configured [remote.AET] tables.")
+    aet = _path_param("aet", "AE title of the remote", AET_PATTERN, 16)
+    modality = {"$ref": "#/components/schemas/Modality"}
+    return {
+        "/modalities": {"get": {
+            "summary": "remote AE titles (details with expand)", "operationId": "list_modalities",
+            "description": memory,
+            "parameters": [_query_param("expand", {"type": "boolean"}, "details by AE title")],
+            "responses": {"200": _json("AE titles, or an object of details", {
+                "anyOf": [_IDS, {"type": "object", "additionalProperties": modality}]}),
+                "400": bad}}},
+        "/modalities/{aet}": {
+            "parameters": [aet],
+            "get": {"summary": "one remote", "operationId": "get_modality",
+                    "responses": {"200": _json("the remote", modality), "404": unknown}},
+            "put": {"summary": "create or replace a remote (in memory)", "description": memory,
+                    "operationId": "put_modality",
+                    "requestBody": {"required": True,
+                                    "content": {JSON: {"schema": modality}}},
+                    "responses": {"200": _json("replaced", modality),
+                                  "201": _json("created", modality), "400": bad}},
+            "delete": {"summary": "forget a remote (in memory)", "description": memory,
+                       "operationId": "delete_modality",
+                       "responses": {"200": _json("removed", {"type": "object"}),
+                                     "404": unknown}},
+        },
+        "/modalities/{aet}/echo": {"post": {
+            "summary": "C-ECHO the remote", "operationId": "echo_modality",
+            "parameters": [aet],
+            "responses": {"200": _json("the C-ECHO status", {
+                "type": "object", "properties": {"Status": {"type": "integer"}}}),
+                "404": unknown, "502": _error("the remote cannot be reached")}}},
+        "/modalities/{aet}/store": {"post": {
+            "summary": "C-STORE patients, studies, series or instances to the remote",
+            "description": "Resources are ids of any level; the answer counts the C-STORE "
+                           "sub-operations as C-MOVE does.",
+            "operationId": "store_to_modality", "parameters": [aet],
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "$ref": "#/components/schemas/StoreRequest"}}}},
+            "responses": {"200": _json("counts", {"$ref": "#/components/schemas/StoreResult"}),
+                          "400": bad, "404": unknown}}},
+    }
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    system = {"get": {"summary": "name, version, AE title and ports", "operationId": "system",
+                      "responses": {"200": _json("system", {"type": "object"})}}}
+    statistics = {"get": {"summary": "counts and disk size", "operationId": "statistics",
+                          "responses": {"200": _json("statistics", {
+                              "type": "object",
+                              "properties": {"CountPatients": _COUNT, "CountStudies": _COUNT,
+                                             "CountSeries": _COUNT, "CountInstances": _COUNT,
+                                             "TotalDiskSize": {"type": "string"},
+                                             "TotalDiskSizeMB": _COUNT}})}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pacs-archive REST API",
+            "version": __version__,
+            "description": "An Orthanc-style REST API. Resource ids are DICOM identifiers, "
+                           "not Orthanc's hashes: PatientID for patients (URL-encoded), "
+                           "StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID otherwise. "
+                           "Errors carry a JSON body {\"error\": message}: 400 for bad "
+                           "parameters, 404 for unknown ids. DICOMweb is under /dicom-web.",
+        },
+        "paths": {"/system": system, "/statistics": statistics, **_resource_paths(),
+                  **_modality_paths()},
+        "components": {"schemas": _schemas()},
+    }
+
+
+def routes(_ctx: WebContext) -> list[web.RouteDef]:
+    body = document()
+
+    async def get(_request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    return [web.get("/openapi.json", get)]
