@@ -387,7 +387,10 @@ def _serve(acc: Association) -> None:
         if isinstance(event, AssociateRequested):
             acc.accept(negotiate(event.pdu, SUPPORTED))
         elif isinstance(event, CommandReceived) and not event.has_dataset:
-            acc.send_command(event.context_id, c_echo_rsp(1), False)
+            # One PDU can hold a command and then an invalid PDV: the abort that follows is
+            # already done, so a real SCP (like pacs.server) answers only while established.
+            if acc.is_established:
+                acc.send_command(event.context_id, c_echo_rsp(1), False)
         elif isinstance(event, ReleaseRequested) and acc.release_response_due:
             acc.release_response()
         elif isinstance(event, Aborted):
@@ -453,3 +456,22 @@ def drain_consuming(acc):
             event = DatasetFragment(event.context_id, memoryview(bytes(event.data)), event.last)
         events.append(event)
     return events
+
+
+def test_command_then_invalid_pdv_in_one_pdu_leaves_no_association():
+    """Found by the fuzz test: one P-DATA-TF with a whole command PDV and then a PDV whose length
+    overruns the PDU yields CommandReceived and then the abort; answering the command after
+    that is a local error, so an SCP must check ``is_established`` first."""
+    req, acc = associate()
+    command = req.send_command(1, c_echo_rq(5), False)
+    # Reuse the PDV of the encoded command and append a PDV claiming 1000 bytes it lacks.
+    pdv = command[6:]
+    bad = struct.pack(">IB", 1000, 1) + b"\x03" + b"x" * 4
+    body = pdv + bad
+    acc.receive_data(struct.pack(">BBI", 0x04, 0, len(body)) + body)
+    events = drain(acc)
+    assert isinstance(events[0], CommandReceived)
+    assert any(isinstance(e, Aborted) and e.local for e in events)
+    assert not acc.is_established
+    with pytest.raises(LocalProtocolError):
+        acc.send_command(1, c_echo_rsp(5), False)
