@@ -4,6 +4,11 @@
 archive, then times (a) dcmtk ``storescu`` pushing the same files to ``storescp --ignore``
 (the ceiling), (b) ``movescu`` of the study to that ``storescp``, (c) ``getscu --ignore`` of the
 study, and samples the archive's peak RSS (all its processes) during (b) and (c).
+
+When ``Orthanc`` is on PATH (Debian's ``orthanc``; skipped with a printed note otherwise), the
+same files are then stored into a private Orthanc (``bench/orthanc.py``, started after the
+archive has stopped) and (d) its C-MOVE to the same ``storescp`` and (e) ``getscu --ignore`` from
+it are timed the same way, with the ratio ours / Orthanc.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench import orthanc
 from bench.ingest import generate, wait_port
 from tests.conftest import free_port
 
@@ -102,6 +108,10 @@ def main() -> None:
                                    "-k", f"StudyInstanceUID={study}",
                                    "127.0.0.1", str(pacs_port)], server.pid)
             rows.append(("C-GET pacs -> getscu --ignore", seconds, peak))
+            server.terminate()
+            server.wait(30)
+            if orthanc.available():
+                rows += _orthanc_rows(work / "orthanc", folder, study, dest_port, env)
         finally:
             server.terminate()
             sink.terminate()
@@ -109,12 +119,46 @@ def main() -> None:
             sink.wait(30)
         print(f"{args.count} instances of {args.size}x{args.size}, "
               f"{total / args.count / 1024:.0f} KiB each")
+        if orthanc.available():
+            print(f"orthanc: {orthanc.version()}, MaximumPduLength 131072")
+        else:
+            print(orthanc.SKIP_NOTE)
         ceiling = rows[0][1]
         for name, secs, peak in rows:
             extra = f", {ceiling / secs:4.2f} of the ceiling" if peak else ""
             rss_text = f", server peak RSS {peak / 2**20:.0f} MiB" if peak else ""
             print(f"  {name:32s} {args.count / secs:7.0f} instances/s "
                   f"{total / secs / 1e6:7.1f} MB/s{extra}{rss_text}")
+        seconds_of = {name: secs for name, secs, _ in rows}
+        for ours, theirs in (("C-MOVE pacs -> storescp", "C-MOVE orthanc -> storescp"),
+                             ("C-GET pacs -> getscu --ignore",
+                              "C-GET orthanc -> getscu --ignore")):
+            if theirs in seconds_of:
+                print(f"  {ours.split()[0]} ours / Orthanc: "
+                      f"{seconds_of[theirs] / seconds_of[ours]:.2f}x")
+
+
+def _orthanc_rows(work: Path, folder: Path, study: str, dest_port: int,
+                  env: dict[str, str]) -> list[tuple[str, float, int]]:
+    """Store ``folder`` into a private Orthanc, then time its C-MOVE and C-GET of ``study``."""
+    rows: list[tuple[str, float, int]] = []
+    aet, me = orthanc.AET, orthanc.CALLER
+    with orthanc.Orthanc(work, destinations={"SINK": dest_port}) as server:
+        port = str(server.dicom_port)
+        subprocess.run(["storescu", "-aet", me, "-aec", aet, "--max-pdu", "131072", "+sd",
+                        "127.0.0.1", port, str(folder)], check=True, env=env, capture_output=True)
+        count = sum(1 for _ in folder.iterdir())
+        if server.count_instances() != count:
+            raise RuntimeError(f"Orthanc indexed {server.count_instances()} of {count}: "
+                               f"{server.log_tail()}")
+        query = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        seconds, peak = timed(["movescu", "-aet", me, "-aec", aet, "-aem", "SINK", "-S",
+                               *query, "127.0.0.1", port], server.pid)
+        rows.append(("C-MOVE orthanc -> storescp", seconds, peak))
+        seconds, peak = timed(["getscu", "--ignore", "-aet", me, "-aec", aet, "-S",
+                               *query, "127.0.0.1", port], server.pid)
+        rows.append(("C-GET orthanc -> getscu --ignore", seconds, peak))
+    return rows
 
 
 def _study_uid(folder: Path) -> str:

@@ -4,7 +4,11 @@ In one run the same files go to three receivers, so the figures compare like wit
 
 - ``pacs``: this archive (``pacs serve``, durable: blob fsync + LMDB commit before each response);
 - ``pynetdicom``: a plain pynetdicom storage SCP writing one file per instance (Python baseline);
-- ``storescp --ignore``: dcmtk's C++ SCP discarding the data (the ceiling).
+- ``storescp --ignore``: dcmtk's C++ SCP discarding the data (the ceiling);
+- ``orthanc``: Orthanc (Debian's package, when ``Orthanc`` is on PATH; skipped with a note
+  otherwise), a private server per run (``bench/orthanc.py``). Durability: each file is
+  fdatasync-ed (Orthanc's default ``SyncStorageArea``) but its SQLite index commits with WAL +
+  ``SYNCHRONOUS=NORMAL`` (no sync per store); ``orthanc-nosync`` also drops the file sync.
 
 Usage: ``python -m bench.ingest [-n 2000] [-k 4] [--size 64]`` (``make bench``).
 """
@@ -51,13 +55,13 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     raise RuntimeError("receiver did not start")
 
 
-def push(dirs: list[Path], port: int, aet: str) -> float:
+def push(dirs: list[Path], port: int, aet: str, calling: str = "BENCH") -> float:
     """Send every folder with its own storescu at once; return the wall time in seconds."""
     env = dict(os.environ, TCP_NODELAY="1")
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aec", aet, "-aet", "BENCH", "--max-pdu", "131072",
+            ["storescu", "-aec", aet, "-aet", calling, "--max-pdu", "131072",
              "+sd", "127.0.0.1", str(port), str(d)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -70,9 +74,27 @@ def push(dirs: list[Path], port: int, aet: str) -> float:
     return elapsed
 
 
+def run_orthanc(name: str, out: Path, dirs: list[Path]) -> float:
+    from bench.orthanc import AET, CALLER, Orthanc
+
+    expected = sum(1 for d in dirs for _ in d.iterdir())
+    try:
+        with Orthanc(out, sync=name != "orthanc-nosync") as server:
+            seconds = push(dirs, server.dicom_port, AET, CALLER)
+            stored = server.count_instances()
+            if stored != expected:
+                raise RuntimeError(f"Orthanc indexed {stored} of {expected} instances: "
+                                   f"{server.log_tail()}")
+            return seconds
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
     port = free_port()
     out = work / f"out-{name}"
+    if name.startswith("orthanc"):
+        return run_orthanc(name, out, dirs)
     if name.startswith("pacs"):
         # "pacs" uses the default worker count; "pacs-w1", "pacs-w2" set it.
         workers = name.partition("-w")[2] or "0"
@@ -127,18 +149,35 @@ def matrix(receivers: list[str]) -> None:
                 shutil.rmtree(work / f"files-{size}-{streams}")
 
 
+def available_receivers(names: list[str]) -> list[str]:
+    """``names`` without the Orthanc ones when Orthanc is not installed (with a printed note)."""
+    from bench import orthanc
+
+    if orthanc.available():
+        return names
+    if any(n.startswith("orthanc") for n in names):
+        print(orthanc.SKIP_NOTE)
+    return [n for n in names if not n.startswith("orthanc")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--count", type=int, default=2000)
     parser.add_argument("-k", "--associations", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
-    parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,storescp",
-                        help="comma-separated: pacs[-wN], pynetdicom, storescp")
+    parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,orthanc,storescp",
+                        help="comma-separated: pacs[-wN], pynetdicom, orthanc[-nosync], "
+                             "storescp (Orthanc ones are skipped when it is not installed)")
     parser.add_argument("--matrix", action="store_true",
                         help="64x64 and 512x512, 1 and 4 associations, and the disk's rate")
     args = parser.parse_args()
+    receivers = available_receivers(args.receivers.split(","))
+    if any(n.startswith("orthanc") for n in receivers):
+        from bench.orthanc import version
+
+        print(f"orthanc: {version()}")
     if args.matrix:
-        matrix(args.receivers.split(","))
+        matrix(receivers)
         return
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
@@ -147,13 +186,13 @@ def main() -> None:
         print(f"{args.count} instances, {total / args.count / 1024:.1f} KiB each, "
               f"{args.associations} associations (dcmtk storescu)")
         results: dict[str, float] = {}
-        for name in args.receivers.split(","):
+        for name in receivers:
             seconds = run_receiver(name, work, dirs)
             results[name] = seconds
-            print(f"  {name:12s} {args.count / seconds:9.0f} instances/s "
+            print(f"  {name:14s} {args.count / seconds:9.0f} instances/s "
                   f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)")
         for ours in [r for r in results if r.startswith("pacs")]:
-            for other in ("pynetdicom", "storescp"):
+            for other in ("pynetdicom", "orthanc", "orthanc-nosync", "storescp"):
                 if other in results:
                     print(f"  {ours} / {other}: {results[other] / results[ours]:.2f}x")
 
