@@ -28,10 +28,13 @@ from pacs.store.segments import SegmentStore
 log = logging.getLogger("pacs.archive")
 
 
-def open_store(settings: Settings, worker_id: int = 0) -> BlobStore:
-    """The configured blob store; ``worker_id`` -1 is a maintenance tool (it never ingests)."""
+def open_store(settings: Settings, worker_id: int = 0, writer_id: str | None = None) -> BlobStore:
+    """The configured blob store; ``worker_id`` -1 is a maintenance tool (it never ingests).
+
+    ``writer_id`` names the segment writer instead of ``w{worker_id}`` (bulk import: ``import0``).
+    """
     if settings.store_backend == "segments":
-        writer = f"w{worker_id}" if worker_id >= 0 else "tool"
+        writer = writer_id or (f"w{worker_id}" if worker_id >= 0 else "tool")
         return SegmentStore(settings.blob_dir, writer_id=writer,
                             segment_size=settings.segment_size)
     if settings.store_backend == "files":
@@ -66,15 +69,19 @@ class Archive:
         return self._queries
 
     @classmethod
-    def open(cls, settings: Settings, worker_id: int = 0) -> Archive:
-        """Open everything one worker process needs (each worker has its own spool folder)."""
-        spool_dir = settings.spool_dir / f"w{worker_id}"
+    def open(cls, settings: Settings, worker_id: int = 0, writer_id: str | None = None) -> Archive:
+        """Open everything one worker process needs (each worker has its own spool folder).
+
+        ``writer_id`` overrides the segment writer's name (and spool folder), ``w{worker_id}``
+        by default: a bulk import uses its own (``import0``, ...), never a server worker's.
+        """
+        spool_dir = settings.spool_dir / (writer_id or f"w{worker_id}")
         spool_dir.mkdir(parents=True, exist_ok=True)
         # Spooled data sets left by a crash were never acknowledged: drop them.
         for leftover in spool_dir.glob("spool-*"):
             log.warning("removing unfinished spool file %s", leftover)
             leftover.unlink(missing_ok=True)
-        store = open_store(settings, worker_id)
+        store = open_store(settings, worker_id, writer_id)
         if not isinstance(store, SegmentStore):
             catalog = open_catalog(settings)
             writer = CatalogWriter(catalog, batch_size=settings.commit_batch,

@@ -1,4 +1,4 @@
-"""The ``pacs`` command: serve, reindex, verify.
+"""The ``pacs`` command: serve, reindex, verify, export, compact, jobs, import.
 
 Exit codes: 0 success, 1 the command ran and found problems (verify), 2 bad usage or settings.
 """
@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         ("export", "write instances out as ordinary Part-10 files"),
         ("compact", "rewrite segments whose dead fraction is high, reclaiming the space"),
         ("jobs", "list the forwarding queue (routing rules) and its failures"),
+        ("import", "bulk import files, folders, zip archives and DICOMDIR sets"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", type=Path, help="TOML settings file")
@@ -81,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "compact":
             cmd.add_argument("--min-dead-fraction", type=float, default=0.5,
                              help="rewrite sealed segments at least this dead (0-1)")
+        if name == "import":
+            cmd.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                             help="files, folders (recursive), zip archives, DICOMDIR sets")
+            cmd.add_argument("--report", type=Path, default=None,
+                             help="report file (default: ./import-report-<timestamp>.txt)")
+            cmd.add_argument("--jobs", type=int, default=None,
+                             help="import processes (default: the workers setting)")
         if name == "export":
             cmd.add_argument("out_dir", type=Path, help="folder to write study/series/sop.dcm")
             for option, keyword in _EXPORT_SELECTORS.items():
@@ -129,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return maintenance.jobs_command(settings)
     if args.command == "compact":
         return maintenance.compact_command(settings, args.min_dead_fraction)
+    if args.command == "import":
+        from pacs.importer import import_command
+
+        return import_command(settings, args.paths, args.report, args.jobs)
     if args.command == "export":
         selection = {k: getattr(args, k) for k in _EXPORT_SELECTORS.values()
                      if getattr(args, k) is not None}

@@ -1,0 +1,546 @@
+"""``pacs import``: bulk import of files, folders, zip archives and DICOMDIR sets.
+
+The same write path as C-STORE (``Ingest.store``: scan, segment blob, batched catalog commits),
+run in up to ``worker_count`` processes, each with its own event loop and its own segment writer
+(``import0``, ``import1``, ...: never a server worker's ``wN``, so an import may run beside
+``pacs serve`` on the same data directory). Each worker holds a lock on its writer name
+(``state/importN.lock``): two imports at once take different writers.
+
+Per file: the first 64 KiB are read and the file meta parsed; a file whose SOP Instance UID
+(Media Storage SOP Instance UID) is already indexed is skipped before the rest is read, which
+makes a re-run (after an interruption, even kill -9) cheap and idempotent. The rest is read, the
+data set handed to ``Ingest.store`` (source AE ``IMPORT``); files larger than
+``spool_memory_limit`` are copied into the worker's spool folder and stored from there, never
+held in memory. Non-DICOM and corrupt files are listed in a report (path and reason) and never
+stop the run. Reads happen on a producer thread, in batches, overlapping with ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from pacs.config import Settings
+from pacs.errors import DicomFormatError, IngestError, PacsError
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
+
+log = logging.getLogger("pacs.import")
+
+HEADER_READ = 64 * 1024
+BATCH = 64  # files per hand-over from the reader thread to the event loop
+CONCURRENCY = 256  # Ingest.store calls in flight per worker (the writer batches them)
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SOURCE_AET = "IMPORT"
+MAX_WRITERS = 64
+MIN_FILES_PER_PROCESS = 1000  # below, one process: spawning costs more than it saves
+
+# Shared counters per worker (a multiprocessing Array of int64, FIELDS slots per worker).
+FILES, BYTES, IMPORTED, DUPLICATES, REJECTED, IGNORED = range(6)
+FIELDS = 6
+
+
+@dataclass
+class WorkerResult:
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    writer_id: str = ""
+    interrupted: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    """One file read by the producer: ready to store, or already decided."""
+
+    name: str
+    size: int
+    outcome: str = ""  # "", "duplicate", "ignored", "rejected"
+    reason: str = ""
+    transfer_syntax: str = ""
+    sop_class: str = ""
+    dataset: bytes | Path = b""
+
+
+# -- finding the files -------------------------------------------------------------------------
+
+
+def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every regular file under ``paths`` (folders recursively, sorted), and missing paths."""
+    found: list[str] = []
+    missing: list[tuple[str, str]] = []
+
+    def walk(folder: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            missing.append((folder, f"cannot list folder: {exc.strerror}"))
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    walk(entry.path)
+                elif entry.is_file(follow_symlinks=True):
+                    found.append(entry.path)
+            except OSError as exc:
+                missing.append((entry.path, f"cannot stat: {exc.strerror}"))
+
+    for path in paths:
+        if path.is_dir():
+            walk(str(path))
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            missing.append((str(path), "no such file or folder"))
+    return found, missing
+
+
+# -- reading one file (producer thread) --------------------------------------------------------
+
+
+class _Reader:
+    """Turns paths (and zip members) into ``_Item``s; runs on the producer thread."""
+
+    def __init__(self, archive: Archive, spool_limit: int) -> None:
+        self.catalog = archive.catalog
+        self.spool_dir = archive.spool_dir
+        self.spool_limit = spool_limit
+        self._spooled = 0
+
+    def items(self, paths: Iterable[str], stop: threading.Event) -> Iterator[_Item]:
+        for path in paths:
+            if stop.is_set():
+                return
+            if path.lower().endswith(".zip"):
+                yield from self._zip(path, stop)
+                continue
+            if os.path.basename(path).upper() == "DICOMDIR":
+                yield _Item(path, 0, "ignored", "DICOMDIR")
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    yield self._read(path, fh, size)
+            except OSError as exc:
+                yield _Item(path, 0, "rejected", f"cannot read: {exc.strerror or exc}")
+
+    def _zip(self, path: str, stop: threading.Event) -> Iterator[_Item]:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if stop.is_set():
+                        return
+                    if info.is_dir():
+                        continue
+                    name = f"{path}!{info.filename}"
+                    if os.path.basename(info.filename).upper() == "DICOMDIR":
+                        yield _Item(name, 0, "ignored", "DICOMDIR")
+                        continue
+                    try:
+                        with archive.open(info) as fh:
+                            yield self._read(name, fh, info.file_size)
+                    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+                        yield _Item(name, 0, "rejected", f"cannot read zip member: {exc}")
+        except (OSError, zipfile.BadZipFile) as exc:
+            yield _Item(path, 0, "rejected", f"not a readable zip archive: {exc}")
+
+    def _read(self, name: str, fh: IO[bytes], size: int) -> _Item:
+        from pacs.dicom.part10 import read_file_meta
+
+        head = fh.read(HEADER_READ)
+        if not head:
+            return _Item(name, 0, "rejected", "empty file")
+        try:
+            meta, offset = read_file_meta(head)
+        except DicomFormatError as exc:
+            if len(head) < 132 or head[128:132] != b"DICM":
+                return _Item(name, size, "rejected", "not a DICOM file (no DICM prefix)")
+            return _Item(name, size, "rejected", f"bad file meta information: {exc}")
+        sop_class = meta.get("MediaStorageSOPClassUID", "")
+        if sop_class == MEDIA_STORAGE_DIRECTORY:
+            return _Item(name, size, "ignored", "DICOMDIR")
+        syntax = meta.get("TransferSyntaxUID", "")
+        if not syntax:
+            return _Item(name, size, "rejected", "no TransferSyntaxUID in the file meta")
+        uid = meta.get("MediaStorageSOPInstanceUID", "")
+        if uid and self.catalog.get_instance(uid) is not None:
+            return _Item(name, size, "duplicate")
+        if offset >= len(head) and len(head) < HEADER_READ:
+            return _Item(name, size, "rejected", "no data set after the file meta")
+        item = _Item(name, size, transfer_syntax=syntax, sop_class=sop_class)
+        if size > self.spool_limit:
+            item.dataset = self._spool(head[offset:], fh)
+        elif len(head) < HEADER_READ:
+            item.dataset = head[offset:]
+        else:
+            item.dataset = head[offset:] + fh.read()
+        return item
+
+    def _spool(self, start: bytes, fh: IO[bytes]) -> Path:
+        self._spooled += 1
+        target = self.spool_dir / f"spool-import-{self._spooled}"
+        with open(target, "wb") as out:
+            out.write(start)
+            shutil.copyfileobj(fh, out, 1 << 20)
+        return target
+
+
+# -- one worker: an event loop over its share of the files -------------------------------------
+
+
+def _lock_writer(settings: Settings, first: int) -> tuple[str, int]:
+    """A free import writer name (``importN``) and the descriptor holding its lock."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    for step in range(MAX_WRITERS):
+        writer = f"import{(first + step) % MAX_WRITERS}"
+        fd = os.open(settings.state_dir / f"{writer}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return writer, fd
+    raise PacsError(f"every import writer (import0..import{MAX_WRITERS - 1}) is busy")
+
+
+def recover_stale_writers(settings: Settings) -> list[str]:
+    """Replay the segments of import writers stopped uncleanly (killed) and not running now,
+    whichever writer this run will use: their stored instances get indexed, none stays orphaned.
+    """
+    from pacs.archive import Archive
+    from pacs.recovery import clean_marker
+    from pacs.store.segment_format import parse_segment_name
+
+    if settings.store_backend != "segments" or not settings.blob_dir.is_dir():
+        return []
+    owners = {parsed[0] for name in os.listdir(settings.blob_dir)
+              if (parsed := parse_segment_name(name)) and parsed[0].startswith("import")}
+    recovered = []
+    for writer in sorted(owners):
+        if clean_marker(settings.state_dir, writer).exists():
+            continue
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(settings.state_dir / f"{writer}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # another import is running with it
+            Archive.open(settings, writer_id=writer).close()
+            recovered.append(writer)
+        finally:
+            os.close(fd)
+    return recovered
+
+
+async def _import(
+    archive: Archive,
+    paths: list[str],
+    counters: Any,
+    slot: int,
+    stop: asyncio.Event,
+    progress: Callable[[], None] | None = None,
+) -> WorkerResult:
+    loop = asyncio.get_running_loop()
+    result = WorkerResult(writer_id=archive.store.writer_id
+                          if hasattr(archive.store, "writer_id") else "")
+    base = slot * FIELDS
+    handoff: queue.Queue[list[_Item] | None] = queue.Queue(maxsize=8)
+    stop_reading = threading.Event()
+    reader = _Reader(archive, archive.settings.spool_memory_limit)
+
+    def produce() -> None:
+        batch: list[_Item] = []
+        try:
+            for item in reader.items(paths, stop_reading):
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    handoff.put(batch)
+                    batch = []
+            if batch:
+                handoff.put(batch)
+        finally:
+            handoff.put(None)
+
+    producer = threading.Thread(target=produce, name="pacs-import-read", daemon=True)
+    producer.start()
+    slots = asyncio.Semaphore(CONCURRENCY)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def count(index: int, n: int = 1) -> None:
+        counters[base + index] += n
+
+    def reject(name: str, reason: str) -> None:
+        result.rejected.append((name, reason))
+        count(REJECTED)
+
+    async def store(item: _Item) -> None:
+        try:
+            stored = await archive.ingest.store(
+                item.dataset, transfer_syntax_uid=item.transfer_syntax,
+                sop_class_uid=item.sop_class, sop_instance_uid=None, source_aet=SOURCE_AET)
+        except IngestError as exc:
+            reject(item.name, exc.comment)
+        except Exception as exc:  # never abort the run for one file
+            log.exception("import of %s failed", item.name)
+            reject(item.name, f"internal error: {exc}")
+        else:
+            count(IMPORTED if stored.outcome != "duplicate_kept" else DUPLICATES)
+        finally:
+            if isinstance(item.dataset, Path):
+                item.dataset.unlink(missing_ok=True)
+            count(FILES)
+            count(BYTES, item.size)
+            slots.release()
+
+    try:
+        while True:
+            batch = await loop.run_in_executor(None, handoff.get)
+            if batch is None:
+                break
+            for item in batch:
+                if stop.is_set():
+                    break
+                if item.outcome:
+                    if item.outcome == "rejected":
+                        reject(item.name, item.reason)
+                    else:
+                        count(DUPLICATES if item.outcome == "duplicate" else IGNORED)
+                    count(FILES)
+                    count(BYTES, item.size)
+                    continue
+                await slots.acquire()
+                task = loop.create_task(store(item))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if progress is not None:
+                progress()
+            if stop.is_set():
+                result.interrupted = True
+                stop_reading.set()
+                break
+    finally:
+        stop_reading.set()
+        while producer.is_alive():  # drain so the producer can finish and clean its spool
+            try:
+                batch = handoff.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            for item in batch or ():
+                if isinstance(item.dataset, Path):
+                    item.dataset.unlink(missing_ok=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return result
+
+
+def _runner() -> Callable[[Any], Any]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def run_worker(
+    settings: Settings,
+    paths: list[str],
+    counters: Any,
+    slot: int,
+    progress: Callable[[], None] | None = None,
+) -> WorkerResult:
+    """Import ``paths`` in this process with its own archive writer; SIGINT/SIGTERM stop it
+    after the stores in flight (the archive is then closed cleanly)."""
+    from pacs.archive import Archive
+
+    logging.getLogger("pacs.ingest").setLevel(logging.WARNING)  # duplicates are counted
+    writer, lock_fd = _lock_writer(settings, slot)
+    try:
+        archive = Archive.open(settings, worker_id=slot, writer_id=writer)
+
+        async def main() -> WorkerResult:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):
+                    pass
+            parent = multiprocessing.parent_process()
+            if parent is not None:
+                loop.add_reader(parent.sentinel, stop.set)
+            return await _import(archive, paths, counters, slot, stop, progress)
+
+        try:
+            result: WorkerResult = _runner()(main())
+        finally:
+            archive.close()
+        result.writer_id = writer
+        return result
+    finally:
+        os.close(lock_fd)
+
+
+def _worker_main(settings: Settings, paths: list[str], counters: Any, slot: int,
+                 results: Any) -> None:
+    from pacs.cli import configure_logging
+
+    configure_logging(settings.log_level, f"import{slot}")
+    try:
+        result = run_worker(settings, paths, counters, slot)
+    except PacsError as exc:
+        log.error("import worker %d: %s", slot, exc)
+        result = WorkerResult(rejected=[(p, f"not imported: {exc}") for p in paths])
+    results.put((slot, result))
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+class Progress:
+    """One updating line on a terminal, else a line every ``interval`` seconds."""
+
+    def __init__(self, counters: Any, jobs: int, total: int, stream: IO[str] = sys.stderr,
+                 interval: float | None = None) -> None:
+        self.counters, self.jobs, self.total, self.stream = counters, jobs, total, stream
+        self.tty = stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self.started = time.monotonic()
+        self._last = self.started
+
+    def sums(self) -> list[int]:
+        values = list(self.counters[:])
+        return [sum(values[j * FIELDS + f] for j in range(self.jobs)) for f in range(FIELDS)]
+
+    def line(self) -> str:
+        s = self.sums()
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return (f"{s[FILES]}/{self.total} files  {s[FILES] / elapsed:,.0f} files/s  "
+                f"{s[BYTES] / elapsed / 1e6:,.1f} MB/s  imported {s[IMPORTED]}  "
+                f"skipped {s[DUPLICATES]}  rejected {s[REJECTED]}")
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.line())
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        self.stream.flush()
+
+
+def import_command(settings: Settings, paths: list[Path], report: Path | None = None,
+                   jobs: int | None = None) -> int:
+    """Import ``paths``; 0 when every file was imported (or already archived), 1 when some
+    were rejected (listed in the report), 130 when interrupted."""
+    settings = dataclasses.replace(settings, on_duplicate="keep")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        recover_stale_writers(settings)
+    except PacsError as exc:
+        print(f"pacs: error: {exc}", file=sys.stderr)
+        return 2
+    files, missing = collect(paths)
+    if jobs is None:
+        jobs = settings.worker_count
+    jobs = max(1, min(jobs, len(files) // MIN_FILES_PER_PROCESS or 1))
+    context = multiprocessing.get_context("spawn")
+    counters = context.Array("q", FIELDS * jobs, lock=False)
+    progress = Progress(counters, jobs, len(files))
+    rejected: list[tuple[str, str]] = list(missing)
+    interrupted = False
+    if jobs == 1:
+        try:
+            result = run_worker(settings, files, counters, 0, progress.tick)
+        except PacsError as exc:
+            print(f"pacs: error: {exc}", file=sys.stderr)
+            return 2
+        rejected += result.rejected
+        interrupted = result.interrupted
+    else:
+        results = context.Queue()
+        shares = [files[i::jobs] for i in range(jobs)]
+        processes = [context.Process(target=_worker_main,
+                                     args=(settings, shares[i], counters, i, results),
+                                     name=f"pacs-import{i}") for i in range(jobs)]
+        for process in processes:
+            process.start()
+        got: dict[int, WorkerResult] = {}
+        try:
+            while len(got) < jobs:
+                try:
+                    slot, result = results.get(timeout=0.2)
+                    got[slot] = result
+                except queue.Empty:
+                    if not any(p.is_alive() for p in processes) and results.empty():
+                        break
+                progress.tick()
+        except KeyboardInterrupt:  # the workers got SIGINT too: they finish what is in flight
+            interrupted = True
+            while len(got) < jobs and any(p.is_alive() for p in processes):
+                try:
+                    slot, result = results.get(timeout=0.2)
+                    got[slot] = result
+                except (queue.Empty, KeyboardInterrupt):
+                    continue
+        for process in processes:
+            process.join()
+        for slot in range(jobs):
+            if slot not in got:
+                interrupted = True
+                log.error("import worker %d exited with %s", slot, processes[slot].exitcode)
+                continue
+            rejected += got[slot].rejected
+            interrupted = interrupted or got[slot].interrupted
+    progress.done()
+    totals = progress.sums()
+    elapsed = time.monotonic() - started
+    summary = (f"imported {totals[IMPORTED]}, skipped {totals[DUPLICATES]} (already archived), "
+               f"rejected {len(rejected)}, ignored {totals[IGNORED]} (DICOMDIR) of "
+               f"{totals[FILES]} files, {totals[BYTES] / 1e6:.1f} MB in {elapsed:.2f} s "
+               f"({totals[FILES] / max(elapsed, 1e-6):,.0f} files/s)")
+    report_path = report or Path(f"import-report-{time.strftime('%Y%m%d-%H%M%S')}.txt")
+    rejected.sort()
+    try:
+        with open(report_path, "w", encoding="utf-8") as out:
+            out.write(f"# pacs import into {settings.data_dir}: {summary}\n")
+            if interrupted:
+                out.write("# interrupted: run the same command again to resume\n")
+            out.write("# rejected files: path<TAB>reason\n")
+            for name, reason in rejected:
+                out.write(f"{name}\t{reason}\n")
+    except OSError as exc:
+        print(f"pacs: cannot write the report {report_path}: {exc.strerror}", file=sys.stderr)
+    shown = 100
+    for name, reason in rejected[:shown]:
+        print(f"rejected: {name}: {reason}")
+    if len(rejected) > shown:
+        print(f"... and {len(rejected) - shown} more")
+    print(summary)
+    print(f"report: {report_path}")
+    if interrupted:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 1 if rejected else 0
