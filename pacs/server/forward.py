@@ -78,14 +78,15 @@ async def _send_round(archive: Archive, due: list[Forward]) -> None:
         if items:
             await send_instances(archive.store, items, (remote.host, remote.port, remote.aet),
                                  settings.aet, associations=1, on_result=on_result)
+        delivered = 0
         for uid, entry in by_uid.items():
             status, comment = outcomes.get(uid, (0xC000, "not attempted"))
             if status == dimse.SUCCESS or status & 0xF000 == 0xB000:
                 sent.append(entry)
+                delivered += 1
             else:
                 failed.append((entry, f"0x{status:04X} {comment}".strip()))
-        log.info("forwarded %d of %d instances to %s", len(items) - sum(
-            1 for e, _ in failed if e.destination == destination), len(items), destination)
+        log.info("forwarded %d of %d instances to %s", delivered, len(items), destination)
     now = time.time()
     for entry, error in failed:
         log.warning("forward of %s to %s failed (attempt %d): %s", entry.sop_instance_uid,
