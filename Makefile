@@ -21,11 +21,15 @@ $(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# Debian's dcmtk gives the real DICOM clients (echoscu, storescu, ...) the tests talk to.
+# Debian's dcmtk gives the real DICOM clients (echoscu, storescu, ...) the tests talk to;
+# Debian's chromium is the headless browser of the viewer test (driven by Playwright).
 system-deps:
 	@command -v storescu >/dev/null 2>&1 || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends dcmtk; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check pacs tests bench setup.py

@@ -1,4 +1,4 @@
-"""Blob store throughput (not a test): ``python -m tests.unit.store.bench_stores [DIR]``.
+"""Blob store throughput (not a test): ``python -m bench.bench_stores [DIR]``.
 
 Segment store with group commit (flush every 50 puts) against the file store, durable puts.
 DIR should be on the disk the archive uses (default: a temporary folder).

@@ -35,7 +35,7 @@ input{width:110px}
 const study = "__STUDY__";
 const base = "/dicom-web/studies/" + encodeURIComponent(study);
 const tag = (o, t) => (o[t] && o[t].Value && o[t].Value.length) ? o[t].Value[0] : "";
-let slices = [], index = 0, series = "", cache = new Map();
+let slices = [], index = 0, series = "", cache = new Map(), shown = 0;
 const canvas = document.getElementById("view"), ctx = canvas.getContext("2d");
 async function json(url) {
   const r = await fetch(url, {headers: {Accept: "application/dicom+json"}});
@@ -54,7 +54,9 @@ function show() {
   const url = frameUrl(slices[index]);
   let img = cache.get(url);
   if (!img) { img = new Image(); img.src = url; cache.set(url, img); }
-  const draw = () => { canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ticket = ++shown;  // a slow frame arriving after a later one must not be drawn
+  const draw = () => { if (ticket !== shown) return;
+                       canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
                        ctx.drawImage(img, 0, 0); };
   if (img.complete && img.naturalWidth) draw(); else img.onload = draw;
   document.getElementById("info").textContent =
@@ -83,8 +85,8 @@ async function main() {
   }
   list.firstChild.click();
 }
-canvas.addEventListener("wheel", e => { e.preventDefault(); index += e.deltaY > 0 ? 1 : -1;
-  show(); }, {passive: false});
+canvas.addEventListener("wheel", e => { e.preventDefault(); if (!e.deltaY) return;
+  index += e.deltaY > 0 ? 1 : -1; show(); }, {passive: false});
 document.addEventListener("keydown", e => {
   if (e.target.tagName === "INPUT") { if (e.key === "Enter") { cache = new Map(); show(); }
     return; }
