@@ -1,4 +1,4 @@
-"""The ``pacs`` command: serve, reindex, verify, export, compact, jobs, import.
+"""The ``pacs`` command: serve, reindex, verify, export, compact, jobs, import, migrate.
 
 Exit codes: 0 success, 1 the command ran and found problems (verify), 2 bad usage or settings.
 """
@@ -72,11 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         ("compact", "rewrite segments whose dead fraction is high, reclaiming the space"),
         ("jobs", "list the forwarding queue (routing rules) and its failures"),
         ("import", "bulk import files, folders, zip archives and DICOMDIR sets"),
+        ("migrate", "pull a whole remote archive (C-FIND by StudyDate, C-MOVE to us)"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", type=Path, help="TOML settings file")
         for flag, (_setting, kind, text) in _SERVE_FLAGS.items():
-            if name != "serve" and flag not in ("--data-dir", "--log-level"):
+            if name != "serve" and flag not in ("--data-dir", "--log-level") and not (
+                    name == "migrate" and flag in ("--aet", "--port", "--host")):
                 continue
             cmd.add_argument(flag, type=kind, default=None, help=text)
         if name == "compact":
@@ -89,12 +91,37 @@ def _parser() -> argparse.ArgumentParser:
                              help="report file (default: ./import-report-<timestamp>.txt)")
             cmd.add_argument("--jobs", type=int, default=None,
                              help="import processes (default: the workers setting)")
+        if name == "migrate":
+            _migrate_arguments(cmd)
         if name == "export":
             cmd.add_argument("out_dir", type=Path, help="folder to write study/series/sop.dcm")
             for option, keyword in _EXPORT_SELECTORS.items():
                 cmd.add_argument(option, dest=keyword, default=None,
                                  help=f"only instances with this {keyword}")
     return parser
+
+
+def _migrate_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--from", dest="source", required=True, metavar="AET@HOST:PORT",
+                     help="the source archive; it must know our AE title as a move destination")
+    cmd.add_argument("--calling-aet", default=None,
+                     help="our calling AE title towards both sides (default: --aet)")
+    cmd.add_argument("--to-host", default=None,
+                     help="address of our running archive (default: --host, or 127.0.0.1)")
+    cmd.add_argument("--to-port", dest="port", type=int, default=None,
+                     help="DICOM port of our running archive (same as --port)")
+    cmd.add_argument("--parallel", type=int, default=4,
+                     help="studies moved at once, one association each (default 4)")
+    cmd.add_argument("--slice-limit", type=int, default=500,
+                     help="split a StudyDate slice answering more studies than this")
+    cmd.add_argument("--since-year", type=int, default=1900,
+                     help="first yearly StudyDate slice (earlier ones: one open range)")
+    cmd.add_argument("--undated", action="store_true",
+                     help="also one unsliced C-FIND for studies without a StudyDate")
+    cmd.add_argument("--dry-run", action="store_true",
+                     help="inventory and reconcile only, move nothing")
+    cmd.add_argument("--report", type=Path, default=None,
+                     help="report file (default: ./migrate-report-<AET>-<timestamp>.txt)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -141,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pacs.importer import import_command
 
         return import_command(settings, args.paths, args.report, args.jobs)
+    if args.command == "migrate":
+        from pacs.migrate import migrate_command
+
+        return migrate_command(settings, args.source, args.calling_aet, args.to_host,
+                               args.parallel, args.slice_limit, args.since_year, args.undated,
+                               args.report, args.dry_run)
     if args.command == "export":
         selection = {k: getattr(args, k) for k in _EXPORT_SELECTORS.values()
                      if getattr(args, k) is not None}
