@@ -231,7 +231,10 @@ def _supervise(settings: Settings) -> int:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - restarts.get(worker_id, 0.0))))
             restarts[worker_id] = time.monotonic()
             workers[worker_id] = start(worker_id)
-    failed = {w: c for w, c in exit_codes.items() if c != 0}
+    # A worker stopped by the forwarded signal before it could install its own handler (still
+    # starting up) ends with -SIGTERM: that is an orderly stop too.
+    clean = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)
+    failed = {w: c for w, c in exit_codes.items() if c not in clean}
     if failed:
         log.error("workers exited with %s", failed)
         return 2 if 2 in failed.values() else 1
