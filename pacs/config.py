@@ -85,6 +85,9 @@ class Settings:
     move_associations: int = 2  # parallel associations of a large C-MOVE
     fuzzy_person_names: bool = True  # PN matching ignores case (strict when false)
     forward_retry_base: float = 5.0  # seconds before the first retry of a failed forward
+    hl7_host: str = "127.0.0.1"  # HL7 v2 MLLP listener (orders -> worklist); worker 0
+    hl7_port: int = 2575  # 0: no HL7 listener
+    worklist_station_aet: str = ""  # Scheduled Station AE Title when an order names none
     remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
 
@@ -182,6 +185,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "max_find_results": (0, 1 << 31),
     "move_associations": (1, 64),
     "forward_retry_base": (0.01, 3600),
+    "hl7_port": (0, 65535),
 }
 
 

@@ -89,6 +89,7 @@ _DB_NAMES = (
     "meta",
     *secondary.DB_NAMES,  # secondary indexes for queries, kept in the same transactions
     outbox.DB_NAME,  # instances waiting to be forwarded (pacs.index.outbox)
+    "worklist",  # scheduled procedure steps from HL7 orders (pacs.worklist.store)
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -276,7 +277,7 @@ class Catalog:
                     self._dbs[n] = self._env.open_db(n.encode(), create=not readonly)
                 except lmdb.NotFoundError:
                     # Absent from an older catalog opened read-only: readers cope without it.
-                    if n not in secondary.DB_NAMES and n != outbox.DB_NAME:
+                    if n not in secondary.DB_NAMES and n not in (outbox.DB_NAME, "worklist"):
                         raise
         except lmdb.Error as exc:
             raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc
@@ -589,11 +590,12 @@ class Catalog:
         return self._write(apply)
 
     def clear(self) -> None:
-        """Empty every database (before a reindex)."""
+        """Empty every database (before a reindex) but the worklist, which blobs cannot rebuild."""
 
         def apply(t: _Txn) -> None:
-            for db in self._dbs.values():
-                t.txn.drop(db, delete=False)
+            for name, db in self._dbs.items():
+                if name != "worklist":
+                    t.txn.drop(db, delete=False)
 
         self._write(apply)
 

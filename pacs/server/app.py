@@ -64,12 +64,17 @@ async def serve(
 
         background.append(asyncio.create_task(forward_forever(archive)))
     web = None
+    hl7_listener = None
     try:
         if worker_id == 0:
             from pacs.web.app import WebServer
 
             web = WebServer(archive, settings.port)
             await web.start()  # first: a port in use fails before any association is accepted
+        if worker_id == 0 and settings.hl7_port:
+            from pacs.worklist.listener import start_hl7_listener
+
+            hl7_listener = await start_hl7_listener(archive)
         await dimse.start()
         if web is not None:
             web.context.dicom_port = dimse.port
@@ -78,10 +83,14 @@ async def serve(
                  stats.get("instances", 0), _scanner())
         await stop.wait()
         log.info("shutting down: finishing in-flight stores")
+        if hl7_listener is not None:
+            await hl7_listener.stop()
         if web is not None:
             await web.stop()
         await dimse.stop()
     finally:
+        if hl7_listener is not None:
+            await hl7_listener.stop()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

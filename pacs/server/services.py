@@ -20,6 +20,7 @@ from pacs.server.find import FIND_MODELS, FindSCP
 from pacs.server.get import GET_MODELS, GetSCP
 from pacs.server.messages import Handler, Request, Response
 from pacs.server.move import MOVE_MODELS, MoveSCP
+from pacs.server.worklist_find import MODALITY_WORKLIST_FIND, WorklistFindSCP
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -35,7 +36,7 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
     contexts: dict[str, tuple[str, ...]] = {
         uids.VERIFICATION: (uids.IMPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN),
     }
-    for find_model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
+    for find_model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS, MODALITY_WORKLIST_FIND):
         contexts[find_model] = (
             uids.EXPLICIT_VR_LITTLE_ENDIAN,
             uids.IMPLICIT_VR_LITTLE_ENDIAN,
@@ -58,10 +59,11 @@ class Services:
         self.get = GetSCP(archive)
         self.move = MoveSCP(archive)
         self.commitment = CommitmentSCP(archive)
+        self.worklist = WorklistFindSCP(archive)
         self.handlers: Mapping[int, Handler] = {
             dimse.C_ECHO_RQ: self.c_echo,
             dimse.C_STORE_RQ: self.c_store,
-            dimse.C_FIND_RQ: self.find.c_find,
+            dimse.C_FIND_RQ: self.c_find,
             dimse.C_GET_RQ: self.get.c_get,
             dimse.C_MOVE_RQ: self.move.c_move,
             dimse.N_ACTION_RQ: self.commitment.n_action,
@@ -108,6 +110,12 @@ class Services:
             if command.get(tag):
                 response[tag] = command[tag]
         return Response(response)
+
+    async def c_find(self, request: Request) -> Response:
+        """Modality Worklist queries to the worklist SCP, the others to the Q/R one."""
+        if request.abstract_syntax == MODALITY_WORKLIST_FIND:
+            return await self.worklist.c_find(request)
+        return await self.find.c_find(request)
 
     async def c_echo(self, request: Request) -> Response:
         return Response(dimse.c_echo_rsp(request.command.message_id or 0, SUCCESS))

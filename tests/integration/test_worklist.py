@@ -1,0 +1,299 @@
+"""RIS integration: HL7 ORM^O01 over MLLP into a real `pacs serve`, Modality Worklist C-FIND with
+dcmtk findscu and pynetdicom, cancels, negative ACKs, framing errors, persistence over a restart."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import hl7
+import pydicom
+import pytest
+from hl7.client import MLLPClient
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+from tests.conftest import free_port, require_tool
+
+pytestmark = pytest.mark.integration
+
+SB, EB, CR = b"\x0b", b"\x1c", b"\r"
+
+
+def orm(control: str, placer: str, *, patient: str = "PAT1", name: str = "Doe^John^Q",
+        accession: str = "ACC1", modality: str = "CT", station: str = "CT01",
+        when: str = "20260301083000", code: str = "CTHEAD^CT Head w/o contrast^LOCAL",
+        zds: str = "", msg_id: str = "", kind: str = "ORM^O01", status: str = "") -> str:
+    segments = [
+        f"MSH|^~\\&|RIS|HOSP|PACS|HOSP|20260301080000||{kind}|{msg_id or placer + control}|P|2.5.1",
+        f"PID|1||{patient}^^^HOSP^MR||{name}||19700215|M",
+        "PV1|1|O||||||1234^Welby^Marcus^^^Dr",
+        f"ORC|{control}|{placer}^RIS|F{placer}^PACS||{status}",
+        f"OBR|1|{placer}^RIS|F{placer}^PACS|{code}|||{when}|||||||||||{accession}|RP{placer}|"
+        f"SPS{placer}|{station}|||{modality}",
+    ]
+    if zds:
+        segments.append(f"ZDS|{zds}^100^Application^DICOM")
+    return "\r".join(segments) + "\r"
+
+
+def send(port: int, message: str | bytes) -> hl7.Message:
+    with MLLPClient("127.0.0.1", port) as client:
+        raw = client.send_message(message)
+    return parse_ack(raw)
+
+
+def parse_ack(raw: bytes) -> hl7.Message:
+    assert raw.startswith(SB) and raw.endswith(EB + CR), raw
+    return hl7.parse(raw[1:-2].decode())
+
+
+def ack_code(ack: hl7.Message) -> str:
+    return str(ack.extract_field("MSA", 1, 1))
+
+
+def err_text(ack: hl7.Message) -> str:
+    return str(ack.segment("ERR"))
+
+
+@pytest.fixture
+def hl7_archive(archive_factory, tmp_path: Path):
+    hl7_port = free_port()
+    config = tmp_path / "pacs.toml"
+    config.write_text(f'hl7_port = {hl7_port}\nworklist_station_aet = "ANY01"\n')
+    archive = archive_factory("--config", str(config), "--workers", "2")
+    archive.hl7_port = hl7_port
+    return archive
+
+
+def findscu(port: int, out: Path, *keys: str) -> list[Dataset]:
+    out.mkdir(exist_ok=True)
+    for old in out.glob("rsp*.dcm"):
+        old.unlink()
+    args = [require_tool("findscu"), "-W", "-aec", "PACS", "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    proc = subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+STANDARD_KEYS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+    "StudyInstanceUID", "RequestedProcedureID", "RequestedProcedureDescription",
+    "ReferringPhysicianName",
+    "(0040,0100)[0].ScheduledStationAETitle", "(0040,0100)[0].ScheduledProcedureStepStartDate",
+    "(0040,0100)[0].ScheduledProcedureStepStartTime", "(0040,0100)[0].Modality",
+    "(0040,0100)[0].ScheduledProcedureStepID",
+    "(0040,0100)[0].ScheduledProcedureStepDescription",
+)
+
+
+def pynetdicom_find(port: int, query: Dataset) -> list[Dataset]:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    found = []
+    try:
+        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+            assert status is not None and status.Status in (0xFF00, 0xFF01, 0x0000), status
+            if identifier is not None:
+                found.append(identifier)
+    finally:
+        assoc.release()
+    return found
+
+
+def sps_query(**sps: str) -> Dataset:
+    query = Dataset()
+    for keyword in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID",
+                    "RequestedProcedureID", "RequestedProcedureDescription",
+                    "ReferringPhysicianName"):
+        setattr(query, keyword, "")
+    step = Dataset()
+    for keyword in ("ScheduledStationAETitle", "ScheduledProcedureStepStartDate", "Modality",
+                    "ScheduledProcedureStepID", "ScheduledProcedureStepDescription",
+                    "ScheduledProcedureStepStatus"):
+        setattr(step, keyword, sps.get(keyword, ""))
+    query.ScheduledProcedureStepSequence = [step]
+    return query
+
+
+def test_orders_become_worklist_items(hl7_archive, tmp_path: Path) -> None:
+    port = hl7_archive.hl7_port
+    uid = "1.2.826.0.1.3680043.8.498.1234567890"
+    acks = [
+        send(port, orm("NW", "ORD1", zds=uid)),
+        send(port, orm("NW", "ORD2", patient="PAT2", name="Smith^Anna", accession="ACC2",
+                       modality="MR", station="MR01", when="20260302140000",
+                       code="MRKNEE^MR Knee^LOCAL")),
+        send(port, orm("NW", "ORD3", patient="PAT3", name="Müller^Jörg", accession="ACC3",
+                       station="", when="20260305090000")),
+    ]
+    assert [ack_code(a) for a in acks] == ["AA", "AA", "AA"]
+    assert str(acks[0].extract_field("MSA", 1, 2)) == "ORD1NW"
+    assert str(acks[0].extract_field("MSH", 1, 9, 1, 1)) == "ACK"
+
+    rows = findscu(hl7_archive.port, tmp_path / "ct", *STANDARD_KEYS,
+                   "(0040,0100)[0].Modality=CT")
+    assert sorted(r.AccessionNumber for r in rows) == ["ACC1", "ACC3"]
+    first = next(r for r in rows if r.AccessionNumber == "ACC1")
+    assert first.StudyInstanceUID == uid
+    assert first.PatientID == "PAT1" and str(first.PatientName) == "Doe^John^Q"
+    assert first.PatientBirthDate == "19700215" and first.PatientSex == "M"
+    assert first.RequestedProcedureID == "RPORD1"
+    assert first.RequestedProcedureDescription == "CT Head w/o contrast"
+    assert str(first.ReferringPhysicianName) == "Welby^Marcus^^Dr"
+    step = first.ScheduledProcedureStepSequence[0]
+    assert step.ScheduledStationAETitle == "CT01" and step.Modality == "CT"
+    assert step.ScheduledProcedureStepStartDate == "20260301"
+    assert step.ScheduledProcedureStepStartTime == "083000"
+    assert step.ScheduledProcedureStepID == "SPSORD1"
+    third = next(r for r in rows if r.AccessionNumber == "ACC3")
+    assert third.ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "ANY01"
+    assert str(third.PatientName) == "Müller^Jörg"
+    assert pydicom.uid.UID(third.StudyInstanceUID).is_valid  # generated at order time
+
+    rows = findscu(hl7_archive.port, tmp_path / "mr", *STANDARD_KEYS,
+                   "(0040,0100)[0].ScheduledStationAETitle=MR01")
+    assert [r.AccessionNumber for r in rows] == ["ACC2"]
+    rows = findscu(hl7_archive.port, tmp_path / "range", *STANDARD_KEYS,
+                   "(0040,0100)[0].ScheduledProcedureStepStartDate=20260302-20260310")
+    assert sorted(r.AccessionNumber for r in rows) == ["ACC2", "ACC3"]
+
+    # pynetdicom: patient name wildcard (case-insensitive), accession, station + date range
+    query = sps_query()
+    query.PatientName = "smi*"
+    assert [r.AccessionNumber for r in pynetdicom_find(hl7_archive.port, query)] == ["ACC2"]
+    query = sps_query(ScheduledStationAETitle="CT01",
+                      ScheduledProcedureStepStartDate="20260301-20260301")
+    found = pynetdicom_find(hl7_archive.port, query)
+    assert [r.AccessionNumber for r in found] == ["ACC1"]
+    assert found[0].StudyInstanceUID == uid
+    assert found[0].ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "SCHEDULED"
+    query = sps_query()
+    query.PatientID = "PAT2"
+    query.AccessionNumber = "ACC2"
+    assert [r.StudyInstanceUID != "" for r in pynetdicom_find(hl7_archive.port, query)] == [True]
+    query = sps_query(Modality="US")
+    assert pynetdicom_find(hl7_archive.port, query) == []
+
+
+def test_cancel_change_and_restart(hl7_archive, tmp_path: Path) -> None:
+    port = hl7_archive.hl7_port
+    assert ack_code(send(port, orm("NW", "ORD1"))) == "AA"
+    assert ack_code(send(port, orm("NW", "ORD2", accession="ACC2"))) == "AA"
+    assert ack_code(send(port, orm("NW", "ORD3", accession="ACC3"))) == "AA"
+    before = {r.AccessionNumber: r.StudyInstanceUID for r in pynetdicom_find(
+        hl7_archive.port, sps_query())}
+    assert set(before) == {"ACC1", "ACC2", "ACC3"}
+
+    assert ack_code(send(port, orm("CA", "ORD1", msg_id="c1"))) == "AA"
+    # XO moves ORD2 to another station and day; the StudyInstanceUID stays
+    assert ack_code(send(port, orm("XO", "ORD2", accession="ACC2", station="CT02",
+                                   when="20260310100000"))) == "AA"
+    # SC with ORC-5 CM: the step is done and leaves the worklist
+    assert ack_code(send(port, orm("SC", "ORD3", accession="ACC3", status="CM"))) == "AA"
+    # cancelling an unknown order is an application error
+    unknown = send(port, orm("CA", "NOPE"))
+    assert ack_code(unknown) == "AE" and "204" in err_text(unknown)
+
+    def listing() -> dict[str, Dataset]:
+        return {r.AccessionNumber: r for r in pynetdicom_find(hl7_archive.port, sps_query())}
+
+    after = listing()
+    assert set(after) == {"ACC2"}
+    assert after["ACC2"].StudyInstanceUID == before["ACC2"]
+    step = after["ACC2"].ScheduledProcedureStepSequence[0]
+    assert (step.ScheduledStationAETitle, step.ScheduledProcedureStepStartDate) == (
+        "CT02", "20260310")
+
+    hl7_archive.stop()
+    hl7_archive.start()
+    restarted = listing()
+    assert set(restarted) == {"ACC2"}
+    assert restarted["ACC2"].StudyInstanceUID == before["ACC2"]
+    # a new order after the restart, and a re-sent NW revives the cancelled one
+    assert ack_code(send(port, orm("NW", "ORD1", msg_id="again"))) == "AA"
+    assert set(listing()) == {"ACC1", "ACC2"}
+    assert listing()["ACC1"].StudyInstanceUID == before["ACC1"]
+
+
+def test_negative_acks(hl7_archive) -> None:
+    port = hl7_archive.hl7_port
+    # unknown message type -> AR 200
+    adt = orm("NW", "ORD9", kind="ADT^A01")
+    ack = send(port, adt)
+    assert ack_code(ack) == "AR" and "200" in err_text(ack)
+    assert str(ack.extract_field("MSA", 1, 2)) == "ORD9NW"
+    # wrong event -> AR 201
+    ack = send(port, orm("NW", "ORD9", kind="ORM^O02"))
+    assert ack_code(ack) == "AR" and "201" in err_text(ack)
+    # missing patient ID -> AE 101
+    ack = send(port, orm("NW", "ORD9", patient=""))
+    assert ack_code(ack) == "AE" and "101" in err_text(ack) and "PID-3" in err_text(ack)
+    # missing order numbers -> AE 101
+    no_orc = orm("NW", "ORD9").replace("ORC|NW|ORD9^RIS|FORD9^PACS|", "ORC|NW|||")
+    ack = send(port, no_orc)
+    assert ack_code(ack) == "AE" and "ORC-2" in err_text(ack)
+    # bad date -> AE 102
+    ack = send(port, orm("NW", "ORD9", when="tomorrow"))
+    assert ack_code(ack) == "AE" and "102" in err_text(ack)
+    # unsupported order control -> AE 103
+    ack = send(port, orm("ZZ", "ORD9"))
+    assert ack_code(ack) == "AE" and "103" in err_text(ack)
+    # not HL7 at all / a bad segment -> AR 100
+    ack = send(port, "hello, this is not HL7")
+    assert ack_code(ack) == "AR" and "100" in err_text(ack)
+    ack = send(port, orm("NW", "ORD9") + "!!bad segment\r")
+    assert ack_code(ack) == "AR" and "100" in err_text(ack)
+    # none of them made an item; the listener still serves
+    assert ack_code(send(port, orm("NW", "ORD10"))) == "AA"
+    found = pynetdicom_find(hl7_archive.port, sps_query())
+    assert [r.RequestedProcedureID for r in found] == ["RPORD10"]
+    assert "HL7" in hl7_archive.log() and "not supported" in hl7_archive.log()
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(EB + CR):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_bad_framing(hl7_archive) -> None:
+    port = hl7_archive.hl7_port
+    good = orm("NW", "ORD1").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # a message without its start block
+        sock.sendall(good + EB + CR)
+        ack = parse_ack(recv_frame(sock))
+        assert ack_code(ack) == "AR" and "start block" in err_text(ack)
+        assert str(ack.extract_field("MSA", 1, 2)) == "ORD1NW"
+        # a frame without its end block, then a good frame: one AR, then AA
+        sock.sendall(SB + b"MSH|^~\\&|truncated" + SB + good + EB + CR)
+        first = parse_ack(recv_frame(sock))
+        assert ack_code(first) == "AR" and "end block" in err_text(first)
+        second = parse_ack(recv_frame(sock))
+        assert ack_code(second) == "AA"
+        # garbage between frames, then a good frame in two pieces
+        sock.sendall(b"garbage" + SB + good[:20])
+        assert ack_code(parse_ack(recv_frame(sock))) == "AR"
+        sock.sendall(good[20:] + EB + CR)
+        assert ack_code(parse_ack(recv_frame(sock))) == "AA"
+    # two frames in one write get two ACKs in order
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(SB + orm("NW", "ORD2").encode() + EB + CR + SB + b"junk" + EB + CR)
+        data = recv_frame(sock)
+        if data.count(EB) < 2:
+            data += recv_frame(sock)
+        frames = [f for f in data.split(EB + CR) if f]
+        assert [ack_code(hl7.parse(f[1:].decode())) for f in frames] == ["AA", "AR"]
+    assert "MLLP framing error" in hl7_archive.log()
+    assert ack_code(send(port, orm("NW", "ORD3"))) == "AA"
