@@ -24,6 +24,7 @@ from pacs.errors import BlobNotFound, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import blob_digest
 from pacs.index.records import InstanceRecord
+from pacs.store.files import fsync_dir
 from pacs.store.segment_format import parse_segment_name
 from pacs.store.segments import SegmentStore
 
@@ -117,7 +118,7 @@ def take_clean_marker(state_dir: Path, writer_id: str) -> bool:
         marker.unlink()
     except FileNotFoundError:
         return False
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
     return True
 
 
@@ -125,12 +126,5 @@ def leave_clean_marker(state_dir: Path, writer_id: str) -> None:
     marker = clean_marker(state_dir, writer_id)
     with open(marker, "wb") as fh:
         os.fsync(fh.fileno())
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from pacs.errors import StorageError
 from pacs.store import segment_format as fmt
-from pacs.store.files import _copy_file, _fsync_dir
+from pacs.store.files import _copy_file, fsync_dir
 
 if TYPE_CHECKING:
     from pacs.store.segments import SegmentStore
@@ -223,7 +223,7 @@ def _rewrite(
         finally:
             os.close(out)
         os.rename(tmp, root / name)
-        _fsync_dir(root)
+        fsync_dir(root)
         report.created.append(name)
         _step("renamed")
         if mapping:
@@ -238,6 +238,6 @@ def _rewrite(
         report.removed.append(cand.name)
         report.reclaimed += cand.size
         _step("unlinked")
-    _fsync_dir(root)
+    fsync_dir(root)
     report.reclaimed -= new_size
     report.moved += len(mapping)

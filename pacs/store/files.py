@@ -39,7 +39,8 @@ _SAFE_KEY = re.compile(r"[0-9A-Za-z._-]{1,64}")
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (created, renamed, removed files) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -139,7 +140,7 @@ class FileStore:
             rel = self._link_new(tmp, final_dir, rel_dir, name)
             os.unlink(tmp)
             if durable:
-                _fsync_dir(final_dir)
+                fsync_dir(final_dir)
             else:
                 with self._pending_lock:
                     self._pending_files.append(final_dir / rel.rsplit("/", 1)[1])
@@ -169,7 +170,7 @@ class FileStore:
                 finally:
                     os.close(fd)
             for folder in dirs:
-                _fsync_dir(folder)
+                fsync_dir(folder)
         except OSError as exc:
             # Put them back: a later flush retries, and the caller must not acknowledge.
             with self._pending_lock:
@@ -205,8 +206,8 @@ class FileStore:
             if not path.is_dir():
                 path.mkdir(parents=True, exist_ok=True)
                 # New folders must be durable too, or the blob's name could vanish on power loss.
-                _fsync_dir(path.parent)
-                _fsync_dir(path.parent.parent)
+                fsync_dir(path.parent)
+                fsync_dir(path.parent.parent)
             self._known_dirs.add(rel_dir)
         return path
 
@@ -300,7 +301,7 @@ class FileStore:
         path = self._path(location)
         try:
             os.unlink(path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileNotFoundError as exc:
             raise BlobNotFound(f"no blob at {path}") from exc
         except OSError as exc:

@@ -40,7 +40,7 @@ from pacs.errors import BlobNotFound, StorageError
 from pacs.store import segment_format as fmt
 from pacs.store.base import BlobInfo, BlobPart
 from pacs.store.compaction import CompactReport, compact
-from pacs.store.files import _copy_file, _fsync_dir
+from pacs.store.files import _copy_file, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class SegmentStore:
         name = fmt.segment_name(self.writer_id, seq)
         fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         # The new name must be durable before any put into it is acknowledged.
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._wfd, self._active, self._tail = fd, name, 0
         self._index = bytearray()
         self._n_records = 0
