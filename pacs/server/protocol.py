@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -30,13 +29,13 @@ from pacs.net import (
 from pacs.net.fsm import State
 from pacs.server.messages import Request, Response
 from pacs.server.spool import Spool
+from pacs.server.tcp import QuickAck
 
 if TYPE_CHECKING:
     from pacs.server.dimse_server import DimseServer
 
 log = logging.getLogger("pacs.dimse")
 
-_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 transient, source 3 service-provider (presentation
 # related), reason 2 local limit exceeded: the peer may retry later.
@@ -70,7 +69,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()  # cleared while the transport's buffer is full
         self._can_write.set()
         self._cancels: dict[int, asyncio.Event] = {}  # message ID -> its C-CANCEL flag
-        self._sock: socket.socket | None = None
+        self._tcp: QuickAck | None = None
         self._soon: list[bytes | memoryview] = []  # see _write_soon
         self._soon_scheduled = False
         self._discarding = False  # dropping the data set of a response to us
@@ -82,10 +81,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock if _TCP_QUICKACK else None
+        self._tcp = QuickAck(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.server.connection_opened(self)
@@ -97,14 +93,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         return self.association.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._sock is not None:
-            # Acknowledge at once: a peer without TCP_NODELAY (pynetdicom, many modalities)
-            # otherwise holds its next small PDU until our delayed ACK, ~40 ms per request.
-            # Linux clears the flag after each ACK, hence on every read.
-            try:
-                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:
-                self._sock = None
+        if self._tcp is not None:
+            self._tcp.after_read()
         self.association.buffer_updated(nbytes)
         self._drain_events()
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,11 +41,11 @@ from pacs.net import (
     propose,
 )
 from pacs.net.dimse import ERROR_COMMENT
+from pacs.server.tcp import QuickAck
 from pacs.store.base import BlobStore
 
 log = logging.getLogger("pacs.scu")
 
-_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only
 
 CHUNK_SIZE = 1 << 20
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1..255
@@ -90,15 +89,11 @@ class _Protocol(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self._sock: socket.socket | None = None
+        self._tcp: QuickAck | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock if _TCP_QUICKACK else None
+        self._tcp = QuickAck(transport)
         # Up to a few chunks queued in the kernel-side buffer, then wait for the peer.
         transport.set_write_buffer_limits(high=4 * CHUNK_SIZE, low=CHUNK_SIZE)  # type: ignore[attr-defined]
 
@@ -106,11 +101,8 @@ class _Protocol(asyncio.BufferedProtocol):
         return self.association.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._sock is not None:
-            try:  # answer at once: the peer's small C-STORE-RSP must not wait for our ACK
-                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:
-                self._sock = None
+        if self._tcp is not None:
+            self._tcp.after_read()
         self.association.buffer_updated(nbytes)
         self._drain()
 
