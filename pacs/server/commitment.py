@@ -31,17 +31,11 @@ from pacs.dicom import uids
 from pacs.errors import BlobNotFound, PacsError
 from pacs.index.maintenance import blob_digest
 from pacs.net import (
-    Aborted,
-    AssociateAccepted,
-    AssociateRejected,
-    Association,
-    Role,
     RoleSelection,
     dimse,
-    propose,
 )
 from pacs.server.messages import Request, Response
-from pacs.server.scu import SCUError, StoreSCU, _Protocol
+from pacs.server.scu import SCUError, StoreSCU
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -197,43 +191,17 @@ class ReportSCU(StoreSCU):
     async def open(
         cls, remote: RemoteAE, calling_aet: str, timeout: float, max_pdu: int
     ) -> ReportSCU:
-        loop = asyncio.get_running_loop()
-        association = Association(Role.REQUESTOR, max_pdu_length=max_pdu)
-        peer = f"{remote.aet}@{remote.host}:{remote.port}"
-        try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(association), remote.host,
-                                       remote.port), timeout)
-        except TimeoutError:
-            raise SCUError(f"{peer}: no connection within {timeout:g} s") from None
-        except OSError as exc:
-            raise SCUError(f"{peer}: cannot connect: {exc.strerror or exc}") from exc
-        assert protocol.transport is not None
-        rq = propose(remote.aet, calling_aet,
-                     [(STORAGE_COMMITMENT_PUSH_MODEL,
+        scu = await cls.connect(
+            remote.host, remote.port, calling_aet=calling_aet, called_aet=remote.aet,
+            contexts=[(STORAGE_COMMITMENT_PUSH_MODEL,
                        (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN))],
-                     roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)],
-                     max_pdu_length=max_pdu)
-        protocol.transport.write(association.send_associate_rq(rq))
-        try:
-            event = await protocol.next_event(timeout)
-        except TimeoutError:
-            protocol.transport.abort()
-            raise SCUError(f"{peer}: no A-ASSOCIATE response within {timeout:g} s") from None
-        if isinstance(event, AssociateAccepted):
-            scu = cls(protocol, peer)
-            if not scu.accepted.get(STORAGE_COMMITMENT_PUSH_MODEL):
-                scu.abort()
-                raise SCUError(f"{peer}: Storage Commitment Push Model not accepted")
-            return scu
-        protocol.transport.close()
-        if isinstance(event, AssociateRejected):
-            raise SCUError(f"{peer}: association rejected (result {event.pdu.result}, "
-                           f"source {event.pdu.source}, reason {event.pdu.reason})")
-        if isinstance(event, Aborted):
-            raise SCUError(f"{peer}: association aborted (source {event.source}, "
-                           f"reason {event.reason})")
-        raise SCUError(f"{peer}: connection closed during association negotiation")
+            roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)],
+            timeout=timeout, max_pdu=max_pdu,
+        )  # fmt: skip
+        if not scu.accepted.get(STORAGE_COMMITMENT_PUSH_MODEL):
+            scu.abort()
+            raise SCUError(f"{scu.peer}: Storage Commitment Push Model not accepted")
+        return scu
 
     async def report(self, outcome: Outcome, retrieve_aet: str, timeout: float) -> int:
         """Send the N-EVENT-REPORT-RQ of ``outcome``: the peer's status."""

@@ -19,6 +19,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from pacs.dicom.convert import ConversionError, convert_dataset, plan_syntax
 from pacs.dicom.part10 import read_file_meta
@@ -36,6 +37,7 @@ from pacs.net import (
     ReleaseConfirmed,
     ReleaseRequested,
     Role,
+    RoleSelection,
     c_echo_rq,
     c_store_rq,
     propose,
@@ -195,9 +197,10 @@ class StoreSCU:
         contexts: Sequence[tuple[str, Sequence[str]]],
         timeout: float = 10,
         max_pdu: int = 256 * 1024,
-    ) -> StoreSCU:
+        roles: Sequence[RoleSelection] = (),
+    ) -> Self:
         """Open the connection and negotiate; raises :class:`SCUError` (refused, timeout,
-        aborted) or :class:`AssociationRejected`."""
+        aborted) or :class:`AssociationRejected`. ``roles`` asks for SCP/SCU roles."""
         loop = asyncio.get_running_loop()
         association = Association(Role.REQUESTOR, max_pdu_length=max_pdu)
         peer = f"{called_aet}@{host}:{port}"
@@ -210,7 +213,7 @@ class StoreSCU:
         except OSError as exc:
             raise SCUError(f"{peer}: cannot connect: {exc.strerror or exc}") from exc
         assert protocol.transport is not None
-        rq = propose(called_aet, calling_aet, contexts, max_pdu_length=max_pdu)
+        rq = propose(called_aet, calling_aet, contexts, roles=roles, max_pdu_length=max_pdu)
         protocol.transport.write(association.send_associate_rq(rq))
         try:
             event = await protocol.next_event(timeout)
