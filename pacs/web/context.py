@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,6 +24,20 @@ def http_error(cls: type[web.HTTPError], message: str) -> web.HTTPError:
 def too_large(message: str, limit: int, size: int) -> web.HTTPError:
     return web.HTTPRequestEntityTooLarge(limit, size, text=json.dumps({"error": message}),
                                          content_type="application/json")
+
+
+def count_param(params: Mapping[str, str], name: str) -> int | None:
+    """A non-negative integer query parameter (limit, offset, since); None when absent."""
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer, not {raw!r}") from None
+    if value < 0:
+        raise bad_request(f"{name} must not be negative")
+    return value
 
 
 def bad_request(message: str) -> web.HTTPError:

@@ -26,7 +26,7 @@ from pacs.index.records import (
     STUDY_KEYWORDS,
 )
 from pacs.web import dicomjson
-from pacs.web.context import WebContext, bad_request
+from pacs.web.context import WebContext, bad_request, count_param
 
 __all__ = ["DEFAULT_KEYS", "build_query", "routes"]
 
@@ -44,19 +44,6 @@ ALL_KEYS: dict[str, tuple[str, ...]] = {
 }
 _CONTROL = frozenset(("includefield", "fuzzymatching", "limit", "offset", "orderby"))
 MAX_LIMIT = 100_000
-
-
-def _int(params: Mapping[str, str], name: str) -> int | None:
-    raw = params.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an integer, not {raw!r}") from None
-    if value < 0:
-        raise bad_request(f"{name} must not be negative")
-    return value
 
 
 def _bool(raw: str, name: str) -> bool:
@@ -118,7 +105,7 @@ def build_query(
         if keyword is None:
             raise bad_request(f"unknown attribute {kw!r} in orderby")
         sort.append(("-" if kw.startswith("-") else "") + keyword)
-    limit = _int(single, "limit")
+    limit = count_param(single, "limit")
     if limit_cap is not None:
         limit = limit_cap if limit is None else min(limit, limit_cap)
     fuzzy = fuzzy_default
@@ -131,7 +118,7 @@ def build_query(
         filters={k: v for k, v in filters.items() if not is_universal(v or "")},
         return_keys=tuple(dict.fromkeys(keys)),
         limit=limit,
-        offset=_int(single, "offset") or 0,
+        offset=count_param(single, "offset") or 0,
         fuzzy_names=fuzzy,
         order_by=tuple(sort),
     )

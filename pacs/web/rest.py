@@ -39,7 +39,7 @@ from pacs.index.records import (
     InstanceRecord,
 )
 from pacs.web import dicomjson, openapi, rest_modalities
-from pacs.web.context import WebContext, bad_request, http_error
+from pacs.web.context import WebContext, bad_request, count_param, http_error
 from pacs.web.render import PNG, RenderError, render_frame
 
 __all__ = ["Kind", "collect_instances", "details", "routes"]
@@ -73,19 +73,6 @@ def _flag(params: Mapping[str, str], name: str) -> bool:
     if raw in ("false", "0", "no"):
         return False
     raise bad_request(f"{name} must be true or false, not {params[name]!r}")
-
-
-def _count(params: Mapping[str, str], name: str) -> int | None:
-    raw = params.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an integer, not {raw!r}") from None
-    if value < 0:
-        raise bad_request(f"{name} must not be negative")
-    return value
 
 
 # -- reading the index (blocking) ----------------------------------------------------------------
@@ -248,8 +235,8 @@ async def _blocking(ctx: WebContext, fn: Callable[..., Any], *args: Any) -> Any:
 
 async def list_resources(ctx: WebContext, request: web.Request, kind: Kind) -> web.Response:
     expand = _flag(request.query, "expand")
-    limit = _count(request.query, "limit")
-    since = _count(request.query, "since") or 0
+    limit = count_param(request.query, "limit")
+    since = count_param(request.query, "since") or 0
     unknown = set(request.query) - {"expand", "limit", "since"}
     if unknown:
         raise bad_request(f"unknown parameter {sorted(unknown)[0]!r}")
