@@ -24,7 +24,7 @@ from pacs.dicom import part10
 from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, IngestError, PacsError
 from pacs.index.catalog import Catalog
-from pacs.index.records import ALL_KEYWORDS, InstanceRecord
+from pacs.index.records import InstanceRecord
 from pacs.index.writer import CatalogWriter
 from pacs.recovery import InflightSegments
 from pacs.store.base import BlobStore
@@ -131,17 +131,8 @@ class Ingest:
             return None
         sop_class = attributes.get("SOPClassUID") or sop_class_uid
         meta = part10.file_meta(sop_class, uid, transfer_syntax_uid, source_aet)
-        charset = attributes.pop("SpecificCharacterSet", "")
-        record = InstanceRecord(
-            attributes={k: attributes.get(k, "") for k in ALL_KEYWORDS},
-            transfer_syntax_uid=transfer_syntax_uid,
-            location="",
-            size=0,
-            digest="",
-            source_aet=source_aet,
-            received_at=time.time(),
-            specific_character_set=charset,
-        )
+        record = InstanceRecord.from_attributes(
+            attributes, transfer_syntax_uid, source_aet=source_aet, received_at=time.time())
         return record, meta
 
     def _write_large(

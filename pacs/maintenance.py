@@ -13,7 +13,7 @@ from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import reindex, verify
-from pacs.index.records import ALL_KEYWORDS, InstanceRecord
+from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobStore
 from pacs.store.compaction import CompactReport
 from pacs.store.segments import SegmentStore
@@ -23,30 +23,27 @@ log = logging.getLogger("pacs.maintenance")
 HEADER_READ = 1 << 20  # most headers end well before this; larger ones are read whole
 
 
+def _scan_blob(blob: bytes) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(transfer syntax, index attributes, file meta) of a Part-10 blob (or its start)."""
+    meta, offset = part10.read_file_meta(blob)
+    syntax = meta["TransferSyntaxUID"]
+    return syntax, read_index_attributes(memoryview(blob)[offset:], syntax), meta
+
+
 def read_record(store: BlobStore, location: str) -> InstanceRecord:
     """Index record of a stored Part-10 blob, from its header only when that suffices."""
     head = store.get(location, 0, HEADER_READ)
     try:
-        meta, offset = part10.read_file_meta(head)
-        attributes = read_index_attributes(memoryview(head)[offset:], meta["TransferSyntaxUID"])
+        syntax, attributes, meta = _scan_blob(head)
     except DicomFormatError:
         if len(head) < HEADER_READ:
             raise
-        whole = store.get(location)
-        meta, offset = part10.read_file_meta(whole)
-        attributes = read_index_attributes(memoryview(whole)[offset:], meta["TransferSyntaxUID"])
+        syntax, attributes, meta = _scan_blob(store.get(location))  # a header past 1 MiB
     if not attributes.get("SOPInstanceUID"):
         raise DicomFormatError("no SOPInstanceUID in the data set")
-    charset = attributes.pop("SpecificCharacterSet", "")
-    return InstanceRecord(
-        attributes={k: attributes.get(k, "") for k in ALL_KEYWORDS},
-        transfer_syntax_uid=meta["TransferSyntaxUID"],
-        location=location,
-        size=0,
-        digest="",
-        source_aet=meta.get("SourceApplicationEntityTitle", ""),
-        specific_character_set=charset,
-    )
+    return InstanceRecord.from_attributes(
+        attributes, syntax, location=location,
+        source_aet=meta.get("SourceApplicationEntityTitle", ""))
 
 
 def _open(settings: Settings) -> tuple[BlobStore, Catalog] | None:

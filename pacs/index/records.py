@@ -43,6 +43,29 @@ class InstanceRecord:
     specific_character_set: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_attributes(
+        cls,
+        attributes: dict[str, str],
+        transfer_syntax_uid: str,
+        *,
+        location: str = "",
+        source_aet: str = "",
+        received_at: float = 0.0,
+    ) -> InstanceRecord:
+        """A record from the scanner's index attributes (``read_index_attributes``); size and
+        digest are filled in when the blob is written."""
+        return cls(
+            attributes={k: attributes.get(k, "") for k in ALL_KEYWORDS},
+            transfer_syntax_uid=transfer_syntax_uid,
+            location=location,
+            size=0,
+            digest="",
+            source_aet=source_aet,
+            received_at=received_at,
+            specific_character_set=attributes.get("SpecificCharacterSet", ""),
+        )
+
     @property
     def sop_instance_uid(self) -> str:
         return self.attributes["SOPInstanceUID"]

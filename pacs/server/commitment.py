@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
@@ -241,10 +240,9 @@ class CommitmentSCP:
             if action != REQUEST_COMMITMENT:
                 raise CommitmentRequestError(NO_SUCH_ACTION_TYPE,
                                              f"Action Type ID {action!r} is not 1")
-            if request.dataset is None:
+            data = request.dataset_bytes()
+            if data is None:
                 raise CommitmentRequestError(PROCESSING_FAILURE, "N-ACTION-RQ without data set")
-            data = (request.dataset if isinstance(request.dataset, bytes)
-                    else Path(request.dataset).read_bytes())
             transaction, references = parse_action(data, request.transfer_syntax)
         except CommitmentRequestError as exc:
             log.warning("%s: storage commitment request refused: %s", request.calling_aet,

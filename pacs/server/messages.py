@@ -57,6 +57,13 @@ class Request:
     send_pending: PendingSender | None = None
     sub_operations: SubOperations | None = None
 
+    def dataset_bytes(self) -> bytes | None:
+        """The request's data set in memory (a spooled one is read back; requests that carry
+        identifiers or actions are small)."""
+        if self.dataset is None or isinstance(self.dataset, bytes):
+            return self.dataset
+        return Path(self.dataset).read_bytes()
+
 
 @dataclass(frozen=True, slots=True)
 class Response:
@@ -78,10 +85,9 @@ def request_identifier(request: Request, models: dict[str, str]) -> tuple[str, d
     model = models.get(request.abstract_syntax)
     if model is None:
         raise QueryError(UNABLE_TO_PROCESS, "request on a context of another model")
-    if request.dataset is None:
+    data = request.dataset_bytes()
+    if data is None:
         raise QueryError(UNABLE_TO_PROCESS, "request without an identifier")
-    data = (request.dataset if isinstance(request.dataset, bytes)
-            else Path(request.dataset).read_bytes())
     try:
         return model, decode_identifier(data, request.transfer_syntax)
     except DicomFormatError as exc:

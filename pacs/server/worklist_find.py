@@ -20,7 +20,6 @@ import io
 import logging
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -192,10 +191,9 @@ class WorklistFindSCP:
         syntax = _SYNTAXES.get(request.transfer_syntax)
         if syntax is None:
             raise QueryError(UNABLE_TO_PROCESS, "unsupported transfer syntax")
-        if request.dataset is None:
+        data = request.dataset_bytes()
+        if data is None:
             raise QueryError(UNABLE_TO_PROCESS, "request without an identifier")
-        data = (request.dataset if isinstance(request.dataset, bytes)
-                else Path(request.dataset).read_bytes())
         try:
             query = decode(io.BytesIO(data), *syntax)
             for _elem in query.iterall():  # parse every element now, not lazily later
