@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -642,6 +642,26 @@ class Catalog:
                     if not k.startswith(prefix):
                         break
                     out.append(v.decode() if v else k[len(prefix) :].decode())
+        return out
+
+    def instances_in_series(self, series_uids: Iterable[str]) -> list[InstanceRecord]:
+        """The records of every instance of these series, series by series, read in one
+        transaction (C-MOVE/C-GET resolution, WADO-RS, the REST API)."""
+        out: list[InstanceRecord] = []
+        index, instances = self._dbs["series_instances"], self._dbs["instances"]
+        with self._read() as txn:
+            cursor = txn.cursor(db=index)
+            for series_uid in series_uids:
+                prefix = child_prefix(series_uid)
+                if not cursor.set_range(prefix):
+                    continue
+                for k, v in cast(Iterator[tuple[bytes, bytes]], cursor):
+                    if not k.startswith(prefix):
+                        break
+                    uid = v.decode() if v else k[len(prefix) :].decode()
+                    raw = _bytes(txn.get(key(uid), db=instances))
+                    if raw is not None:
+                        out.append(decode_instance(raw))
         return out
 
     def series_of_study(self, uid: str) -> list[str]:

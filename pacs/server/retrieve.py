@@ -51,10 +51,4 @@ def resolve_instances(
         else:
             studies = keys
         series = [s for study in studies for s in catalog.series_of_study(study)]
-    found = []
-    for series_uid in series:
-        for uid in catalog.instances_of_series(series_uid):
-            record = catalog.get_instance(uid)
-            if record is not None:
-                found.append(record)
-    return found
+    return catalog.instances_in_series(series)

@@ -207,13 +207,7 @@ def collect_instances(ctx: WebContext, kind: Kind, ident: str) -> list[InstanceR
             return None
         series = [s for pk in keys for st in catalog.studies_of_patient(pk)
                   for s in catalog.series_of_study(st)]
-    out: list[InstanceRecord] = []
-    for s in series:
-        for uid in catalog.instances_of_series(s):
-            record = catalog.get_instance(uid)
-            if record is not None:
-                out.append(record)
-    return out
+    return catalog.instances_in_series(series)
 
 
 def resolve_any(ctx: WebContext, ident: str) -> list[InstanceRecord] | None:

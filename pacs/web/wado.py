@@ -104,13 +104,7 @@ def resolve(ctx: WebContext, study: str, series: str | None = None,
         if catalog.get_study(study) is None:
             return None
         series_uids = catalog.series_of_study(study)
-    records: list[InstanceRecord] = []
-    for s in series_uids:
-        for uid in catalog.instances_of_series(s):
-            record = catalog.get_instance(uid)
-            if record is not None:
-                records.append(record)
-    return records
+    return catalog.instances_in_series(series_uids)
 
 
 async def _records(ctx: WebContext, request: web.Request) -> list[InstanceRecord]:
