@@ -42,6 +42,7 @@ log = logging.getLogger("pacs.dimse")
 REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT = 2, 3, 2
 # A-ABORT source 2 service-provider, reason 0 not specified (PS3.8 9.3.8).
 ABORT_SOURCE_PROVIDER = 2
+_CANCELLABLE = frozenset({dimse.C_FIND_RQ, dimse.C_GET_RQ, dimse.C_MOVE_RQ})  # PS3.7 9.3.2.3
 
 
 class DicomProtocol(asyncio.BufferedProtocol):
@@ -326,10 +327,11 @@ class DicomProtocol(asyncio.BufferedProtocol):
         except OSError as exc:
             log.error("%s %s: cannot spool the data set: %s", self.peer, self.calling_aet, exc)
             dataset = None
-        cancel = asyncio.Event()
+        cancel: asyncio.Event | None = None
         message_id = command.message_id
-        if message_id is not None:
-            self._cancels[message_id] = cancel
+        if message_id is not None and command.get(dimse.COMMAND_FIELD) in _CANCELLABLE:
+            # Only C-FIND, C-GET and C-MOVE can be cancelled: no flag on the C-STORE path.
+            cancel = self._cancels[message_id] = asyncio.Event()
         request = Request(command, dataset, event.context_id, abstract_syntax, transfer_syntax,
                           self.calling_aet, self.peer, cancel,
                           lambda rsp, data: self._send_pending(event.context_id, rsp, data),
@@ -367,7 +369,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         finally:
             if spool is not None:
                 spool.discard()
-            if request.command.message_id is not None:
+            if request.cancel is not None and request.command.message_id is not None:
                 self._cancels.pop(request.command.message_id, None)
             self.server.store_finished()
         if self._closed or not self.association.is_established:
