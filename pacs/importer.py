@@ -177,7 +177,7 @@ class _Reader:
         if not syntax:
             return _Item(name, size, "rejected", "no TransferSyntaxUID in the file meta")
         uid = meta.get("MediaStorageSOPInstanceUID", "")
-        if uid and self.catalog.get_instance(uid) is not None:
+        if uid and self.catalog.has_instance(uid):
             return _Item(name, size, "duplicate")
         if offset >= len(head) and len(head) < HEADER_READ:
             return _Item(name, size, "rejected", "no data set after the file meta")

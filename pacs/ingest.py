@@ -126,7 +126,7 @@ class Ingest:
         None for a duplicate that the ``keep`` policy keeps out."""
         attributes = read_attributes(dataset, transfer_syntax_uid, sop_instance_uid)
         uid = attributes["SOPInstanceUID"]
-        if self.on_duplicate == "keep" and self.catalog.get_instance(uid) is not None:
+        if self.on_duplicate == "keep" and self.catalog.has_instance(uid):
             log.info("duplicate SOPInstanceUID %s from %s: kept the stored one", uid, source_aet)
             return None
         sop_class = attributes.get("SOPClassUID") or sop_class_uid

@@ -609,6 +609,11 @@ class Catalog:
         """The handle of one named database (see the module docstring)."""
         return self._dbs[name]
 
+    def has_instance(self, uid: str) -> bool:
+        """Whether an instance is indexed (no record decoded: the duplicate check of ingest)."""
+        with self._read() as txn:
+            return txn.get(key(uid), db=self._dbs["instances"]) is not None
+
     def get_instance(self, uid: str) -> InstanceRecord | None:
         """The record of one instance, None when not indexed."""
         with self._read() as txn:
