@@ -37,6 +37,8 @@ def count_param(params: Mapping[str, str], name: str) -> int | None:
         raise bad_request(f"{name} must be an integer, not {raw!r}") from None
     if value < 0:
         raise bad_request(f"{name} must not be negative")
+    if value >= 2**63:  # larger overflows the C-level slicing of the result
+        raise bad_request(f"{name} is too large")
     return value
 
 

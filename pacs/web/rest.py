@@ -385,8 +385,10 @@ def _find_query(ctx: WebContext, body: Any) -> tuple[Query, bool]:
     numbers: dict[str, int] = {}
     for name in ("Limit", "Since"):
         raw = body.get(name, 0)
-        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
-            raise bad_request(f"{name} must be a non-negative integer")
+        # Bounded: a huge integer overflowed the C-level slicing below (a 500, found by
+        # schemathesis).
+        if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw < 2**63:
+            raise bad_request(f"{name} must be a non-negative 64-bit integer")
         numbers[name] = raw
     flags: dict[str, bool] = {}
     for name in ("Expand", "CaseSensitive"):

@@ -179,6 +179,10 @@ def test_report_on_new_association_after_release(archive_factory, tmp_path: Path
         server.shutdown()
 
 
+# If our N-EVENT-REPORT-RQ reaches pynetdicom just after it sent its A-RELEASE-RQ, pynetdicom's
+# reactor thread raises answering it (Evt9 in Sta7, its own limitation); what this test checks
+# is our log line either way.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_unreportable_commitment_is_logged(archive_factory, tmp_path: Path) -> None:
     archive = archive_factory(*SERVER_ARGS)
     transaction = generate_uid()
