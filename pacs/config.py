@@ -36,8 +36,13 @@ class RemoteAE:
 
     aet: str
     host: str
-    port: int
+    port: int  # 0: not reachable as SCP (a modality that only stores or queries)
     move_destination: bool = True
+    # What this AE may do as calling AE (access control, pacs.server.access).
+    permissions: frozenset[str] = frozenset(("echo", "store", "find", "move", "get",
+                                             "worklist", "commitment"))
+    check_host: bool = False  # accept this calling AE only from ``host``
+    max_associations: int = 0  # open associations of this calling AE; 0: the global cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,17 @@ class Route:
         return (not self.calling_aet or self.calling_aet == calling_aet) and (
             not self.modality or self.modality == modality
         )
+
+
+PERMISSIONS = ("echo", "store", "find", "move", "get", "worklist", "commitment")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """Delete studies older than ``older_than_days`` (by StudyDate; every given condition)."""
+
+    older_than_days: int
+    modality: str = ""  # only studies with a series of this Modality
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +104,25 @@ class Settings:
     hl7_host: str = "127.0.0.1"  # HL7 v2 MLLP listener (orders -> worklist); worker 0
     hl7_port: int = 2575  # 0: no HL7 listener
     worklist_station_aet: str = ""  # Scheduled Station AE Title when an order names none
+    # Security and operations (issue 10).
+    check_called_aet: bool = False  # refuse associations addressed to another AE title
+    allow_unknown_aets: bool = True  # false: only [remote.AET] calling AEs may associate
+    max_associations_per_ae: int = 0  # open associations of one calling AE; 0: no own cap
+    max_dataset_size: int = 4 * 1024**3  # bytes of one received data set; larger: refused
+    min_free_space: int = 512 * 1024**2  # bytes kept free on the data disk (0xA700 below)
+    tls_port: int = 0  # DICOM TLS listener (PS3.15 B.1) beside the plain one; 0: none
+    tls_cert: str = ""  # PEM certificate (chain) of DICOM TLS and HTTPS
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_ca: str = ""  # PEM CA bundle; set: TLS peers must present a certificate it signed
+    http_tls: bool = False  # HTTPS on http_port with tls_cert and tls_key
+    http_auth: bool = False  # users and roles on every HTTP route (`pacs user add`)
+    token_lifetime: float = 8 * 3600.0  # seconds a bearer token stays valid
+    audit: bool = True  # append-only audit trail (JSON lines) under data_dir/audit
+    metrics: bool = True  # Prometheus /metrics on the HTTP port
+    retention_check_interval: float = 86400.0  # seconds between runs of [[retention]] rules
     remotes: Mapping[str, RemoteAE] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    retention: tuple[RetentionRule, ...] = ()
 
     @property
     def worker_count(self) -> int:
@@ -111,10 +144,18 @@ class Settings:
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
 
-_FIELDS = {
-    f.name: f for f in dataclasses.fields(Settings) if f.name not in ("remotes", "routes")
-}
+    @property
+    def users_file(self) -> Path:
+        """Users of the HTTP side with hashed passwords (``pacs user add``), never the config."""
+        return self.state_dir / "users.json"
+
+
+_TABLES = ("remotes", "routes", "retention")
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in _TABLES}
 _DEFAULTS = Settings()
 
 
@@ -186,6 +227,12 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "move_associations": (1, 64),
     "forward_retry_base": (0.01, 3600),
     "hl7_port": (0, 65535),
+    "max_associations_per_ae": (0, 100_000),
+    "max_dataset_size": (1024, 1 << 40),
+    "min_free_space": (0, 1 << 50),
+    "tls_port": (0, 65535),
+    "token_lifetime": (1, 366 * 86400),
+    "retention_check_interval": (1, 366 * 86400),
 }
 
 
@@ -194,6 +241,15 @@ def _validate(values: dict[str, Any]) -> None:
         if not low <= values[name] <= high:
             raise ConfigError(f"{name}: {values[name]!r} is out of range [{low:g}, {high:g}]")
     values["aet"] = _check_aet("aet", values["aet"])
+    if values["tls_port"] or values["http_tls"]:
+        for name in ("tls_cert", "tls_key"):
+            if not values[name]:
+                raise ConfigError(f"{name}: needed by tls_port / http_tls")
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if values[name] and not Path(values[name]).is_file():
+            raise ConfigError(f"{name}: {values[name]!r} is not a readable file")
+    if values["tls_port"] and values["tls_port"] == values["port"]:
+        raise ConfigError("tls_port: must differ from port")
 
 
 def _remotes(table: Any) -> dict[str, RemoteAE]:
@@ -202,18 +258,43 @@ def _remotes(table: Any) -> dict[str, RemoteAE]:
     remotes: dict[str, RemoteAE] = {}
     for aet, entry in table.items():
         aet = _check_aet(f"remote.{aet}", aet)
-        if not isinstance(entry, dict) or "host" not in entry or "port" not in entry:
-            raise ConfigError(f"remote.{aet}: needs host and port")
-        unknown = set(entry) - {"host", "port", "move_destination"}
+        if not isinstance(entry, dict) or "host" not in entry:
+            raise ConfigError(f"remote.{aet}: needs host (and port, if we connect to it)")
+        unknown = set(entry) - {"host", "port", "move_destination", "permissions",
+                                "check_host", "max_associations"}
         if unknown:
             raise ConfigError(f"remote.{aet}: unknown key {sorted(unknown)[0]!r}")
-        port = entry["port"]
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        port = entry.get("port", 0)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"remote.{aet}.port: {port!r} is not a port number")
+        permissions = entry.get("permissions", list(PERMISSIONS))
+        if not isinstance(permissions, list) or not set(permissions) <= set(PERMISSIONS):
+            raise ConfigError(f"remote.{aet}.permissions: a list of {', '.join(PERMISSIONS)}")
+        cap = entry.get("max_associations", 0)
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= 100_000:
+            raise ConfigError(f"remote.{aet}.max_associations: {cap!r} is not a count")
         remotes[aet] = RemoteAE(
-            aet, str(entry["host"]), port, bool(entry.get("move_destination", True))
+            aet, str(entry["host"]), port,
+            bool(entry.get("move_destination", True)) and port != 0,
+            frozenset(permissions), bool(entry.get("check_host", False)), cap,
         )
     return remotes
+
+
+def _retention(table: Any) -> tuple[RetentionRule, ...]:
+    if not isinstance(table, list):
+        raise ConfigError("retention: must be [[retention]] tables with older_than_days")
+    rules = []
+    for number, entry in enumerate(table, 1):
+        where = f"retention #{number}"
+        days = entry.get("older_than_days") if isinstance(entry, dict) else None
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            raise ConfigError(f"{where}: needs older_than_days = N (a whole number, >= 1)")
+        unknown = set(entry) - {"older_than_days", "modality"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        rules.append(RetentionRule(days, str(entry.get("modality", ""))))
+    return tuple(rules)
 
 
 def _routes(table: Any, remotes: Mapping[str, RemoteAE]) -> tuple[Route, ...]:
@@ -244,6 +325,7 @@ def load_settings(
     values: dict[str, Any] = {name: getattr(_DEFAULTS, name) for name in _FIELDS}
     remotes: dict[str, RemoteAE] = {}
     route_table: Any = []
+    retention_table: Any = []
     if config_file is not None:
         try:
             with open(config_file, "rb") as fh:
@@ -257,6 +339,8 @@ def load_settings(
                 remotes = _remotes(raw)
             elif key == "route":
                 route_table = raw
+            elif key == "retention":
+                retention_table = raw
             elif key in _FIELDS:
                 values[key] = _coerce(key, raw)
             else:
@@ -273,7 +357,8 @@ def load_settings(
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = _coerce(name, raw)
     _validate(values)
-    return Settings(**values, remotes=remotes, routes=_routes(route_table, remotes))
+    return Settings(**values, remotes=remotes, routes=_routes(route_table, remotes),
+                    retention=_retention(retention_table))
 
 
 def setting_names() -> list[str]:

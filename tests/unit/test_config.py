@@ -35,6 +35,22 @@ def test_remote_tables(tmp_path: Path) -> None:
     assert s.remotes["VIEWER"].move_destination is False
 
 
+def test_access_and_retention_tables(tmp_path: Path) -> None:
+    toml = tmp_path / "pacs.toml"
+    toml.write_text('allow_unknown_aets = false\n'
+                    '[remote.CT1]\nhost = "10.0.0.7"\npermissions = ["echo", "store"]\n'
+                    'check_host = true\nmax_associations = 3\n'
+                    '[[retention]]\nolder_than_days = 3650\n'
+                    '[[retention]]\nolder_than_days = 365\nmodality = "CR"\n')
+    s = load_settings(toml, environ={})
+    ct1 = s.remotes["CT1"]
+    assert (ct1.port, ct1.move_destination, ct1.check_host, ct1.max_associations) == (
+        0, False, True, 3)
+    assert ct1.permissions == {"echo", "store"}
+    assert s.allow_unknown_aets is False
+    assert [(r.older_than_days, r.modality) for r in s.retention] == [(3650, ""), (365, "CR")]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -45,8 +61,14 @@ def test_remote_tables(tmp_path: Path) -> None:
         ('on_duplicate = "sometimes"', "on_duplicate"),
         ("max_pdu_size = 10", "max_pdu_size"),
         ("nonsense = 1", "nonsense"),
-        ("[remote.X]\nhost = 'h'\n", "remote.X"),
-        ("[remote.X]\nhost = 'h'\nport = 0\n", "remote.X.port"),
+        ("[remote.X]\nport = 104\n", "remote.X"),
+        ("[remote.X]\nhost = 'h'\nport = -1\n", "remote.X.port"),
+        ("[remote.X]\nhost = 'h'\npermissions = ['store', 'fly']\n", "remote.X.permissions"),
+        ("[remote.X]\nhost = 'h'\nmax_associations = -1\n", "remote.X.max_associations"),
+        ("[[retention]]\nmodality = 'CR'\n", "retention #1"),
+        ("[[retention]]\nolder_than_days = 1\ncolour = 1\n", "retention #1"),
+        ("tls_port = 2762\n", "tls_cert"),
+        ("tls_port = 2762\ntls_cert = '/nonexistent'\ntls_key = '/nonexistent'\n", "tls_cert"),
         ("port = ", "config file"),
     ],
 )
