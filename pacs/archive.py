@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacs.audit import AuditTrail
 from pacs.config import Settings
 from pacs.errors import ConfigError
 from pacs.index.catalog import Catalog
@@ -59,6 +60,7 @@ class Archive:
     ingest: Ingest
     spool_dir: Path
     worker_id: int = 0
+    audit: AuditTrail | None = None  # set by open(); None only for hand-built archives
     _queries: QueryEngine | None = None
 
     @property
@@ -101,7 +103,9 @@ class Archive:
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
         ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight,
                         settings.routes)
-        return cls(settings, store, catalog, writer, executor, ingest, spool_dir, worker_id)
+        audit = AuditTrail(settings.audit_dir, settings.audit)
+        return cls(settings, store, catalog, writer, executor, ingest, spool_dir, worker_id,
+                   audit)
 
     def close(self) -> None:
         """Finish queued index commits, then release everything (order matters)."""
@@ -109,6 +113,8 @@ class Archive:
         self.writer.close()  # commits what is queued and takes a last checkpoint
         self.catalog.close()
         self.store.close()
+        if self.audit is not None:
+            self.audit.close()
         if isinstance(self.store, SegmentStore):
             leave_clean_marker(self.settings.state_dir, self.store.writer_id)
 

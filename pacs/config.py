@@ -109,7 +109,7 @@ class Settings:
     allow_unknown_aets: bool = True  # false: only [remote.AET] calling AEs may associate
     max_associations_per_ae: int = 0  # open associations of one calling AE; 0: no own cap
     max_dataset_size: int = 4 * 1024**3  # bytes of one received data set; larger: refused
-    min_free_space: int = 512 * 1024**2  # bytes kept free on the data disk (0xA700 below)
+    min_free_space: int = 128 * 1024**2  # bytes kept free on the data disk (0xA700 below)
     tls_port: int = 0  # DICOM TLS listener (PS3.15 B.1) beside the plain one; 0: none
     tls_cert: str = ""  # PEM certificate (chain) of DICOM TLS and HTTPS
     tls_key: str = ""  # PEM private key of tls_cert
