@@ -1,8 +1,8 @@
 """Deterministic, realistic-looking studies: CT, MR, CR and US, written as Part-10 files.
 
 The same ``seed`` gives byte-identical files, so two targets (``--compare``) and two runs see
-the same data. ``scale`` picks image sizes: ``tiny`` (64×64, for tests), ``small`` (256×256),
-``real`` (CT/MR 512×512, CR 2048×2500, US 640×480 RGB).
+the same data. ``scale`` picks image sizes: ``tiny`` (64x64, for tests), ``small`` (256x256),
+``real`` (CT/MR 512x512, CR 2048x2500, US 640x480 RGB).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
     UltrasoundImageStorage,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +81,17 @@ def plots(folder: Path, results: Sequence[Result]) -> list[Path]:
     done = [r for r in results if not r.skipped]
     targets = list(dict.fromkeys(r.target for r in done))
     written = []
-    for name, metric, label in (
-        ("throughput.png", lambda r: r.items_per_second, "items per second"),
-        ("latency.png", lambda r: r.percentile(50), "p50 latency, ms (bars) and p90/p99 (ticks)"),
-    ):
+    def throughput(r: Result) -> float:
+        return r.items_per_second
+
+    def p50(r: Result) -> float:
+        return r.percentile(50)
+
+    charts: list[tuple[str, Callable[[Result], float], str]] = [
+        ("throughput.png", throughput, "items per second"),
+        ("latency.png", p50, "p50 latency, ms (bars) and p90/p99 (ticks)"),
+    ]
+    for name, metric, label in charts:
         scenarios = list(dict.fromkeys(r.scenario for r in done))
         fig, ax = plt.subplots(figsize=(11, 0.45 * len(scenarios) * len(targets) + 1.5))
         height = 0.8 / max(len(targets), 1)

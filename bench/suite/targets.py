@@ -148,8 +148,11 @@ def start_orthanc(stack: ExitStack, work: Path, calling_aet: str, dest_aet: str,
     }
     path = work / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
+    # TCP_NODELAY=1: Orthanc's DCMTK reads it for the associations it opens (C-MOVE
+    # sub-operations); without it each of them waits for delayed ACKs.
     proc = subprocess.Popen([orthanc, f"--logfile={work / 'orthanc.log'}", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TCP_NODELAY="1"))
 
     def stop() -> None:
         proc.terminate()
