@@ -2,41 +2,35 @@
 
 Every scenario returns a :class:`Result`: operations done, wall seconds, items and bytes moved,
 per-operation latencies, and the errors it saw (a wrong match count is an error, not a figure).
-DIMSE clients: pynetdicom for requests whose latency is measured one by one, dcmtk for bulk
-transfer (``storescu`` in K processes, ``getscu``) so that the client is not the bottleneck.
+DIMSE clients: a lean blocking SCU (``client.py``) for requests whose latency is measured one
+by one, dcmtk for bulk transfer (``storescu`` in K processes, ``getscu``), so that the client is
+not what is measured.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
 
+from bench.suite.client import SCU
 from bench.suite.dataset import BenchData, Study
 from bench.suite.targets import MoveDestination, Target
+from pacs.dicom.part10 import read_file_meta
 
-logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+VERIFICATION = "1.2.840.10008.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 _DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
 
 
@@ -86,39 +80,20 @@ class Options:
     stow_per_request: int = 10
 
 
-@contextmanager
-def _associate(target: Target, options: Options, contexts: list[str],
-               roles: list[Any] | None = None) -> Iterator[Association]:
-    ae = AE(ae_title=options.calling_aet)
-    ae.maximum_pdu_size = 131072
-    for context in contexts:
-        ae.add_requested_context(context)
-    assoc = ae.associate(target.host, target.port, ae_title=target.aet,
-                         ext_neg=roles or [])
-    if not assoc.is_established:
-        raise ConnectionError(f"{target.name}: association refused or failed")
-    # pynetdicom leaves Nagle on: each request would then wait for the peer's delayed ACK
-    # (~40 ms) unless the peer quick-ACKs, which would measure the client, not the target.
-    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        yield assoc
-    finally:
-        assoc.release()
-        ae.shutdown()
+def _scu(target: Target, options: Options, abstract_syntaxes: list[str]) -> SCU:
+    return SCU(target.host, target.port, target.aet, options.calling_aet, abstract_syntaxes)
 
 
 def echo(target: Target, options: Options) -> Result:
     result = Result("C-ECHO latency", target.name)
-    with _associate(target, options, [Verification]) as assoc:
+    with _scu(target, options, [VERIFICATION]) as scu:
         started = time.perf_counter()
         for _ in range(options.repeat * 5):
             t0 = time.perf_counter()
-            status = assoc.send_c_echo()
+            status = scu.echo()
             result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            if getattr(status, "Status", None) != 0:
-                result.errors.append(f"C-ECHO status {getattr(status, 'Status', None)}")
+            if status != 0:
+                result.errors.append(f"C-ECHO status 0x{status:04X}")
         result.seconds = time.perf_counter() - started
     result.operations = result.items = len(result.latencies_ms)
     return result
@@ -127,20 +102,19 @@ def echo(target: Target, options: Options) -> Result:
 def store_latency(target: Target, options: Options, study: Study) -> Result:
     """One association, one C-STORE at a time: per-instance round trips."""
     result = Result("C-STORE latency (1 assoc.)", target.name)
-    datasets = [dcmread(path) for path in study.files]
-    sop_classes = sorted({str(ds.SOPClassUID) for ds in datasets})
-    with _associate(target, options, sop_classes) as assoc:
+    files = [path.read_bytes() for path in study.files]
+    sop_classes = sorted({read_file_meta(data)[0]["MediaStorageSOPClassUID"] for data in files})
+    with _scu(target, options, sop_classes) as scu:
         started = time.perf_counter()
-        for ds, path in zip(datasets, study.files, strict=True):
+        for data, path in zip(files, study.files, strict=True):
             t0 = time.perf_counter()
-            status = assoc.send_c_store(ds)
+            status = scu.store_file(data)
             result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            code = getattr(status, "Status", None)
-            if code is None or (code != 0 and code & 0xF000 not in (0xB000,)):
-                result.errors.append(f"C-STORE {path.name}: status {code}")
-            result.bytes += path.stat().st_size
+            if status != 0 and status & 0xF000 != 0xB000:
+                result.errors.append(f"C-STORE {path.name}: status 0x{status:04X}")
+            result.bytes += len(data)
         result.seconds = time.perf_counter() - started
-    result.operations = result.items = len(datasets)
+    result.operations = result.items = len(files)
     return result
 
 
@@ -202,20 +176,16 @@ def _find_shapes(data: BenchData) -> list[tuple[str, Dataset, int]]:
 
 def find(target: Target, options: Options, data: BenchData) -> list[Result]:
     results = []
-    with _associate(target, options, [StudyRootQueryRetrieveInformationModelFind]) as assoc:
+    with _scu(target, options, [STUDY_ROOT_FIND]) as scu:
         for shape, identifier, expected in _find_shapes(data):
             result = Result(f"C-FIND {shape}", target.name)
             started = time.perf_counter()
             for _ in range(options.repeat):
                 t0 = time.perf_counter()
-                matches = 0
-                for status, answer in assoc.send_c_find(
-                        identifier, StudyRootQueryRetrieveInformationModelFind):
-                    if status is not None and status.Status in (0xFF00, 0xFF01) and answer:
-                        matches += 1
-                    elif status is None or status.Status != 0:
-                        result.errors.append(f"status {getattr(status, 'Status', None)}")
+                status, matches = scu.find(STUDY_ROOT_FIND, identifier)
                 result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                if status != 0:
+                    result.errors.append(f"final status 0x{status:04X}")
                 result.items += matches
                 if matches < expected:
                     result.errors.append(f"{matches} matches, expected {expected}")
@@ -230,21 +200,17 @@ def move(target: Target, options: Options, data: BenchData, dest: MoveDestinatio
     result = Result("C-MOVE (study by study)", target.name)
     dest.clear()
     expected = sum(len(s.files) for s in data.dimse)
-    with _associate(target, options, [StudyRootQueryRetrieveInformationModelMove]) as assoc:
+    with _scu(target, options, [STUDY_ROOT_MOVE]) as scu:
         started = time.perf_counter()
         for study in data.dimse:
             identifier = Dataset()
             identifier.QueryRetrieveLevel = "STUDY"
             identifier.StudyInstanceUID = study.study_uid
             t0 = time.perf_counter()
-            final = None
-            for status, _answer in assoc.send_c_move(
-                    identifier, dest.aet, StudyRootQueryRetrieveInformationModelMove):
-                final = status
+            status, _completed = scu.move(STUDY_ROOT_MOVE, identifier, dest.aet)
             result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            if final is None or final.Status != 0:
-                result.errors.append(f"C-MOVE {study.study_uid}: status "
-                                     f"{getattr(final, 'Status', None)}")
+            if status != 0:
+                result.errors.append(f"C-MOVE {study.study_uid}: status 0x{status:04X}")
         result.seconds = time.perf_counter() - started
     result.operations = len(data.dimse)
     result.items = dest.received()
