@@ -243,10 +243,46 @@ def document() -> dict[str, Any]:
                            "Errors carry a JSON body {\"error\": message}: 400 for bad "
                            "parameters, 404 for unknown ids. DICOMweb is under /dicom-web.",
         },
-        "paths": {"/system": system, "/statistics": statistics, **_resource_paths(),
-                  **_modality_paths()},
-        "components": {"schemas": _schemas()},
+        "paths": _secured({"/system": system, "/statistics": statistics, **_resource_paths(),
+                           **_modality_paths()}) | _auth_paths(),
+        "components": {"schemas": _schemas(), "securitySchemes": _SECURITY_SCHEMES},
+        # With http_auth on, every route needs one of these; off (the default), none ({}).
+        "security": [{"basic": []}, {"bearer": []}, {}],
     }
+
+
+_SECURITY_SCHEMES = {
+    "basic": {"type": "http", "scheme": "basic",
+              "description": "a user of `pacs user add` (when http_auth is on)"},
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "a token of POST /auth/token (HMAC-signed, token_lifetime)"},
+}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may answer 401 (no or bad credentials) and 403 (role too low)."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method not in ("get", "put", "post", "delete"):
+                continue  # path-level parameters
+            operation["responses"].setdefault("401", _error("credentials needed (http_auth)"))
+            operation["responses"].setdefault("403", _error("the user's role is too low"))
+    return paths
+
+
+def _auth_paths() -> dict[str, Any]:
+    token = {"type": "object", "required": ["access_token", "token_type", "expires_in"],
+             "properties": {"access_token": {"type": "string"},
+                            "token_type": {"const": "bearer"},
+                            "expires_in": {"type": "integer", "minimum": 1}}}
+    return {"/auth/token": {"post": {
+        "summary": "a bearer token for the user of the Basic credentials",
+        "description": "Send it as `Authorization: Bearer <token>` until it expires; it "
+                       "stops working when the user is removed or changes password.",
+        "operationId": "issue_token", "security": [{"basic": []}],
+        "responses": {"200": _json("the token", token),
+                      "401": _error("no or bad Basic credentials"),
+                      "404": _error("HTTP authentication is off (http_auth = false)")}}}}
 
 
 def routes(_ctx: WebContext) -> list[web.RouteDef]:
