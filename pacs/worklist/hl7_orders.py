@@ -1,4 +1,5 @@
-"""HL7 v2 orders (ORM^O01) -> worklist items, and the ACK every message gets.
+"""HL7 v2 orders (ORM^O01, OMI^O23) and patient updates (ADT^A08, ADT^A40) -> worklist items,
+and the ACK every message gets.
 
 Messages are parsed with the ``hl7`` library (python-hl7). Segments may end in CR (the
 standard), LF or CRLF. The text is decoded as UTF-8, else Latin-1.
@@ -41,6 +42,19 @@ ORM field mapping (first repetition / component unless said otherwise)
                                            UID) when the order is created
     ScheduledProcedureStepStatus           from ORC-1 / ORC-5 as above
     =====================================  ================================================
+
+OMI^O23 (imaging order, v2.5)
+    As ORM^O01, and the IPC segment, when present, wins: IPC-1 AccessionNumber, IPC-2
+    RequestedProcedureID, IPC-3 StudyInstanceUID, IPC-4 ScheduledProcedureStepID, IPC-5
+    Modality, IPC-9 ScheduledStationAETitle.
+
+ADT^A08 (update patient information)
+    PID-5/7/8 replace name, birth date and sex on every *active* item of the patient PID-3.1
+    (and PID-3.4 issuer, when both sides have one). Items already performed keep what the
+    images were labelled with. No active item: still AA (nothing to change).
+ADT^A40 (merge patient)
+    Every active item of the prior patient MRG-1.1 moves to the surviving patient PID-3.1, with
+    the demographics of the PID segment. MRG-1 empty -> AE (101).
 
 ACKs
     ``AA`` accepted; ``AE`` application error (required field missing 101, bad value 102/103,
@@ -95,6 +109,9 @@ _ORDER_STATUS = {
 _CANCEL = {"CA": "CANCELLED", "OC": "CANCELLED", "DC": "DISCONTINUED", "OD": "DISCONTINUED"}
 
 _SEQUENCE = itertools.count(1)
+# Message type -> events handled ("" = an ORM without its trigger event, as old RISes send).
+_SUPPORTED = {"ORM": ("O01", ""), "OMI": ("O23",), "ADT": ("A08", "A40")}
+_SUPPORTED_TEXT = "ORM^O01, OMI^O23, ADT^A08, ADT^A40"
 
 
 class Hl7Error(Exception):
@@ -187,6 +204,39 @@ class Order:
     values: dict[str, str]  # WorklistItem field -> value, only those present
 
 
+def _patient_values(msg: hl7.Message) -> dict[str, str]:
+    """Patient fields of the PID segment (those present)."""
+    v = {"patient_id": _get(msg, "PID", 3, 1), "issuer_of_patient_id": _get(msg, "PID", 3, 4),
+         "patient_name": _xpn(msg, "PID", 5)}
+    birth = _get(msg, "PID", 7)
+    if birth:
+        v["patient_birth_date"] = _datetime(birth, "PID-7")[0]
+    sex = _get(msg, "PID", 8).upper()
+    v["patient_sex"] = sex if sex in ("M", "F", "") else "O"
+    return v
+
+
+def _uid(value: str, where: str) -> str:
+    if len(value) > 64 or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", value):
+        raise Hl7Error("AE", DATA_TYPE_ERROR, f"{where} {value!r} is not a UID",
+                       where.replace("-", "^1^"))
+    return value
+
+
+def _ipc_values(msg: hl7.Message) -> dict[str, str]:
+    """OMI^O23's IPC segment (imaging procedure control), the fields present."""
+    v: dict[str, str] = {}
+    for field, name in ((1, "accession_number"), (2, "requested_procedure_id"),
+                        (4, "sps_id"), (5, "modality"), (9, "station_aet")):
+        value = _get(msg, "IPC", field)
+        if value:
+            v[name] = value.upper()[:16] if name in ("modality", "station_aet") else value
+    uid = _get(msg, "IPC", 3)
+    if uid:
+        v["study_instance_uid"] = _uid(uid, "IPC-3")
+    return v
+
+
 def read_order(msg: hl7.Message, default_station_aet: str = "") -> Order:
     """The order of an ORM^O01 message (Hl7Error AE for missing or bad fields)."""
     if not _has(msg, "ORC"):
@@ -207,14 +257,7 @@ def read_order(msg: hl7.Message, default_station_aet: str = "") -> Order:
                        f"not one of {', '.join(_ORDER_STATUS)}", "ORC^1^5")
     v: dict[str, str] = {"placer_order_number": placer, "filler_order_number": filler}
     if _has(msg, "PID"):
-        v["patient_id"] = _get(msg, "PID", 3, 1)
-        v["issuer_of_patient_id"] = _get(msg, "PID", 3, 4)
-        v["patient_name"] = _xpn(msg, "PID", 5)
-        birth = _get(msg, "PID", 7)
-        if birth:
-            v["patient_birth_date"] = _datetime(birth, "PID-7")[0]
-        sex = _get(msg, "PID", 8).upper()
-        v["patient_sex"] = sex if sex in ("M", "F", "") else "O"
+        v.update(_patient_values(msg))
     if _has(msg, "OBR"):
         filler_number = _get(msg, "ORC", 3) or _get(msg, "OBR", 3)
         accession = _get(msg, "OBR", 18) or filler_number
@@ -251,9 +294,9 @@ def read_order(msg: hl7.Message, default_station_aet: str = "") -> Order:
     if _has(msg, "ZDS"):
         uid = _get(msg, "ZDS", 1)
         if uid:
-            if len(uid) > 64 or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid):
-                raise Hl7Error("AE", DATA_TYPE_ERROR, f"ZDS-1 {uid!r} is not a UID", "ZDS^1^1")
-            v["study_instance_uid"] = uid
+            v["study_instance_uid"] = _uid(uid, "ZDS-1")
+    if _has(msg, "IPC"):
+        v.update(_ipc_values(msg))
     return Order(control, key, status, v)
 
 
@@ -302,6 +345,46 @@ def apply_order(store: WorklistStore, order: Order, message_id: str) -> Worklist
     if isinstance(result, Hl7Error):
         raise result
     return result
+
+
+def _demographics(item: WorklistItem, patient: dict[str, str], now: float,
+                  message_id: str, control: str) -> WorklistItem:
+    changes: dict[str, Any] = {k: v for k, v in patient.items() if v}
+    return replace(item, **changes, order_control=control, message_control_id=message_id,
+                   updated=now)
+
+
+def apply_patient_update(store: WorklistStore, msg: hl7.Message,
+                         message_id: str) -> list[WorklistItem]:
+    """ADT^A08: new demographics on the patient's active items; the items changed."""
+    if not _has(msg, "PID") or not _get(msg, "PID", 3, 1):
+        raise Hl7Error("AE", REQUIRED_FIELD_MISSING, "PID-3 (patient ID) is empty", "PID^1^3")
+    patient = _patient_values(msg)
+    pid, issuer = patient["patient_id"], patient["issuer_of_patient_id"]
+    now = time.time()
+
+    def select(item: WorklistItem) -> bool:
+        same_issuer = not issuer or not item.issuer_of_patient_id or \
+            issuer == item.issuer_of_patient_id
+        return item.active and item.patient_id == pid and same_issuer
+
+    return store.update_where(select, lambda item: _demographics(item, patient, now,
+                                                                 message_id, "A08"))
+
+
+def apply_merge(store: WorklistStore, msg: hl7.Message, message_id: str) -> list[WorklistItem]:
+    """ADT^A40: the prior patient's (MRG-1) active items move to the surviving one (PID-3)."""
+    if not _has(msg, "PID") or not _get(msg, "PID", 3, 1):
+        raise Hl7Error("AE", REQUIRED_FIELD_MISSING, "PID-3 (patient ID) is empty", "PID^1^3")
+    prior = _get(msg, "MRG", 1, 1) if _has(msg, "MRG") else ""
+    if not prior:
+        raise Hl7Error("AE", REQUIRED_FIELD_MISSING, "MRG-1 (prior patient ID) is empty",
+                       "MRG^1^1")
+    patient = _patient_values(msg)
+    now = time.time()
+    return store.update_where(
+        lambda item: item.active and item.patient_id == prior,
+        lambda item: _demographics(item, patient, now, message_id, "A40"))
 
 
 def _ts() -> str:
@@ -362,13 +445,20 @@ class OrderHandler:
             msg = parse(decode_text(raw))
             kind, event = _get(msg, "MSH", 9, 1).upper(), _get(msg, "MSH", 9, 2).upper()
             message_id = _get(msg, "MSH", 10)
-            if kind != "ORM":
+            if kind not in _SUPPORTED:
                 raise Hl7Error("AR", UNSUPPORTED_MESSAGE_TYPE,
                                f"message type {kind or '(empty)'}^{event} is not supported "
-                               "(only ORM^O01)", "MSH^1^9")
-            if event not in ("O01", ""):
+                               f"({_SUPPORTED_TEXT})", "MSH^1^9")
+            if event not in _SUPPORTED[kind]:
                 raise Hl7Error("AR", UNSUPPORTED_EVENT_CODE,
-                               f"event {event} is not supported (only ORM^O01)", "MSH^1^9^1^2")
+                               f"event {kind}^{event or '(empty)'} is not supported "
+                               f"({_SUPPORTED_TEXT})", "MSH^1^9^1^2")
+            if kind == "ADT":
+                update = apply_merge if event == "A40" else apply_patient_update
+                changed = update(self.store, msg, message_id)
+                log.info("HL7 %s from %s: ADT^%s for patient %s: %d worklist items updated",
+                         message_id, peer, event, _get(msg, "PID", 3, 1), len(changed))
+                return make_ack(msg, "AA", None, self.application).encode()
             order = read_order(msg, self.default_station_aet)
             if order.control not in ("NW", "XO", "SC", *_CANCEL):
                 raise Hl7Error("AE", TABLE_VALUE_NOT_FOUND,

@@ -136,3 +136,30 @@ class WorklistStore:
 
         result: WorklistItem | T = self._run_write(write)
         return result
+
+    def update_where(
+        self,
+        select: Callable[[WorklistItem], bool],
+        change: Callable[[WorklistItem], WorklistItem],
+    ) -> list[WorklistItem]:
+        """Read-modify-write every item ``select`` picks, in one write transaction (ADT
+        patient updates and merges); the items as stored."""
+        catalog = self.catalog
+
+        def apply(t: Any) -> list[WorklistItem]:
+            db = catalog.database(DB_NAME)
+            changed = []
+            with t.txn.cursor(db=db) as cursor:
+                picked = [WorklistItem.decode(bytes(v)) for _k, v in cursor]
+            for item in picked:
+                if select(item):
+                    new = change(item)
+                    t.txn.put(new.key.encode(), new.encode(), db=db)
+                    changed.append(new)
+            return changed
+
+        def write() -> list[WorklistItem]:
+            return catalog._write(apply)
+
+        result: list[WorklistItem] = self._run_write(write)
+        return result

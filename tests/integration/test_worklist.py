@@ -1,5 +1,6 @@
 """RIS integration: HL7 ORM^O01 over MLLP into a real `pacs serve`, Modality Worklist C-FIND with
-dcmtk findscu and pynetdicom, cancels, negative ACKs, framing errors, persistence over a restart."""
+dcmtk findscu and pynetdicom, cancels, negative ACKs, framing errors, persistence over a restart;
+OMI^O23 with IPC, ADT^A08 patient updates and ADT^A40 merges on pending items."""
 
 from __future__ import annotations
 
@@ -226,10 +227,13 @@ def test_cancel_change_and_restart(hl7_archive, tmp_path: Path) -> None:
 def test_negative_acks(hl7_archive) -> None:
     port = hl7_archive.hl7_port
     # unknown message type -> AR 200
-    adt = orm("NW", "ORD9", kind="ADT^A01")
-    ack = send(port, adt)
+    oru = orm("NW", "ORD9", kind="ORU^R01")
+    ack = send(port, oru)
     assert ack_code(ack) == "AR" and "200" in err_text(ack)
     assert str(ack.extract_field("MSA", 1, 2)) == "ORD9NW"
+    # a known type with an event we do not handle -> AR 201
+    ack = send(port, orm("NW", "ORD9", kind="ADT^A01"))
+    assert ack_code(ack) == "AR" and "201" in err_text(ack)
     # wrong event -> AR 201
     ack = send(port, orm("NW", "ORD9", kind="ORM^O02"))
     assert ack_code(ack) == "AR" and "201" in err_text(ack)
@@ -258,42 +262,116 @@ def test_negative_acks(hl7_archive) -> None:
     assert "HL7" in hl7_archive.log() and "not supported" in hl7_archive.log()
 
 
-def recv_frame(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(EB + CR):
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
-    return data
+class Frames:
+    """MLLP frames read off a socket one at a time (two ACKs may arrive in one read)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def next(self) -> bytes:
+        while EB + CR not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, self.buffer
+            self.buffer += chunk
+        frame, _, self.buffer = self.buffer.partition(EB + CR)
+        return frame + EB + CR
 
 
 def test_bad_framing(hl7_archive) -> None:
     port = hl7_archive.hl7_port
     good = orm("NW", "ORD1").encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        frames = Frames(sock)
         # a message without its start block
         sock.sendall(good + EB + CR)
-        ack = parse_ack(recv_frame(sock))
+        ack = parse_ack(frames.next())
         assert ack_code(ack) == "AR" and "start block" in err_text(ack)
         assert str(ack.extract_field("MSA", 1, 2)) == "ORD1NW"
         # a frame without its end block, then a good frame: one AR, then AA
         sock.sendall(SB + b"MSH|^~\\&|truncated" + SB + good + EB + CR)
-        first = parse_ack(recv_frame(sock))
+        first = parse_ack(frames.next())
         assert ack_code(first) == "AR" and "end block" in err_text(first)
-        second = parse_ack(recv_frame(sock))
+        second = parse_ack(frames.next())
         assert ack_code(second) == "AA"
         # garbage between frames, then a good frame in two pieces
         sock.sendall(b"garbage" + SB + good[:20])
-        assert ack_code(parse_ack(recv_frame(sock))) == "AR"
+        assert ack_code(parse_ack(frames.next())) == "AR"
         sock.sendall(good[20:] + EB + CR)
-        assert ack_code(parse_ack(recv_frame(sock))) == "AA"
+        assert ack_code(parse_ack(frames.next())) == "AA"
     # two frames in one write get two ACKs in order
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(SB + orm("NW", "ORD2").encode() + EB + CR + SB + b"junk" + EB + CR)
-        data = recv_frame(sock)
-        if data.count(EB) < 2:
-            data += recv_frame(sock)
-        frames = [f for f in data.split(EB + CR) if f]
-        assert [ack_code(hl7.parse(f[1:].decode())) for f in frames] == ["AA", "AR"]
+        frames = Frames(sock)
+        assert [ack_code(parse_ack(frames.next())) for _ in range(2)] == ["AA", "AR"]
     assert "MLLP framing error" in hl7_archive.log()
     assert ack_code(send(port, orm("NW", "ORD3"))) == "AA"
+
+
+# -- OMI^O23 and ADT^A08 / ADT^A40 ------------------------------------------------------------
+
+
+def adt(event: str, patient: str, name: str, *, prior: str = "", birth: str = "19700215",
+        sex: str = "M", msg_id: str = "") -> str:
+    segments = [
+        f"MSH|^~\\&|ADT|HOSP|PACS|HOSP|20260301080000||ADT^{event}|{msg_id or event + patient}"
+        "|P|2.5.1",
+        f"EVN|{event}|20260301080000",
+        f"PID|1||{patient}^^^HOSP^MR||{name}||{birth}|{sex}",
+    ]
+    if prior or event == "A40":
+        segments.append(f"MRG|{prior}^^^HOSP^MR")
+    return "\r".join(segments) + "\r"
+
+
+
+def test_omi_with_ipc_segment(hl7_archive) -> None:
+    port = hl7_archive.hl7_port
+    message = orm("NW", "OMI1", kind="OMI^O23", accession="OBRACC").rstrip("\r") + (
+        "\rIPC|IPCACC|RPIPC|1.2.826.0.1.3680043.10.5|SPSIPC|MR||||MR7\r")
+    ack = send(port, message)
+    assert ack_code(ack) == "AA", err_text(ack) if ack_code(ack) != "AA" else ""
+    (item,) = pynetdicom_find(hl7_archive.port, sps_query(ScheduledStationAETitle="MR7"))
+    step = item.ScheduledProcedureStepSequence[0]
+    assert (item.AccessionNumber, item.RequestedProcedureID, item.StudyInstanceUID) == (
+        "IPCACC", "RPIPC", "1.2.826.0.1.3680043.10.5")
+    assert (step.ScheduledProcedureStepID, step.Modality) == ("SPSIPC", "MR")
+    bad = orm("NW", "OMI2", kind="OMI^O23").rstrip("\r") + "\rIPC|A|B|1.2.x|C|CT\r"
+    ack = send(port, bad)
+    assert ack_code(ack) == "AE" and "IPC-3" in err_text(ack)
+
+
+def test_adt_updates_and_merges_pending_items(hl7_archive) -> None:
+    port = hl7_archive.hl7_port
+    for placer, patient, station in (("A1", "PA", "ADT1"), ("A2", "PA", "ADT1"),
+                                     ("A3", "PB", "ADT1"), ("A4", "PA", "ADT2")):
+        assert ack_code(send(port, orm("NW", placer, patient=patient, station=station,
+                                       name="Old^Name"))) == "AA"
+    # A4 is performed: the images carry the old name, its item must not change.
+    assert ack_code(send(port, orm("SC", "A4", patient="PA", station="ADT2",
+                                   status="CM"))) == "AA"
+
+    def names(station: str) -> dict[str, tuple[str, str, str]]:
+        query = sps_query(ScheduledStationAETitle=station)
+        query.PatientBirthDate = ""
+        rows = pynetdicom_find(hl7_archive.port, query)
+        return {r.RequestedProcedureID: (r.PatientID, str(r.PatientName), r.PatientBirthDate)
+                for r in rows}
+
+    ack = send(port, adt("A08", "PA", "New^Name^Q", birth="19700216", sex="F"))
+    assert ack_code(ack) == "AA"
+    assert names("ADT1") == {"RPA1": ("PA", "New^Name^Q", "19700216"),
+                             "RPA2": ("PA", "New^Name^Q", "19700216"),
+                             "RPA3": ("PB", "Old^Name", "19700215")}
+    assert names("ADT2") == {}  # completed: off the worklist, untouched below
+    # Merge PB into PA: A3 now belongs to PA with PA's demographics.
+    ack = send(port, adt("A40", "PA", "New^Name^Q", prior="PB", birth="19700216", sex="F"))
+    assert ack_code(ack) == "AA"
+    assert names("ADT1")["RPA3"] == ("PA", "New^Name^Q", "19700216")
+    # An unknown patient changes nothing, still AA; a merge without MRG-1 is AE 101.
+    assert ack_code(send(port, adt("A08", "NOBODY", "X^Y"))) == "AA"
+    ack = send(port, adt("A40", "PA", "New^Name^Q", prior=""))
+    assert ack_code(ack) == "AE" and "101" in err_text(ack) and "MRG-1" in err_text(ack)
+    ack = send(port, adt("A08", "", "X^Y"))
+    assert ack_code(ack) == "AE" and "PID-3" in err_text(ack)
+    assert "ADT^A08 for patient PA: 2 worklist items updated" in hl7_archive.log()
