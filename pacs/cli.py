@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         ("jobs", "list the forwarding queue (routing rules) and its failures"),
         ("import", "bulk import files, folders, zip archives and DICOMDIR sets"),
         ("migrate", "pull a whole remote archive (C-FIND by StudyDate, C-MOVE to us)"),
+        ("retention", "run the [[retention]] rules once: delete (and audit) old studies"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", type=Path, help="TOML settings file")
@@ -93,12 +94,40 @@ def _parser() -> argparse.ArgumentParser:
                              help="import processes (default: the workers setting)")
         if name == "migrate":
             _migrate_arguments(cmd)
+        if name == "retention":
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="list the studies the rules would delete, delete nothing")
         if name == "export":
             cmd.add_argument("out_dir", type=Path, help="folder to write study/series/sop.dcm")
             for option, keyword in _EXPORT_SELECTORS.items():
                 cmd.add_argument(option, dest=keyword, default=None,
                                  help=f"only instances with this {keyword}")
+    _user_arguments(sub)
     return parser
+
+
+def _user_arguments(sub: Any) -> None:
+    """``pacs user add|list|remove|passwd|role``: the users of the HTTP side (http_auth)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    for flag in ("--data-dir", "--log-level"):
+        common.add_argument(flag, type=str, default=None, help=_SERVE_FLAGS[flag][2])
+    cmd = sub.add_parser("user", help="add, list, remove users of the HTTP side (http_auth)")
+    actions = cmd.add_subparsers(dest="user_action", required=True)
+    for action, help_text in (("add", "add a user (the password is prompted for)"),
+                              ("list", "list the users and their roles"),
+                              ("remove", "remove a user (their tokens stop working)"),
+                              ("passwd", "set a user's password (their tokens stop working)"),
+                              ("role", "change a user's role")):
+        one = actions.add_parser(action, help=help_text, parents=[common])
+        if action != "list":
+            one.add_argument("name", help="user name")
+        if action in ("add", "role"):
+            one.add_argument("--role", required=True, choices=("viewer", "uploader", "admin"),
+                             help="viewer: read; uploader: also STOW; admin: everything")
+        if action in ("add", "passwd"):
+            one.add_argument("--password-stdin", action="store_true",
+                             help="read the password from the first line of stdin (scripts)")
 
 
 def _migrate_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -152,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pacs: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command == "user":
+        from pacs.users import user_command
+
+        return user_command(settings, args.user_action, getattr(args, "name", ""),
+                            getattr(args, "role", ""), getattr(args, "password_stdin", False))
     if args.command == "serve":
         from pacs.server.app import run
 
@@ -174,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return migrate_command(settings, args.source, args.calling_aet, args.to_host,
                                args.parallel, args.slice_limit, args.since_year, args.undated,
                                args.report, args.dry_run)
+    if args.command == "retention":
+        from pacs.retention import retention_command
+
+        return retention_command(settings, args.dry_run)
     if args.command == "export":
         selection = {k: getattr(args, k) for k in _EXPORT_SELECTORS.values()
                      if getattr(args, k) is not None}

@@ -104,6 +104,10 @@ class Settings:
     hl7_host: str = "127.0.0.1"  # HL7 v2 MLLP listener (orders -> worklist); worker 0
     hl7_port: int = 2575  # 0: no HL7 listener
     worklist_station_aet: str = ""  # Scheduled Station AE Title when an order names none
+    ris_host: str = ""  # where ORU^R01 "study available" messages go over MLLP
+    ris_port: int = 0  # 0: no outbound HL7
+    reconcile_quiet_period: float = 60.0  # seconds a study must stay unchanged to complete
+    public_url: str = ""  # base URL of the HTTP side for links sent out (viewer, WADO-RS)
     # Security and operations (issue 10).
     check_called_aet: bool = False  # refuse associations addressed to another AE title
     allow_unknown_aets: bool = True  # false: only [remote.AET] calling AEs may associate
@@ -227,6 +231,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "move_associations": (1, 64),
     "forward_retry_base": (0.01, 3600),
     "hl7_port": (0, 65535),
+    "ris_port": (0, 65535),
+    "reconcile_quiet_period": (0, 7 * 86400),
     "max_associations_per_ae": (0, 100_000),
     "max_dataset_size": (1024, 1 << 40),
     "min_free_space": (0, 1 << 50),

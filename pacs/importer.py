@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pacs.config import Settings
+from pacs.diskspace import BELOW_WATERMARK, watermark
 from pacs.errors import DicomFormatError, IngestError, PacsError
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class WorkerResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     writer_id: str = ""
     interrupted: bool = False
+    disk_full: bool = False  # stopped at the free-space watermark (min_free_space)
 
 
 @dataclass(slots=True)
@@ -262,6 +264,7 @@ async def _import(
     handoff: queue.Queue[list[_Item] | None] = queue.Queue(maxsize=8)
     stop_reading = threading.Event()
     reader = _Reader(archive, archive.settings.spool_memory_limit)
+    space = watermark(archive.settings)
 
     def produce() -> None:
         batch: list[_Item] = []
@@ -312,6 +315,15 @@ async def _import(
             batch = await loop.run_in_executor(None, handoff.get)
             if batch is None:
                 break
+            if space.below_watermark():  # the rest waits for space; a re-run resumes
+                log.error("import stopped: %s (min_free_space %d bytes on %s)", BELOW_WATERMARK,
+                          space.min_free, space.path)
+                result.interrupted = result.disk_full = True
+                for item in batch:
+                    if isinstance(item.dataset, Path):
+                        item.dataset.unlink(missing_ok=True)
+                stop_reading.set()
+                break
             for item in batch:
                 if stop.is_set():
                     break
@@ -323,6 +335,7 @@ async def _import(
                     count(FILES)
                     count(BYTES, item.size)
                     continue
+                space.note_written(item.size)
                 await slots.acquire()
                 task = loop.create_task(store(item))
                 tasks.add(task)
@@ -462,6 +475,11 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
     except PacsError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
         return 2
+    space = watermark(settings)
+    if space.below_watermark():
+        print(f"pacs: error: {BELOW_WATERMARK}: {space.free_bytes()} bytes free on "
+              f"{space.path}, min_free_space is {space.min_free}", file=sys.stderr)
+        return 2
     files, missing = collect(paths)
     if jobs is None:
         jobs = settings.worker_count
@@ -470,7 +488,7 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
     counters = context.Array("q", FIELDS * jobs, lock=False)
     progress = Progress(counters, jobs, len(files))
     rejected: list[tuple[str, str]] = list(missing)
-    interrupted = False
+    interrupted = disk_full = False
     if jobs == 1:
         try:
             result = run_worker(settings, files, counters, 0, progress.tick)
@@ -479,6 +497,7 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
             return 2
         rejected += result.rejected
         interrupted = result.interrupted
+        disk_full = result.disk_full
     else:
         results = context.Queue()
         shares = [files[i::jobs] for i in range(jobs)]
@@ -514,6 +533,7 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
                 continue
             rejected += got[slot].rejected
             interrupted = interrupted or got[slot].interrupted
+            disk_full = disk_full or got[slot].disk_full
     progress.done()
     totals = progress.sums()
     elapsed = time.monotonic() - started
@@ -540,6 +560,10 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
         print(f"... and {len(rejected) - shown} more")
     print(summary)
     print(f"report: {report_path}")
+    if disk_full:
+        print(f"pacs: error: stopped: {BELOW_WATERMARK} (min_free_space {settings.min_free_space}"
+              " bytes); free space and run the same command again to resume", file=sys.stderr)
+        return 2
     if interrupted:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacs import metrics
 from pacs.config import DuplicatePolicy, Route
 from pacs.dicom import part10
 from pacs.dicom.scan import read_index_attributes
@@ -50,6 +51,8 @@ class StoredInstance:
     sop_instance_uid: str
     location: str
     outcome: str  # "stored", "duplicate_kept" or "replaced"
+    study_uid: str = ""  # "" for a kept duplicate (not read back from the index)
+    patient_id: str = ""
 
 
 @contextmanager
@@ -124,7 +127,9 @@ class Ingest:
     ) -> tuple[InstanceRecord, bytes] | None:
         """Scan and check the data set: its record (no location yet) and its Part-10 header;
         None for a duplicate that the ``keep`` policy keeps out."""
+        started = time.perf_counter()
         attributes = read_attributes(dataset, transfer_syntax_uid, sop_instance_uid)
+        metrics.SCAN_SECONDS.observe(time.perf_counter() - started)
         uid = attributes["SOPInstanceUID"]
         if self.on_duplicate == "keep" and self.catalog.has_instance(uid):
             log.info("duplicate SOPInstanceUID %s from %s: kept the stored one", uid, source_aet)
@@ -200,7 +205,9 @@ class Ingest:
         if outcome.kind != "stored":
             log.info("duplicate SOPInstanceUID %s from %s: %s",
                      record.sop_instance_uid, source_aet, outcome.kind)
-        return StoredInstance(record.sop_instance_uid, record.location, outcome.kind)
+        return StoredInstance(record.sop_instance_uid, record.location, outcome.kind,
+                              record.attributes["StudyInstanceUID"],
+                              record.attributes.get("PatientID", ""))
 
     def _forget_blob(self, location: str) -> None:
         try:

@@ -78,6 +78,7 @@ PATIENT_INSTANCES = "NumberOfPatientRelatedInstances"
 PATIENT_KEY = "patient_key"
 _PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
 
+_OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox")  # added after the first release
 _DB_NAMES = (
     "instances",
     "series",
@@ -90,6 +91,7 @@ _DB_NAMES = (
     *secondary.DB_NAMES,  # secondary indexes for queries, kept in the same transactions
     outbox.DB_NAME,  # instances waiting to be forwarded (pacs.index.outbox)
     "worklist",  # scheduled procedure steps from HL7 orders (pacs.worklist.store)
+    "hl7_outbox",  # HL7 messages waiting for the RIS (pacs.worklist.outbound)
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -277,7 +279,7 @@ class Catalog:
                     self._dbs[n] = self._env.open_db(n.encode(), create=not readonly)
                 except lmdb.NotFoundError:
                     # Absent from an older catalog opened read-only: readers cope without it.
-                    if n not in secondary.DB_NAMES and n not in (outbox.DB_NAME, "worklist"):
+                    if n not in secondary.DB_NAMES and n not in _OPTIONAL_DBS:
                         raise
         except lmdb.Error as exc:
             raise CatalogError(f"cannot open catalog at {self.path}: {exc}") from exc

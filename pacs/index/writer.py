@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pacs import metrics
 from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
 from pacs.index.records import InstanceRecord
@@ -268,7 +269,9 @@ class CatalogWriter:
             started = time.perf_counter()
             outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch],
                                                 [s.forwards for s in batch])
-            self.commit_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.commit_seconds += elapsed
+            metrics.COMMIT_SECONDS.observe(elapsed)
         except Exception as exc:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry each in its own transaction.

@@ -23,11 +23,14 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from typing import TYPE_CHECKING, Any
 
 from pacs.config import Settings
+from pacs.errors import ConfigError
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
 
 log = logging.getLogger("pacs.serve")
+
+AE_COUNT_SLOTS = 4096  # hashed calling-AE slots per worker for the per-AE association caps
 
 
 async def serve(
@@ -36,6 +39,7 @@ async def serve(
     worker_id: int = 0,
     parent_sentinel: int | None = None,
     association_counts: SynchronizedArray[Any] | None = None,
+    ae_counts: Any = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then finish in-flight stores and close."""
     # Imported here, not at the top: the supervisor process never needs them (its memory stays
@@ -55,7 +59,8 @@ async def serve(
         loop.add_reader(parent_sentinel, stop.set)
     archive = await loop.run_in_executor(None, Archive.open, settings, worker_id)
     dimse = DimseServer(settings, archive, reuse_port=settings.worker_count > 1,
-                        association_counts=association_counts, worker_id=worker_id)
+                        association_counts=association_counts, worker_id=worker_id,
+                        ae_counts=ae_counts)
     background: list[asyncio.Task[None]] = []
     if worker_id == 0 and settings.compact_threshold > 0:
         background.append(asyncio.create_task(_compact_periodically(archive)))
@@ -63,6 +68,10 @@ async def serve(
         from pacs.server.forward import forward_forever
 
         background.append(asyncio.create_task(forward_forever(archive)))
+    if worker_id == 0 and settings.retention:
+        from pacs.retention import retention_forever
+
+        background.append(asyncio.create_task(retention_forever(archive)))
     web = None
     hl7_listener = None
     try:
@@ -146,7 +155,19 @@ def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 def run(settings: Settings) -> int:
     """Blocking entry point for the CLI; exit status 0 after an orderly shutdown."""
+    from pacs.server.tls import check_tls_settings
+
+    try:
+        check_tls_settings(settings)  # here, not in each worker: one line, exit status 2
+    except ConfigError as exc:
+        print(f"pacs: error: {exc}", file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Before any worker exists (and before prometheus_client is imported): each process of
+    # this run keeps its metric values in a fresh data_dir/state/metrics (pacs.metrics).
+    from pacs.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(settings)
     if settings.worker_count == 1:
         return _run_worker(settings, 0, None)
     return _supervise(settings)
@@ -157,19 +178,29 @@ def _run_worker(
     worker_id: int,
     parent_sentinel: int | None,
     association_counts: SynchronizedArray[Any] | None = None,
+    ae_counts: Any = None,
 ) -> int:
+    if settings.metrics:
+        from pacs.metrics import start_worker
+
+        start_worker(association_counts)  # flushes this process's metrics once a second
     try:
         _runner()(serve(settings, worker_id=worker_id, parent_sentinel=parent_sentinel,
-                        association_counts=association_counts))
+                        association_counts=association_counts, ae_counts=ae_counts))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         print(f"pacs: error: cannot serve: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:  # a certificate replaced since the supervisor checked it
+        log.error("cannot serve: %s", exc)
+        print(f"pacs: error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 def _worker_main(
-    settings: Settings, worker_id: int, association_counts: SynchronizedArray[Any]
+    settings: Settings, worker_id: int, association_counts: SynchronizedArray[Any],
+    ae_counts: Any = None,
 ) -> None:
     """Entry point of a spawned worker process."""
     from pacs.cli import configure_logging
@@ -177,7 +208,7 @@ def _worker_main(
     configure_logging(settings.log_level, f"w{worker_id}")
     parent = multiprocessing.parent_process()
     sentinel = parent.sentinel if parent is not None else None
-    raise SystemExit(_run_worker(settings, worker_id, sentinel, association_counts))
+    raise SystemExit(_run_worker(settings, worker_id, sentinel, association_counts, ae_counts))
 
 
 def _concrete_port(settings: Settings) -> Settings:
@@ -200,12 +231,16 @@ def _supervise(settings: Settings) -> int:
     exit_codes: dict[int, int] = {}
     # One slot per worker: a restarted worker's slot is reset, so a crash leaks no count.
     association_counts = context.Array("i", count)
+    # Per calling AE, a row per worker; guarded by association_counts' lock.
+    ae_counts = context.Array("i", count * AE_COUNT_SLOTS, lock=False)
 
     def start(worker_id: int) -> BaseProcess:
         with association_counts.get_lock():
             association_counts[worker_id] = 0
+            row = worker_id * AE_COUNT_SLOTS
+            ae_counts[row:row + AE_COUNT_SLOTS] = [0] * AE_COUNT_SLOTS
         process = context.Process(target=_worker_main,
-                                  args=(settings, worker_id, association_counts),
+                                  args=(settings, worker_id, association_counts, ae_counts),
                                   name=f"pacs-w{worker_id}", daemon=False)
         process.start()
         return process
@@ -219,7 +254,8 @@ def _supervise(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("starting %d DICOM workers on port %d", count, settings.port)
+    log.info("starting %d DICOM workers on port %d%s", count, settings.port,
+             f" and TLS port {settings.tls_port}" if settings.tls_port else "")
     workers = {i: start(i) for i in range(count)}
     restarts: dict[int, float] = {}
     while workers:

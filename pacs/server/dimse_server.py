@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
 from pacs.archive import Archive
 from pacs.config import Settings
+from pacs.diskspace import watermark
+from pacs.server.access import ContextPolicy
 from pacs.server.protocol import DicomProtocol
 from pacs.server.services import Services, supported_contexts
+from pacs.server.tls import TlsListener, dimse_server_context
 
 log = logging.getLogger("pacs.dimse")
 
@@ -25,9 +29,12 @@ class DimseServer:
         reuse_port: bool = False,
         association_counts: SynchronizedArray[Any] | None = None,
         worker_id: int = 0,
+        ae_counts: Any = None,
     ) -> None:
         """``association_counts`` holds one slot per worker process, in shared memory, so that
-        ``max_associations`` caps the archive as a whole, not each worker."""
+        ``max_associations`` caps the archive as a whole, not each worker. ``ae_counts`` (a
+        lock-less shared array guarded by ``association_counts``' lock) holds one row per worker
+        of hashed calling-AE slots for the per-AE caps."""
         self.settings = settings
         self.reuse_port = reuse_port
         self._counts = association_counts
@@ -35,24 +42,45 @@ class DimseServer:
         self.archive = archive
         self.services = Services(archive)
         self.contexts = supported_contexts()
+        self.context_policy = ContextPolicy(self.contexts)
+        self.disk = watermark(settings)
+        self._ae_counts = ae_counts if association_counts is not None else None
+        self._ae_slots = len(ae_counts) // settings.worker_count if self._ae_counts else 0
+        self._ae_local: dict[str, int] = {}  # calling AE -> associations open (one process)
         self.connections: set[DicomProtocol] = set()
         self._local_associations = 0  # accepted here and not yet ended
         self.pending_stores = 0
         self._paused: set[DicomProtocol] = set()
         self._server: asyncio.Server | None = None
+        self._tls: TlsListener | None = None  # the DICOM TLS port (tls_port)
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: DicomProtocol(self),
-            self.settings.host,
-            self.settings.port,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-            backlog=1024,
-        )
+        if self.settings.tls_port:
+            # Before the plain port: "DICOM SCP ... listening on" means both accept.
+            self._tls = TlsListener(dimse_server_context(self.settings),
+                                    lambda: DicomProtocol(self), self.settings.acse_timeout)
+            await self._tls.start(self.settings.host, self.settings.tls_port, self.reuse_port)
+            for sock in self._tls.sockets:
+                host, port = sock.getsockname()[:2]
+                # Worded apart from the plain port's line, which startup checks count.
+                log.info("DICOM TLS SCP %s accepting on %s:%d%s", self.settings.aet, host,
+                         port, " (client certificates required)" if self.settings.tls_ca else "")
+        try:
+            self._server = await loop.create_server(
+                lambda: DicomProtocol(self),
+                self.settings.host,
+                self.settings.port,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
+        except BaseException:
+            if self._tls is not None:
+                self._tls.close()
+            raise
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
             log.info("DICOM SCP %s listening on %s:%d", self.settings.aet, host, port)
@@ -61,6 +89,13 @@ class DimseServer:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def tls_port(self) -> int:
+        """The DICOM TLS port; 0 when there is none."""
+        if self._tls is None or not self._tls.sockets:
+            return 0
+        return int(self._tls.sockets[0].getsockname()[1])
 
     # --- bookkeeping called by the protocols ---------------------------------------------------
 
@@ -79,25 +114,50 @@ class DimseServer:
         with self._counts.get_lock():
             return int(sum(self._counts[:]))
 
-    def try_add_association(self) -> bool:
-        """Count a new association unless the archive-wide cap is reached."""
+    def admit_association(self, calling_aet: str = "", ae_cap: int = 0) -> str | None:
+        """Count a new association of ``calling_aet`` unless the archive-wide cap or its
+        per-AE cap ``ae_cap`` (0: none) is reached; None when counted, else why not."""
         if self._counts is None:
             if self._local_associations >= self.settings.max_associations:
-                return False
+                return f"{self._local_associations} associations already open"
+            open_here = self._ae_local.get(calling_aet, 0)
+            if ae_cap and open_here >= ae_cap:
+                return f"{calling_aet!r} already has {open_here} associations open (cap {ae_cap})"
+            self._ae_local[calling_aet] = open_here + 1
             self._local_associations += 1
-            return True
+            return None
         with self._counts.get_lock():
-            if sum(self._counts[:]) >= self.settings.max_associations:
-                return False
+            total = sum(self._counts[:])
+            if total >= self.settings.max_associations:
+                return f"{total} associations already open"
+            if self._ae_counts is not None:
+                # A stable hash: every worker process must agree on the slot (a collision only
+                # makes the cap stricter for the two AEs sharing it).
+                slot = self._ae_slot(calling_aet)
+                open_ae = sum(self._ae_counts[slot::self._ae_slots])
+                if ae_cap and open_ae >= ae_cap:
+                    return f"{calling_aet!r} already has {open_ae} associations open (cap {ae_cap})"
+                self._ae_counts[self._slot * self._ae_slots + slot] += 1
             self._counts[self._slot] += 1
         self._local_associations += 1
-        return True
+        self._ae_local[calling_aet] = self._ae_local.get(calling_aet, 0) + 1
+        return None
 
-    def remove_association(self) -> None:
+    def _ae_slot(self, calling_aet: str) -> int:
+        return zlib.crc32(calling_aet.encode("utf-8", "replace")) % self._ae_slots
+
+    def remove_association(self, calling_aet: str = "") -> None:
         self._local_associations -= 1
+        left = self._ae_local.get(calling_aet, 0) - 1
+        if left > 0:
+            self._ae_local[calling_aet] = left
+        else:
+            self._ae_local.pop(calling_aet, None)
         if self._counts is not None:
             with self._counts.get_lock():
                 self._counts[self._slot] -= 1
+                if self._ae_counts is not None:
+                    self._ae_counts[self._slot * self._ae_slots + self._ae_slot(calling_aet)] -= 1
 
     def store_started(self, protocol: DicomProtocol) -> None:
         """Count a store in flight; stop reading from peers while the queue is full."""
@@ -122,6 +182,8 @@ class DimseServer:
         """Stop listening, let in-flight stores answer, then close every connection."""
         if self._server is not None:
             self._server.close()
+        if self._tls is not None:
+            self._tls.close()
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
@@ -130,3 +192,5 @@ class DimseServer:
             protocol.shutdown()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._tls is not None:
+            await self._tls.wait_closed()

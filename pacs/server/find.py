@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pacs.dicom.identifier import encode_identifier
 from pacs.index.query import parse_identifier
+from pacs.metrics import query_keys
 from pacs.net import dimse
 from pacs.server.messages import Request, Response, request_identifier
 
@@ -39,6 +40,21 @@ def find_rsp(request: Request, status: int, has_dataset: bool) -> dimse.Command:
         dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT if has_dataset else dimse.NO_DATA_SET,
         dimse.STATUS: status,
     })  # fmt: skip
+
+
+def audit_query(archive: Archive, request: Request, model: str, level: str,
+                elements: dict[str, str], matches: int, cancelled: bool = False) -> None:
+    """One audit "query" event: who asked what, and how many matches went back."""
+    if archive.audit is None:
+        return
+    keys = query_keys(elements)
+    patient_id = keys.get("PatientID", "")
+    study_uid = keys.get("StudyInstanceUID", "")
+    archive.audit.record("query", "success", user=request.calling_aet, source=request.peer,
+                         patient_id="" if any(c in patient_id for c in "*?") else patient_id,
+                         study_uid=study_uid if "\\" not in study_uid else "",
+                         operation="C-FIND", model=model, level=level, keys=keys,
+                         matches=matches, cancelled=cancelled)
 
 
 def _take(rows: Iterator[dict[str, str]], n: int) -> list[dict[str, str]]:
@@ -70,6 +86,7 @@ class FindSCP:
             for row in chunk:
                 if request.cancel is not None and request.cancel.is_set():
                     log.info("%s: C-FIND cancelled after %d matches", request.calling_aet, sent)
+                    audit_query(self.archive, request, model, query.level, elements, sent, True)
                     return Response(find_rsp(request, dimse.CANCEL, False))
                 row.setdefault("QueryRetrieveLevel", query.level)
                 identifier = encode_identifier(row, request.transfer_syntax)
@@ -78,4 +95,5 @@ class FindSCP:
             if len(chunk) < CHUNK:
                 break
         log.info("%s: C-FIND %s level, %d matches", request.calling_aet, query.level, sent)
+        audit_query(self.archive, request, model, query.level, elements, sent)
         return Response(find_rsp(request, dimse.SUCCESS, False))

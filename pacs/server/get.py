@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pacs import metrics
 from pacs.dicom.identifier import encode_identifier
 from pacs.errors import PacsError
 from pacs.index.records import InstanceRecord
@@ -23,6 +25,7 @@ from pacs.server.retrieve import resolve_instances
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
+    from pacs.audit import Outcome
 
 log = logging.getLogger("pacs.get")
 
@@ -101,6 +104,35 @@ def final_response(request: Request, field_value: int, counts: Counts,
     return Response(retrieve_rsp(request, field_value, status, counts, True))
 
 
+def audit_retrieve(archive: Archive, request: Request, operation: str, destination: str,
+                   records: list[InstanceRecord], counts: Counts, cancelled: bool) -> None:
+    """One audit "retrieve" event per study sent (ATNA's "DICOM Instances Transferred")."""
+    if archive.audit is None:
+        return
+    failed = set(counts.failed_uids)
+    studies: dict[str, list[Any]] = {}  # study -> [patient_id, instances, failed]
+    for record in records:
+        a = record.attributes
+        entry = studies.setdefault(a.get("StudyInstanceUID", ""), [a.get("PatientID", ""), 0, 0])
+        entry[1] += 1
+        entry[2] += record.sop_instance_uid in failed
+    status = counts.final_status(cancelled)
+    outcome: Outcome = "success" if not (counts.failed or cancelled) else "failure"
+    for study_uid, (patient_id, instances, failures) in (studies or {"": ["", 0, 0]}).items():
+        archive.audit.record(
+            "retrieve", outcome, user=request.calling_aet, source=request.peer,
+            patient_id=patient_id, study_uid=study_uid, operation=operation,
+            destination=destination, count=instances, failed=failures,
+            status=f"0x{status:04X}")
+
+
+async def _counted(chunks: AsyncIterator[bytes], service: str) -> AsyncIterator[bytes]:
+    """``chunks`` as they are, counted in pacs_bytes_sent."""
+    async for chunk in chunks:
+        metrics.BYTES_SENT.inc((service,), len(chunk))
+        yield chunk
+
+
 async def identified_instances(archive: Archive, request: Request,
                                models: dict[str, str]) -> list[InstanceRecord]:
     """The instances a C-GET / C-MOVE identifier names (QueryError when it is bad)."""
@@ -135,6 +167,8 @@ class GetSCP:
         log.info("%s: C-GET of %d instances: %d completed, %d failed, %d warnings%s",
                  request.calling_aet, len(records), counts.completed, counts.failed,
                  counts.warning, " (cancelled)" if cancelled else "")
+        audit_retrieve(self.archive, request, "C-GET", request.calling_aet, records, counts,
+                       cancelled)
         return final_response(request, dimse.C_GET_RSP, counts, cancelled)
 
     async def _sub_store(self, request: Request, record: InstanceRecord) -> int:
@@ -157,7 +191,8 @@ class GetSCP:
         command = dimse.c_store_rq(0, sop_class, record.sop_instance_uid,
                                    move_originator_ae_title=None)
         try:
-            rsp = await subops.send_sub_store(context_id, command, chunks, SUB_STORE_TIMEOUT)
+            rsp = await subops.send_sub_store(context_id, command, _counted(chunks, "C-GET"),
+                                              SUB_STORE_TIMEOUT)
         except TimeoutError:
             log.warning("%s: no C-STORE-RSP for %s within %.0f s", request.calling_aet,
                         record.sop_instance_uid, SUB_STORE_TIMEOUT)

@@ -12,8 +12,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from pacs import metrics
 from pacs.net import dimse
-from pacs.server.get import Counts, final_response, identified_instances, retrieve_rsp
+from pacs.server.get import (
+    Counts,
+    audit_retrieve,
+    final_response,
+    identified_instances,
+    retrieve_rsp,
+)
 from pacs.server.messages import Request, Response
 from pacs.server.scu import send_instances
 
@@ -45,15 +52,23 @@ class MoveSCP:
             log.warning("%s: C-MOVE to unknown destination %r", request.calling_aet, destination)
             response = retrieve_rsp(request, dimse.C_MOVE_RSP, UNKNOWN_DESTINATION, counts, True)
             response[dimse.ERROR_COMMENT] = f"unknown move destination {destination}"[:64]
+            if self.archive.audit is not None:
+                self.archive.audit.record("retrieve", "failure", user=request.calling_aet,
+                                          source=request.peer, operation="C-MOVE",
+                                          destination=destination,
+                                          detail="unknown move destination")
             return Response(response)
         records = await identified_instances(self.archive, request, MOVE_MODELS)
         counts.remaining = len(records)
         assert request.send_pending is not None
         send_pending = request.send_pending
         updates: asyncio.Queue[None] = asyncio.Queue()
+        sizes = {r.sop_instance_uid: r.size for r in records}
 
         def on_result(uid: str, status: int, comment: str | None) -> None:
             counts.record(uid, status)
+            if status == dimse.SUCCESS or status & 0xF000 == 0xB000:
+                metrics.BYTES_SENT.inc(("C-MOVE",), sizes.get(uid, 0))
             if status != dimse.SUCCESS:
                 log.info("%s: sub-operation for %s: 0x%04X %s", destination, uid, status,
                          comment or "")
@@ -101,4 +116,5 @@ class MoveSCP:
         log.info("%s: C-MOVE of %d instances to %s: %d completed, %d failed, %d warnings%s",
                  request.calling_aet, len(records), destination, counts.completed,
                  counts.failed, counts.warning, " (cancelled)" if cancelled else "")
+        audit_retrieve(self.archive, request, "C-MOVE", destination, records, counts, cancelled)
         return final_response(request, dimse.C_MOVE_RSP, counts, cancelled)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from pacs.diskspace import BELOW_WATERMARK
 from pacs.net import (
     Aborted,
     AssociateRequested,
@@ -24,9 +25,14 @@ from pacs.net import (
     ReleaseRequested,
     Role,
     dimse,
-    negotiate,
 )
 from pacs.net.fsm import State
+from pacs.server.access import (
+    association_cap,
+    check_association,
+    limit_exceeded,
+    permissions_of,
+)
 from pacs.server.messages import Request, Response
 from pacs.server.spool import Spool
 from pacs.server.tcp import QuickAck
@@ -37,9 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacs.dimse")
 
 
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 transient, source 3 service-provider (presentation
-# related), reason 2 local limit exceeded: the peer may retry later.
-REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT = 2, 3, 2
+# Statuses of requests refused before their data set is taken in (PS3.7 C.4.2, PS3.4 B.2.3).
+OUT_OF_RESOURCES, NOT_AUTHORIZED = 0xA700, 0x0124
 # A-ABORT source 2 service-provider, reason 0 not specified (PS3.8 9.3.8).
 ABORT_SOURCE_PROVIDER = 2
 _CANCELLABLE = frozenset({dimse.C_FIND_RQ, dimse.C_GET_RQ, dimse.C_MOVE_RQ})  # PS3.7 9.3.2.3
@@ -74,6 +79,11 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._soon: list[bytes | memoryview] = []  # see _write_soon
         self._soon_scheduled = False
         self._discarding = False  # dropping the data set of a response to us
+        # A request refused at command receipt or while its data set grew past
+        # max_dataset_size: (command, status, comment); its fragments are dropped unread.
+        self._refused: tuple[CommandReceived, int, str] | None = None
+        self._max_dataset = self.settings.max_dataset_size
+        self._may_store = True  # the calling AE's 'store' permission
         # Sub-operations we send as acceptor (C-GET's C-STORE-RQ): message ID -> its response.
         self._next_message_id = 0
         self._awaiting: dict[int, asyncio.Future[dimse.Command]] = {}
@@ -165,10 +175,20 @@ class DicomProtocol(asyncio.BufferedProtocol):
             if self._discarding:  # a response's optional data set (e.g. an Event Reply)
                 self._discarding = not event.last
                 return
-            if self._spool is None:
+            spool = self._spool
+            if spool is None:
+                if self._refused is not None:  # not buffered: only the end is awaited
+                    if event.last:
+                        self._send_refusal()
+                    return
                 self._protocol_abort("data set fragment without a pending C-STORE-RQ")
                 return
-            self._spool.write(event.data)  # copies: the view dies at the next call
+            if spool.size + len(event.data) > self._max_dataset:
+                self._refuse_growing(spool)
+                if event.last:
+                    self._send_refusal()
+                return
+            spool.write(event.data)  # copies: the view dies at the next call
             if event.last:
                 self._dataset_complete()
         elif isinstance(event, CommandReceived):
@@ -192,25 +212,36 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _on_associate(self, event: AssociateRequested) -> None:
         rq = event.pdu
         self.calling_aet = rq.calling_ae_title.strip()
-        if not self.server.try_add_association():
-            log.warning("%s %s: rejected, %d associations already open", self.peer,
-                        self.calling_aet, self.server.associations)
-            self._write(self.association.reject(
-                REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT))
+        called_aet = rq.called_ae_title.strip()
+        peername = self.transport.get_extra_info("peername") if self.transport else None
+        peer_host = str(peername[0]) if peername else ""
+        rejection = check_association(self.settings, self.calling_aet, called_aet, peer_host)
+        if rejection is None:
+            why = self.server.admit_association(
+                self.calling_aet, association_cap(self.settings, self.calling_aet))
+            rejection = limit_exceeded(why) if why is not None else None
+        if rejection is not None:
+            log.warning("%s %s -> %s: rejected, %s (A-ASSOCIATE-RJ result %d, source %d, "
+                        "reason %d)", self.peer, self.calling_aet, called_aet, rejection.why,
+                        rejection.result, rejection.source, rejection.reason)
+            self._write(self.association.reject(rejection.result, rejection.source,
+                                                rejection.reason))
             return
-        # The SCP role is granted where a C-GET peer asks for it: its storage contexts then
-        # carry our C-STORE sub-operations back to it.
-        ac = negotiate(rq, self.server.contexts, max_pdu_length=self.settings.max_pdu_size,
-                       accept_scp_role=True)
+        permissions = permissions_of(self.settings, self.calling_aet)
+        self._may_store = "store" in permissions
+        # Contexts the calling AE may not use are answered with result 1 (user rejection).
+        # The SCP role is granted where a C-GET peer asks for it (and may get): its storage
+        # contexts then carry our C-STORE sub-operations back to it.
+        ac = self.server.context_policy.negotiate(rq, permissions, self.settings.max_pdu_size)
         self._write(self.association.accept(ac))
         self._accepted = True
         accepted = sum(1 for pc in ac.presentation_contexts if pc.result == 0)
         log.info("%s %s -> %s: association accepted (%d of %d presentation contexts)",
-                 self.peer, self.calling_aet, rq.called_ae_title.strip(), accepted,
+                 self.peer, self.calling_aet, called_aet, accepted,
                  len(rq.presentation_contexts))
 
     def _on_command(self, event: CommandReceived) -> None:
-        if self._spool is not None:
+        if self._spool is not None or self._refused is not None:
             self._protocol_abort("new command before the previous data set was complete")
             return
         field = event.command.get(dimse.COMMAND_FIELD)
@@ -218,10 +249,56 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._on_response(event)
             return
         if event.has_dataset:
+            if field == dimse.C_STORE_RQ:
+                refusal = self._store_refusal()
+                if refusal is not None:  # before anything is received or spooled
+                    self._refused = (event, *refusal)
+                    return
             self._store_command = event
             self._spool = Spool(self.settings.spool_memory_limit, self.server.archive.spool_dir)
             return
         self._dispatch(event, None)
+
+    def _store_refusal(self) -> tuple[int, str] | None:
+        """(status, comment) when a C-STORE-RQ is refused at once, else None."""
+        if not self._may_store:
+            return NOT_AUTHORIZED, f"calling AE {self.calling_aet} may not store"
+        if self.server.disk.below_watermark():
+            return OUT_OF_RESOURCES, BELOW_WATERMARK
+        return None
+
+    def _refuse_growing(self, spool: Spool) -> None:
+        """The data set passed max_dataset_size: drop what was spooled, refuse the request."""
+        assert self._store_command is not None
+        self._refused = (self._store_command, OUT_OF_RESOURCES,
+                         f"data set larger than max_dataset_size ({self._max_dataset} bytes)")
+        spool.discard()
+        self._spool, self._store_command = None, None
+
+    def _send_refusal(self) -> None:
+        """Answer the refused request (its data set is complete, discarded) with its failure
+        status; the association goes on."""
+        assert self._refused is not None
+        event, status, comment = self._refused
+        self._refused = None
+        command = event.command
+        field = command.get(dimse.COMMAND_FIELD)
+        log.warning("%s %s: %s %s refused: 0x%04X %s", self.peer, self.calling_aet,
+                    "C-STORE" if field == dimse.C_STORE_RQ else f"command {field!r}",
+                    command.get(dimse.AFFECTED_SOP_INSTANCE_UID) or "", status, comment)
+        response = dimse.Command({
+            dimse.COMMAND_FIELD: (field | 0x8000) if isinstance(field, int) else 0x8000,
+            dimse.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id or 0,
+            dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
+            dimse.STATUS: status,
+            dimse.ERROR_COMMENT: comment.encode("ascii", "replace").decode("ascii")[:64],
+        })  # fmt: skip
+        for tag in (dimse.AFFECTED_SOP_CLASS_UID, dimse.AFFECTED_SOP_INSTANCE_UID):
+            if command.get(tag):
+                response[tag] = command[tag]
+        if not self._closed and self.association.is_established:
+            self._write(self.association.send_command(event.context_id, response, False))
+            self._last_progress = self._loop.time()
 
     def _on_response(self, event: CommandReceived) -> None:
         """A response to a request we sent (C-STORE-RSP during a C-GET, N-EVENT-REPORT-RSP)."""
@@ -309,6 +386,14 @@ class DicomProtocol(asyncio.BufferedProtocol):
         assert self._spool is not None and self._store_command is not None
         spool, command = self._spool, self._store_command
         self._spool, self._store_command = None, None
+        if command.command.get(dimse.COMMAND_FIELD) == dimse.C_STORE_RQ:
+            disk = self.server.disk
+            disk.note_written(spool.size)
+            if disk.below_watermark():  # crossed while this data set came in: write nothing
+                spool.discard()
+                self._refused = (command, OUT_OF_RESOURCES, BELOW_WATERMARK)
+                self._send_refusal()
+                return
         self._dispatch(command, spool)
 
     def _dispatch(self, event: CommandReceived, spool: Spool | None) -> None:
@@ -408,7 +493,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _end_association(self) -> None:
         if self._accepted:
             self._accepted = False
-            self.server.remove_association()
+            self.server.remove_association(self.calling_aet)
 
     def _write(self, data: bytes | memoryview) -> None:
         if self._soon:

@@ -29,7 +29,7 @@ from pynetdicom.dsutils import decode, encode
 
 from pacs.errors import QueryError
 from pacs.net import dimse
-from pacs.server.find import find_rsp
+from pacs.server.find import audit_query, find_rsp
 from pacs.server.messages import UNABLE_TO_PROCESS, Request, Response
 from pacs.worklist.store import WorklistItem, WorklistStore
 
@@ -164,6 +164,18 @@ def _matches(query: Dataset, item: WorklistItem, fuzzy_names: bool) -> bool:
     return True
 
 
+def _keys(query: Dataset) -> dict[str, str]:
+    """The query's matching keys (top level and the step item) for the audit trail."""
+    keys: dict[str, str] = {}
+    for elem in query:
+        if elem.VR == "SQ":
+            if elem.keyword == "ScheduledProcedureStepSequence" and elem.value:
+                keys.update(_keys(elem.value[0]))
+        elif elem.keyword:
+            keys[elem.keyword] = _text(elem.value)
+    return keys
+
+
 def respond(query: Dataset, item: WorklistItem) -> Dataset:
     out = _fill(query, item, _TOP)
     out.SpecificCharacterSet = "ISO_IR 192"
@@ -219,6 +231,7 @@ class WorklistFindSCP:
             if request.cancel is not None and request.cancel.is_set():
                 log.info("%s: worklist C-FIND cancelled after %d matches", request.calling_aet,
                          sent)
+                audit_query(self.archive, request, "WORKLIST", "", _keys(query), sent, True)
                 return Response(find_rsp(request, dimse.CANCEL, False))
             identifier = encode(response, implicit, little)
             if identifier is None:
@@ -226,4 +239,5 @@ class WorklistFindSCP:
             await request.send_pending(find_rsp(request, dimse.PENDING, True), identifier)
             sent += 1
         log.info("%s: worklist C-FIND, %d matches", request.calling_aet, sent)
+        audit_query(self.archive, request, "WORKLIST", "", _keys(query), sent)
         return Response(find_rsp(request, dimse.SUCCESS, False))

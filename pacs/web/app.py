@@ -8,6 +8,9 @@
     GET  /dicom-web/.../instances/{i}[/frames/{n}]/rendered     rendered PNG  (render.py)
     GET  /viewer?StudyInstanceUID=...                           viewer page   (viewer.py)
     GET  /system, /statistics                                   Orthanc-style REST
+    POST /auth/token                                            bearer token  (auth.py)
+
+With ``http_auth`` every route needs a user and a role (``pacs.web.auth``).
 
 It shares the archive of the DIMSE server it runs beside (ingest path, query engine, blob
 store); only worker 0 serves HTTP (``pacs.server.app.serve``). Knows nothing of DIMSE.
@@ -20,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from pacs import __version__
+from pacs import __version__, metrics
 from pacs.archive import Archive
-from pacs.web import qido, render, rest, stow, viewer, wado
+from pacs.web import auth, fhir, qido, render, rest, stow, viewer, wado
 from pacs.web.context import WebContext
 
 __all__ = ["WebServer", "build_app"]
@@ -74,6 +77,9 @@ def build_app(ctx: WebContext) -> web.Application:
     app.add_routes(wado.routes(ctx))
     app.add_routes(viewer.routes(ctx))
     app.add_routes(rest.routes(ctx))
+    app.add_routes(fhir.routes(ctx))
+    metrics.install(app, ctx)  # GET /metrics; counts HTTP responses by route
+    auth.install(app, ctx)  # POST /auth/token; with http_auth, users and roles on every route
     return app
 
 
@@ -86,11 +92,16 @@ class WebServer:
 
     async def start(self) -> None:
         settings = self.context.settings
+        ssl_context = None
+        if settings.http_tls:
+            from pacs.server.tls import https_server_context
+
+            ssl_context = https_server_context(settings)
         self.runner = web.AppRunner(build_app(self.context), access_log=None,
                                     handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port,
-                           reuse_address=True, backlog=1024)
+                           reuse_address=True, backlog=1024, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:
@@ -101,7 +112,8 @@ class WebServer:
         for address in self.runner.addresses:
             host, port = address[:2]
             self.context.http_port = int(port)
-            log.info("HTTP (DICOMweb, REST, viewer) listening on %s:%d", host, port)
+            log.info("%s (DICOMweb, REST, viewer) listening on %s:%d",
+                     "HTTPS" if ssl_context is not None else "HTTP", host, port)
 
     @property
     def port(self) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pacs import metrics
 from pacs.errors import QueryError
 from pacs.index.matching import is_universal
 from pacs.index.query import Level, Query
@@ -153,6 +154,13 @@ async def search(ctx: WebContext, request: web.Request, level: Level,
         rows, total = await loop.run_in_executor(ctx.archive.executor, _run, ctx, query)
     except QueryError as exc:
         raise bad_request(exc.comment) from exc
+    keys = metrics.query_keys(query.filters)
+    patient_id = keys.get("PatientID", "")
+    study_uid = keys.get("StudyInstanceUID", "")
+    metrics.audit_http(ctx.archive.audit, request, "query",
+                       patient_id="" if any(c in patient_id for c in "*?") else patient_id,
+                       study_uid="" if "\\" in study_uid else study_uid, operation="QIDO-RS",
+                       level=level, keys=keys, matches=len(rows), total=total)
     body: list[dict[str, Any]] = []
     for row in rows:
         url = _retrieve_url(ctx, request, level, row)

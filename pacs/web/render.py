@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pacs import metrics
 from pacs.index.records import InstanceRecord
 from pacs.web.context import WebContext, bad_request, http_error
 from pacs.web.multipart import parse_media_type, split_list
@@ -146,6 +147,11 @@ async def rendered(ctx: WebContext, request: web.Request) -> web.StreamResponse:
         png = await loop.run_in_executor(executor, render_frame, data, frame, window)
     except RenderError as exc:
         raise http_error(web.HTTPNotFound, str(exc)) from None
+    # A viewer asks for every slice: one audit line per user, source and study, with a count.
+    metrics.audit_http_repeated(ctx.archive.audit, request, "view", info["study"],
+                                records[0].attributes.get("PatientID", ""), "rendered",
+                                len(png))
+    metrics.BYTES_SENT.inc(("rendered",), len(png))
     return web.Response(body=png, content_type=PNG,
                         headers={"Cache-Control": "private, max-age=3600"})
 

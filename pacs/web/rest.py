@@ -28,6 +28,7 @@ from typing import Any, Literal, cast
 
 from aiohttp import web
 
+from pacs import metrics
 from pacs.errors import PacsError, QueryError
 from pacs.index.catalog import PATIENT_KEY
 from pacs.index.query import UNIQUE_KEYS, Level, Query
@@ -277,11 +278,16 @@ async def instance_file(ctx: WebContext, request: web.Request) -> web.StreamResp
         "Content-Type": "application/dicom",
         "Content-Disposition": f'attachment; filename="{record.sop_instance_uid}.dcm"'})
     response.content_length = record.size
+    a = record.attributes
+    metrics.audit_http(ctx.archive.audit, request, "view", patient_id=a.get("PatientID", ""),
+                       study_uid=a.get("StudyInstanceUID", ""), operation="REST file",
+                       instance_uid=record.sop_instance_uid)
     await response.prepare(request)
     try:
         chunk = first
         while chunk:
             await response.write(chunk)
+            metrics.BYTES_SENT.inc(("REST",), len(chunk))
             chunk = await loop.run_in_executor(executor, next, chunks, b"")
     except PacsError as exc:
         log.error("REST: cannot send %s: %s", record.sop_instance_uid, exc)
@@ -302,6 +308,11 @@ async def instance_preview(ctx: WebContext, request: web.Request) -> web.Respons
         png = await _blocking(ctx, render_frame, data, 1, None)
     except RenderError as exc:
         raise http_error(web.HTTPUnsupportedMediaType, str(exc)) from None
+    a = record.attributes
+    metrics.audit_http_repeated(ctx.archive.audit, request, "view",
+                                a.get("StudyInstanceUID", ""), a.get("PatientID", ""),
+                                "preview", len(png))
+    metrics.BYTES_SENT.inc(("rendered",), len(png))
     return web.Response(body=png, content_type=PNG)
 
 
@@ -332,6 +343,8 @@ async def delete_resource(ctx: WebContext, request: web.Request, kind: Kind) -> 
     records: list[InstanceRecord] | None = await _blocking(ctx, collect_instances, ctx, kind,
                                                            ident)
     if records is None:
+        metrics.audit_http(archive.audit, request, "delete", "failure", level=_TYPE[kind],
+                           id=ident, detail="not found")
         raise _not_found(kind, ident)
     deleted = 0
     size = 0
@@ -352,10 +365,26 @@ async def delete_resource(ctx: WebContext, request: web.Request, kind: Kind) -> 
             size += record.size
     log.info("REST: deleted %s %s (%d instances, %d bytes)", _TYPE[kind].lower(), ident,
              deleted, size)
+    _audit_delete(ctx, request, kind, ident, records, deleted)
     ancestor = (await _blocking(ctx, _remaining_ancestor, ctx, kind, records[0])
                 if records else None)
     return web.json_response({"RemainingAncestor": ancestor, "DeletedInstances": deleted,
                               "DeletedSize": size})
+
+
+def _audit_delete(ctx: WebContext, request: web.Request, kind: Kind, ident: str,
+                  records: list[InstanceRecord], deleted: int) -> None:
+    """One audit "delete" event per study touched (a patient's deletion names each study)."""
+    studies: dict[str, list[Any]] = {}  # study -> [patient_id, instances]
+    for record in records:
+        a = record.attributes
+        entry = studies.setdefault(a.get("StudyInstanceUID", ""), [a.get("PatientID", ""), 0])
+        entry[1] += 1
+    for study_uid, (patient_id, count) in (studies or {"": ["", 0]}).items():
+        metrics.audit_http(ctx.archive.audit, request, "delete",
+                           "success" if deleted == len(records) else "failure",
+                           patient_id=ident if kind == "patients" else patient_id,
+                           study_uid=study_uid, level=_TYPE[kind], id=ident, count=count)
 
 
 def _find_query(ctx: WebContext, body: Any) -> tuple[Query, bool]:
@@ -429,6 +458,9 @@ async def tools_find(ctx: WebContext, request: web.Request) -> web.Response:
         found = await _blocking(ctx, run)
     except QueryError as exc:
         raise bad_request(exc.comment) from exc
+    metrics.audit_http(ctx.archive.audit, request, "query", operation="REST tools/find",
+                       level=query.level, keys=metrics.query_keys(query.filters),
+                       matches=len(found))
     return web.json_response(found)
 
 

@@ -7,7 +7,8 @@ Only when the whole body has parsed are the parts handed, concurrently, to the o
 (:meth:`pacs.ingest.Ingest.store`), so a malformed body stores nothing.
 
 Statuses: 200 all stored, 202 some failed, 409 all failed, 400 malformed body, 413 body too
-large, 415 not ``multipart/related; type="application/dicom"``. The body lists stored instances
+large, 415 not ``multipart/related; type="application/dicom"``, 507 the data disk is below the
+free-space watermark (``min_free_space``). The body lists stored instances
 in ReferencedSOPSequence and refused ones in FailedSOPSequence with their FailureReason.
 """
 
@@ -22,7 +23,9 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from pacs import metrics
 from pacs.dicom import part10
+from pacs.diskspace import BELOW_WATERMARK, watermark
 from pacs.errors import DicomFormatError, IngestError
 from pacs.ingest import (
     CANNOT_UNDERSTAND,
@@ -202,9 +205,11 @@ def _uid_item(sop_class: str, sop_instance: str) -> dict[str, Any]:
 
 
 async def _store_part(
-    ctx: WebContext, part: Part, study: str | None, base: str
+    ctx: WebContext, part: Part, study: str | None, base: str,
+    studies: dict[tuple[str, str], int] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
-    """(stored?, the ReferencedSOPSequence or FailedSOPSequence item) for one part."""
+    """(stored?, the ReferencedSOPSequence or FailedSOPSequence item) for one part;
+    ``studies`` counts the stored instances by (study, patient) for the audit trail."""
     meta = part.meta or {}
     sop_class = meta.get("MediaStorageSOPClassUID", "")
     sop_uid = meta.get("MediaStorageSOPInstanceUID", "")
@@ -249,27 +254,57 @@ async def _store_part(
     record = archive.catalog.get_instance(uid)
     if record is not None:
         a = record.attributes
+        if studies is not None:
+            key = (a["StudyInstanceUID"], a.get("PatientID", ""))
+            studies[key] = studies.get(key, 0) + 1
+        if stored.outcome != "duplicate_kept":
+            metrics.INSTANCES_STORED.inc((SOURCE_AET, metrics.sop_class_label(sop_class)))
         item["00081190"] = {"vr": "UR", "Value": [
             f"{base}/dicom-web/studies/{a['StudyInstanceUID']}/series/"
             f"{a['SeriesInstanceUID']}/instances/{uid}"]}
     return True, item
 
 
+def _audit_store(ctx: WebContext, request: web.Request, studies: dict[tuple[str, str], int],
+                 failed: int) -> None:
+    """One audit "store" event per study of the request, and one for the refused parts."""
+    audit = ctx.archive.audit
+    for (study_uid, patient_id), count in studies.items():
+        metrics.audit_http(audit, request, "store", patient_id=patient_id, study_uid=study_uid,
+                           operation="STOW-RS", count=count)
+    if failed:
+        metrics.audit_http(audit, request, "store", "failure", operation="STOW-RS",
+                           count=failed)
+
+
 async def stow(ctx: WebContext, request: web.Request, study: str | None) -> web.Response:
     boundary = _check_content_type(request)
+    space = watermark(ctx.settings)
+    if space.below_watermark():  # refused whole, before reading the body
+        log.warning("STOW-RS from %s refused: %s", request.remote, BELOW_WATERMARK)
+        raise http_error(web.HTTPInsufficientStorage, BELOW_WATERMARK)
     parts = await _receive(ctx, request, boundary)
+    space.note_written(sum(part.size for part in parts))
+    if space.below_watermark():  # crossed while the body came in: store none of it
+        for part in parts:
+            part.discard()
+        log.warning("STOW-RS from %s refused: %s", request.remote, BELOW_WATERMARK)
+        raise http_error(web.HTTPInsufficientStorage, BELOW_WATERMARK)
     base = ctx.base_url(request)
+    metrics.BYTES_RECEIVED.inc(("STOW-RS",), sum(p.size for p in parts))
+    studies: dict[tuple[str, str], int] = {}
     try:
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(part: Part) -> tuple[bool, dict[str, Any]]:
             async with gate:
-                return await _store_part(ctx, part, study, base)
+                return await _store_part(ctx, part, study, base, studies)
 
         results = await asyncio.gather(*(one(p) for p in parts))
     finally:
         for part in parts:
             part.discard()
+    _audit_store(ctx, request, studies, sum(1 for ok, _ in results if not ok))
     stored = [item for ok, item in results if ok]
     failed = [item for ok, item in results if not ok]
     body: dict[str, Any] = {}

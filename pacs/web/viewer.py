@@ -7,10 +7,13 @@ mouse wheel and the arrow keys scroll through the slices, and a window/level fie
 
 from __future__ import annotations
 
+import asyncio
 import html
 
 from aiohttp import web
 
+from pacs import metrics
+from pacs.index.catalog import PATIENT_KEY
 from pacs.web.context import WebContext, bad_request
 
 __all__ = ["PAGE", "routes"]
@@ -103,11 +106,26 @@ def page(study: str) -> str:
     return PAGE.replace("__STUDY__", html.escape(study, quote=True))
 
 
+def patient_of_study(ctx: WebContext, study: str) -> str | None:
+    """Blocking: the PatientID of a study ("" when it has none), None for an unknown study."""
+    catalog = ctx.archive.catalog
+    found = catalog.get_study(study)
+    if found is None:
+        return None
+    patient = catalog.get_patient(str(found.get(PATIENT_KEY, ""))) or {}
+    return str(patient.get("PatientID", "") or "")
+
+
 def routes(ctx: WebContext) -> list[web.RouteDef]:
     async def viewer(request: web.Request) -> web.Response:
         study = request.query.get("StudyInstanceUID", "").strip()
         if not study or len(study) > 64 or not all(c.isdigit() or c == "." for c in study):
             raise bad_request("StudyInstanceUID=<a UID> is required")
+        patient_id = await asyncio.get_running_loop().run_in_executor(
+            ctx.archive.executor, patient_of_study, ctx, study)
+        metrics.audit_http(ctx.archive.audit, request, "view",
+                           "success" if patient_id is not None else "failure",
+                           patient_id=patient_id or "", study_uid=study, operation="viewer")
         return web.Response(text=page(study), content_type="text/html")
 
     return [web.get("/viewer", viewer)]

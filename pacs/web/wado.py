@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pacs import metrics
 from pacs.dicom import part10
 from pacs.dicom.convert import plan_syntax
 from pacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
@@ -118,6 +119,17 @@ async def _records(ctx: WebContext, request: web.Request) -> list[InstanceRecord
     return records
 
 
+def audit_view(ctx: WebContext, request: web.Request, records: list[InstanceRecord],
+               operation: str) -> None:
+    """The audit "view" event of a WADO-RS request (one study: the path names it)."""
+    info = request.match_info
+    first = records[0].attributes if records else {}
+    metrics.audit_http(ctx.archive.audit, request, "view",
+                       patient_id=first.get("PatientID", ""), study_uid=info.get("study", ""),
+                       operation=operation, series_uid=info.get("series", ""),
+                       instance_uid=info.get("instance", ""), count=len(records))
+
+
 async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     accepted = accepted_syntaxes(request.headers.get("Accept", ""))
     if accepted is None:
@@ -133,6 +145,7 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
                              f"{record.transfer_syntax_uid} and cannot be converted to "
                              f"{', '.join(accepted)}")
         plans.append((record, syntax))
+    audit_view(ctx, request, records, "WADO-RS")
     boundary = uuid.uuid4().hex
     response = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
@@ -149,6 +162,7 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
                 first=index == 0) + meta)
             async for chunk in chunks:
                 await response.write(chunk)
+                metrics.BYTES_SENT.inc(("WADO-RS",), len(chunk))
         except (PacsError, ValueError) as exc:
             # The status is sent already: cut the connection so the client sees a truncated
             # body (no closing delimiter) rather than a silently incomplete study.
@@ -199,6 +213,7 @@ async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
                                "*/*") for m in media):
         raise http_error(web.HTTPNotAcceptable, f"metadata is offered as {dicomjson.MEDIA_TYPE}")
     records = await _records(ctx, request)
+    audit_view(ctx, request, records, "WADO-RS metadata")
     loop = asyncio.get_running_loop()
     body = await loop.run_in_executor(ctx.archive.executor, _metadata, ctx, records)
     return web.Response(body=dicomjson.dumps(body), content_type=dicomjson.MEDIA_TYPE)
