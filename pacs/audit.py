@@ -26,9 +26,9 @@ from typing import Any, Literal
 log = logging.getLogger("pacs.audit")
 
 Action = Literal["store", "query", "retrieve", "view", "delete", "login", "association",
-                 "retention", "configuration"]
+                 "retention", "configuration", "order"]
 ACTIONS: tuple[str, ...] = ("store", "query", "retrieve", "view", "delete", "login",
-                            "association", "retention", "configuration")
+                            "association", "retention", "configuration", "order")
 Outcome = Literal["success", "failure"]
 
 

@@ -72,6 +72,14 @@ async def serve(
         from pacs.retention import retention_forever
 
         background.append(asyncio.create_task(retention_forever(archive)))
+    if worker_id == 0:
+        from pacs.worklist.reconcile import reconcile_forever
+
+        background.append(asyncio.create_task(reconcile_forever(archive)))
+    if worker_id == 0 and settings.ris_port:
+        from pacs.worklist.outbound import send_forever
+
+        background.append(asyncio.create_task(send_forever(archive)))
     web = None
     hl7_listener = None
     try:
