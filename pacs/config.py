@@ -40,7 +40,7 @@ class RemoteAE:
     move_destination: bool = True
     # What this AE may do as calling AE (access control, pacs.server.access).
     permissions: frozenset[str] = frozenset(("echo", "store", "find", "move", "get",
-                                             "worklist", "commitment"))
+                                             "worklist", "mpps", "commitment"))
     check_host: bool = False  # accept this calling AE only from ``host``
     max_associations: int = 0  # open associations of this calling AE; 0: the global cap
 
@@ -59,7 +59,7 @@ class Route:
         )
 
 
-PERMISSIONS = ("echo", "store", "find", "move", "get", "worklist", "commitment")
+PERMISSIONS = ("echo", "store", "find", "move", "get", "worklist", "mpps", "commitment")
 
 
 @dataclass(frozen=True, slots=True)

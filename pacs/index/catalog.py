@@ -78,7 +78,7 @@ PATIENT_INSTANCES = "NumberOfPatientRelatedInstances"
 PATIENT_KEY = "patient_key"
 _PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
 
-_OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox")  # added after the first release
+_OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox", "mpps")  # added after the first release
 _DB_NAMES = (
     "instances",
     "series",
@@ -92,6 +92,7 @@ _DB_NAMES = (
     outbox.DB_NAME,  # instances waiting to be forwarded (pacs.index.outbox)
     "worklist",  # scheduled procedure steps from HL7 orders (pacs.worklist.store)
     "hl7_outbox",  # HL7 messages waiting for the RIS (pacs.worklist.outbound)
+    "mpps",  # Modality Performed Procedure Steps (pacs.server.mpps)
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -596,7 +597,7 @@ class Catalog:
 
         def apply(t: _Txn) -> None:
             for name, db in self._dbs.items():
-                if name != "worklist":
+                if name not in ("worklist", "mpps", "hl7_outbox"):
                     t.txn.drop(db, delete=False)
 
         self._write(apply)

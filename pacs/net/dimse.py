@@ -345,6 +345,26 @@ def n_action_rsp(
     return command
 
 
+def n_rsp(
+    field: int,
+    message_id_being_responded_to: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    status: int,
+    error_comment: str | None = None,
+) -> Command:
+    """N-CREATE-RSP / N-SET-RSP (PS3.7 10.3.5.2, 10.3.3.2) without an attribute list."""
+    command = Command({
+        AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: field,
+        MESSAGE_ID_BEING_RESPONDED_TO: message_id_being_responded_to,
+        COMMAND_DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
+        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+    })  # fmt: skip
+    if error_comment is not None:
+        command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
+    return command
+
+
 def n_event_report_rq(
     message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type_id: int
 ) -> Command:

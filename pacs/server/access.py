@@ -37,6 +37,7 @@ from pacs.server.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from pacs.server.find import FIND_MODELS
 from pacs.server.get import GET_MODELS
 from pacs.server.move import MOVE_MODELS
+from pacs.server.mpps import MPPS_SOP_CLASS
 from pacs.server.worklist_find import MODALITY_WORKLIST_FIND
 
 ALL_PERMISSIONS = frozenset(PERMISSIONS)
@@ -148,6 +149,7 @@ _PERMISSION_OF: dict[str, str] = {
     **dict.fromkeys(GET_MODELS, "get"),
     **dict.fromkeys(MOVE_MODELS, "move"),
     STORAGE_COMMITMENT_PUSH_MODEL: "commitment",
+    MPPS_SOP_CLASS: "mpps",
 }
 
 

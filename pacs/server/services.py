@@ -23,6 +23,7 @@ from pacs.server.find import FIND_MODELS, FindSCP
 from pacs.server.get import GET_MODELS, GetSCP
 from pacs.server.messages import Handler, Request, Response
 from pacs.server.move import MOVE_MODELS, MoveSCP
+from pacs.server.mpps import MPPS_SOP_CLASS, MppsSCP
 from pacs.server.worklist_find import MODALITY_WORKLIST_FIND, WorklistFindSCP
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 OPERATIONS = {
     dimse.C_ECHO_RQ: "C-ECHO", dimse.C_STORE_RQ: "C-STORE", dimse.C_FIND_RQ: "C-FIND",
     dimse.C_GET_RQ: "C-GET", dimse.C_MOVE_RQ: "C-MOVE", dimse.N_ACTION_RQ: "N-ACTION",
+    dimse.N_CREATE_RQ: "N-CREATE", dimse.N_SET_RQ: "N-SET",
 }  # the metrics' operation label
 _AUDITED = {"C-FIND": "query", "C-GET": "retrieve", "C-MOVE": "retrieve"}
 
@@ -54,6 +56,7 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
         )
     for sop_class in uids.STORAGE_SOP_CLASSES:
         contexts[sop_class] = uids.ALL_TRANSFER_SYNTAXES
+    contexts[MPPS_SOP_CLASS] = (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
     contexts[STORAGE_COMMITMENT_PUSH_MODEL] = (
         uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
     return contexts
@@ -70,6 +73,7 @@ class Services:
         self.move = MoveSCP(archive)
         self.commitment = CommitmentSCP(archive)
         self.worklist = WorklistFindSCP(archive)
+        self.mpps = MppsSCP(archive)
         self.handlers: Mapping[int, Handler] = {
             dimse.C_ECHO_RQ: self.c_echo,
             dimse.C_STORE_RQ: self.c_store,
@@ -77,6 +81,8 @@ class Services:
             dimse.C_GET_RQ: self.get.c_get,
             dimse.C_MOVE_RQ: self.move.c_move,
             dimse.N_ACTION_RQ: self.commitment.n_action,
+            dimse.N_CREATE_RQ: self.mpps.n_create,
+            dimse.N_SET_RQ: self.mpps.n_set,
         }
         # Stores are audited once per (association, study), not per instance.
         self.audit_buffer = metrics.audit_buffer(archive.audit)

@@ -1,6 +1,8 @@
-"""Orders meet their images: an active order whose study has arrived and stayed unchanged for
+"""Orders meet their images: an order whose study has arrived and stayed unchanged for
 ``reconcile_quiet_period`` seconds becomes COMPLETED, and (with ``ris_port`` set) an ORU^R01
-announcing the study and its viewer URL is queued for the RIS in the same transaction.
+announcing the study and its viewer URL is queued for the RIS in the same transaction. Orders
+looked at: active ones, and those completed (MPPS COMPLETED, ORC-5 CM) whose images were not
+matched yet; each order is reconciled once.
 
 A study belongs to an order when its StudyInstanceUID is the order's (the modality used the
 worklist's UID), else when its AccessionNumber is the order's; in the second case the order
@@ -44,6 +46,11 @@ def public_url(archive: Archive) -> str:
     return f"{scheme}://{host}:{settings.http_port}"
 
 
+def _waiting(item: WorklistItem) -> bool:
+    """Scheduled or under way, or completed (by MPPS or the RIS) before its images were seen."""
+    return not item.reconciled and (item.active or item.status == "COMPLETED")
+
+
 class Reconciler:
     """Looks at the active orders once per call of :meth:`run_once` (an executor thread)."""
 
@@ -69,7 +76,7 @@ class Reconciler:
         """Complete the orders whose study is quiet; the items completed."""
         now = time.time() if now is None else now
         quiet = self.archive.settings.reconcile_quiet_period
-        active = [item for item in self.store.items() if item.active]
+        active = [item for item in self.store.items() if _waiting(item)]
         seen = {item.key for item in active}
         for key in list(self._counts):
             if key not in seen:
@@ -107,10 +114,10 @@ class Reconciler:
             if raw is None:
                 return None
             item = WorklistItem.decode(bytes(raw))
-            if not item.active:  # cancelled meanwhile: leave it
+            if not _waiting(item):  # cancelled meanwhile: leave it
                 return None
             item = replace(item, status="COMPLETED", study_instance_uid=study_uid,
-                           order_control="RECONCILED", updated=now)
+                           order_control="RECONCILED", updated=now, reconciled=now)
             t.txn.put(key.encode(), item.encode(), db=db)
             if settings.ris_port:
                 outbound.enqueue(t.txn, catalog.database(outbound.DB_NAME), item, viewer,

@@ -61,6 +61,8 @@ class WorklistItem:
     message_control_id: str = ""  # MSH-10 of the last message applied
     created: float = 0.0
     updated: float = 0.0
+    reconciled: float = 0.0  # when its study was matched (and the RIS told); 0: not yet
+    mpps_uid: str = ""  # the Modality Performed Procedure Step reporting on it
 
     @property
     def active(self) -> bool:
