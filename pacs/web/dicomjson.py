@@ -3,11 +3,15 @@
 Values come from the index as the C-FIND encoder sees them (multiple values joined by a
 backslash, PN as ``Family^Given``). VRs are pydicom's dictionary VRs (an ambiguous "US or SS"
 reads as US). Numbers become JSON numbers (IS, DS, US, SS, UL, SL, FL, FD, SV, UV), PN values
-``{"Alphabetic": ...}``, empty values an attribute without "Value".
+``{"Alphabetic": ...}``, empty values an attribute without "Value". Binary values are never in
+the index; WADO-RS metadata adds a ``BulkDataURI`` for the Pixel Data of image instances
+(:func:`has_pixel_data`, decided from the SOP Class alone so that no file is opened) and
+:func:`binary_element` gives small values inline (``InlineBinary``, base64).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -15,11 +19,14 @@ from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag
+from pydicom.uid import UID
 
-__all__ = ["MEDIA_TYPE", "dumps", "keyword_of", "tag_key", "to_json", "vr_of"]
+__all__ = ["INLINE_BINARY_LIMIT", "MEDIA_TYPE", "binary_element", "dumps", "has_pixel_data",
+           "keyword_of", "tag_key", "to_json", "vr_of"]
 
 MEDIA_TYPE = "application/dicom+json"
 
+INLINE_BINARY_LIMIT = 1024  # bytes: larger binary values are given by BulkDataURI
 _INTEGER_VRS = frozenset(("IS", "US", "SS", "UL", "SL", "SV", "UV"))
 _FLOAT_VRS = frozenset(("DS", "FL", "FD"))
 
@@ -107,6 +114,26 @@ def to_json(row: Mapping[str, str], extra: Iterable[tuple[str, dict[str, Any]]] 
         items.append((key, element(keyword, value)))
     items.extend(extra)
     return dict(sorted(items))
+
+
+@lru_cache(maxsize=256)
+def has_pixel_data(sop_class_uid: str) -> bool:
+    """True for the SOP Classes whose instances carry Pixel Data (the image storage classes,
+    segmentations); False for SR, presentation states, waveforms, documents, RT plans..."""
+    name = UID(sop_class_uid).name if sop_class_uid else ""
+    if not name.endswith("Storage") and not name.endswith("Storage - For Presentation") \
+            and not name.endswith("Storage - For Processing"):
+        return False
+    return "Image" in name or name.startswith(("Segmentation", "Label Map Segmentation"))
+
+
+def binary_element(vr: str, value: bytes, uri: str,
+                   limit: int = INLINE_BINARY_LIMIT) -> dict[str, Any]:
+    """A binary attribute (OB, OW, OF, UN ...): ``InlineBinary`` up to ``limit`` bytes, else
+    a ``BulkDataURI`` where the value can be retrieved."""
+    if len(value) <= limit:
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    return {"vr": vr, "BulkDataURI": uri}
 
 
 def dumps(data: Any) -> bytes:

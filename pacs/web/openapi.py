@@ -1,6 +1,7 @@
 """The OpenAPI 3 document of the REST API, served at ``GET /openapi.json``.
 
-DICOMweb (``/dicom-web``) and the viewer follow their own standards and are not described here.
+DICOMweb (``/dicom-web``) and the viewer follow their own standards; of DICOMweb only the
+WADO-RS frames, bulk data, rendered and thumbnail routes are described here (their parameters).
 """
 
 from __future__ import annotations
@@ -221,6 +222,76 @@ def _modality_paths() -> dict[str, Any]:
     }
 
 
+def _binary(media: str) -> dict[str, Any]:
+    return {media: {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _dicomweb_paths() -> dict[str, Any]:
+    """WADO-RS frames, bulk data, rendered images and thumbnails (PS3.18 10.4)."""
+    bad, unknown = _error("bad parameters"), _error("unknown UID, frame or attribute")
+    refused = _error("no acceptable media type (Accept)")
+    study = _path_param("study", "StudyInstanceUID", UID_PATTERN)
+    series = _path_param("series", "SeriesInstanceUID", UID_PATTERN)
+    instance = _path_param("instance", "SOPInstanceUID", UID_PATTERN)
+    multipart = {"description": "multipart/related, one part per frame or value",
+                 "content": _binary("multipart/related")}
+    image = {"description": "the image", "content": _binary("image/jpeg") | _binary(
+        "image/png")}
+    render_params = [
+        _query_param("window", {"type": "string", "pattern": r"^[^,]+,[^,]+(,[a-z-]+)?$"},
+                     "center,width[,function]: linear (default), linear-exact, sigmoid"),
+        _query_param("viewport", {"type": "string",
+                                  "pattern": r"^[0-9]{1,4},[0-9]{1,4}(,[0-9]{1,5}){0,4}$"},
+                     "vw,vh[,sx,sy,sw,sh]: fit into vw x vh keeping the aspect ratio"),
+        _query_param("quality", {"type": "integer", "minimum": 1, "maximum": 100},
+                     "JPEG quality (default 90)"),
+    ]
+
+    def get(summary: str, op: str, params: list[dict[str, Any]], ok: dict[str, Any],
+            description: str = "") -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": summary, "operationId": op, "parameters": params,
+            "responses": {"200": ok, "400": bad, "404": unknown, "406": refused}}
+        if description:
+            operation["description"] = description
+        return {"get": operation}
+
+    base = "/dicom-web/studies/{study}/series/{series}/instances/{instance}"
+    uids = [study, series, instance]
+    frame_list = {"name": "frames", "in": "path", "required": True,
+                  "description": "comma-separated 1-based frame numbers",
+                  "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5})*$",
+                             "maxLength": 200}}
+    frame = {"name": "frame", "in": "path", "required": True, "description": "1-based",
+             "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,5}$"}}
+    tag = {"name": "tag", "in": "path", "required": True,
+           "description": "top-level tag, 8 hex digits (7FE00010: Pixel Data)",
+           "schema": {"type": "string", "pattern": r"^[0-9A-Fa-f]{8}$"}}
+    thumbnail = ("a representative image (middle instance of the first image series) as "
+                 "JPEG (default) or PNG, 128x128 unless viewport says otherwise")
+    return {
+        base + "/frames/{frames}": get(
+            "frames: native as application/octet-stream, compressed as stored (image/jpeg, "
+            "image/jls, image/jp2, image/jphc, image/dicom-rle) or decoded per Accept",
+            "wado_frames", [*uids, frame_list], multipart),
+        base + "/bulkdata/{tag}": get(
+            "the value of an attribute (Pixel Data: the frames)", "wado_bulkdata",
+            [*uids, tag], multipart),
+        base + "/rendered": get("the first frame rendered (PNG by default, or JPEG)",
+                                "wado_rendered", [*uids, *render_params], image),
+        base + "/frames/{frame}/rendered": get(
+            "a frame rendered", "wado_frame_rendered", [*uids, frame, *render_params], image),
+        base + "/thumbnail": get("instance thumbnail", "wado_instance_thumbnail",
+                                 [*uids, *render_params], image, thumbnail),
+        "/dicom-web/studies/{study}/series/{series}/thumbnail": get(
+            "series thumbnail", "wado_series_thumbnail", [study, series, *render_params],
+            image, thumbnail),
+        "/dicom-web/studies/{study}/thumbnail": get(
+            "study thumbnail", "wado_study_thumbnail", [study, *render_params], image,
+            thumbnail),
+    }
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     system = {"get": {"summary": "name, version, AE title and ports", "operationId": "system",
@@ -244,7 +315,7 @@ def document() -> dict[str, Any]:
                            "parameters, 404 for unknown ids. DICOMweb is under /dicom-web.",
         },
         "paths": _secured({"/system": system, "/statistics": statistics, **_resource_paths(),
-                           **_modality_paths()}) | _auth_paths(),
+                           **_modality_paths(), **_dicomweb_paths()}) | _auth_paths(),
         "components": {"schemas": _schemas(), "securitySchemes": _SECURITY_SCHEMES},
         # With http_auth on, every route needs one of these; off (the default), none ({}).
         "security": [{"basic": []}, {"bearer": []}, {}],

@@ -9,7 +9,16 @@ the Standard's default, Explicit VR Little Endian, is used where a conversion ex
 stored syntax. Every instance's syntax is planned from the index before the first byte goes out.
 
 ``/metadata`` answers from the index only: the indexed attributes of each instance, never
-opening a blob. Unknown UIDs are 404.
+opening a blob, and for image instances a ``BulkDataURI`` of Pixel Data (computed from the
+instance's URL). Unknown UIDs are 404.
+
+``/frames/{list}`` (PS3.18 10.4.1.1.6) sends frames as multipart/related: native pixel data as
+``application/octet-stream`` (Explicit VR Little Endian bytes), compressed pixel data as stored
+(``image/jpeg``, ``image/jls``, ``image/jp2``, ``image/jphc``, ``image/dicom-rle`` ... with a
+``transfer-syntax`` parameter) when the Accept allows it, else decoded to octet-stream; 406 when
+neither is possible, 404 for a frame out of range, 400 for a malformed list. Only the frame's
+bytes are read from the blob (:mod:`pacs.web.frames`). ``/bulkdata/{tag}`` sends the value of a
+top-level attribute: Pixel Data like all the frames (native: one part with the whole value).
 """
 
 from __future__ import annotations
@@ -23,8 +32,8 @@ from typing import Any
 from aiohttp import web
 
 from pacs import metrics
-from pacs.dicom import part10
-from pacs.dicom.convert import plan_syntax
+from pacs.dicom import part10, scan
+from pacs.dicom.convert import can_convert, plan_syntax
 from pacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from pacs.errors import PacsError
 from pacs.index.records import (
@@ -35,11 +44,11 @@ from pacs.index.records import (
     InstanceRecord,
 )
 from pacs.server.payload import instance_payload
-from pacs.web import dicomjson
-from pacs.web.context import WebContext, http_error
+from pacs.web import dicomjson, frames
+from pacs.web.context import WebContext, bad_request, http_error
 from pacs.web.multipart import closing, parse_media_type, part_header, split_list
 
-__all__ = ["accepted_syntaxes", "resolve", "routes"]
+__all__ = ["accepted_syntaxes", "frame_plan", "resolve", "routes"]
 
 log = logging.getLogger("pacs.web.wado")
 
@@ -175,8 +184,10 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _metadata(ctx: WebContext, records: list[InstanceRecord]) -> list[dict[str, Any]]:
-    """Blocking: each instance's indexed attributes, the upper levels from their records."""
+def _metadata(ctx: WebContext, records: list[InstanceRecord], base: str = "") -> \
+        list[dict[str, Any]]:
+    """Blocking: each instance's indexed attributes, the upper levels from their records, and
+    a Pixel Data BulkDataURI under ``base`` (scheme://host) for image instances."""
     catalog = ctx.archive.catalog
     series_cache: dict[str, dict[str, Any] | None] = {}
     study_cache: dict[str, dict[str, Any]] = {}
@@ -203,6 +214,13 @@ def _metadata(ctx: WebContext, records: list[InstanceRecord]) -> list[dict[str, 
         if not all(v.isascii() for v in ordered.values()):
             ordered["SpecificCharacterSet"] = "ISO_IR 192"
         extra = [("00083002", {"vr": "UI", "Value": [record.transfer_syntax_uid]})]
+        if dicomjson.has_pixel_data(row.get("SOPClassUID", "")):
+            syntax = record.transfer_syntax_uid
+            extra.append(("7FE00010", {
+                "vr": "OB" if syntax not in frames.NATIVE_SYNTAXES else "OW",
+                "BulkDataURI": f"{base}/dicom-web/studies/{row.get('StudyInstanceUID', '')}"
+                               f"/series/{series_uid}/instances/{record.sop_instance_uid}"
+                               "/bulkdata/7FE00010"}))
         out.append(dicomjson.to_json(ordered, extra))
     return out
 
@@ -215,8 +233,175 @@ async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     records = await _records(ctx, request)
     audit_view(ctx, request, records, "WADO-RS metadata")
     loop = asyncio.get_running_loop()
-    body = await loop.run_in_executor(ctx.archive.executor, _metadata, ctx, records)
+    body = await loop.run_in_executor(ctx.archive.executor, _metadata, ctx, records,
+                                      ctx.base_url(request))
     return web.Response(body=dicomjson.dumps(body), content_type=dicomjson.MEDIA_TYPE)
+
+
+OCTET_TYPES = (frames.OCTET_STREAM, "application/*", "*/*")
+
+
+def frame_plan(accept: str, stored: str) -> tuple[str, str] | None:
+    """(part media type, transfer syntax) for the frames of an instance stored in ``stored``,
+    None when the Accept allows nothing we can send. Octet-stream of a compressed syntax means
+    decoded to Explicit VR Little Endian."""
+    items: list[tuple[float, int, str, str]] = []
+    for position, item in enumerate(split_list(accept) or ["*/*"]):
+        media, params = parse_media_type(item)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            continue
+        if q <= 0:
+            continue
+        if media == "multipart/related":
+            part_type = parse_media_type(params.get("type", "*/*"))[0]
+        elif media in ("*/*", "multipart/*"):
+            part_type = "*/*"
+        else:
+            continue
+        items.append((-q, position, part_type, params.get("transfer-syntax", "").strip()))
+    native = stored in frames.NATIVE_SYNTAXES
+    compressed = frames.FRAME_MEDIA_TYPES.get(stored, ())
+    for _q, _position, part_type, syntax in sorted(items):
+        if native:
+            if part_type in OCTET_TYPES and syntax in ("", ANY, EXPLICIT_VR_LITTLE_ENDIAN):
+                return frames.OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN
+            continue
+        if compressed and syntax in ("", ANY, stored):
+            if part_type in compressed or part_type in ("image/*", "*/*"):
+                return compressed[0], stored
+            if part_type in OCTET_TYPES and syntax in (ANY, stored):
+                return frames.OCTET_STREAM, stored
+        if part_type in OCTET_TYPES and syntax in ("", EXPLICIT_VR_LITTLE_ENDIAN) \
+                and can_convert(stored, EXPLICIT_VR_LITTLE_ENDIAN):
+            return frames.OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN
+    return None
+
+
+async def send_frames(ctx: WebContext, request: web.Request, record: InstanceRecord,
+                      numbers: list[int] | None, operation: str) -> web.StreamResponse:
+    """Frames ``numbers`` (all when None) of one instance as multipart/related."""
+    loop = asyncio.get_running_loop()
+    executor, store = ctx.archive.executor, ctx.archive.store
+    stored = record.transfer_syntax_uid
+    size = record.size or await loop.run_in_executor(executor, store.size, record.location)
+    try:
+        info = await loop.run_in_executor(executor, frames.locate, store, record.location,
+                                          stored, size)
+    except frames.FrameError as exc:
+        raise http_error(web.HTTPNotFound, str(exc)) from None
+    if numbers is None:
+        numbers = list(range(1, info.frames + 1))
+    outside = [n for n in numbers if n > info.frames]
+    if outside:
+        raise http_error(web.HTTPNotFound,
+                         f"no frame {outside[0]}: the instance has {info.frames}")
+    chosen = frame_plan(request.headers.get("Accept", ""), stored)
+    if chosen is None:
+        raise http_error(web.HTTPNotAcceptable,
+                         f"frames of this instance are offered as "
+                         f"{', '.join(frames.FRAME_MEDIA_TYPES.get(stored, ()) or ['-'])} "
+                         f"(transfer-syntax={stored}) or application/octet-stream"
+                         + (" (decoded)" if can_convert(stored, EXPLICIT_VR_LITTLE_ENDIAN)
+                            else ""))
+    media, syntax = chosen
+    decode = syntax != stored and stored not in frames.NATIVE_SYNTAXES
+    audit_view(ctx, request, [record], operation)
+    blob: bytes | None = None
+    if decode:
+        blob = await loop.run_in_executor(executor, store.get, record.location)
+    boundary = uuid.uuid4().hex
+    response = web.StreamResponse(headers={
+        "Content-Type": f'multipart/related; type="{media}"; boundary={boundary}'})
+    await response.prepare(request)
+    for index, number in enumerate(numbers):
+        try:
+            if blob is not None:
+                data = await loop.run_in_executor(executor, frames.decode_frame, blob, number)
+            else:
+                data = await loop.run_in_executor(executor, frames.read_frame, store,
+                                                  record.location, size, info, number)
+        except (frames.FrameError, PacsError, ValueError) as exc:
+            log.error("%s: cannot send frame %d of %s: %s", operation, number,
+                      record.sop_instance_uid, exc)
+            if request.transport is not None:
+                request.transport.abort()  # as in retrieve(): a truncated body, not a lie
+            return response
+        await response.write(part_header(
+            boundary, {"Content-Type": f"{media}; transfer-syntax={syntax}"},
+            first=index == 0) + data)
+        metrics.BYTES_SENT.inc((operation,), len(data))
+    await response.write(closing(boundary))
+    await response.write_eof()
+    return response
+
+
+async def instance_frames(ctx: WebContext, request: web.Request) -> web.StreamResponse:
+    try:
+        numbers = frames.parse_frame_list(request.match_info["frames"])
+    except ValueError as exc:
+        raise bad_request(f"frame list: {exc}") from None
+    [record] = await _records(ctx, request)
+    return await send_frames(ctx, request, record, numbers, "WADO-RS frames")
+
+
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8, "US": 2, "SS": 2, "UL": 4,
+               "SL": 4, "FL": 4, "FD": 8, "AT": 2, "SV": 8, "UV": 8}
+
+
+def _attribute(ctx: WebContext, record: InstanceRecord, tag: int) -> tuple[str, bytes] | None:
+    """Blocking: (VR, value bytes) of a top-level attribute, None when absent; numbers little
+    endian whatever the stored syntax."""
+    import numpy as np
+
+    data = ctx.archive.store.get(record.location)
+    _meta, offset = part10.read_file_meta(data)
+    table = scan.scan(data, record.transfer_syntax_uid, 0x100000000, offset)
+    found = table.find(tag)
+    if found is None or found.vr == "SQ" or found.length == scan.UNDEFINED_LENGTH:
+        return None
+    value = bytes(table.buffer[found.value_offset:found.value_offset + found.length])
+    width = _SWAP_WIDTH.get(found.vr, 1)
+    if not table.little_endian and width > 1:
+        value = np.frombuffer(value[:len(value) // width * width],
+                              dtype=f">u{width}").astype(f"<u{width}").tobytes()
+    return found.vr, value
+
+
+async def bulkdata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
+    raw = request.match_info["tag"].replace(",", "")
+    if len(raw) != 8:
+        raise bad_request("bulk data is addressed by a tag of 8 hex digits (top level only)")
+    try:
+        tag = int(raw, 16)
+    except ValueError:
+        raise bad_request("bulk data is addressed by a tag of 8 hex digits") from None
+    [record] = await _records(ctx, request)
+    if tag == scan.PIXEL_DATA and record.transfer_syntax_uid not in frames.NATIVE_SYNTAXES:
+        return await send_frames(ctx, request, record, None, "WADO-RS bulkdata")
+    media = [parse_media_type(m) for m in split_list(request.headers.get("Accept", ""))]
+    if media and not any((m == "multipart/related" and parse_media_type(
+            p.get("type", "*/*"))[0] in OCTET_TYPES) or m in ("*/*", "multipart/*")
+                         for m, p in media):
+        raise http_error(web.HTTPNotAcceptable, 'bulk data is offered as multipart/related; '
+                                                'type="application/octet-stream"')
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.run_in_executor(ctx.archive.executor, _attribute, ctx, record, tag)
+    except (PacsError, ValueError) as exc:
+        raise http_error(web.HTTPNotFound, f"cannot read the instance: {exc}") from None
+    if found is None:
+        raise http_error(web.HTTPNotFound, f"no attribute {tag:08X} with a value here")
+    audit_view(ctx, request, [record], "WADO-RS bulkdata")
+    _vr, value = found
+    boundary = uuid.uuid4().hex
+    body = (part_header(boundary, {"Content-Type": frames.OCTET_STREAM}, first=True) + value
+            + closing(boundary))
+    metrics.BYTES_SENT.inc(("WADO-RS bulkdata",), len(value))
+    return web.Response(body=body, headers={
+        "Content-Type": f'multipart/related; type="{frames.OCTET_STREAM}"; '
+                        f"boundary={boundary}"})
 
 
 def routes(ctx: WebContext) -> list[web.RouteDef]:
@@ -225,6 +410,12 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
 
     async def get_metadata(request: web.Request) -> web.StreamResponse:
         return await metadata(ctx, request)
+
+    async def get_frames(request: web.Request) -> web.StreamResponse:
+        return await instance_frames(ctx, request)
+
+    async def get_bulkdata(request: web.Request) -> web.StreamResponse:
+        return await bulkdata(ctx, request)
 
     study = "/dicom-web/studies/{study}"
     series = study + "/series/{series}"
@@ -236,4 +427,6 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         web.get(study + "/metadata", get_metadata),
         web.get(series + "/metadata", get_metadata),
         web.get(instance + "/metadata", get_metadata),
+        web.get(instance + "/frames/{frames}", get_frames),
+        web.get(instance + "/bulkdata/{tag}", get_bulkdata),
     ]

@@ -179,7 +179,9 @@ def test_dicomweb_client_store_and_metadata(client) -> None:
     assert values(meta, "00080018") == [ds.SOPInstanceUID]
     assert values(meta, "00200013") == [1]
     assert values(meta, "00083002") == [ExplicitVRLittleEndian]
-    assert "7FE00010" not in meta  # from the index: no pixel data
+    pixels = meta["7FE00010"]  # from the index: no pixel data, a reference to it
+    assert "Value" not in pixels and "InlineBinary" not in pixels
+    assert pixels["BulkDataURI"].endswith(f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010")
     series_meta = client.retrieve_series_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID)
     assert series_meta == [meta]
     instance_meta = client.retrieve_instance_metadata(
