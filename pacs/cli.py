@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="report file (default: ./import-report-<timestamp>.txt)")
             cmd.add_argument("--jobs", type=int, default=None,
                              help="import processes (default: the workers setting)")
+            cmd.add_argument("--in-place", action="store_true",
+                             help="index Part-10 files where they lie instead of copying them "
+                                  "(zip members are still copied)")
         if name == "migrate":
             _migrate_arguments(cmd)
         if name == "retention":
@@ -149,6 +152,9 @@ def _migrate_arguments(cmd: argparse.ArgumentParser) -> None:
                      help="also one unsliced C-FIND for studies without a StudyDate")
     cmd.add_argument("--dry-run", action="store_true",
                      help="inventory and reconcile only, move nothing")
+    cmd.add_argument("--get", action="store_true",
+                     help="C-GET instead of C-MOVE (the source needs not know us as a move "
+                          "destination); ingested by this process beside the running archive")
     cmd.add_argument("--report", type=Path, default=None,
                      help="report file (default: ./migrate-report-<AET>-<timestamp>.txt)")
 
@@ -201,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "import":
         from pacs.importer import import_command
 
-        return import_command(settings, args.paths, args.report, args.jobs)
+        return import_command(settings, args.paths, args.report, args.jobs, args.in_place)
     if args.command == "migrate":
         from pacs.migrate import migrate_command
 
         return migrate_command(settings, args.source, args.calling_aet, args.to_host,
                                args.parallel, args.slice_limit, args.since_year, args.undated,
-                               args.report, args.dry_run)
+                               args.report, args.dry_run, args.get)
     if args.command == "retention":
         from pacs.retention import retention_command
 

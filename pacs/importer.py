@@ -13,6 +13,14 @@ data set handed to ``Ingest.store`` (source AE ``IMPORT``); files larger than
 ``spool_memory_limit`` are copied into the worker's spool folder and stored from there, never
 held in memory. Non-DICOM and corrupt files are listed in a report (path and reason) and never
 stop the run. Reads happen on a producer thread, in batches, overlapping with ingest.
+
+``--in-place`` indexes files where they lie instead of copying them: the location is
+``ext:<absolute path>`` (``pacs.store.external``), the size and BLAKE2b digest are those of the
+whole file, which retrieve serves as it is (a Part-10 file, like a stored blob). The producer
+thread scans and digests each file; per batch the paths are journaled (one fdatasync) before
+their index entries are submitted, so ``pacs reindex`` rebuilds them from the files. Files
+without a Part-10 header are rejected as in a copying import (they could not be served as
+they are); zip members cannot be indexed in place and are copied into the blob store.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from typing import IO, TYPE_CHECKING, Any
 from pacs.config import Settings
 from pacs.diskspace import BELOW_WATERMARK, watermark
 from pacs.errors import DicomFormatError, IngestError, PacsError
+from pacs.index.records import InstanceRecord
+from pacs.store import external
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -76,6 +86,7 @@ class _Item:
     transfer_syntax: str = ""
     sop_class: str = ""
     dataset: bytes | Path = b""
+    record: InstanceRecord | None = None  # set for a file indexed in place (--in-place)
 
 
 # -- finding the files -------------------------------------------------------------------------
@@ -117,10 +128,11 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
 class _Reader:
     """Turns paths (and zip members) into ``_Item``s; runs on the producer thread."""
 
-    def __init__(self, archive: Archive, spool_limit: int) -> None:
+    def __init__(self, archive: Archive, spool_limit: int, in_place: bool = False) -> None:
         self.catalog = archive.catalog
         self.spool_dir = archive.spool_dir
         self.spool_limit = spool_limit
+        self.in_place = in_place
         self._spooled = 0
 
     def items(self, paths: Iterable[str], stop: threading.Event) -> Iterator[_Item]:
@@ -136,7 +148,7 @@ class _Reader:
             try:
                 with open(path, "rb") as fh:
                     size = os.fstat(fh.fileno()).st_size
-                    yield self._read(path, fh, size)
+                    yield self._read(path, fh, size, in_place=self.in_place)
             except OSError as exc:
                 yield _Item(path, 0, "rejected", f"cannot read: {exc.strerror or exc}")
 
@@ -160,7 +172,7 @@ class _Reader:
         except (OSError, zipfile.BadZipFile) as exc:
             yield _Item(path, 0, "rejected", f"not a readable zip archive: {exc}")
 
-    def _read(self, name: str, fh: IO[bytes], size: int) -> _Item:
+    def _read(self, name: str, fh: IO[bytes], size: int, in_place: bool = False) -> _Item:
         from pacs.dicom.part10 import read_file_meta
 
         head = fh.read(HEADER_READ)
@@ -184,6 +196,10 @@ class _Reader:
         if offset >= len(head) and len(head) < HEADER_READ:
             return _Item(name, size, "rejected", "no data set after the file meta")
         item = _Item(name, size, transfer_syntax=syntax, sop_class=sop_class)
+        if in_place:
+            if "\n" in name:  # the in-place journal is one path per line
+                return _Item(name, size, "rejected", "a newline in the path: cannot index in place")
+            return _in_place(item, fh, head, offset)
         if size > self.spool_limit:
             item.dataset = self._spool(head[offset:], fh)
         elif len(head) < HEADER_READ:
@@ -199,6 +215,39 @@ class _Reader:
             out.write(start)
             shutil.copyfileobj(fh, out, 1 << 20)
         return target
+
+
+def _in_place(item: _Item, fh: IO[bytes], head: bytes, offset: int) -> _Item:
+    """Scan and digest a whole Part-10 file for indexing where it lies (``mmap``: never read
+    into memory twice); the item carries its finished record."""
+    import hashlib
+    import mmap
+
+    from pacs.dicom.scan import read_index_attributes
+    from pacs.ingest import WHOLE
+
+    del head  # the file is mapped whole: the digest covers preamble and file meta too
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            digest = hashlib.blake2b(view, digest_size=16).hexdigest()
+            size = len(view)
+            try:
+                # Walk to the end as the C-STORE path does: a truncated file is refused.
+                attributes = read_index_attributes(view, item.transfer_syntax,
+                                                   stop_tag=WHOLE, offset=offset)
+            except DicomFormatError as exc:
+                return _Item(item.name, item.size, "rejected", f"cannot parse data set: {exc}")
+        finally:
+            view.release()
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not attributes.get(keyword):
+            return _Item(item.name, item.size, "rejected", f"data set has no {keyword}")
+    item.record = InstanceRecord.from_attributes(
+        attributes, item.transfer_syntax, location=external.location_for(item.name),
+        source_aet=SOURCE_AET, received_at=time.time())
+    item.record.size, item.record.digest = size, digest
+    return item
 
 
 # -- one worker: an event loop over its share of the files -------------------------------------
@@ -256,6 +305,7 @@ async def _import(
     slot: int,
     stop: asyncio.Event,
     progress: Callable[[], None] | None = None,
+    in_place: bool = False,
 ) -> WorkerResult:
     loop = asyncio.get_running_loop()
     result = WorkerResult(writer_id=archive.store.writer_id
@@ -263,8 +313,9 @@ async def _import(
     base = slot * FIELDS
     handoff: queue.Queue[list[_Item] | None] = queue.Queue(maxsize=8)
     stop_reading = threading.Event()
-    reader = _Reader(archive, archive.settings.spool_memory_limit)
+    reader = _Reader(archive, archive.settings.spool_memory_limit, in_place)
     space = watermark(archive.settings)
+    journal = external.Journal(archive.settings.blob_dir)
 
     def produce() -> None:
         batch: list[_Item] = []
@@ -310,6 +361,31 @@ async def _import(
             count(BYTES, item.size)
             slots.release()
 
+    async def index_in_place(item: _Item) -> None:
+        """Commit the index entry of a file already journaled (no blob is written)."""
+        assert item.record is not None
+        modality = item.record.attributes.get("Modality", "")
+        forwards = [r.destination for r in archive.settings.routes
+                    if r.matches(SOURCE_AET, modality)]
+        try:
+            outcome = await asyncio.wrap_future(
+                archive.writer.submit(item.record, "keep", forwards=forwards))
+            if outcome.kind == "stored":
+                count(IMPORTED)
+            else:  # the same SOP Instance UID twice in this run: the first file stays indexed
+                count(DUPLICATES)
+                if outcome.obsolete_location:
+                    await loop.run_in_executor(None, journal.remove, outcome.obsolete_location)
+        except PacsError as exc:
+            reject(item.name, f"cannot index in place: {exc}")
+        except Exception as exc:  # never abort the run for one file
+            log.exception("in-place import of %s failed", item.name)
+            reject(item.name, f"internal error: {exc}")
+        finally:
+            count(FILES)
+            count(BYTES, item.size)
+            slots.release()
+
     try:
         while True:
             batch = await loop.run_in_executor(None, handoff.get)
@@ -324,6 +400,15 @@ async def _import(
                         item.dataset.unlink(missing_ok=True)
                 stop_reading.set()
                 break
+            placed = [item.record.location for item in batch if item.record is not None]
+            if placed and not stop.is_set():
+                # Journaled (durable) before indexed: reindex can always rebuild the entries.
+                try:
+                    await loop.run_in_executor(None, journal.add, placed)
+                except PacsError as exc:
+                    for item in batch:
+                        if item.record is not None:
+                            item.outcome, item.reason = "rejected", f"cannot journal: {exc}"
             for item in batch:
                 if stop.is_set():
                     break
@@ -335,8 +420,13 @@ async def _import(
                     count(FILES)
                     count(BYTES, item.size)
                     continue
-                space.note_written(item.size)
                 await slots.acquire()
+                if item.record is not None:
+                    task = loop.create_task(index_in_place(item))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    continue
+                space.note_written(item.size)
                 task = loop.create_task(store(item))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -375,6 +465,7 @@ def run_worker(
     counters: Any,
     slot: int,
     progress: Callable[[], None] | None = None,
+    in_place: bool = False,
 ) -> WorkerResult:
     """Import ``paths`` in this process with its own archive writer; SIGINT/SIGTERM stop it
     after the stores in flight (the archive is then closed cleanly)."""
@@ -396,7 +487,7 @@ def run_worker(
             parent = multiprocessing.parent_process()
             if parent is not None:
                 loop.add_reader(parent.sentinel, stop.set)
-            return await _import(archive, paths, counters, slot, stop, progress)
+            return await _import(archive, paths, counters, slot, stop, progress, in_place)
 
         try:
             result: WorkerResult = _runner()(main())
@@ -409,12 +500,12 @@ def run_worker(
 
 
 def _worker_main(settings: Settings, paths: list[str], counters: Any, slot: int,
-                 results: Any) -> None:
+                 results: Any, in_place: bool = False) -> None:
     from pacs.cli import configure_logging
 
     configure_logging(settings.log_level, f"import{slot}")
     try:
-        result = run_worker(settings, paths, counters, slot)
+        result = run_worker(settings, paths, counters, slot, in_place=in_place)
     except PacsError as exc:
         log.error("import worker %d: %s", slot, exc)
         result = WorkerResult(rejected=[(p, f"not imported: {exc}") for p in paths])
@@ -464,9 +555,10 @@ class Progress:
 
 
 def import_command(settings: Settings, paths: list[Path], report: Path | None = None,
-                   jobs: int | None = None) -> int:
+                   jobs: int | None = None, in_place: bool = False) -> int:
     """Import ``paths``; 0 when every file was imported (or already archived), 1 when some
-    were rejected (listed in the report), 130 when interrupted."""
+    were rejected (listed in the report), 130 when interrupted. ``in_place``: index the files
+    where they lie (``ext:`` locations) instead of copying them into the blob store."""
     settings = dataclasses.replace(settings, on_duplicate="keep")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -491,7 +583,7 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
     interrupted = disk_full = False
     if jobs == 1:
         try:
-            result = run_worker(settings, files, counters, 0, progress.tick)
+            result = run_worker(settings, files, counters, 0, progress.tick, in_place)
         except PacsError as exc:
             print(f"pacs: error: {exc}", file=sys.stderr)
             return 2
@@ -502,7 +594,8 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
         results = context.Queue()
         shares = [files[i::jobs] for i in range(jobs)]
         processes = [context.Process(target=_worker_main,
-                                     args=(settings, shares[i], counters, i, results),
+                                     args=(settings, shares[i], counters, i, results,
+                                           in_place),
                                      name=f"pacs-import{i}") for i in range(jobs)]
         for process in processes:
             process.start()

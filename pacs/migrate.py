@@ -16,6 +16,13 @@ source sends the instances to it as C-MOVE sub-operations, and we ask it (C-FIND
    (one thread each). The source must know our AE title as a move destination (host and port);
    for Orthanc that is a ``DicomModalities`` entry, which must also allow our calling AE title
    (``--calling-aet``, default our AE title) to query and move.
+   With ``--get``, C-GET instead (the source needs not know us as a move destination, only
+   allow our calling AE title to get): this process is the C-GET SCU and its C-STORE
+   sub-operations are ingested right here through the archive's write path (``Ingest.store``:
+   scan, segment blob, batched catalog commits), with its own segment writer (``importN``, as
+   ``pacs import``), beside the running archive on the same data directory. A sub-operation is
+   answered success only once its instance is durable and indexed. The running archive is
+   still needed for the C-FIND counts.
 4. **Reconciliation.** Counts queried again on both sides; the report (a table per study, then
    the missing ones) goes to ``migrate-report-<AET>-<timestamp>.txt`` (or ``--report``), the
    totals to stdout. Exit 0 when every study of the source is complete here, 1 otherwise, 2 on
@@ -35,21 +42,33 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 
 from pacs.config import Settings
+
+if TYPE_CHECKING:
+    from pacs.archive import Archive
 
 log = logging.getLogger("pacs.migrate")
 
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+# Offered for every storage SOP class of a C-GET: no deflate or big endian (rare, and the
+# sources transcode when asked for something we propose).
+GET_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50",
+                "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
+                "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5"]
+GET_CONTEXTS = 127  # at most 128 presentation contexts: one is the C-GET's own
 UID_BATCH = 100  # StudyInstanceUIDs per C-FIND on our side
 PENDING = (0xFF00, 0xFF01)
 
@@ -97,17 +116,27 @@ class Study:
 class Client:
     """Associations to one peer from our calling AE title."""
 
-    def __init__(self, peer: Peer, calling_aet: str, timeout: float = 60.0) -> None:
+    def __init__(self, peer: Peer, calling_aet: str, timeout: float = 60.0,
+                 get: bool = False) -> None:
         self.peer = peer
         self.ae = AE(ae_title=calling_aet)
-        for context in (VERIFICATION, STUDY_ROOT_FIND, STUDY_ROOT_MOVE):
-            self.ae.add_requested_context(context)
+        self.roles: list[Any] = []
+        if get:  # C-GET: the sub-operations come back on this association (SCP role)
+            self.ae.add_requested_context(STUDY_ROOT_GET)
+            for storage in StoragePresentationContexts[:GET_CONTEXTS]:
+                uid = str(storage.abstract_syntax)
+                self.ae.add_requested_context(uid, GET_SYNTAXES)
+                self.roles.append(build_role(uid, scp_role=True))
+        else:
+            for context in (VERIFICATION, STUDY_ROOT_FIND, STUDY_ROOT_MOVE):
+                self.ae.add_requested_context(context)
         self.ae.acse_timeout = self.ae.network_timeout = timeout
         self.ae.dimse_timeout = None  # a C-MOVE of a big study may take a long time
         self.ae.maximum_pdu_size = 262144
 
-    def associate(self) -> Association:
-        assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.aet)
+    def associate(self, handlers: list[Any] | None = None) -> Association:
+        assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.aet,
+                                  ext_neg=self.roles or None, evt_handlers=handlers)
         if not assoc.is_established:
             raise MigrateError(f"cannot associate with {self.peer} (rejected, aborted or "
                                "unreachable: is it running and does it know our AE title?)")
@@ -320,9 +349,95 @@ def move_study(assoc: Association, study: Study, destination: str) -> str:
     return ""
 
 
+class Receiver:
+    """C-STORE sub-operations of our C-GETs, ingested through the archive's write path.
+
+    Runs one event loop thread for ``Ingest.store``; each pynetdicom association thread waits
+    for its instance to be durable and indexed before answering the sub-operation.
+    """
+
+    def __init__(self, archive: Archive, source_aet: str) -> None:
+        import asyncio
+
+        self.archive = archive
+        self.source_aet = source_aet
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="migrate-ingest",
+                                       daemon=True)
+        self.thread.start()
+
+    def handle_store(self, event: Any) -> int:
+        """EVT_C_STORE: the encoded data set as received (never decoded here)."""
+        import asyncio
+
+        from pacs.errors import IngestError
+
+        request = event.request
+        data = request.DataSet.getvalue()
+        coroutine = self.archive.ingest.store(
+            data, transfer_syntax_uid=str(event.context.transfer_syntax),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID), source_aet=self.source_aet)
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            future.result()
+        except IngestError as exc:
+            log.warning("C-GET sub-operation %s refused: %s",
+                        request.AffectedSOPInstanceUID, exc.comment)
+            return exc.status
+        except Exception:
+            log.exception("C-GET sub-operation %s failed", request.AffectedSOPInstanceUID)
+            return 0xA700
+        return 0x0000
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+def _open_receiver(settings: Settings, source_aet: str) -> tuple[Receiver, int]:
+    """An archive with its own import writer (``importN``) and the receiver ingesting into it;
+    the descriptor holding the writer's lock."""
+    import dataclasses
+
+    from pacs.archive import Archive
+    from pacs.importer import _lock_writer, recover_stale_writers
+
+    settings = dataclasses.replace(settings, on_duplicate="keep")
+    logging.getLogger("pacs.ingest").setLevel(logging.WARNING)  # duplicates: counted by FIND
+    recover_stale_writers(settings)
+    writer, lock_fd = _lock_writer(settings, 0)
+    try:
+        archive = Archive.open(settings, worker_id=0, writer_id=writer)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return Receiver(archive, source_aet), lock_fd
+
+
+def get_study(assoc: Association, study: Study) -> str:
+    """C-GET one study (the sub-operations go to the association's handler); "" on
+    success, else why not."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study.uid
+    for status, _identifier in assoc.send_c_get(query, STUDY_ROOT_GET):
+        if not status:
+            return "no C-GET response (association aborted or timed out)"
+        code = int(status.Status)
+        failed = int(status.get("NumberOfFailedSuboperations") or 0)
+        if code not in PENDING and code != 0:
+            comment = str(status.get("ErrorComment", "")).strip()
+            return f"C-GET status 0x{code:04X}" + (f" ({comment})" if comment else "") + (
+                f", {failed} failed sub-operations" if failed else "")
+    return ""
+
+
 def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
            destination: str, state: State, progress: Progress,
-           stop: threading.Event) -> None:
+           stop: threading.Event, receiver: Receiver | None = None) -> None:
+    handlers = [(evt.EVT_C_STORE, receiver.handle_store)] if receiver is not None else None
     src: Association | None = None
     dst: Association | None = None
     try:
@@ -332,10 +447,11 @@ def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
                 return
             try:
                 if src is None or not src.is_established:
-                    src = source.associate()
+                    src = source.associate(handlers)
                 if dst is None or not dst.is_established:
                     dst = ours.associate()
-                study.error = move_study(src, study, destination)
+                study.error = (get_study(src, study) if receiver is not None
+                               else move_study(src, study, destination))
                 study.moved = True
                 study.our_count = counts(dst, [study.uid])[study.uid]
             except MigrateError as exc:
@@ -380,7 +496,10 @@ def write_report(path: Path, source: Peer, ours: Peer, studies: list[Study],
 def migrate_command(settings: Settings, source_text: str, calling_aet: str | None = None,
                     to_host: str | None = None, parallel: int = 4, slice_limit: int = 500,
                     since_year: int = 1900, undated: bool = False,
-                    report: Path | None = None, dry_run: bool = False) -> int:
+                    report: Path | None = None, dry_run: bool = False,
+                    get: bool = False) -> int:
+    """Pull every study of ``source_text`` (C-MOVE to our running archive, or C-GET with
+    ``get``); the exit status as described in the module docstring."""
     try:
         source = parse_peer(source_text)
     except ValueError as exc:
@@ -437,9 +556,18 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
         for _ in range(threads):
             work.put(None)
         stop = threading.Event()
+        receiver: Receiver | None = None
+        lock_fd = -1
+        if get:
+            try:
+                receiver, lock_fd = _open_receiver(settings, source.aet)
+            except Exception as exc:
+                print(f"pacs: error: cannot open the archive for C-GET: {exc}", file=sys.stderr)
+                return 2
+        mover_source = Client(source, caller, get=True) if get else src_client
         workers = [threading.Thread(target=_mover, name=f"migrate{i}", daemon=True,
-                                    args=(src_client, our_client, work, ours.aet, state,
-                                          progress, stop))
+                                    args=(mover_source, our_client, work, ours.aet, state,
+                                          progress, stop, receiver))
                    for i in range(threads)]
         for t in workers:
             t.start()
@@ -449,10 +577,16 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
                     t.join(0.2)
                 progress.tick()
         except KeyboardInterrupt:
+            # Sub-operations may be in flight: the archive is left unclosed, its writer's
+            # segments are replayed by the next run (or import) like after a kill.
             stop.set()
             progress.finish()
             print("interrupted: run the same command again to resume", file=sys.stderr)
             return 130
+        if receiver is not None:
+            receiver.close()
+            receiver.archive.close()
+            os.close(lock_fd)
         progress.finish()
     move_seconds = time.monotonic() - move_started
     moved_instances = progress.moved_instances

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pacs.errors import BlobNotFound, StorageError
+from pacs.store import external
 from pacs.store.base import BlobInfo, BlobPart
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class FileStore:
         self._known_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
         self._closed = False
+        self._external = external.Journal(self.root)
         # Written with durable=False and not flushed yet: blob files, and their folders.
         self._pending_files: list[Path] = []
         self._pending_dirs: set[Path] = set()
@@ -248,6 +250,8 @@ class FileStore:
         """Read ``length`` bytes (to the end when None) from ``offset``; short at the end."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
+        if external.is_external(location):
+            return external.get(location, offset, length)
         fd = self._open(location)
         try:
             if length is None:
@@ -270,6 +274,8 @@ class FileStore:
         """Stream a blob; BlobNotFound is raised here, not at the first ``next``."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        if external.is_external(location):
+            return external.iter_chunks(location, chunk_size)
         fd = self._open(location)
         return self._chunks(fd, location, chunk_size)
 
@@ -288,6 +294,8 @@ class FileStore:
 
     def size(self, location: str) -> int:
         """Size of a blob in bytes."""
+        if external.is_external(location):
+            return external.size(location)
         path = self._path(location)
         try:
             return os.stat(path).st_size
@@ -297,7 +305,12 @@ class FileStore:
             raise StorageError(f"cannot stat {path}: {exc}") from exc
 
     def delete(self, location: str) -> None:
-        """Remove a blob (durably: the folder is fsynced)."""
+        """Remove a blob (durably: the folder is fsynced); an in-place file (``ext:``) is only
+        dropped from the journal, never touched."""
+        if external.is_external(location):
+            self._check_open()
+            self._external.remove(location)
+            return
         path = self._path(location)
         try:
             os.unlink(path)
@@ -323,6 +336,7 @@ class FileStore:
                             yield f"{d1}/{d2}/{name}"
         except OSError as exc:
             raise StorageError(f"cannot list {self.root}: {exc}") from exc
+        yield from self._external.locations()
 
     def close(self) -> None:
         """Nothing is held open between calls; later calls raise StorageError."""

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacs.errors import BlobNotFound, StorageError
+from pacs.store import external
 from pacs.store import segment_format as fmt
 from pacs.store.base import BlobInfo, BlobPart
 from pacs.store.compaction import CompactReport, compact
@@ -85,6 +86,7 @@ class SegmentStore:
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
         self._dead: set[str] = set()  # tombstoned locations known to this process
         self._closed = False
+        self._external = external.Journal(self.root)
         self._wfd = -1
         self._dirty = False
         self._flush_error: OSError | None = None
@@ -343,7 +345,13 @@ class SegmentStore:
             self._dirty = False
 
     def delete(self, location: str) -> None:
-        """Append a tombstone (fdatasync'd: deletes are rare); BlobNotFound when not live."""
+        """Append a tombstone (fdatasync'd: deletes are rare); BlobNotFound when not live.
+
+        An in-place file (``ext:``) is only dropped from the journal, never touched."""
+        if external.is_external(location):
+            self._check_open()
+            self._external.remove(location)
+            return
         with self._reading(location) as (_fd, head, _parsed):
             key = head.key
         data = location.encode()
@@ -418,6 +426,8 @@ class SegmentStore:
         """Read ``length`` bytes (to the end when None) from ``offset``; short at the end."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
+        if external.is_external(location):
+            return external.get(location, offset, length)
         with self._reading(location) as (fd, _head, (_seg, data_offset, size)):
             end = size if length is None else min(size, offset + length)
             if offset >= end:
@@ -431,6 +441,8 @@ class SegmentStore:
         """Stream a blob; BlobNotFound is raised here, not at the first ``next``."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        if external.is_external(location):
+            return external.iter_chunks(location, chunk_size)
         reading = self._reading(location)
         reading.__enter__()
         return self._chunks(reading, chunk_size)
@@ -454,6 +466,8 @@ class SegmentStore:
 
     def size(self, location: str) -> int:
         """Size in bytes of a stored blob."""
+        if external.is_external(location):
+            return external.size(location)
         with self._reading(location) as (_fd, head, _parsed):
             return head.data_len
 
@@ -537,9 +551,11 @@ class SegmentStore:
                     yield location, key
 
     def locations(self) -> Iterator[str]:
-        """Every live blob's location (for ``pacs reindex`` and ``pacs verify``)."""
+        """Every live blob's location (for ``pacs reindex`` and ``pacs verify``), then every
+        in-place file's."""
         for location, _key in self.iter_records():
             yield location
+        yield from self._external.locations()
 
     def segment_stats(self) -> list[SegmentStat]:
         """Per segment: size, blob bytes and tombstoned bytes (for a compaction threshold)."""

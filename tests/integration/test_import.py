@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from bench.bench_import import generate, sop_uid
-from tests.conftest import REPO, require_tool
+from tests.conftest import REPO, free_port, require_tool
 from tests.integration.archive_check import statistics, stored_instance
 
 
@@ -170,3 +170,89 @@ def test_import_large_files_are_spooled_not_held(tmp_path: Path) -> None:
     _, stored_start = read_file_meta(found[1])
     assert found[1][stored_start:] == original[start:]
     assert not list((data / "spool").glob("*/spool-*"))
+
+
+def test_import_in_place_served_verified_reindexed(tmp_path: Path, archive_factory) -> None:
+    """--in-place: nothing copied; C-GET and WADO-RS serve the file's bytes; DELETE leaves the
+    file; verify sees a changed and a removed source file; reindex keeps in-place entries."""
+    import httpx
+
+    from tests.integration.test_get import getscu
+    from tests.integration.test_web import wait_http
+
+    http_port = free_port()
+    archive = archive_factory("--http-port", str(http_port))
+    base = wait_http(archive, http_port)
+    data = archive.data_dir
+    src = tmp_path / "src"
+    paths = generate(src, 12, first=9000)
+    text = src / "notes.txt"
+    text.write_text("not a DICOM file\n" * 20)
+    report = tmp_path / "r.txt"
+    result = pacs("import", "--in-place", "--data-dir", str(data), "--report", str(report),
+                  str(src))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary(result.stdout) == {"imported": 12, "skipped": 0, "rejected": 1,
+                                      "ignored": 0}
+    assert "DICM" in rejected_in(report)[str(text)]
+    found = stored_instance(data, sop_uid(9003))
+    assert found is not None
+    record, blob = found
+    assert record.location == f"ext:{paths[3]}"
+    assert blob == paths[3].read_bytes() and record.size == len(blob)
+    blob_bytes = sum(p.stat().st_size for p in (data / "blobs").glob("*.seg"))
+    assert blob_bytes < sum(p.stat().st_size for p in paths)  # nothing was copied
+
+    # A second run skips them all; a copying import of the same files too (same UIDs).
+    again = pacs("import", "--in-place", "--data-dir", str(data), "--report", str(report),
+                 str(src))
+    assert summary(again.stdout)["skipped"] == 12
+
+    # C-GET of the study served by the running archive: the files' data sets, unchanged.
+    from bench.bench_import import UID_ROOT
+    from pacs.dicom.part10 import read_file_meta
+
+    def dataset_of(data: bytes) -> tuple[str, bytes]:
+        meta, start = read_file_meta(data)
+        return meta["MediaStorageSOPInstanceUID"].rstrip("\x00"), data[start:]
+
+    originals = dict(dataset_of(p.read_bytes()) for p in paths)
+    out = tmp_path / "got"
+    output = getscu(archive.port, out, "-S", "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", f"StudyInstanceUID={UID_ROOT}1")
+    assert "Number of Completed Suboperations : 12" in output
+    got = dict(dataset_of(p.read_bytes()) for p in out.iterdir())
+    assert got == originals
+    # WADO-RS of one instance: its body part holds the file's data set.
+    series = f"{UID_ROOT}{9003 // 100 + 500_000_000_000:012d}"
+    response = httpx.get(f"{base}/dicom-web/studies/{UID_ROOT}1/series/{series}/instances/"
+                         f"{sop_uid(9003)}",
+                         headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert response.status_code == 200, response.text
+    assert originals[sop_uid(9003)] in response.content
+
+    # DELETE of an in-place instance drops its index entry only.
+    deleted = httpx.delete(f"{base}/instances/{sop_uid(9005)}")
+    assert deleted.status_code == 200, deleted.text
+    assert paths[5].exists()
+    assert stored_instance(data, sop_uid(9005)) is None
+    archive.stop()
+    verify = pacs("verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout  # no orphan left by the delete
+
+    # A changed and a removed source file are reported.
+    changed = bytearray(paths[1].read_bytes())
+    changed[-1] ^= 0xFF
+    paths[1].write_bytes(bytes(changed))
+    paths[2].unlink()
+    verify = pacs("verify", "--data-dir", str(data))
+    assert verify.returncode == 1
+    assert f"digest_mismatch: ('{sop_uid(9001)}', 'ext:{paths[1]}')" in verify.stdout
+    assert f"missing: ('{sop_uid(9002)}', 'ext:{paths[2]}')" in verify.stdout
+
+    # reindex rebuilds in-place entries from the journal (the removed file fails, noted).
+    reindex = pacs("reindex", "--data-dir", str(data))
+    assert "indexed 10 instances, 1 failed" in reindex.stdout, reindex.stdout + reindex.stderr
+    found = stored_instance(data, sop_uid(9004))
+    assert found is not None and found[0].location == f"ext:{paths[4]}"
+    assert stored_instance(data, sop_uid(9005)) is None  # deleted stays deleted

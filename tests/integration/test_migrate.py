@@ -172,3 +172,42 @@ def test_migrate_resumes_after_kill(archive_factory, tmp_path: Path) -> None:
         assert "skipped 0 " not in again.stdout
         assert statistics(archive.data_dir)["instances"] == len(files)
         assert all(status == "ok" for _s, _o, status in report_rows(report).values())
+
+
+def test_migrate_get_needs_no_move_destination(archive_factory, tmp_path: Path) -> None:
+    """--get: Orthanc knows our AE title only as a caller (its port is wrong, so a C-MOVE to
+    us could not connect); the C-GET sub-operations are ingested by the migrate process."""
+    require_orthanc()
+    by_study = generate(tmp_path)
+    files = [f for fs in by_study.values() for f in fs]
+    archive = archive_factory()
+    dead = archive.port + 1 if archive.port < 65535 else archive.port - 1
+    with orthanc_mod.Orthanc(tmp_path / "orthanc", destinations={archive.aet: dead}) as o:
+        stock_orthanc(o, files)
+        report = tmp_path / "report.txt"
+        proc = run_migrate(archive, o, report, "--get", "--parallel", "3")
+        assert proc.returncode == 0, proc.stdout + proc.stderr + o.log_tail()
+        assert moved_studies(proc.stdout) == len(STUDIES)
+        assert statistics(archive.data_dir)["instances"] == len(files)
+        assert all(status == "ok" for _s, _o, status in report_rows(report).values())
+        for path in files[::29]:  # identical content, element by element
+            original = pydicom.dcmread(path)
+            found = stored_instance(archive.data_dir, original.SOPInstanceUID)
+            assert found is not None
+            assert same_dataset(original, read_blob(found[1]))
+        # The running archive serves what the migrate process ingested (shared index).
+        proc = subprocess.run(
+            [require_tool("findscu"), "-S", "-aec", archive.aet, "-k",
+             "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "127.0.0.1",
+             str(archive.port)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0
+        assert (proc.stdout + proc.stderr).count("(0020,000d)") == len(STUDIES)
+        assert pacs_verify(archive.data_dir) == 0
+        again = run_migrate(archive, o, tmp_path / "report2.txt", "--get")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert moved_studies(again.stdout) == 0
+
+
+def pacs_verify(data_dir: Path) -> int:
+    return subprocess.run([sys.executable, "-m", "pacs", "verify", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO).returncode
