@@ -1,4 +1,4 @@
-"""HL7 target: order handling and ACKs (pacs/worklist/hl7_orders.py), MLLP framing (mllp.py).
+"""HL7 target: orders, patient updates and ACKs (pacs/worklist/hl7_orders.py), MLLP framing.
 
 The input's first byte picks the chunking of the rest for the MLLP reader. Three checks:
 
@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,9 @@ from pacs.worklist.hl7_orders import (
     reject_unframed,
 )
 from pacs.worklist.mllp import CR, END, START, MllpServer
-from pacs.worklist.store import WorklistStore
+from pacs.worklist.store import DB_NAME, WorklistStore
 
 _STEPS = (0, 1, 2, 3, 7, 16, 64, 256)
-_RESET_EVERY = 2000  # orders stored before the worklist is emptied (the map stays small)
 
 
 class _Inline(Executor):
@@ -59,20 +59,35 @@ class _Writer:
 
 
 class _State:
+    """One worklist store (emptied before each input: an input's outcome is its own) and one
+    event loop for all inputs."""
+
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="fuzz-hl7-"))
-        atexit.register(shutil.rmtree, self.directory, True)
-        self.catalog = Catalog(self.directory / "index", map_size=1 << 30,
+        self.catalog = Catalog(self.directory / "index", map_size=1 << 28,
                                durable_commits=False)
-        atexit.register(self.catalog.close)
-        store = WorklistStore(self.catalog, lambda fn: fn())
+        self.dirty = False
+        store = WorklistStore(self.catalog, self._run_write)
         self.handler = OrderHandler(store, "STATION", "PACS")
         self.server = MllpServer("127.0.0.1", 0, self.handler.handle,
                                  lambda junk, reason: reject_unframed(junk, reason),
                                  executor=_Inline(), max_frame=4096)
         self.loop = asyncio.new_event_loop()
-        atexit.register(self.loop.close)
-        self.count = 0
+
+    def _run_write(self, fn: Callable[[], Any]) -> Any:
+        self.dirty = True
+        return fn()
+
+    def empty_worklist(self) -> None:
+        if self.dirty:
+            db = self.catalog.database(DB_NAME)
+            self.catalog._write(lambda t: t.txn.drop(db, delete=False))
+            self.dirty = False
+
+    def close(self) -> None:
+        self.loop.close()
+        self.catalog.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 _state: _State | None = None
@@ -82,7 +97,16 @@ def _get_state() -> _State:
     global _state
     if _state is None:
         _state = _State()
+        atexit.register(close)
     return _state
+
+
+def close() -> None:
+    """Release the store and the event loop (the next check makes new ones)."""
+    global _state
+    if _state is not None:
+        _state.close()
+        _state = None
 
 
 def check_ack(ack: bytes) -> str:
@@ -112,9 +136,7 @@ def check(data: bytes) -> None:
     if not data:
         return
     state = _get_state()
-    state.count += 1
-    if state.count % _RESET_EVERY == 0:
-        state.catalog.clear()
+    state.empty_worklist()
     mode, body = data[0], data[1:]
     check_ack(state.handler.handle(body, "fuzz"))
     if check_ack(reject_unframed(body, "fuzzing")) != "AR":
@@ -136,18 +158,34 @@ _ORM = ("MSH|^~\\&|RIS|HOSP|PACS|HOSP|20261129120000||ORM^O01|MSG{n}|P|2.5.1\r"
         "PID|1||P{n}^^^HOSP||Doe^Jane^Q||19700101|F\r"
         "PV1|1|O|||||1234^Ref^Doctor\r"
         "ORC|{control}|PL{n}^RIS|FI{n}||{status}|||||||1234^Order^Doc\r"
-        "OBR|1|PL{n}^RIS|FI{n}|CTCHEST^CT chest^L|||20261130083000|||||||||5678^Ref^Doc||"
-        "ACC{n}|RP{n}|SPS{n}|CT1||||CT|||^^^20261130083000||||||||4321^Tech^Tom||20261130\r"
-        "TQ1|1||||||20261130090000\r"
+        + "|".join(["OBR", "1", "PL{n}^RIS", "FI{n}", "CTCHEST^CT chest^L", "", "",
+                    "20261130083000", *[""] * 8, "5678^Ref^Doc", "", "ACC{n}", "RP{n}", "SPS{n}",
+                    "CT1", "", "", "CT", "", "", "^^^20261130083000", *[""] * 6, "4321^Tech^Tom",
+                    "", "20261130"]) + "\r"
+        + "TQ1|1||||||20261130090000\r"
         "ZDS|1.2.3.{n}^PACS^Application^DICOM\r")
 
 
+_OMI = ("MSH|^~\\&|RIS|HOSP|PACS|HOSP|20261129120000||OMI^O23|OMI{n}|P|2.5.1\r"
+        "PID|1||P{n}^^^HOSP||Roe^Ann||19800202|F\r"
+        "ORC|NW|OP{n}^RIS|OF{n}\r"
+        "OBR|1|OP{n}^RIS|OF{n}|MRHEAD^MR head^L\r"
+        "IPC|ACC{n}|RP{n}|1.2.840.{n}|SPS{n}|MR||||MR1\r")
+_ADT = ("MSH|^~\\&|ADT|HOSP|PACS|HOSP|20261129||ADT^{event}|ADT{n}|P|2.5.1\r"
+        "PID|1||P{n}^^^HOSP||Doe^Janet||19700101|F\r"
+        "MRG|P1^^^HOSP\r")
+
+
 def seeds() -> list[bytes]:
-    """Mode byte + ORM messages (NW, XO, SC, CA), an ADT, junk; framed and unframed."""
+    """Mode byte + ORM (NW, XO, SC, CA), OMI^O23, ADT (A08, A40, an unsupported A01), junk;
+    framed and unframed; an order then its update and merge in one stream."""
     messages = [_ORM.format(n=1, control="NW", status=""),
                 _ORM.format(n=1, control="XO", status=""),
                 _ORM.format(n=1, control="SC", status="IP"),
                 _ORM.format(n=2, control="CA", status=""),
+                _OMI.format(n=3),
+                _ADT.format(n=4, event="A08"),
+                _ADT.format(n=5, event="A40"),
                 "MSH|^~\\&|ADT|HOSP|PACS|HOSP|20261129||ADT^A01|M9|P|2.3\rPID|1||P9\r",
                 "not hl7 at all"]
     out = []
@@ -156,4 +194,6 @@ def seeds() -> list[bytes]:
         out.append(bytes([mode]) + raw)
         out.append(bytes([mode + 8]) + START + raw + END + CR)
     out.append(b"\x03" + START + messages[0].encode() + START + messages[1].encode() + END + CR)
+    stream = [messages[0], messages[5], messages[6], messages[1]]
+    out.append(b"\x05" + b"".join(START + m.encode() + END + CR for m in stream))
     return out

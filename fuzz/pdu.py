@@ -3,11 +3,12 @@
 The input's first byte picks how the rest reaches an acceptor :class:`Association`: in chunks
 of 1 to 128 bytes or whole, through ``receive_data`` or ``get_buffer``/``buffer_updated`` (as
 the server's BufferedProtocol does), then optionally the end of the connection and an ARTIM
-timeout. The harness acts like the server: it accepts an A-ASSOCIATE-RQ (every proposed context
-it can) or rejects it, answers commands and release requests while it may, and copies data set
-fragments. pacs.net's contract (its docstrings): peer protocol errors never raise, they become
-an A-ABORT and an ``Aborted`` event; so any exception is a crash. The stream of bytes written
-must be well-formed PDUs, and once the association is closed nothing more happens.
+timeout; and whether a valid A-ASSOCIATE-RQ goes first. The harness acts like the server: it
+accepts an A-ASSOCIATE-RQ (every proposed context it can) or rejects it, answers commands and
+release requests while it may, and copies data set fragments. pacs.net's contract (its
+docstrings): peer protocol errors never raise, they become an A-ABORT and an ``Aborted``
+event; so any exception is a crash. The bytes written must be well-formed PDUs, and once the
+association is closed nothing more happens.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def check(data: bytes) -> None:
     mode, body = data[0], data[1:]
     step = (0, 1, 2, 3, 7, 16, 64, 128)[mode & 0x07]  # 0: the whole input at once
     zero_copy, end, timeout, reject = (bool(mode & bit) for bit in (0x08, 0x10, 0x20, 0x40))
+    if mode & 0x80:  # after a valid A-ASSOCIATE-RQ: the mutations go to what follows it
+        body = _RQ + body
     assoc = Association(Role.ACCEPTOR, max_pdu_length=MAX_PDU)
     peer = _Peer()
     pieces = [body[i:i + step] for i in range(0, len(body), step)] if step else [body]
@@ -137,6 +140,9 @@ def _rq(roles: bool = False) -> bytes:
                    roles=roles_, max_pdu_length=MAX_PDU).encode()
 
 
+_RQ = _rq(True)
+
+
 def _p_data(context_id: int, control: int, data: bytes) -> bytes:
     return P.encode_pdv_header(len(data), context_id, control) + data
 
@@ -159,4 +165,5 @@ def seeds() -> list[bytes]:
         echo,
         P.AssociateRJ(1, 1, 1).encode(),
     ]
-    return [bytes([mode]) + s for s in streams for mode in (0x00, 0x13, 0x0C, 0x40)]
+    out = [bytes([mode]) + s for s in streams for mode in (0x00, 0x13, 0x0C, 0x40)]
+    return [*out, b"\x80" + echo + store + release, b"\x9b" + store + abort]

@@ -1,4 +1,5 @@
-"""The ``pacs`` command: serve, reindex, verify, export, compact, jobs, import, migrate.
+"""The ``pacs`` command: serve, reindex, verify, export, compact, jobs, import, migrate,
+retention.
 
 Exit codes: 0 success, 1 the command ran and found problems (verify), 2 bad usage or settings.
 """

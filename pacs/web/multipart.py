@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 MAX_HEADER_BLOCK = 16 * 1024  # bytes of headers one part may carry
+_MAX_BOUNDARY_LINE = 256  # bytes of transport padding after a delimiter, before its CRLF
 
 
 class MultipartError(ValueError):
@@ -162,9 +163,11 @@ class MultipartParser:
                     del buf[:]
                     return
                 eol = buf.find(b"\r\n")
+                # The line may hold at most 256 bytes however the body is chunked: without its
+                # CRLF yet, the buffer may end in the CR.
+                if eol > _MAX_BOUNDARY_LINE or (eol < 0 and len(buf) > _MAX_BOUNDARY_LINE + 1):
+                    raise MultipartError("malformed boundary line")
                 if eol < 0:
-                    if len(buf) > 256:
-                        raise MultipartError("malformed boundary line")
                     return
                 if buf[:eol].strip(b" \t"):
                     raise MultipartError("garbage after a boundary delimiter")
@@ -175,7 +178,9 @@ class MultipartParser:
                     end, skip = 0, 2
                 else:
                     end, skip = buf.find(b"\r\n\r\n"), 4
-                if (end if end >= 0 else len(buf)) > MAX_HEADER_BLOCK:
+                # Without its CRLFCRLF yet, the buffer may end in 3 bytes of it: the same limit
+                # whatever the chunking.
+                if (end if end >= 0 else len(buf) - 3) > MAX_HEADER_BLOCK:
                     raise MultipartError("part headers too long")
                 if end < 0:
                     return

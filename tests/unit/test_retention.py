@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -244,6 +245,20 @@ def test_study_redated_meanwhile_is_kept(archive: Archive, stored: dict[str, str
     assert redated and catalog.get_study(redated[0]) is not None
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """main() configures the root logger (force=True): give this process's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_command_dry_run_then_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = tmp_path / "data"
     config = tmp_path / "pacs.toml"
