@@ -92,6 +92,15 @@ class MoveDestination:
             self.proc.wait(30)
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def start_pacs(stack: ExitStack, work: Path, dest_aet: str, dest_port: int,
                workers: int = 0) -> Target:
     """A private ``pacs serve`` (this repository) in ``work``, knowing the move destination."""
@@ -108,15 +117,7 @@ def start_pacs(stack: ExitStack, work: Path, dest_aet: str, dest_port: int,
         cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack.callback(stop)
+    stack.callback(_stop, proc)
     wait_port(http_port, proc, "pacs serve")
     wait_port(port, proc, "pacs serve")
     return Target("pacs", "PACS", "127.0.0.1", port, f"http://127.0.0.1:{http_port}/dicom-web")
@@ -154,15 +155,7 @@ def start_orthanc(stack: ExitStack, work: Path, calling_aet: str, dest_aet: str,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, TCP_NODELAY="1"))
 
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack.callback(stop)
+    stack.callback(_stop, proc)
     wait_port(port, proc, "Orthanc")
     wait_port(http_port, proc, "Orthanc")
     web = f"http://127.0.0.1:{http_port}/dicom-web" if ORTHANC_DICOMWEB.exists() else ""

@@ -332,16 +332,10 @@ def n_action_rsp(
     error_comment: str | None = None,
 ) -> Command:
     """N-ACTION-RSP (PS3.7 10.3.4.2) without an Action Reply data set."""
-    command = Command({
-        AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: N_ACTION_RSP,
-        MESSAGE_ID_BEING_RESPONDED_TO: message_id_being_responded_to,
-        COMMAND_DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
-        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
-    })  # fmt: skip
+    command = n_rsp(N_ACTION_RSP, message_id_being_responded_to, sop_class_uid,
+                    sop_instance_uid, status, error_comment)
     if action_type_id is not None:
         command[ACTION_TYPE_ID] = action_type_id
-    if error_comment is not None:
-        command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
     return command
 
 
@@ -353,7 +347,8 @@ def n_rsp(
     status: int,
     error_comment: str | None = None,
 ) -> Command:
-    """N-CREATE-RSP / N-SET-RSP (PS3.7 10.3.5.2, 10.3.3.2) without an attribute list."""
+    """An N-xxx-RSP (N-CREATE 10.3.5.2, N-SET 10.3.3.2, N-ACTION 10.3.4.2 of PS3.7) without
+    a data set."""
     command = Command({
         AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: field,
         MESSAGE_ID_BEING_RESPONDED_TO: message_id_being_responded_to,
@@ -363,6 +358,21 @@ def n_rsp(
     if error_comment is not None:
         command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
     return command
+
+
+def failure_rsp(request: Command, status: int, comment: str) -> Command:
+    """The response to ``request`` (any command) carrying a failure ``status`` and comment."""
+    field = request.get(COMMAND_FIELD)
+    response = Command({
+        COMMAND_FIELD: (field | 0x8000) if isinstance(field, int) else 0x8000,
+        MESSAGE_ID_BEING_RESPONDED_TO: request.message_id or 0,
+        COMMAND_DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
+        ERROR_COMMENT: comment.encode("ascii", "replace").decode("ascii")[:64],
+    })  # fmt: skip
+    for tag in (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID):
+        if request.get(tag):
+            response[tag] = request[tag]
+    return response
 
 
 def n_event_report_rq(

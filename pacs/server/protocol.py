@@ -286,16 +286,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         log.warning("%s %s: %s %s refused: 0x%04X %s", self.peer, self.calling_aet,
                     "C-STORE" if field == dimse.C_STORE_RQ else f"command {field!r}",
                     command.get(dimse.AFFECTED_SOP_INSTANCE_UID) or "", status, comment)
-        response = dimse.Command({
-            dimse.COMMAND_FIELD: (field | 0x8000) if isinstance(field, int) else 0x8000,
-            dimse.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id or 0,
-            dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
-            dimse.STATUS: status,
-            dimse.ERROR_COMMENT: comment.encode("ascii", "replace").decode("ascii")[:64],
-        })  # fmt: skip
-        for tag in (dimse.AFFECTED_SOP_CLASS_UID, dimse.AFFECTED_SOP_INSTANCE_UID):
-            if command.get(tag):
-                response[tag] = command[tag]
+        response = dimse.failure_rsp(command, status, comment)
         if not self._closed and self.association.is_established:
             self._write(self.association.send_command(event.context_id, response, False))
             self._last_progress = self._loop.time()

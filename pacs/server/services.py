@@ -145,19 +145,7 @@ class Services:
 
     @staticmethod
     def _failure(request: Request, status: int, comment: str) -> Response:
-        command = request.command
-        field = command.get(dimse.COMMAND_FIELD)
-        response = dimse.Command({
-            dimse.COMMAND_FIELD: (field | 0x8000) if isinstance(field, int) else 0x8000,
-            dimse.MESSAGE_ID_BEING_RESPONDED_TO: command.message_id or 0,
-            dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
-            dimse.STATUS: status,
-            dimse.ERROR_COMMENT: comment.encode("ascii", "replace").decode("ascii")[:64],
-        })  # fmt: skip
-        for tag in (dimse.AFFECTED_SOP_CLASS_UID, dimse.AFFECTED_SOP_INSTANCE_UID):
-            if command.get(tag):
-                response[tag] = command[tag]
-        return Response(response)
+        return Response(dimse.failure_rsp(request.command, status, comment))
 
     async def c_find(self, request: Request) -> Response:
         """Modality Worklist queries to the worklist SCP, the others to the Q/R one."""
