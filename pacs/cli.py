@@ -7,9 +7,11 @@ Exit codes: 0 success, 1 the command ran and found problems (verify), 2 bad usag
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ _SERVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--acse-timeout": ("acse_timeout", float, "ARTIM timeout, seconds"),
     "--idle-timeout": ("idle_timeout", float, "drop an association idle this long, seconds"),
     "--log-level": ("log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+    "--log-format": ("log_format", str, "text (default) or json (one object per line)"),
     "--on-duplicate": ("on_duplicate", str, "keep or replace a re-sent SOP Instance UID"),
     "--store-backend": ("store_backend", str, "blob store: segments (default) or files"),
     "--max-find-results": ("max_find_results", int, "C-FIND responses per query (0: no cap)"),
@@ -169,15 +172,38 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides=overrides)
 
 
-def configure_logging(level: str, process: str = "") -> None:
-    """Plain lines on stderr; worker processes tag theirs (``w0``, ``w1``, ...)."""
-    tag = f"[{process}] " if process else ""
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, process tag, logger, message."""
+
+    def __init__(self, process: str = "") -> None:
+        super().__init__()
+        self.process = process
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.process:
+            entry["process"] = self.process
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, process: str = "", log_format: str = "text") -> None:
+    """Plain lines (or JSON lines) on stderr; worker processes tag theirs (``w0``, ...)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(process))
+    else:
+        tag = f"[{process}] " if process else ""
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     if args.command == "user":
         from pacs.users import user_command
 

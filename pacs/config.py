@@ -28,6 +28,7 @@ from pacs.errors import ConfigError
 DuplicatePolicy = Literal["keep", "replace"]
 StoreBackend = Literal["segments", "files"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class Settings:
     acse_timeout: float = 30.0
     idle_timeout: float = 60.0
     log_level: LogLevel = "INFO"
+    log_format: LogFormat = "text"  # json: one JSON object per line (for log shippers)
     store_backend: StoreBackend = "segments"
     segment_size: int = 1 << 30
     compact_threshold: float = 0.5  # dead fraction that triggers automatic compaction; 0: never
@@ -205,6 +207,7 @@ def _coerce(name: str, raw: Any) -> Any:
 
 _LITERALS: dict[str, tuple[str, ...]] = {
     "log_level": get_args(LogLevel),
+    "log_format": get_args(LogFormat),
     "store_backend": get_args(StoreBackend),
     "on_duplicate": get_args(DuplicatePolicy),
 }

@@ -503,7 +503,7 @@ def _worker_main(settings: Settings, paths: list[str], counters: Any, slot: int,
                  results: Any, in_place: bool = False) -> None:
     from pacs.cli import configure_logging
 
-    configure_logging(settings.log_level, f"import{slot}")
+    configure_logging(settings.log_level, f"import{slot}", settings.log_format)
     try:
         result = run_worker(settings, paths, counters, slot, in_place=in_place)
     except PacsError as exc:

@@ -331,10 +331,20 @@ def remove_exit_hook(hook: Callable[[], None]) -> None:
 _association_counts: SynchronizedArray[Any] | None = None
 
 
+_association_source: Callable[[], int] | None = None
+
+
 def set_association_counts(counts: SynchronizedArray[Any] | None) -> None:
     """The supervisor's shared per-worker association counts (read at scrape time)."""
     global _association_counts
     _association_counts = counts
+
+
+def set_association_source(source: Callable[[], int] | None) -> None:
+    """What the gauge reads in the process serving HTTP (the DIMSE server's own count, which
+    covers every worker when they share counts, and the single worker otherwise)."""
+    global _association_source
+    _association_source = source
 
 
 class _ArchiveCollector:
@@ -369,6 +379,8 @@ class _Forward:
 
 
 def _associations() -> int | None:
+    if _association_source is not None:
+        return _association_source()
     counts = _association_counts
     if counts is None:
         return None

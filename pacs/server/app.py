@@ -61,6 +61,10 @@ async def serve(
     dimse = DimseServer(settings, archive, reuse_port=settings.worker_count > 1,
                         association_counts=association_counts, worker_id=worker_id,
                         ae_counts=ae_counts)
+    if settings.metrics:
+        from pacs import metrics
+
+        metrics.set_association_source(lambda: dimse.associations)
     background: list[asyncio.Task[None]] = []
     if worker_id == 0 and settings.compact_threshold > 0:
         background.append(asyncio.create_task(_compact_periodically(archive)))
@@ -213,7 +217,7 @@ def _worker_main(
     """Entry point of a spawned worker process."""
     from pacs.cli import configure_logging
 
-    configure_logging(settings.log_level, f"w{worker_id}")
+    configure_logging(settings.log_level, f"w{worker_id}", settings.log_format)
     parent = multiprocessing.parent_process()
     sentinel = parent.sentinel if parent is not None else None
     raise SystemExit(_run_worker(settings, worker_id, sentinel, association_counts, ae_counts))

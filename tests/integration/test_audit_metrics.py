@@ -4,6 +4,7 @@ WADO-RS, a rendered frame, the viewer page and a REST DELETE over httpx."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pacs.audit import read_events
 from tests.conftest import free_port, require_tool
 from tests.dicomgen import make_ct, write
+from tests.netclient import Client
 
 pytestmark = pytest.mark.integration
 
@@ -225,6 +227,12 @@ def test_a_single_worker_serves_metrics_and_audits_stores_up_to_its_stop(
                  status_class="success") == 1
     assert total(found, "pacs_dimse_request_seconds_count", operation="C-ECHO") == 1
     assert (archive.data_dir / "state" / "metrics").is_dir()
+    # The associations gauge counts the single worker's open associations too.
+    assert total(found, "pacs_associations_open") == 0
+    with Client(archive.port, calling="GAUGE") as client:
+        client.associate()
+        assert total(samples(base), "pacs_associations_open") == 1
+        client.release()
     # Stopped right after the store: its buffered audit event is written on the way out.
     study, _, _, files = stock(tmp_path / "a", "PAT-LAST", 2)
     dcmtk("storescu", "-aet", "LAST", "-aec", "PACS", "127.0.0.1", str(archive.port),
@@ -248,3 +256,15 @@ def test_metrics_and_audit_can_be_turned_off(archive_factory, tmp_path: Path) ->
     assert archive.stop() == 0
     assert read_events(archive.data_dir / "audit") == []
     assert not (archive.data_dir / "state" / "metrics").exists()
+
+
+def test_json_log_lines(archive_factory) -> None:
+    """`log_format = "json"`: every line the server and its workers write is one JSON object."""
+    archive = archive_factory("--workers", "2", "--log-format", "json")
+    dcmtk("echoscu", "-aet", "JSONLOG", "-aec", "PACS", "127.0.0.1", str(archive.port))
+    assert archive.stop() == 0
+    lines = [line for line in archive.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # a plain line would fail here
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert {e.get("process") for e in entries} >= {"w0", "w1"}
+    assert any("JSONLOG" in e["message"] and e["logger"] == "pacs.dimse" for e in entries)
