@@ -59,6 +59,7 @@ MAX_SEND_PDU_LENGTH = 1024 * 1024
 MAX_COMMAND_LENGTH = 64 * 1024
 
 _PDV = struct.Struct(">IBB")
+_MESSAGE_HEADER = struct.Struct(">BBIIBB")  # P-DATA-TF header + the first PDV item header
 
 
 __all__ = [
@@ -319,6 +320,27 @@ class Association:
         if has_dataset:
             self._send_dataset_context = context_id
         return data
+
+    def send_message(self, context_id: int, command: bytes, dataset: bytes) -> bytes:
+        """A message whose command set is already encoded (its CommandDataSetType announcing a
+        data set) with its whole data set: one P-DATA-TF holding both PDVs when they fit in one
+        PDU (a C-FIND match: one PDU, one write), else as send_command + send_dataset."""
+        if self._send_dataset_context is not None:
+            raise LocalProtocolError("the previous message's data set is not complete")
+        limit = self.max_send_pdu_length
+        if 0 < self.peer_max_pdu_length < limit:
+            limit = self.peer_max_pdu_length
+        items = len(command) + len(dataset) + 12  # two PDV items: 4 length + 2 header bytes
+        if items > limit:
+            data = self._p_data(context_id, command, 0x01, True)
+            self._send_dataset_context = context_id
+            return data + self.send_dataset(context_id, dataset)
+        if context_id not in self.accepted_contexts:
+            raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+        self._fsm.fire(Evt.Evt9)  # DT-1
+        return b"".join((
+            _MESSAGE_HEADER.pack(P.P_DATA_TF, 0, items, len(command) + 2, context_id, 0x03),
+            command, _PDV.pack(len(dataset) + 2, context_id, 0x02), dataset))
 
     def send_dataset(
         self, context_id: int, data: bytes | bytearray | memoryview, last: bool = True

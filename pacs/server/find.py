@@ -81,6 +81,7 @@ class FindSCP:
         rows = await loop.run_in_executor(executor, engine.run, query)
         sent = 0
         assert request.send_pending is not None
+        pending = find_rsp(request, dimse.PENDING, True).encode()  # the same for every match
         while True:
             chunk = await loop.run_in_executor(executor, _take, rows, CHUNK)
             for row in chunk:
@@ -90,7 +91,7 @@ class FindSCP:
                     return Response(find_rsp(request, dimse.CANCEL, False))
                 row.setdefault("QueryRetrieveLevel", query.level)
                 identifier = encode_identifier(row, request.transfer_syntax)
-                await request.send_pending(find_rsp(request, dimse.PENDING, True), identifier)
+                await request.send_pending(pending, identifier)
                 sent += 1
             if len(chunk) < CHUNK:
                 break

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pacs.index.outbox import Forward
 from pacs.net import dimse
+from pacs.remotes import RemoteRegistry
 from pacs.server.scu import send_instances
 
 if TYPE_CHECKING:
@@ -30,13 +31,14 @@ BATCH = 500  # entries taken per round
 async def forward_forever(archive: Archive) -> None:
     """Run until cancelled; each round sends every due entry, grouped by destination."""
     loop = asyncio.get_running_loop()
+    remotes = RemoteRegistry(archive.settings)
     while True:
         try:
             now = time.time()
             due = await loop.run_in_executor(archive.executor, archive.catalog.forwards_due,
                                              now, BATCH)
             if due:
-                await _send_round(archive, due)
+                await _send_round(archive, due, remotes)
                 continue  # more may be due
         except asyncio.CancelledError:
             raise
@@ -45,7 +47,7 @@ async def forward_forever(archive: Archive) -> None:
         await asyncio.sleep(POLL)
 
 
-async def _send_round(archive: Archive, due: list[Forward]) -> None:
+async def _send_round(archive: Archive, due: list[Forward], remotes: RemoteRegistry) -> None:
     settings = archive.settings
     loop = asyncio.get_running_loop()
     groups: dict[str, list[Forward]] = defaultdict(list)
@@ -54,7 +56,8 @@ async def _send_round(archive: Archive, due: list[Forward]) -> None:
     sent: list[Forward] = []
     failed: list[tuple[Forward, str]] = []
     for destination, entries in groups.items():
-        remote = settings.remotes.get(destination)
+        # Routes name settings entries (checked at load); REST may override host and port.
+        remote = remotes.get(destination)
         if remote is None:
             failed += [(e, f"unknown destination {destination}") for e in entries]
             continue

@@ -14,7 +14,8 @@ from pacs.net import dimse
 
 UNABLE_TO_PROCESS = 0xC000  # PS3.4 C.4.1.1.4: failure, unable to process
 
-PendingSender = Callable[[dimse.Command, bytes | None], Awaitable[None]]
+# A pending response: its command (or the command already encoded, with a data set), data set.
+PendingSender = Callable[[dimse.Command | bytes, bytes | None], Awaitable[None]]
 
 
 class SubOperations(Protocol):

@@ -1,5 +1,5 @@
-"""C-MOVE SCP (PS3.4 C.4.2): the instances go to the move destination, a remote AE from the
-settings, as C-STORE sub-operations over new associations (``pacs.server.scu``).
+"""C-MOVE SCP (PS3.4 C.4.2): the instances go to the move destination, a remote AE of the
+registry (``pacs.remotes``: the settings and REST ``/modalities``), as C-STORE sub-operations over new associations (``pacs.server.scu``).
 
 Statuses: 0xFF00 pending after each sub-operation with the counts, then 0x0000 all done,
 0xB000 some failed (Failed SOP Instance UID List), 0xA702 none could be done, 0xFE00
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pacs import metrics
 from pacs.net import dimse
+from pacs.remotes import RemoteRegistry
 from pacs.server.get import (
     Counts,
     audit_retrieve,
@@ -42,11 +43,12 @@ class MoveSCP:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self.remotes = RemoteRegistry(archive.settings)
 
     async def c_move(self, request: Request) -> Response:
         settings = self.archive.settings
         destination = str(request.command.get(dimse.MOVE_DESTINATION) or "").strip()
-        remote = settings.remotes.get(destination)
+        remote = self.remotes.get(destination)
         counts = Counts(remaining=0)
         if remote is None or not remote.move_destination:
             log.warning("%s: C-MOVE to unknown destination %r", request.calling_aet, destination)

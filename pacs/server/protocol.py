@@ -418,14 +418,20 @@ class DicomProtocol(asyncio.BufferedProtocol):
         task.add_done_callback(self._task_done)
 
     async def _send_pending(
-        self, context_id: int, command: dimse.Command, dataset: bytes | None
+        self, context_id: int, command: dimse.Command | bytes, dataset: bytes | None
     ) -> None:
-        """Write one pending response now; wait while the peer does not read."""
+        """Write one pending response now; wait while the peer does not read. ``command`` may
+        come encoded (C-FIND encodes its pending command once per query)."""
         if self._closed or not self.association.is_established:
             raise ConnectionError("association ended")
-        self._write_soon(self.association.send_command(context_id, command, dataset is not None))
-        if dataset is not None:
-            self._write_soon(self.association.send_dataset(context_id, dataset))
+        if isinstance(command, bytes):
+            assert dataset is not None
+            self._write_soon(self.association.send_message(context_id, command, dataset))
+        else:
+            self._write_soon(self.association.send_command(context_id, command,
+                                                           dataset is not None))
+            if dataset is not None:
+                self._write_soon(self.association.send_dataset(context_id, dataset))
         self._last_progress = self._loop.time()
         await self._can_write.wait()
 

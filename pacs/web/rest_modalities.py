@@ -9,9 +9,12 @@
     POST   /modalities/{aet}/echo       C-ECHO
     POST   /modalities/{aet}/store      C-STORE resources: {"Resources": [ids]} or "id"
 
-The table starts as the ``[remote.AET]`` settings and changes in this process's memory only:
-nothing is written to the configuration file, a restart forgets the changes, and C-MOVE and
-routing keep using the configured remotes.
+The table is ``pacs.remotes.RemoteRegistry``: the ``[remote.AET]`` settings plus the entries
+PUT here, kept in ``data_dir/state/modalities.json`` (they survive a restart; every worker's
+C-MOVE, storage commitment reports and forwarding see them at once). A PUT entry overrides a
+settings entry of the same AE title; DELETE removes a PUT entry (the settings entry, if any,
+applies again) and answers 409 for an AE defined only in the settings file. Access control of
+calling AEs uses the settings file only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from aiohttp import web
 
 from pacs.config import RemoteAE
 from pacs.index.records import InstanceRecord
+from pacs.remotes import ConfiguredRemoteError, RemoteRegistry
 from pacs.server.scu import SCUError, StoreSCU, send_instances
 from pacs.web.context import WebContext, bad_request, http_error
 
@@ -86,11 +90,12 @@ def _resources(body: Any) -> list[str]:
 
 
 def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
-    remotes: dict[str, RemoteAE] = dict(ctx.settings.remotes)
+    registry = RemoteRegistry(ctx.settings)
+    loop = asyncio.get_running_loop
 
     def known(request: web.Request) -> RemoteAE:
         aet = request.match_info["aet"]
-        remote = remotes.get(aet)
+        remote = registry.get(aet)
         if remote is None:
             raise http_error(web.HTTPNotFound, f"no such modality: {aet!r}")
         return remote
@@ -106,8 +111,8 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
         if expand is not None and expand.lower() not in ("", "true", "1", "false", "0"):
             raise bad_request("expand must be true or false")
         if expand is not None and expand.lower() in ("", "true", "1"):
-            return web.json_response({a: _describe(r) for a, r in remotes.items()})
-        return web.json_response(list(remotes))
+            return web.json_response({a: _describe(r) for a, r in registry.all().items()})
+        return web.json_response(list(registry.all()))
 
     async def get_one(request: web.Request) -> web.Response:
         return web.json_response(_describe(known(request)))
@@ -115,16 +120,25 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
     async def put_one(request: web.Request) -> web.Response:
         aet = _aet(request.match_info["aet"])
         remote = _remote(aet, await body_of(request))
-        created = aet not in remotes
-        remotes[aet] = remote
-        log.info("REST: modality %s %s (%s:%d), in memory only", aet,
-                 "added" if created else "replaced", remote.host, remote.port)
+        # fsyncs: off the event loop
+        created = await loop().run_in_executor(ctx.archive.executor, registry.put, remote)
+        log.info("REST: modality %s %s (%s:%d)", aet, "added" if created else "replaced",
+                 remote.host, remote.port)
         return web.json_response(_describe(remote), status=201 if created else 200)
 
     async def delete_one(request: web.Request) -> web.Response:
         remote = known(request)
-        del remotes[remote.aet]
-        log.info("REST: modality %s removed, in memory only", remote.aet)
+        try:
+            removed = await loop().run_in_executor(ctx.archive.executor, registry.delete,
+                                                   remote.aet)
+        except ConfiguredRemoteError:
+            raise http_error(web.HTTPConflict, f"{remote.aet} is defined in the settings "
+                             "file; change it there") from None
+        if not removed:  # deleted meanwhile by another request
+            raise http_error(web.HTTPNotFound, f"no such modality: {remote.aet!r}")
+        log.info("REST: modality %s removed%s", remote.aet,
+                 "; its settings entry applies again" if registry.configured(remote.aet)
+                 else "")
         return web.json_response({})
 
     async def echo(request: web.Request) -> web.Response:
@@ -145,10 +159,9 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
     async def store(request: web.Request) -> web.Response:
         remote = known(request)
         wanted = _resources(await body_of(request))
-        loop = asyncio.get_running_loop()
         records: dict[str, InstanceRecord] = {}
         for ident in wanted:
-            found = await loop.run_in_executor(ctx.archive.executor, resolve, ctx, ident)
+            found = await loop().run_in_executor(ctx.archive.executor, resolve, ctx, ident)
             if found is None:
                 raise http_error(web.HTTPNotFound, f"no such resource: {ident!r}")
             records.update((r.sop_instance_uid, r) for r in found)

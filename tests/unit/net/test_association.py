@@ -475,3 +475,21 @@ def test_command_then_invalid_pdv_in_one_pdu_leaves_no_association():
     assert not acc.is_established
     with pytest.raises(LocalProtocolError):
         acc.send_command(1, c_echo_rsp(5), False)
+
+
+@pytest.mark.parametrize(("size", "pdus"), [(200, 1), (910, 1), (911, 2), (5000, 6)])
+def test_send_message_packs_command_and_data_set_in_one_pdu_when_they_fit(size, pdus):
+    req, acc = associate(acceptor_max=1024)
+    command = c_store_rq(9, CT_IMAGE_STORAGE, "1.2.3.9")
+    encoded = command.encode()
+    assert len(encoded) == 102  # 910 bytes of data set fill the PDU to the byte, 911 do not
+    dataset = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    wire = req.send_message(3, encoded, dataset)
+    assert len(_pdu_lengths(wire)) == pdus and max(_pdu_lengths(wire)) <= 1024
+    acc.receive_data(wire)
+    received, *fragments = drain(acc)
+    assert isinstance(received, CommandReceived) and received.has_dataset
+    assert received.command.affected_sop_instance_uid == "1.2.3.9"
+    assert fragments[-1].last and b"".join(bytes(f.data) for f in fragments) == dataset
+    # The association is ready for the next message at once.
+    assert drain(acc) == [] and req.send_command(1, c_echo_rq(10), False)
