@@ -29,7 +29,10 @@ PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 FIND_MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 
-CHUNK = 64  # rows fetched per executor call
+# Rows fetched per executor call: a small first chunk answers the first match at once, larger
+# ones after it (each executor round trip costs a thread handoff; 64 per call took a fifth of
+# a 10,000-study listing's time).
+FIRST_CHUNK, CHUNK = 64, 2048
 
 
 def find_rsp(request: Request, status: int, has_dataset: bool) -> dimse.Command:
@@ -82,8 +85,9 @@ class FindSCP:
         sent = 0
         assert request.send_pending is not None
         pending = find_rsp(request, dimse.PENDING, True).encode()  # the same for every match
+        size = FIRST_CHUNK
         while True:
-            chunk = await loop.run_in_executor(executor, _take, rows, CHUNK)
+            chunk = await loop.run_in_executor(executor, _take, rows, size)
             for row in chunk:
                 if request.cancel is not None and request.cancel.is_set():
                     log.info("%s: C-FIND cancelled after %d matches", request.calling_aet, sent)
@@ -93,8 +97,9 @@ class FindSCP:
                 identifier = encode_identifier(row, request.transfer_syntax)
                 await request.send_pending(pending, identifier)
                 sent += 1
-            if len(chunk) < CHUNK:
+            if len(chunk) < size:
                 break
+            size = CHUNK
         log.info("%s: C-FIND %s level, %d matches", request.calling_aet, query.level, sent)
         audit_query(self.archive, request, model, query.level, elements, sent)
         return Response(find_rsp(request, dimse.SUCCESS, False))
