@@ -78,7 +78,8 @@ PATIENT_INSTANCES = "NumberOfPatientRelatedInstances"
 PATIENT_KEY = "patient_key"
 _PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
 
-_OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox", "mpps")  # added after the first release
+_OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox", "mpps",  # added after the first release
+                 "commitment_outbox")
 _DB_NAMES = (
     "instances",
     "series",
@@ -93,6 +94,7 @@ _DB_NAMES = (
     "worklist",  # scheduled procedure steps from HL7 orders (pacs.worklist.store)
     "hl7_outbox",  # HL7 messages waiting for the RIS (pacs.worklist.outbound)
     "mpps",  # Modality Performed Procedure Steps (pacs.server.mpps)
+    "commitment_outbox",  # storage commitment reports not yet delivered (server.commitment)
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -597,7 +599,7 @@ class Catalog:
 
         def apply(t: _Txn) -> None:
             for name, db in self._dbs.items():
-                if name not in ("worklist", "mpps", "hl7_outbox"):
+                if name not in ("worklist", "mpps", "hl7_outbox", "commitment_outbox"):
                     t.txn.drop(db, delete=False)
 
         self._write(apply)

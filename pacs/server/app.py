@@ -72,6 +72,9 @@ async def serve(
         from pacs.server.forward import forward_forever
 
         background.append(asyncio.create_task(forward_forever(archive)))
+        from pacs.server.commitment import report_forever
+
+        background.append(asyncio.create_task(report_forever(archive)))
     if worker_id == 0 and settings.retention:
         from pacs.retention import retention_forever
 

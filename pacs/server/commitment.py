@@ -3,22 +3,34 @@
 An N-ACTION-RQ (Action Type ID 1, "Request Storage Commitment") names a transaction and the
 instances to commit. It is answered at once (success, or a failure for a bad request); the
 check runs afterwards off the event loop: an instance is committed when the catalog knows it
-and its blob exists with the indexed size and BLAKE2b digest. The outcome goes back as an
-N-EVENT-REPORT-RQ (Event Type ID 1 all committed, 2 some failed) on the same association while
-it is open, else on a new association to the requester's AE (``[remote.AET]`` in the settings),
-where we take the SCP role of the Storage Commitment SOP class; when neither works it is logged.
+and its blob exists with the indexed size and BLAKE2b digest.
+
+The outcome is queued in the index before anything is sent (LMDB ``commitment_outbox``, keyed
+by due time like ``pacs.index.outbox``), then goes back as an N-EVENT-REPORT-RQ (Event Type ID
+1 all committed, 2 some failed) on the same association while it is open; delivered there, it
+leaves the queue. Otherwise worker 0 (``report_forever``) sends it on a new association to the
+requester's remote AE (``pacs.remotes``: ``[remote.AET]`` or REST ``/modalities``), where we
+take the SCP role of the Storage Commitment SOP class, retrying with an exponential back-off
+(``forward_retry_base`` doubled per attempt, at most an hour) until the requester answers; the
+queue survives restarts. An orderly stop during the check still queues its outcome (the check
+thread is waited for); a kill -9 before the outcome is queued loses it (the requester's own
+timeout then asks again).
+
+    commitment_outbox   b"<due, 16 hex digits of µs>\0<Transaction UID>\0<AE>" -> JSON
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from io import BytesIO
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -33,6 +45,7 @@ from pacs.net import (
     RoleSelection,
     dimse,
 )
+from pacs.remotes import RemoteRegistry
 from pacs.server.messages import Request, Response
 from pacs.server.scu import SCUError, StoreSCU
 
@@ -55,6 +68,12 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 NO_SUCH_ACTION_TYPE = 0x0123
 
 REPORT_TIMEOUT = 30.0  # for the N-EVENT-REPORT-RSP, and to connect / associate / release
+DB_NAME = "commitment_outbox"
+POLL = 1.0  # seconds between looks at the queue (worker 0)
+MAX_BACKOFF = 3600.0
+# While the requesting association may still carry the report, worker 0 leaves the entry alone
+# (no second report); after this it is due for a new association (the holder died).
+SAME_ASSOCIATION_GRACE = 2 * REPORT_TIMEOUT
 
 
 class CommitmentRequestError(PacsError):
@@ -76,6 +95,82 @@ class Outcome:
     @property
     def event_type(self) -> int:
         return SOME_FAILED if self.failed else ALL_COMMITTED
+
+
+@dataclass(slots=True)
+class PendingReport:
+    """A checked transaction whose N-EVENT-REPORT the requester has not acknowledged yet."""
+
+    requester: str  # calling AE title of the N-ACTION
+    transaction_uid: str
+    committed: list[tuple[str, str]]
+    failed: list[tuple[str, str, int]]
+    due: float  # seconds since the epoch: not before
+    attempts: int = 0  # failed deliveries
+    last_error: str = ""
+    queued_at: float = 0.0
+
+    @property
+    def key(self) -> bytes:
+        micros = max(0, int(self.due * 1e6))
+        return f"{micros:016x}\0{self.transaction_uid}\0{self.requester}".encode()
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.transaction_uid, list(self.committed), list(self.failed))
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PendingReport:
+        data = json.loads(raw)
+        data["committed"] = [tuple(c) for c in data["committed"]]
+        data["failed"] = [tuple(f) for f in data["failed"]]
+        return cls(**data)
+
+
+def queue_report(archive: Archive, requester: str, outcome: Outcome, due: float) -> PendingReport:
+    """Blocking: queue the report of ``outcome`` for ``requester``, due at ``due``."""
+    now = time.time()
+    entry = PendingReport(requester, outcome.transaction_uid, outcome.committed,
+                          outcome.failed, due, queued_at=now)
+    catalog = archive.catalog
+
+    def apply(t: Any) -> None:
+        t.txn.put(entry.key, entry.encode(), db=catalog.database(DB_NAME))
+
+    archive.writer.run(lambda: catalog._write(apply)).result()
+    return entry
+
+
+def queued_reports(archive: Archive) -> list[PendingReport]:
+    """Every queued report, due first."""
+    catalog = archive.catalog
+    with catalog.reader() as txn, txn.cursor(db=catalog.database(DB_NAME)) as cursor:
+        return [PendingReport.decode(bytes(value)) for _key, value in cursor]
+
+
+def settle_report(archive: Archive, entry: PendingReport, error: str,
+                  due: float | None = None) -> None:
+    """Blocking: drop a delivered report (no ``error``), or move it to its next due time:
+    ``due`` when given (not counted as an attempt), else after the back-off."""
+    catalog = archive.catalog
+
+    def apply(t: Any) -> None:
+        db = catalog.database(DB_NAME)
+        t.txn.delete(entry.key, db=db)
+        if error:
+            if due is None:
+                entry.attempts += 1
+                base = archive.settings.forward_retry_base
+                entry.due = time.time() + min(MAX_BACKOFF, base * 2 ** (entry.attempts - 1))
+            else:
+                entry.due = due
+            entry.last_error = error[:500]
+            t.txn.put(entry.key, entry.encode(), db=db)
+
+    archive.writer.run(lambda: catalog._write(apply)).result()
 
 
 def _syntax(transfer_syntax: str) -> tuple[bool, bool]:
@@ -268,48 +363,33 @@ class CommitmentSCP:
     ) -> None:
         await asyncio.sleep(0)  # the N-ACTION-RSP goes out first
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.archive.executor, check_instances,
-                                             self.archive, transaction, references)
-        log.info("%s: storage commitment %s: %d committed, %d failed", request.calling_aet,
-                 transaction, len(outcome.committed), len(outcome.failed))
-        aet = self.archive.settings.aet
-        why = "no association"
         association = request.sub_operations
-        if association is not None:
-            data = encode_report(outcome, aet, request.transfer_syntax)
-            command = dimse.n_event_report_rq(0, STORAGE_COMMITMENT_PUSH_MODEL,
-                                              STORAGE_COMMITMENT_INSTANCE, outcome.event_type)
-            try:
-                response = await association.send_request(request.context_id, command, data,
-                                                          REPORT_TIMEOUT)
-            except (ConnectionError, TimeoutError, PacsError) as exc:
-                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.info("%s: storage commitment %s: not reported on the requesting "
-                         "association (%s)", request.calling_aet, transaction, why)
-            else:
-                self._log_status(request.calling_aet, transaction, response.status, "same")
-                return
-        remote = self.archive.settings.remotes.get(request.calling_aet)
-        if remote is None:
-            log.error("%s: storage commitment %s (event type %d) cannot be reported: the "
-                      "association is gone (%s) and %s is no configured remote AE",
-                      request.calling_aet, transaction, outcome.event_type, why,
-                      request.calling_aet)
+        # Check and queue in one executor job: an orderly stop waits for it, so the outcome
+        # is queued even when the event loop no longer runs this task.
+        grace = SAME_ASSOCIATION_GRACE if association is not None else 0.0
+        entry = await loop.run_in_executor(self.archive.executor, check_and_queue,
+                                           self.archive, request.calling_aet, transaction,
+                                           references, grace)
+        if association is None:
             return
-        scu: ReportSCU | None = None
+        outcome = entry.outcome
+        data = encode_report(outcome, self.archive.settings.aet, request.transfer_syntax)
+        command = dimse.n_event_report_rq(0, STORAGE_COMMITMENT_PUSH_MODEL,
+                                          STORAGE_COMMITMENT_INSTANCE, outcome.event_type)
         try:
-            scu = await ReportSCU.open(remote, aet, REPORT_TIMEOUT,
-                                       self.archive.settings.max_pdu_size)
-            status = await scu.report(outcome, aet, REPORT_TIMEOUT)
-        except (SCUError, PacsError, OSError) as exc:
-            log.error("%s: storage commitment %s (event type %d) cannot be reported: %s",
-                      request.calling_aet, transaction, outcome.event_type, exc)
+            response = await association.send_request(request.context_id, command, data,
+                                                      REPORT_TIMEOUT)
+        except (ConnectionError, TimeoutError, PacsError) as exc:
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.info("%s: storage commitment %s: not reported on the requesting "
+                     "association (%s); worker 0 sends it on a new one", request.calling_aet,
+                     transaction, why)
+            await loop.run_in_executor(self.archive.executor, settle_report, self.archive,
+                                       entry, why, time.time())
             return
-        finally:
-            if scu is not None:
-                with contextlib.suppress(Exception):
-                    await scu.release(REPORT_TIMEOUT)
-        self._log_status(request.calling_aet, transaction, status, "a new")
+        self._log_status(request.calling_aet, transaction, response.status, "same")
+        await loop.run_in_executor(self.archive.executor, settle_report, self.archive, entry,
+                                   "")
 
     @staticmethod
     def _log_status(aet: str, transaction: str, status: int | None, which: str) -> None:
@@ -320,3 +400,67 @@ class CommitmentSCP:
             log.warning("%s: storage commitment %s reported on %s association, answered with "
                         "status %s", aet, transaction, which,
                         f"0x{status:04X}" if status is not None else "none")
+
+
+def check_and_queue(archive: Archive, requester: str, transaction: str,
+                    references: Sequence[tuple[str, str]], grace: float) -> PendingReport:
+    """Blocking: check the instances, queue the report (due after ``grace``)."""
+    outcome = check_instances(archive, transaction, references)
+    log.info("%s: storage commitment %s: %d committed, %d failed", requester, transaction,
+             len(outcome.committed), len(outcome.failed))
+    return queue_report(archive, requester, outcome, time.time() + grace)
+
+
+async def send_report(archive: Archive, remote: RemoteAE, outcome: Outcome) -> int:
+    """The N-EVENT-REPORT of ``outcome`` on a new association to ``remote``: its status."""
+    aet = archive.settings.aet
+    scu: ReportSCU | None = None
+    try:
+        scu = await ReportSCU.open(remote, aet, REPORT_TIMEOUT, archive.settings.max_pdu_size)
+        return await scu.report(outcome, aet, REPORT_TIMEOUT)
+    finally:
+        if scu is not None:
+            with contextlib.suppress(Exception):
+                await scu.release(REPORT_TIMEOUT)
+
+
+async def report_forever(archive: Archive) -> None:
+    """Worker 0: send due reports on new associations until cancelled; failures back off."""
+    loop = asyncio.get_running_loop()
+    remotes = RemoteRegistry(archive.settings)
+    while True:
+        try:
+            entries = await loop.run_in_executor(archive.executor, queued_reports, archive)
+            now = time.time()
+            for entry in entries:
+                if entry.due > now:
+                    break  # keys sort by due time
+                outcome = entry.outcome
+                remote = remotes.get(entry.requester)
+                error = ""
+                if remote is None or not remote.port:
+                    error = f"{entry.requester} is no known remote AE with a port"
+                else:
+                    try:
+                        status = await send_report(archive, remote, outcome)
+                    except (SCUError, PacsError, OSError, TimeoutError) as exc:
+                        error = f"{type(exc).__name__}: {exc}"
+                    else:
+                        if status != dimse.SUCCESS:
+                            error = f"answered with status 0x{status:04X}"
+                if error:
+                    base = archive.settings.forward_retry_base
+                    log.error("%s: storage commitment %s (event type %d) cannot be reported "
+                              "(attempt %d): %s; next try in %.0f s", entry.requester,
+                              entry.transaction_uid, outcome.event_type, entry.attempts + 1,
+                              error, min(MAX_BACKOFF, base * 2 ** entry.attempts))
+                else:
+                    log.info("%s: storage commitment %s reported on a new association",
+                             entry.requester, entry.transaction_uid)
+                await loop.run_in_executor(archive.executor, settle_report, archive, entry,
+                                           error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or a catalog error: the queue is durable, go on
+            log.exception("storage commitment reporting round failed")
+        await asyncio.sleep(POLL)

@@ -1,5 +1,6 @@
 """C-MOVE SCP (PS3.4 C.4.2): the instances go to the move destination, a remote AE of the
-registry (``pacs.remotes``: the settings and REST ``/modalities``), as C-STORE sub-operations over new associations (``pacs.server.scu``).
+registry (``pacs.remotes``: the settings and REST ``/modalities``), as C-STORE sub-operations
+over new associations (``pacs.server.scu``).
 
 Statuses: 0xFF00 pending after each sub-operation with the counts, then 0x0000 all done,
 0xB000 some failed (Failed SOP Instance UID List), 0xA702 none could be done, 0xFE00

@@ -1,6 +1,7 @@
 """Storage Commitment Push Model (PS3.4 Annex J) with pynetdicom as the SCU: the report on the
 requesting association, failures for unknown and damaged instances, the report on a new
-association when the requester released, refusals of bad requests."""
+association when the requester released, refusals of bad requests, reports queued in the index
+and retried until the requester's SCP listens, also across a restart of the archive."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
 )
 
+from pacs.index.catalog import Catalog
 from tests.conftest import free_port
 from tests.dicomgen import make_ct, write
 from tests.integration.archive_check import flip_last_byte, stored_instance
@@ -64,6 +66,14 @@ def action_info(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
         items.append(item)
     ds.ReferencedSOPSequence = items
     return ds
+
+
+def queued_reports(archive) -> list[bytes]:
+    """Keys of the reports still queued in a stopped archive's index."""
+    assert archive.stop() == 0
+    with Catalog(archive.data_dir / "index", readonly=True) as catalog, catalog.reader() as txn, \
+            txn.cursor(db=catalog.database("commitment_outbox")) as cursor:
+        return [bytes(key) for key, _value in cursor]
 
 
 def requester(aet: str = "COMMITSCU", syntax: str = ExplicitVRLittleEndian) -> AE:
@@ -119,6 +129,7 @@ def test_all_stored_instances_committed(archive_factory, tmp_path: Path, syntax)
     assert "FailedSOPSequence" not in info
     assert re.search(rf"storage commitment {transaction} reported on same association",
                      archive.log())
+    assert queued_reports(archive) == []  # delivered: dequeued
 
 
 def test_unknown_and_corrupted_instances_fail(archive_factory, tmp_path: Path) -> None:
@@ -228,3 +239,74 @@ def test_bad_requests_are_refused(archive_factory, tmp_path: Path) -> None:
     finally:
         assoc.release()
     assert "storage commitment request refused: no TransactionUID" in archive.log()
+
+
+def commitment_scp(port: int):
+    """A pynetdicom requester SCP on ``port`` taking N-EVENT-REPORTs: (server, reports)."""
+    reports: queue.Queue = queue.Queue()
+
+    def on_report(event):
+        reports.put((event.event_type, event.event_information))
+        return 0x0000, None
+
+    ae = AE(ae_title="COMMITSCU")
+    ae.add_supported_context(StorageCommitmentPushModel,
+                             [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                             scu_role=True, scp_role=True)
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    return server, reports
+
+
+def request_and_release(port: int, transaction: str, refs: list[tuple[str, str]]) -> None:
+    assoc = requester().associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    status, _ = assoc.send_n_action(action_info(transaction, refs), 1,
+                                    StorageCommitmentPushModel, WELL_KNOWN)
+    assoc.release()
+    assert status.Status == 0x0000
+
+
+def wait_log(archive, pattern: str, offset: int = 0, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, archive.log()[offset:]):
+        assert time.monotonic() < deadline, archive.log()[offset:]
+        time.sleep(0.05)
+
+
+def failed_attempt(transaction: str, attempt: int) -> str:
+    return rf"storage commitment {transaction} \(event type 1\) cannot be reported " \
+           rf"\(attempt {attempt}\)"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+def test_report_retried_until_requester_listens(archive_factory, tmp_path: Path,
+                                                restart: bool) -> None:
+    scp_port = free_port()  # nothing listens there yet
+    archive = archive_factory(*SERVER_ARGS, "--config", config(tmp_path, COMMITSCU=scp_port),
+                              env={"PACS_FORWARD_RETRY_BASE": "0.2"})
+    uids = store_cts(archive.port, tmp_path, 2)
+    transaction = generate_uid()
+    refs = [(CTImageStorage, uid) for uid in uids]
+    request_and_release(archive.port, transaction, refs)
+    wait_log(archive, failed_attempt(transaction, 3))  # retried with a back-off
+    offset = len(archive.log())
+    if restart:
+        assert archive.stop() == 0
+        archive.start()
+        # Still queued after the restart: worker 0 goes on trying.
+        wait_log(archive, rf"storage commitment {transaction} \(event type 1\) cannot be "
+                          r"reported \(attempt ([4-9]|\d\d)\)", offset)
+        offset = len(archive.log())
+    server, reports = commitment_scp(scp_port)
+    try:
+        event_type, info = reports.get(timeout=30)
+        assert event_type == 1
+        assert info.TransactionUID == transaction
+        assert references(info) == refs
+        assert "FailedSOPSequence" not in info
+        wait_log(archive, rf"COMMITSCU: storage commitment {transaction} reported on a new "
+                          "association", offset)
+        assert queued_reports(archive) == []
+    finally:
+        server.shutdown()
