@@ -176,9 +176,10 @@ def _resource_paths() -> dict[str, Any]:
 def _modality_paths() -> dict[str, Any]:
     bad = _error("bad parameters")
     unknown = _error("unknown modality or resource")
-    memory = ("Changes live in this process's memory only: the configuration file is not "
-              "written, a restart forgets them, and C-MOVE and routing keep using the "
-              "configured [remote.AET] tables.")
+    memory = ("Changes are kept in data_dir/state/modalities.json, shared at once by every "
+              "worker and kept across restarts; C-MOVE destinations, forwarding and storage "
+              "commitment reports use them. An entry overrides a [remote.AET] table of the "
+              "same name; access control uses the settings file only.")
     aet = _path_param("aet", "AE title of the remote", AET_PATTERN, 16)
     modality = {"$ref": "#/components/schemas/Modality"}
     return {
@@ -193,16 +194,17 @@ def _modality_paths() -> dict[str, Any]:
             "parameters": [aet],
             "get": {"summary": "one remote", "operationId": "get_modality",
                     "responses": {"200": _json("the remote", modality), "404": unknown}},
-            "put": {"summary": "create or replace a remote (in memory)", "description": memory,
+            "put": {"summary": "create or replace a remote", "description": memory,
                     "operationId": "put_modality",
                     "requestBody": {"required": True,
                                     "content": {JSON: {"schema": modality}}},
                     "responses": {"200": _json("replaced", modality),
                                   "201": _json("created", modality), "400": bad}},
-            "delete": {"summary": "forget a remote (in memory)", "description": memory,
+            "delete": {"summary": "forget a remote", "description": memory,
                        "operationId": "delete_modality",
                        "responses": {"200": _json("removed", {"type": "object"}),
-                                     "404": unknown}},
+                                     "404": unknown,
+                                     "409": _error("defined in the settings file")}},
         },
         "/modalities/{aet}/echo": {"post": {
             "summary": "C-ECHO the remote", "operationId": "echo_modality",
