@@ -4,15 +4,21 @@ when Debian's Orthanc with its DICOMweb plugin is installed, the same figures fr
     python -m bench.bench_web                      # 100,000 studies, Orthanc rows if present
     python -m bench.bench_web --studies 10000 --no-orthanc
 
+Orthanc rows need Debian's ``orthanc`` and ``orthanc-dicomweb`` (the plugin at
+bench.suite.targets.ORTHANC_DICOMWEB); without them they are skipped with a note.
+
 Per server, one run:
 
 1. the index: ``--studies`` synthetic studies (one instance each, two studies per patient,
    bench.bench_query's generator) built through ``Catalog.store_batch`` into ``DATA/index``
-   before ``pacs serve`` starts (their blobs are fake: only queries touch them). Orthanc gets
-   no synthetic studies (it has no bulk index builder): its QIDO-RS rows are at ~51 studies;
+   before ``pacs serve`` starts (their blobs are fake: only queries touch them). Orthanc has
+   no bulk index builder: it gets ``--orthanc-studies`` real one-instance studies over STOW-RS
+   (same patients' scheme), so its QIDO-RS row is at 10,000 studies, as the issue's figure;
 2. STOW-RS: ``-n`` small CT instances (64 x 64 x 16 bit, ~9 KiB, 50 studies) posted by ``-k``
-   concurrent httpx clients (one process each, keep-alive), ``--per-request`` instances per
-   multipart body; instances/s and MB/s (each 200 comes after the store is durable);
+   concurrent clients (one process each, one keep-alive ``http.client`` connection; ``--httpx``
+   for httpx, whose ~0.8 ms of CPU a request is taken from the server on 2 cores), ``--per-request``
+   instances per multipart body; instances/s and MB/s (each 200 comes after the store is
+   durable);
 3. a real ``--study-size``-instance study (``--pixels`` square, 16 bit) stored over STOW-RS
    (``-k`` clients, 10 instances per request), the one fetched by 5-8;
 4. QIDO-RS exact PatientID, study level, one sequential client: p50/p95 over ``-q`` queries,
@@ -22,17 +28,21 @@ Per server, one run:
    MB/s of the median of ``--repeat // 5`` downloads (body fully read);
 7. rendered frame (``.../instances/{i}/frames/1/rendered``, image/jpeg): p50/p95, random
    instances of the big study;
-8. DIMSE, same server: C-FIND exact PatientID (study root, bench/suite/client.py's SCU, one
-   association, the same patients as 4) and ``getscu --ignore`` C-GET of the big study (MB/s).
+8. DIMSE, same server: C-STORE of ``-n`` other small instances over ``-k`` associations
+   (bench/suite/client.py's SCU, one process each), C-FIND exact PatientID (study root, the
+   same SCU, one association, the same patients as 4) and ``getscu --ignore`` C-GET of the big
+   study (MB/s, including getscu's start).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import multiprocessing
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,9 +52,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage as CT_IMAGE_STORAGE
 
 from bench.bench_query import STUDY_KEYS, build, open_catalog
 from bench.suite import targets
@@ -69,6 +81,14 @@ def generate(folder: Path, count: int) -> list[bytes]:
     return out
 
 
+def generate_studies(folder: Path, count: int) -> list[bytes]:
+    """``count`` one-instance studies (8 x 8 pixels), two per patient as bench.bench_query's
+    generator (PatientID ``PID0000000`` ...): Orthanc's index for the QIDO-RS rows."""
+    folder.mkdir(exist_ok=True)
+    return [write(make_ct(patient_id=f"PID{s // 2:07d}", rows=8, columns=8),
+                  folder / f"s{s:06d}.dcm").read_bytes() for s in range(count)]
+
+
 def generate_study(folder: Path, count: int, pixels: int) -> tuple[str, list[bytes]]:
     """One study, one series, ``count`` instances of ``pixels`` x ``pixels``."""
     first = make_ct(patient_id="BIGSTUDY", rows=pixels, columns=pixels)
@@ -87,6 +107,28 @@ def body(parts: list[bytes]) -> bytes:
 
 
 def _client(url: str, bodies: list[bytes], start: float) -> None:
+    """One keep-alive connection posting ``bodies`` in turn. The standard library's client, not
+    httpx: httpx costs ~0.8 ms of CPU per request, which on a 2-core machine is taken from the
+    server being measured (http.client: ~0.15 ms)."""
+    parsed = urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=120)
+    try:
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while time.time() < start:
+            time.sleep(0.001)
+        for data in bodies:
+            conn.request("POST", parsed.path, body=data, headers={"Content-Type": CONTENT_TYPE})
+            r = conn.getresponse()
+            answer = r.read()
+            if r.status != 200:
+                raise SystemExit(f"STOW-RS answered {r.status}: {answer[:200]!r}")
+    finally:
+        conn.close()
+
+
+def _httpx_client(url: str, bodies: list[bytes], start: float) -> None:
+    """As :func:`_client` through httpx (``--httpx``: the client of the earlier figures)."""
     with httpx.Client(timeout=120) as client:
         while time.time() < start:
             time.sleep(0.001)
@@ -96,13 +138,17 @@ def _client(url: str, bodies: list[bytes], start: float) -> None:
                 raise SystemExit(f"STOW-RS answered {r.status_code}: {r.text[:200]}")
 
 
+USE_HTTPX = False
+
+
 def stow(web: str, instances: list[bytes], clients: int, per_request: int) -> float:
     bodies = [body(instances[i:i + per_request])
               for i in range(0, len(instances), per_request)]
     shares = [bodies[i::clients] for i in range(clients)]
     start = time.time() + 0.5
     context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_client, args=(f"{web}/studies", share, start))
+    target = _httpx_client if USE_HTTPX else _client
+    procs = [context.Process(target=target, args=(f"{web}/studies", share, start))
              for share in shares]
     for p in procs:
         p.start()
@@ -110,6 +156,31 @@ def stow(web: str, instances: list[bytes], clients: int, per_request: int) -> fl
         p.join()
         if p.exitcode != 0:
             raise SystemExit("a STOW-RS client failed")
+    return time.time() - start
+
+
+def _store_client(target: targets.Target, files: list[bytes], start: float) -> None:
+    with SCU(target.host, target.port, target.aet, CALLING, [CT_IMAGE_STORAGE]) as scu:
+        while time.time() < start:
+            time.sleep(0.001)
+        for data in files:
+            status = scu.store_file(data)
+            if status != 0:
+                raise SystemExit(f"C-STORE answered {status:04X}")
+
+
+def c_store(target: targets.Target, instances: list[bytes], clients: int) -> float:
+    """Seconds to C-STORE ``instances`` over ``clients`` associations (one process each)."""
+    start = time.time() + 0.5
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_store_client, args=(target, instances[i::clients], start))
+             for i in range(clients)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise SystemExit("a C-STORE client failed")
     return time.time() - start
 
 
@@ -149,8 +220,8 @@ class Result:
 
 
 def measure(res: Result, target: targets.Target, patients: list[str], n_studies: int,
-            args: argparse.Namespace, small: list[bytes], big: list[bytes], big_uid: str
-            ) -> dict[str, float]:
+            args: argparse.Namespace, small: list[bytes], big: list[bytes], big_uid: str,
+            dimse_small: list[bytes]) -> dict[str, float]:
     """Every figure against one running server; returns the ones with goals."""
     web, out = target.web, {}
     size = sum(map(len, small))
@@ -224,6 +295,9 @@ def measure(res: Result, target: targets.Target, patients: list[str], n_studies:
                 f"{pct(times, 0.5):.1f} / {pct(times, 0.95):.1f} ms",
                 f"{args.pixels}x{args.pixels} 16-bit CT")
 
+    secs = c_store(target, dimse_small, args.k)
+    res.add(f"C-STORE {args.k} associations", f"{len(dimse_small) / secs:.0f} inst/s",
+            f"{len(dimse_small)} x {size / len(small) / 1024:.1f} KiB (other UIDs than STOW-RS)")
     with SCU(target.host, target.port, target.aet, CALLING, [STUDY_ROOT_FIND]) as scu:
         def find(i: int) -> None:
             ds = Dataset()
@@ -274,13 +348,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-size", type=int, default=500, help="instances of the big study")
     parser.add_argument("--pixels", type=int, default=256, help="rows = columns of the big study")
     parser.add_argument("--repeat", type=int, default=50, help="metadata / rendered repeats")
+    parser.add_argument("--orthanc-studies", type=int, default=10_000,
+                        help="one-instance studies stored into Orthanc before its rows")
     parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc rows")
+    parser.add_argument("--httpx", action="store_true",
+                        help="STOW-RS clients on httpx (~0.8 ms of client CPU per request)")
     args = parser.parse_args(argv)
+    global USE_HTTPX
+    USE_HTTPX = args.httpx
     tmp = Path(tempfile.mkdtemp(prefix="bench-web-"))
     results: list[tuple[Result, dict[str, float]]] = []
     try:
         (tmp / "files").mkdir()
         small = generate(tmp / "files", args.n)
+        (tmp / "dimse").mkdir()
+        dimse_small = generate(tmp / "dimse", args.n)
         big_uid, big = generate_study(tmp / "files", args.study_size, args.pixels)
         data = tmp / "data"
         cat = open_catalog(data / "index")
@@ -294,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             target = start_pacs(stack, data)
             res = Result("pacs")
             results.append((res, measure(res, target, patients, args.studies + 51, args,
-                                         small, big, big_uid)))
+                                         small, big, big_uid, dimse_small)))
         if args.no_orthanc:
             pass
         elif not shutil.which("Orthanc") or not targets.ORTHANC_DICOMWEB.exists():
@@ -305,9 +387,17 @@ def main(argv: list[str] | None = None) -> int:
                 target = targets.start_orthanc(stack, tmp / "orthanc", CALLING, "NOBODY",
                                                free_port())
                 res = Result("orthanc")
-                small_patients = [f"P{rng.randrange(50):03d}" for _ in range(args.q)]
-                results.append((res, measure(res, target, small_patients, 51, args, small,
-                                             big, big_uid)))
+                n = args.orthanc_studies
+                if n:
+                    secs = stow(target.web, generate_studies(tmp / "orthanc-files", n),
+                                args.k, 50)
+                    print(f"orthanc: {n:,} one-instance studies stored in {secs:.1f} s "
+                          "(STOW-RS, 50/request)", flush=True)
+                    picks = [f"PID{rng.randrange(max(1, n // 2)):07d}" for _ in range(args.q)]
+                else:
+                    picks = [f"P{rng.randrange(50):03d}" for _ in range(args.q)]
+                results.append((res, measure(res, target, picks, n + 51, args, small,
+                                             big, big_uid, dimse_small)))
         pacs_goals = results[0][1]
         print("\ngoals (pacs):")
         print(f"  STOW-RS >= {GOALS['stow']:.0f} inst/s: {pacs_goals['stow']:.0f} "

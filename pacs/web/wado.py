@@ -44,6 +44,7 @@ from pacs.index.records import (
     InstanceRecord,
 )
 from pacs.server.payload import instance_payload
+from pacs.store.base import BlobStore
 from pacs.web import dicomjson, frames
 from pacs.web.context import WebContext, bad_request, http_error
 from pacs.web.multipart import closing, parse_media_type, part_header, split_list
@@ -139,6 +140,20 @@ def audit_view(ctx: WebContext, request: web.Request, records: list[InstanceReco
                        instance_uid=info.get("instance", ""), count=len(records))
 
 
+SMALL_BLOB = 1 << 20  # bytes: a blob read whole by WADO-RS (larger ones are streamed)
+BATCH_BYTES = 8 << 20  # bytes of small blobs read per executor call
+
+
+def _stored_datasets(store: BlobStore, records: list[InstanceRecord]) -> list[memoryview]:
+    """Blocking: each record's data set as stored (its blob after the Part-10 header)."""
+    out = []
+    for record in records:
+        data = store.get(record.location)
+        _meta, offset = part10.read_file_meta(data)
+        out.append(memoryview(data)[offset:])
+    return out
+
+
 async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     accepted = accepted_syntaxes(request.headers.get("Accept", ""))
     if accepted is None:
@@ -160,18 +175,46 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     await response.prepare(request)
     archive = ctx.archive
-    for index, (record, syntax) in enumerate(plans):
+    loop = asyncio.get_running_loop()
+
+    def head(record: InstanceRecord, sent: str, first: bool) -> bytes:
+        meta = part10.file_meta(record.attributes.get("SOPClassUID", ""),
+                                record.sop_instance_uid, sent, record.source_aet)
+        return part_header(
+            boundary, {"Content-Type": f"application/dicom; transfer-syntax={sent}"},
+            first=first) + meta
+
+    index = 0
+    while index < len(plans):
+        record, syntax = plans[index]
         try:
+            if syntax == record.transfer_syntax_uid and 0 < record.size <= SMALL_BLOB:
+                # Small instances as stored: whole blobs, several per executor call (one
+                # thread hop per batch, not two per instance).
+                batch, total = [record], record.size
+                while index + len(batch) < len(plans):
+                    nxt, nxt_syntax = plans[index + len(batch)]
+                    if nxt_syntax != nxt.transfer_syntax_uid or not 0 < nxt.size <= SMALL_BLOB \
+                            or total + nxt.size > BATCH_BYTES:
+                        break
+                    batch.append(nxt)
+                    total += nxt.size
+                datasets = await loop.run_in_executor(
+                    archive.executor, _stored_datasets, archive.store, batch)
+                for offset, (one, dataset) in enumerate(zip(batch, datasets, strict=True)):
+                    await response.write(head(one, one.transfer_syntax_uid,
+                                              index + offset == 0))
+                    await response.write(dataset)
+                    metrics.BYTES_SENT.inc(("WADO-RS",), len(dataset))
+                index += len(batch)
+                continue
             sent, chunks = await instance_payload(archive.store, record, [syntax],
                                                   archive.executor)
-            meta = part10.file_meta(record.attributes.get("SOPClassUID", ""),
-                                    record.sop_instance_uid, sent, record.source_aet)
-            await response.write(part_header(
-                boundary, {"Content-Type": f"application/dicom; transfer-syntax={sent}"},
-                first=index == 0) + meta)
+            await response.write(head(record, sent, index == 0))
             async for chunk in chunks:
                 await response.write(chunk)
                 metrics.BYTES_SENT.inc(("WADO-RS",), len(chunk))
+            index += 1
         except (PacsError, ValueError) as exc:
             # The status is sent already: cut the connection so the client sees a truncated
             # body (no closing delimiter) rather than a silently incomplete study.
@@ -184,45 +227,48 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _metadata(ctx: WebContext, records: list[InstanceRecord], base: str = "") -> \
-        list[dict[str, Any]]:
-    """Blocking: each instance's indexed attributes, the upper levels from their records, and
-    a Pixel Data BulkDataURI under ``base`` (scheme://host) for image instances."""
+def _metadata(ctx: WebContext, records: list[InstanceRecord], base: str = "") -> bytes:
+    """Blocking: the DICOM JSON of each instance's indexed attributes, the upper levels from
+    their records, and a Pixel Data BulkDataURI under ``base`` (scheme://host) for image
+    instances."""
     catalog = ctx.archive.catalog
-    series_cache: dict[str, dict[str, Any] | None] = {}
+    keys = (*PATIENT_KEYWORDS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, *INSTANCE_KEYWORDS)
+    # The patient, study and series values of each (series, study), from their records.
+    uppers: dict[tuple[str, str], dict[str, str]] = {}
     study_cache: dict[str, dict[str, Any]] = {}
-    out: list[dict[str, Any]] = []
+    out: list[tuple[dict[str, str], list[tuple[str, dict[str, Any]]]]] = []
     for record in records:
-        row = {k: v for k, v in record.attributes.items() if isinstance(v, str)}
-        series_uid = row.get("SeriesInstanceUID", "")
-        if series_uid not in series_cache:
-            series_cache[series_uid] = catalog.get_series(series_uid)
-        series = series_cache[series_uid] or {}
-        row.update({k: str(series[k]) for k in SERIES_KEYWORDS if series.get(k) is not None})
-        study_uid = row.get("StudyInstanceUID", "")
-        if study_uid not in study_cache:
-            study = dict(catalog.get_study(study_uid) or {})
-            patient = catalog.get_patient(str(study.get("patient_key", ""))) or {}
-            study.update({k: patient[k] for k in PATIENT_KEYWORDS if patient.get(k)})
-            study_cache[study_uid] = study
-        study = study_cache[study_uid]
-        for k in (*PATIENT_KEYWORDS, *STUDY_KEYWORDS):
-            if study.get(k) is not None:
-                row[k] = str(study[k])
-        keys = (*PATIENT_KEYWORDS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, *INSTANCE_KEYWORDS)
-        ordered = {k: row.get(k, "") for k in keys}
-        if not all(v.isascii() for v in ordered.values()):
+        attributes = record.attributes
+        ordered = {k: v if isinstance(v := attributes.get(k, ""), str) else "" for k in keys}
+        series_uid, study_uid = ordered["SeriesInstanceUID"], ordered["StudyInstanceUID"]
+        upper = uppers.get((series_uid, study_uid))
+        if upper is None:
+            series = catalog.get_series(series_uid) or {}
+            if study_uid not in study_cache:
+                study = dict(catalog.get_study(study_uid) or {})
+                patient = catalog.get_patient(str(study.get("patient_key", ""))) or {}
+                study.update({k: patient[k] for k in PATIENT_KEYWORDS if patient.get(k)})
+                study_cache[study_uid] = study
+            study = study_cache[study_uid]
+            upper = {k: str(series[k]) for k in SERIES_KEYWORDS if series.get(k) is not None}
+            upper.update({k: str(study[k]) for k in (*PATIENT_KEYWORDS, *STUDY_KEYWORDS)
+                          if study.get(k) is not None})
+            uppers[(series_uid, study_uid)] = upper
+        ordered.update(upper)
+        if not "".join(ordered.values()).isascii():
             ordered["SpecificCharacterSet"] = "ISO_IR 192"
-        extra = [("00083002", {"vr": "UI", "Value": [record.transfer_syntax_uid]})]
-        if dicomjson.has_pixel_data(row.get("SOPClassUID", "")):
-            syntax = record.transfer_syntax_uid
+        # AvailableTransferSyntaxUID (0008,3002) as a row value: memoized like the others.
+        syntax = record.transfer_syntax_uid
+        ordered["AvailableTransferSyntaxUID"] = syntax
+        extra: list[tuple[str, dict[str, Any]]] = []
+        if dicomjson.has_pixel_data(ordered["SOPClassUID"]):
             extra.append(("7FE00010", {
                 "vr": "OB" if syntax not in frames.NATIVE_SYNTAXES else "OW",
-                "BulkDataURI": f"{base}/dicom-web/studies/{row.get('StudyInstanceUID', '')}"
+                "BulkDataURI": f"{base}/dicom-web/studies/{ordered['StudyInstanceUID']}"
                                f"/series/{series_uid}/instances/{record.sop_instance_uid}"
                                "/bulkdata/7FE00010"}))
-        out.append(dicomjson.to_json(ordered, extra))
-    return out
+        out.append((ordered, extra))
+    return dicomjson.dumps_datasets(out)
 
 
 async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
@@ -235,7 +281,7 @@ async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     body = await loop.run_in_executor(ctx.archive.executor, _metadata, ctx, records,
                                       ctx.base_url(request))
-    return web.Response(body=dicomjson.dumps(body), content_type=dicomjson.MEDIA_TYPE)
+    return web.Response(body=body, content_type=dicomjson.MEDIA_TYPE)
 
 
 OCTET_TYPES = (frames.OCTET_STREAM, "application/*", "*/*")
