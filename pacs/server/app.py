@@ -90,11 +90,12 @@ async def serve(
     web = None
     hl7_listener = None
     try:
-        if worker_id == 0:
-            from pacs.web.app import WebServer
+        from pacs.web.app import WebServer
 
-            web = WebServer(archive, settings.port)
-            await web.start()  # first: a port in use fails before any association is accepted
+        # Every worker serves HTTP on the shared port; the HL7 listener and the background
+        # loops above stay in worker 0.
+        web = WebServer(archive, settings.port, reuse_port=settings.worker_count > 1)
+        await web.start()  # first: a port in use fails before any association is accepted
         if worker_id == 0 and settings.hl7_port:
             from pacs.worklist.listener import start_hl7_listener
 
@@ -227,15 +228,20 @@ def _worker_main(
 
 
 def _concrete_port(settings: Settings) -> Settings:
-    """Port 0 means 'any free port': pick it once here so that every worker shares it."""
-    if settings.port != 0:
-        return settings
+    """Port 0 means 'any free port': pick it once here so that every worker shares it (the
+    DICOM port and the HTTP port)."""
     import dataclasses
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((settings.host, 0))
-        port = int(sock.getsockname()[1])
-    return dataclasses.replace(settings, port=port)
+    def free(host: str) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+    if settings.port == 0:
+        settings = dataclasses.replace(settings, port=free(settings.host))
+    if settings.http_port == 0:
+        settings = dataclasses.replace(settings, http_port=free(settings.http_host))
+    return settings
 
 
 def _supervise(settings: Settings) -> int:

@@ -86,8 +86,11 @@ def build_app(ctx: WebContext) -> web.Application:
 class WebServer:
     """Starts and stops the HTTP listener on the running loop."""
 
-    def __init__(self, archive: Archive, dicom_port: int = 0) -> None:
+    def __init__(self, archive: Archive, dicom_port: int = 0, reuse_port: bool = False) -> None:
+        """``reuse_port``: every worker listens on the HTTP port (SO_REUSEPORT), as on the
+        DICOM one, so HTTP work (STOW-RS above all) uses every core."""
         self.context = WebContext.create(archive, dicom_port)
+        self.reuse_port = reuse_port
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -101,7 +104,8 @@ class WebServer:
                                     handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port,
-                           reuse_address=True, backlog=1024, ssl_context=ssl_context)
+                           reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
+                           ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:
