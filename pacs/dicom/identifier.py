@@ -100,13 +100,16 @@ def _value_bytes(vr: str, text: str, codec: str, endian: str) -> bytes:
 _TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})  # the charset applies
 
 
-_Plan = tuple[tuple[str, str, bytes, "struct.Struct"], ...]
+# Per element: keyword, VR, header bytes before the length, the length's format, and how the
+# text becomes bytes: "text" (the character set applies), "ascii", or "number" (binary VRs).
+_Plan = tuple[tuple[str, str, bytes, "struct.Struct", str, bytes], ...]
 
 
 @lru_cache(maxsize=256)
 def _plan(keywords: tuple[str, ...], implicit: bool, little: bool) -> _Plan:
     """For one set of keywords (every row of a query has the same): in tag order, each
-    element's keyword, VR, header bytes before its length, and the length's format."""
+    element's keyword, VR, header bytes before its length, the length's format, how its text
+    is encoded and its padding byte."""
     endian = "<" if little else ">"
     length4, length2 = struct.Struct(f"{endian}I"), struct.Struct(f"{endian}H")
     elements = []
@@ -123,9 +126,9 @@ def _plan(keywords: tuple[str, ...], implicit: bool, little: bool) -> _Plan:
             length = length4
         else:
             header, length = struct.pack(f"{endian}HH2s", group, element, vr.encode()), length2
-        elements.append((tag, keyword, vr, header, length))
-    return tuple((keyword, vr, header, length)
-                 for _tag, keyword, vr, header, length in sorted(elements))
+        kind = "number" if vr in _NUMERIC else "text" if vr in _TEXT_VRS else "ascii"
+        elements.append((tag, keyword, vr, header, length, kind, b"\0" if vr == "UI" else b" "))
+    return tuple(element[1:] for element in sorted(elements))
 
 
 def encode_identifier(values: dict[str, str], transfer_syntax_uid: str) -> bytes:
@@ -138,14 +141,23 @@ def encode_identifier(values: dict[str, str], transfer_syntax_uid: str) -> bytes
     element headers are prepared once per set of keywords (``_plan``).
     """
     implicit, little = _syntax(transfer_syntax_uid)
-    endian = "<" if little else ">"
     charset = values.get("SpecificCharacterSet", "")
     codec = "utf-8" if "192" in charset else "latin-1"
     parts: list[bytes] = []
-    for keyword, vr, header, length in _plan(tuple(values), implicit, little):
+    append = parts.append
+    for keyword, vr, header, length, kind, pad in _plan(tuple(values), implicit, little):
         text = values[keyword]
-        value = _value_bytes(vr, text, codec, endian) if text else b""
-        parts.append(header)
-        parts.append(length.pack(len(value)))
-        parts.append(value)
+        if not text:
+            value = b""
+        elif kind == "ascii":
+            value = text.encode("ascii", "replace")
+        elif kind == "text":
+            value = text.encode(codec, "replace")
+        else:
+            value = _value_bytes(vr, text, codec, "<" if little else ">")
+        if len(value) & 1:
+            value += pad
+        append(header)
+        append(length.pack(len(value)))
+        append(value)
     return b"".join(parts)

@@ -33,7 +33,7 @@ FIND_MODELS = {PATIENT_ROOT_FIND: "PATIENT", STUDY_ROOT_FIND: "STUDY"}
 # ones after it (each executor round trip costs a thread handoff; 64 per call took a fifth of
 # a 10,000-study listing's time).
 FIRST_CHUNK, CHUNK = 64, 2048
-YIELD_EVERY = 64  # matches sent between two turns of the event loop
+BATCH = 64  # matches written at once, between two turns of the event loop
 
 
 def find_rsp(request: Request, status: int, has_dataset: bool) -> dimse.Command:
@@ -84,23 +84,25 @@ class FindSCP:
         engine = await loop.run_in_executor(executor, lambda: self.archive.queries)
         rows = await loop.run_in_executor(executor, engine.run, query)
         sent = 0
-        assert request.send_pending is not None
+        send_many = request.send_pending_many
+        assert send_many is not None
         pending = find_rsp(request, dimse.PENDING, True).encode()  # the same for every match
         size = FIRST_CHUNK
+        level, syntax = query.level, request.transfer_syntax
         while True:
             chunk = await loop.run_in_executor(executor, _take, rows, size)
-            for row in chunk:
+            for start in range(0, len(chunk), BATCH):
+                # A C-CANCEL-RQ is read while the loop turns, between batches.
                 if request.cancel is not None and request.cancel.is_set():
                     log.info("%s: C-FIND cancelled after %d matches", request.calling_aet, sent)
                     audit_query(self.archive, request, model, query.level, elements, sent, True)
                     return Response(find_rsp(request, dimse.CANCEL, False))
-                row.setdefault("QueryRetrieveLevel", query.level)
-                identifier = encode_identifier(row, request.transfer_syntax)
-                await request.send_pending(pending, identifier)
-                sent += 1
-                if not sent % YIELD_EVERY:
-                    # Let the loop write what is queued and read a C-CANCEL-RQ meanwhile.
-                    await asyncio.sleep(0)
+                batch = chunk[start:start + BATCH]
+                for row in batch:
+                    row.setdefault("QueryRetrieveLevel", level)
+                await send_many(pending, [encode_identifier(row, syntax) for row in batch])
+                sent += len(batch)
+                await asyncio.sleep(0)  # writes go out while the next batch is encoded
             if len(chunk) < size:
                 break
             size = CHUNK

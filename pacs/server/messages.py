@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +16,8 @@ UNABLE_TO_PROCESS = 0xC000  # PS3.4 C.4.1.1.4: failure, unable to process
 
 # A pending response: its command (or the command already encoded, with a data set), data set.
 PendingSender = Callable[[dimse.Command | bytes, bytes | None], Awaitable[None]]
+# Several pending responses sharing one encoded command (C-FIND matches), written at once.
+PendingBatchSender = Callable[[bytes, Sequence[bytes]], Awaitable[None]]
 
 
 class SubOperations(Protocol):
@@ -44,7 +46,8 @@ class Request:
     """One DIMSE request as it reached the SCP: command, optional dataset, and where from.
 
     ``cancel`` is set when a C-CANCEL-RQ names this request; ``send_pending`` writes a pending
-    response (command and data set) at once, waiting while the peer is slow to read.
+    response (command and data set) at once, waiting while the peer is slow to read;
+    ``send_pending_many`` writes several that share one encoded command.
     """
 
     command: dimse.Command
@@ -57,6 +60,7 @@ class Request:
     cancel: asyncio.Event | None = None
     send_pending: PendingSender | None = None
     sub_operations: SubOperations | None = None
+    send_pending_many: PendingBatchSender | None = None
 
     def dataset_bytes(self) -> bytes | None:
         """The request's data set in memory (a spooled one is read back; requests that carry

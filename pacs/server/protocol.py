@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from pacs.diskspace import BELOW_WATERMARK
@@ -411,7 +411,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         request = Request(command, dataset, event.context_id, abstract_syntax, transfer_syntax,
                           self.calling_aet, self.peer, cancel,
                           lambda rsp, data: self._send_pending(event.context_id, rsp, data),
-                          self)
+                          self, lambda rsp, datasets: self._send_pending_many(
+                              event.context_id, rsp, datasets))
         self.server.store_started(self)
         task = self._loop.create_task(self._serve(request, spool))
         self._tasks.add(task)
@@ -432,6 +433,18 @@ class DicomProtocol(asyncio.BufferedProtocol):
                                                            dataset is not None))
             if dataset is not None:
                 self._write_soon(self.association.send_dataset(context_id, dataset))
+        self._last_progress = self._loop.time()
+        await self._can_write.wait()
+
+    async def _send_pending_many(
+        self, context_id: int, command: bytes, datasets: Sequence[bytes]
+    ) -> None:
+        """Write pending responses sharing one encoded command in one write; wait while the
+        peer does not read."""
+        if self._closed or not self.association.is_established:
+            raise ConnectionError("association ended")
+        send = self.association.send_message
+        self._write_soon(b"".join([send(context_id, command, data) for data in datasets]))
         self._last_progress = self._loop.time()
         await self._can_write.wait()
 
