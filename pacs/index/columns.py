@@ -127,7 +127,8 @@ def table_rows(table: pa.Table, names: Iterable[str]) -> list[Row]:
         if n == LIST_FIELD:
             values = ["\\".join(v) for v in values]
         cols.append(values)
-    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+    # Columns of one table have one length: zip's strict check would cost per row.
+    return [dict(zip(names, vals)) for vals in zip(*cols)]  # noqa: B905
 
 
 @dataclass(frozen=True)
