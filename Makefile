@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS   ?=
 
-.PHONY: run test lint pytest bench install system-deps clean
+.PHONY: run test lint pytest bench bench-deps install system-deps clean
 
 run: $(STAMP)
 	$(BIN)/pacs serve --data-dir ./pacs-data $(ARGS)
@@ -43,8 +43,16 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	TCP_NODELAY=1 $(BIN)/pytest -q
 
-bench: system-deps $(STAMP)
+bench: system-deps bench-deps $(STAMP)
 	TCP_NODELAY=1 $(BIN)/python -m bench.ingest $(ARGS)
+
+# Orthanc's DICOMweb plugin, for the Orthanc rows of bench_web and `python -m bench
+# --with-orthanc` (the benches skip those rows with a note when it is missing).
+bench-deps:
+	@test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    orthanc-dicomweb; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info pacs/dicom/_cscan*.so ext/*.c
