@@ -1,9 +1,11 @@
 """C-MOVE and C-GET of one study, next to the ceiling measured in the same run.
 
-``python -m bench.bench_retrieve [-n 500] [--size 512]``: stores N CT instances in a fresh
-archive, then times (a) dcmtk ``storescu`` pushing the same files to ``storescp --ignore``
-(the ceiling), (b) ``movescu`` of the study to that ``storescp``, (c) ``getscu --ignore`` of the
-study, and samples the archive's peak RSS (all its processes) during (b) and (c).
+``python -m bench.bench_retrieve [-n 500] [--size 512] [--repeat 3]``: stores N CT instances
+in a fresh archive, then times (a) dcmtk ``storescu`` pushing the same files to
+``storescp --ignore`` (the ceiling), (b) ``movescu`` of the study to that ``storescp``, (c)
+``getscu --ignore`` of the study, and samples the archive's peak RSS (all its processes) during
+(b) and (c). Each is run ``--repeat`` times in turn; a row gives the median rate, the range,
+and the highest peak RSS (one run of a loaded two-core machine varies by a third).
 
 When ``Orthanc`` is on PATH (Debian's ``orthanc``; skipped with a printed note otherwise), the
 same files are then stored into a private Orthanc (``bench/orthanc.py``, started after the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,11 +71,30 @@ def timed(cmd: list[str], server_pid: int | None = None) -> tuple[float, int]:
     return elapsed, peak
 
 
+Row = tuple[str, list[float], int]  # name, seconds of each run, peak RSS over the runs
+
+
+def repeated(commands: list[tuple[str, list[str]]], repeat: int,
+             server_pid: int | None) -> list[Row]:
+    """Each command ``repeat`` times, interleaved (a, b, a, b, ...), so that a passing load
+    on the machine does not fall on one row only."""
+    seconds: dict[str, list[float]] = {name: [] for name, _ in commands}
+    peaks: dict[str, int] = dict.fromkeys(seconds, 0)
+    for _ in range(repeat):
+        for name, cmd in commands:
+            elapsed, peak = timed(cmd, server_pid)
+            seconds[name].append(elapsed)
+            peaks[name] = max(peaks[name], peak)
+    return [(name, seconds[name], peaks[name]) for name, _ in commands]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--count", type=int, default=500)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     args = parser.parse_args()
+    repeat = max(1, args.repeat)
     env = dict(os.environ, TCP_NODELAY="1")
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
@@ -94,24 +116,21 @@ def main() -> None:
             subprocess.run(["storescu", "-aec", "PACS", "+sd", "127.0.0.1", str(pacs_port),
                             str(folder)], check=True, env=env, capture_output=True)
             study = _study_uid(folder)
-            rows = []
-            seconds, _ = timed(["storescu", "-aec", "SINK", "+sd", "127.0.0.1", str(dest_port),
-                                str(folder)])
-            rows.append(("storescu -> storescp (ceiling)", seconds, 0))
-            seconds, peak = timed(["movescu", "-aec", "PACS", "-aem", "SINK", "-S",
-                                   "-k", "QueryRetrieveLevel=STUDY",
-                                   "-k", f"StudyInstanceUID={study}",
-                                   "127.0.0.1", str(pacs_port)], server.pid)
-            rows.append(("C-MOVE pacs -> storescp", seconds, peak))
-            seconds, peak = timed(["getscu", "--ignore", "-aec", "PACS", "-S",
-                                   "-k", "QueryRetrieveLevel=STUDY",
-                                   "-k", f"StudyInstanceUID={study}",
-                                   "127.0.0.1", str(pacs_port)], server.pid)
-            rows.append(("C-GET pacs -> getscu --ignore", seconds, peak))
+            query = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+            rows: list[Row] = repeated([
+                ("storescu -> storescp (ceiling)",
+                 ["storescu", "-aec", "SINK", "+sd", "127.0.0.1", str(dest_port), str(folder)]),
+            ], repeat, None)
+            rows += repeated([
+                ("C-MOVE pacs -> storescp", ["movescu", "-aec", "PACS", "-aem", "SINK", "-S",
+                                             *query, "127.0.0.1", str(pacs_port)]),
+                ("C-GET pacs -> getscu --ignore", ["getscu", "--ignore", "-aec", "PACS", "-S",
+                                                   *query, "127.0.0.1", str(pacs_port)]),
+            ], repeat, server.pid)  # fmt: skip
             server.terminate()
             server.wait(30)
             if orthanc.available():
-                rows += _orthanc_rows(work / "orthanc", folder, study, dest_port, env)
+                rows += _orthanc_rows(work / "orthanc", folder, study, dest_port, env, repeat)
         finally:
             server.terminate()
             sink.terminate()
@@ -123,13 +142,16 @@ def main() -> None:
             print(f"orthanc: {orthanc.version()}, MaximumPduLength 131072")
         else:
             print(orthanc.SKIP_NOTE)
-        ceiling = rows[0][1]
-        for name, secs, peak in rows:
+        print(f"median of {repeat} run(s) each, [slowest-fastest instances/s]")
+        ceiling = statistics.median(rows[0][1])
+        for name, runs, peak in rows:
+            secs = statistics.median(runs)
             extra = f", {ceiling / secs:4.2f} of the ceiling" if peak else ""
             rss_text = f", server peak RSS {peak / 2**20:.0f} MiB" if peak else ""
-            print(f"  {name:32s} {args.count / secs:7.0f} instances/s "
+            spread = f"[{args.count / max(runs):.0f}-{args.count / min(runs):.0f}]"
+            print(f"  {name:32s} {args.count / secs:7.0f} instances/s {spread:>11s} "
                   f"{total / secs / 1e6:7.1f} MB/s{extra}{rss_text}")
-        seconds_of = {name: secs for name, secs, _ in rows}
+        seconds_of = {name: statistics.median(runs) for name, runs, _ in rows}
         for ours, theirs in (("C-MOVE pacs -> storescp", "C-MOVE orthanc -> storescp"),
                              ("C-GET pacs -> getscu --ignore",
                               "C-GET orthanc -> getscu --ignore")):
@@ -139,9 +161,8 @@ def main() -> None:
 
 
 def _orthanc_rows(work: Path, folder: Path, study: str, dest_port: int,
-                  env: dict[str, str]) -> list[tuple[str, float, int]]:
+                  env: dict[str, str], repeat: int) -> list[Row]:
     """Store ``folder`` into a private Orthanc, then time its C-MOVE and C-GET of ``study``."""
-    rows: list[tuple[str, float, int]] = []
     aet, me = orthanc.AET, orthanc.CALLER
     with orthanc.Orthanc(work, destinations={"SINK": dest_port}) as server:
         port = str(server.dicom_port)
@@ -152,13 +173,12 @@ def _orthanc_rows(work: Path, folder: Path, study: str, dest_port: int,
             raise RuntimeError(f"Orthanc indexed {server.count_instances()} of {count}: "
                                f"{server.log_tail()}")
         query = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
-        seconds, peak = timed(["movescu", "-aet", me, "-aec", aet, "-aem", "SINK", "-S",
-                               *query, "127.0.0.1", port], server.pid)
-        rows.append(("C-MOVE orthanc -> storescp", seconds, peak))
-        seconds, peak = timed(["getscu", "--ignore", "-aet", me, "-aec", aet, "-S",
-                               *query, "127.0.0.1", port], server.pid)
-        rows.append(("C-GET orthanc -> getscu --ignore", seconds, peak))
-    return rows
+        return repeated([
+            ("C-MOVE orthanc -> storescp", ["movescu", "-aet", me, "-aec", aet, "-aem", "SINK",
+                                            "-S", *query, "127.0.0.1", port]),
+            ("C-GET orthanc -> getscu --ignore", ["getscu", "--ignore", "-aet", me, "-aec", aet,
+                                                  "-S", *query, "127.0.0.1", port]),
+        ], repeat, server.pid)  # fmt: skip
 
 
 def _study_uid(folder: Path) -> str:

@@ -1,18 +1,20 @@
 """C-GET SCP (PS3.4 C.4.3): the instances go back as C-STORE sub-operations on the same
 association, over the storage contexts the peer proposed with the SCP role.
 
-Statuses: 0xFF00 pending after each sub-operation (with the remaining / completed / failed /
-warning counts), then 0x0000 all done, 0xB000 some failed (Failed SOP Instance UID List),
-0xA702 none could be done, 0xFE00 cancelled, 0xA900 / 0xC000 a bad identifier.
+Statuses: 0xFF00 pending after the first sub-operation and then at most every
+``PENDING_INTERVAL`` (with the remaining / completed / failed / warning counts), then 0x0000
+all done, 0xB000 some failed (Failed SOP Instance UID List), 0xA702 none could be done,
+0xFE00 cancelled, 0xA900 / 0xC000 a bad identifier.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pacs import metrics
 from pacs.dicom.identifier import encode_identifier
@@ -20,7 +22,7 @@ from pacs.errors import PacsError
 from pacs.index.records import InstanceRecord
 from pacs.net import dimse
 from pacs.server.messages import Request, Response, request_identifier
-from pacs.server.payload import instance_payload
+from pacs.server.payload import Head, ReadAhead, instance_payload
 from pacs.server.retrieve import resolve_instances
 
 if TYPE_CHECKING:
@@ -37,6 +39,11 @@ SUB_OPERATIONS_FAILED = 0xA702
 SOME_FAILED = 0xB000
 SUB_STORE_TIMEOUT = 60.0
 NOT_SENT = 0xC000  # a sub-operation that could not even be attempted (counted as failed)
+# Pending responses are optional (PS3.4 C.4.2.1.4, C.4.3.1.4): one after the first
+# sub-operation, then at most one per interval with the counts of the moment. One per
+# sub-operation cost more than small sub-operations themselves, on both sides.
+PENDING_INTERVAL = 0.1  # s
+Chunk = bytes | memoryview
 
 
 @dataclass
@@ -126,7 +133,7 @@ def audit_retrieve(archive: Archive, request: Request, operation: str, destinati
             status=f"0x{status:04X}")
 
 
-async def _counted(chunks: AsyncIterator[bytes], service: str) -> AsyncIterator[bytes]:
+async def _counted(chunks: AsyncIterator[Chunk], service: str) -> AsyncIterator[Chunk]:
     """``chunks`` as they are, counted in pacs_bytes_sent."""
     async for chunk in chunks:
         metrics.BYTES_SENT.inc((service,), len(chunk))
@@ -143,6 +150,10 @@ async def identified_instances(archive: Archive, request: Request,
                                       engine, model, elements)
 
 
+def _location(record: InstanceRecord) -> str:
+    return record.location
+
+
 class GetSCP:
     """Answers C-GET-RQ in the Patient Root and Study Root models."""
 
@@ -155,15 +166,27 @@ class GetSCP:
         assert subops is not None and request.send_pending is not None
         counts = Counts(remaining=len(records))
         cancelled = False
-        for record in records:
-            if request.cancel is not None and request.cancel.is_set():
-                cancelled = True
-                break
-            status = await self._sub_store(request, record)
-            counts.record(record.sop_instance_uid, status)
-            if counts.remaining:
-                await request.send_pending(
-                    retrieve_rsp(request, dimse.C_GET_RSP, dimse.PENDING, counts, False), None)
+        # The next instances are read (whole when small) in one executor call per batch while
+        # the current ones are sent.
+        ahead = ReadAhead(self.archive.store, deque(records), _location, self.archive.executor)
+        loop = asyncio.get_running_loop()
+        last_pending = -PENDING_INTERVAL
+        contexts_of: dict[str, list[tuple[int, str]]] = {}  # SOP class -> accepted contexts
+        try:
+            while (entry := await ahead.next()) is not None:
+                if request.cancel is not None and request.cancel.is_set():
+                    cancelled = True
+                    break
+                record, head = entry
+                status = await self._sub_store(request, record, head, contexts_of)
+                counts.record(record.sop_instance_uid, status)
+                if counts.remaining and loop.time() - last_pending >= PENDING_INTERVAL:
+                    last_pending = loop.time()
+                    await request.send_pending(
+                        retrieve_rsp(request, dimse.C_GET_RSP, dimse.PENDING, counts, False),
+                        None)
+        finally:
+            ahead.give_back()
         log.info("%s: C-GET of %d instances: %d completed, %d failed, %d warnings%s",
                  request.calling_aet, len(records), counts.completed, counts.failed,
                  counts.warning, " (cancelled)" if cancelled else "")
@@ -171,16 +194,23 @@ class GetSCP:
                        cancelled)
         return final_response(request, dimse.C_GET_RSP, counts, cancelled)
 
-    async def _sub_store(self, request: Request, record: InstanceRecord) -> int:
+    async def _sub_store(self, request: Request, record: InstanceRecord,
+                         head: Head | Exception,
+                         contexts_of: dict[str, list[tuple[int, str]]]) -> int:
         """One C-STORE sub-operation; its status (0xA700-ish failure when it cannot run)."""
         subops = request.sub_operations
         assert subops is not None
         sop_class = record.attributes.get("SOPClassUID", "")
-        contexts = subops.accepted_syntaxes(sop_class)
+        contexts = contexts_of.get(sop_class)
+        if contexts is None:  # a walk over every accepted context: once per SOP class
+            contexts = contexts_of[sop_class] = subops.accepted_syntaxes(sop_class)
         try:
+            if isinstance(head, Exception):
+                raise head
             syntax, chunks = await instance_payload(
-                self.archive.store, record, [ts for _, ts in contexts], self.archive.executor)
-        except PacsError as exc:
+                self.archive.store, record, [ts for _, ts in contexts], self.archive.executor,
+                head)
+        except (PacsError, OSError, ValueError) as exc:
             log.warning("%s: C-GET cannot send %s: %s", request.calling_aet,
                         record.sop_instance_uid, exc)
             return NOT_SENT
@@ -191,8 +221,9 @@ class GetSCP:
         command = dimse.c_store_rq(0, sop_class, record.sop_instance_uid,
                                    move_originator_ae_title=None)
         try:
-            rsp = await subops.send_sub_store(context_id, command, _counted(chunks, "C-GET"),
-                                              SUB_STORE_TIMEOUT)
+            # The protocol writes any bytes-like chunk (its annotation says bytes).
+            counted = cast(AsyncIterator[bytes], _counted(chunks, "C-GET"))
+            rsp = await subops.send_sub_store(context_id, command, counted, SUB_STORE_TIMEOUT)
         except TimeoutError:
             log.warning("%s: no C-STORE-RSP for %s within %.0f s", request.calling_aet,
                         record.sop_instance_uid, SUB_STORE_TIMEOUT)

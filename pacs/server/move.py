@@ -2,9 +2,10 @@
 registry (``pacs.remotes``: the settings and REST ``/modalities``), as C-STORE sub-operations
 over new associations (``pacs.server.scu``).
 
-Statuses: 0xFF00 pending after each sub-operation with the counts, then 0x0000 all done,
-0xB000 some failed (Failed SOP Instance UID List), 0xA702 none could be done, 0xFE00
-cancelled, 0xA801 unknown move destination, 0xA900 / 0xC000 a bad identifier.
+Statuses: 0xFF00 pending with the counts after the first sub-operation and then at most every
+``PENDING_INTERVAL``, then 0x0000 all done, 0xB000 some failed (Failed SOP Instance UID
+List), 0xA702 none could be done, 0xFE00 cancelled, 0xA801 unknown move destination,
+0xA900 / 0xC000 a bad identifier.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pacs import metrics
 from pacs.net import dimse
 from pacs.remotes import RemoteRegistry
 from pacs.server.get import (
+    PENDING_INTERVAL,
     Counts,
     audit_retrieve,
     final_response,
@@ -65,7 +67,7 @@ class MoveSCP:
         counts.remaining = len(records)
         assert request.send_pending is not None
         send_pending = request.send_pending
-        updates: asyncio.Queue[None] = asyncio.Queue()
+        due = asyncio.Event()  # a sub-operation finished since the last pending response
         sizes = {r.sop_instance_uid: r.size for r in records}
 
         def on_result(uid: str, status: int, comment: str | None) -> None:
@@ -75,16 +77,19 @@ class MoveSCP:
             if status != dimse.SUCCESS:
                 log.info("%s: sub-operation for %s: 0x%04X %s", destination, uid, status,
                          comment or "")
-            updates.put_nowait(None)
+            due.set()
 
         async def report() -> None:
-            # One pending response per finished sub-operation, in order, never concurrently.
+            # Pending responses in order, never concurrently: one after the first finished
+            # sub-operation, then at most one per PENDING_INTERVAL with the counts of then.
             while True:
-                await updates.get()
+                await due.wait()
+                due.clear()
                 if counts.remaining:
                     await send_pending(
                         retrieve_rsp(request, dimse.C_MOVE_RSP, dimse.PENDING, counts, False),
                         None)
+                    await asyncio.sleep(PENDING_INTERVAL)
 
         items = [(r.location, r.attributes.get("SOPClassUID", ""), r.sop_instance_uid,
                   r.transfer_syntax_uid) for r in records]

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from pacs.dicom.convert import ConversionError, convert_dataset, plan_syntax
-from pacs.dicom.part10 import read_file_meta
 from pacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from pacs.errors import DicomFormatError, PacsError, ProtocolError, StorageError
 from pacs.net import (
@@ -43,6 +42,7 @@ from pacs.net import (
     propose,
 )
 from pacs.net.dimse import ERROR_COMMENT
+from pacs.server.payload import Head, ReadAhead
 from pacs.server.tcp import QuickAck
 from pacs.store.base import BlobStore
 
@@ -146,6 +146,8 @@ class _Protocol(asyncio.BufferedProtocol):
 
     async def next_event(self, timeout: float) -> Event:
         """The next event, waiting at most ``timeout`` seconds (then TimeoutError)."""
+        if self.events:
+            return self.events.popleft()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self.events:
@@ -154,10 +156,14 @@ class _Protocol(asyncio.BufferedProtocol):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError
-            self._waiter = loop.create_future()
+            # A bare future and a timer: asyncio.wait_for costs two futures and callbacks
+            # more, once per sub-operation.
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(remaining, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, remaining)
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         return self.events.popleft()
 
@@ -167,6 +173,11 @@ class _Protocol(asyncio.BufferedProtocol):
             await asyncio.wait_for(self._can_write.wait(), timeout)
         if self.lost:
             raise SCUError("connection lost")
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class StoreSCU:
@@ -220,6 +231,9 @@ class StoreSCU:
         except TimeoutError:
             protocol.transport.abort()
             raise SCUError(f"{peer}: no A-ASSOCIATE response within {timeout:g} s") from None
+        except BaseException:  # cancelled: a C-MOVE no longer needs this association
+            protocol.transport.abort()
+            raise
         if isinstance(event, AssociateAccepted):
             scu = cls(protocol, peer)
             if not scu.contexts:
@@ -320,18 +334,24 @@ class StoreSCU:
                         move_originator_ae_title=move_originator_aet,
                         move_originator_message_id=move_originator_message_id)
         try:
-            self._write(self._association.send_command(context_id, rq, True))
+            rq_pdu: bytes | None = self._association.send_command(context_id, rq, True)
         except ProtocolError as exc:  # the state machine left Sta6 (the peer aborted)
             raise self._fail(f"cannot send: {exc}") from None
+        # The command goes out with the first data PDUs, in one write: one syscall and one
+        # wake-up of the peer fewer per instance.
         previous: Buffer | None = None
         try:
-            async for chunk in _aiter_chunks(chunks):
-                if not chunk:
-                    continue
-                if previous is not None:
-                    await self._send_part(context_id, previous, False, timeout)
-                previous = chunk
-            await self._send_part(context_id, previous or b"", True, timeout)
+            if isinstance(chunks, bytes | bytearray | memoryview):
+                await self._send_part(context_id, chunks, True, timeout, rq_pdu)
+            else:
+                async for chunk in _aiter_chunks(chunks):
+                    if not chunk:
+                        continue
+                    if previous is not None:
+                        await self._send_part(context_id, previous, False, timeout, rq_pdu)
+                        rq_pdu = None
+                    previous = chunk
+                await self._send_part(context_id, previous or b"", True, timeout, rq_pdu)
         except (SCUError, ProtocolError):
             raise
         except TimeoutError:
@@ -347,8 +367,10 @@ class StoreSCU:
         return status, comment if isinstance(comment, str) else None
 
     async def _send_part(
-        self, context_id: int, data: bytes | bytearray | memoryview, last: bool, timeout: float
+        self, context_id: int, data: bytes | bytearray | memoryview, last: bool, timeout: float,
+        command: bytes | None = None,
     ) -> None:
+        """P-DATA-TF PDUs of ``data`` (after ``command``'s PDU when given), in one write."""
         transport = self._protocol.transport
         if self._protocol.lost or transport is None or transport.is_closing():
             raise self._fail("connection lost while sending a data set")
@@ -356,6 +378,8 @@ class StoreSCU:
             parts = self._association.send_dataset_parts(context_id, data, last)
         except ProtocolError as exc:  # the state machine left Sta6 (peer aborted)
             raise self._fail(f"cannot send: {exc}") from None
+        if command is not None:
+            parts = [command, *parts]
         transport.writelines(parts)
         await self._protocol.writable(timeout)
 
@@ -476,22 +500,12 @@ def _batches(items: Sequence[_Item]) -> list[tuple[list[tuple[str, list[str]]], 
     return out
 
 
-def _read_head(store: BlobStore, location: str) -> tuple[bytes, int, int, str | None]:
-    """First chunk of a blob, its size, the data set offset and the stored syntax."""
-    size = store.size(location)
-    head = store.get(location, 0, min(size, CHUNK_SIZE))
-    meta, offset = read_file_meta(head)
-    return head, size, offset, meta.get("TransferSyntaxUID")
-
-
-async def _blob_chunks(
-    store: BlobStore, location: str, head: bytes, size: int, offset: int
-) -> AsyncIterator[Buffer]:
+async def _blob_chunks(store: BlobStore, location: str, head: Head) -> AsyncIterator[Buffer]:
     """The data set of a blob in chunks of at most 1 MiB, read in a thread as it is sent."""
-    yield memoryview(head)[offset:]
-    position = len(head)
-    while position < size:
-        length = min(CHUNK_SIZE, size - position)
+    yield memoryview(head.data)[head.offset:]
+    position = len(head.data)
+    while position < head.size:
+        length = min(CHUNK_SIZE, head.size - position)
         chunk = await asyncio.to_thread(store.get, location, position, length)
         if len(chunk) != length:
             raise StorageError(f"short read of {location} at {position}")
@@ -499,11 +513,10 @@ async def _blob_chunks(
         position += length
 
 
-def _load_and_convert(
-    store: BlobStore, location: str, offset: int, from_ts: str, to_ts: str
-) -> bytes:
-    data = store.get(location)
-    return convert_dataset(memoryview(data)[offset:], from_ts, to_ts)
+def _load_and_convert(store: BlobStore, location: str, head: Head, from_ts: str,
+                      to_ts: str) -> bytes:
+    data = head.data if head.whole else store.get(location)
+    return convert_dataset(memoryview(data)[head.offset:], from_ts, to_ts)
 
 
 class _Run:
@@ -538,17 +551,14 @@ class _Run:
             except Exception:
                 log.exception("result callback failed")
 
-    async def send_one(self, scu: StoreSCU, item: _Item) -> None:
-        """Send one item; SCUError when the association broke (the item is counted)."""
-        accepted = scu.accepted.get(item.sop_class_uid, [])
-        try:
-            head, size, offset, meta_ts = await asyncio.to_thread(
-                _read_head, self.store, item.location
-            )
-        except (PacsError, OSError, ValueError) as exc:
-            self.result(item, STATUS_UNABLE_TO_PROCESS, f"cannot read the instance: {exc}")
+    async def send_one(self, scu: StoreSCU, item: _Item, head: Head | Exception) -> None:
+        """Send one item whose head was read; SCUError when the association broke (the item
+        is counted)."""
+        if isinstance(head, Exception):
+            self.result(item, STATUS_UNABLE_TO_PROCESS, f"cannot read the instance: {head}")
             return
-        stored_ts = meta_ts or item.stored_ts
+        accepted = scu.accepted.get(item.sop_class_uid, [])
+        stored_ts = head.syntax or item.stored_ts
         if not accepted:
             self.result(item, STATUS_SOP_CLASS_NOT_SUPPORTED,
                         f"{scu.peer} accepted no context for SOP class {item.sop_class_uid}")
@@ -559,16 +569,18 @@ class _Run:
                         f"cannot convert {stored_ts} to any syntax {scu.peer} accepted")
             return
         chunks: Chunks
-        if target == stored_ts:
-            chunks = _blob_chunks(self.store, item.location, head, size, offset)
-        else:
+        if target != stored_ts:
             try:
                 chunks = await asyncio.to_thread(
-                    _load_and_convert, self.store, item.location, offset, stored_ts, target
+                    _load_and_convert, self.store, item.location, head, stored_ts, target
                 )
             except (ConversionError, DicomFormatError, PacsError, OSError) as exc:
                 self.result(item, STATUS_UNABLE_TO_PROCESS, f"conversion failed: {exc}")
                 return
+        elif head.whole:  # the usual case: one buffer, sent with its command in one write
+            chunks = memoryview(head.data)[head.offset:]
+        else:
+            chunks = _blob_chunks(self.store, item.location, head)
         try:
             status, comment = await scu.store(
                 item.sop_class_uid, item.sop_instance_uid, chunks, target,
@@ -585,27 +597,97 @@ class _Run:
         self.result(item, status, comment)
 
 
+# Destinations that left a second A-ASSOCIATE-RQ unanswered while the first association sent
+# everything (dcmtk's storescp without --fork, many modalities): (host, port, AE title) ->
+# until when (loop time) sends to them use one association. A second association would only
+# queue behind the first and cost a negotiation of its own. Parallel SCPs answer in 1-4 ms;
+# a wrong guess costs parallelism for SERIAL_MEMORY, then the next send tries again.
+_SERIAL: dict[Destination, float] = {}
+SERIAL_EVIDENCE = 0.010  # s the second A-ASSOCIATE-RQ waited, unanswered, for nothing
+SERIAL_MEMORY = 60.0  # s
+
+
+def _serial(dest: Destination) -> bool:
+    until = _SERIAL.get(dest)
+    if until is None:
+        return False
+    if until < asyncio.get_running_loop().time():
+        del _SERIAL[dest]
+        return False
+    return True
+
+
+async def _connect_while_needed(
+    dest: Destination, calling_aet: str, contexts: list[tuple[str, list[str]]],
+    connect_timeout: float, max_pdu: int, drained: asyncio.Event,
+) -> StoreSCU | str | None:
+    """An extra association, given up (None) when another one has sent every item before it
+    was accepted. A reason string when it cannot be had."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    connecting = asyncio.ensure_future(StoreSCU.connect(
+        dest.host, dest.port, calling_aet=calling_aet, called_aet=dest.aet, contexts=contexts,
+        timeout=connect_timeout, max_pdu=max_pdu))  # fmt: skip
+    if not drained.is_set():
+        waiting = asyncio.ensure_future(drained.wait())
+        try:
+            await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        if loop.time() - started >= SERIAL_EVIDENCE:
+            log.info("%s@%s:%d accepts one association at a time: later moves use one",
+                     dest.aet, dest.host, dest.port)
+            _SERIAL[dest] = loop.time() + SERIAL_MEMORY
+        return None
+    try:
+        return connecting.result()
+    except SCUError as exc:
+        return str(exc)
+
+
 async def _worker(
     run: _Run, queue: deque[_Item], dest: Destination, calling_aet: str,
     contexts: list[tuple[str, list[str]]], connect_timeout: float, max_pdu: int,
+    sharers: int, drained: asyncio.Event, first: bool,
 ) -> str | None:
-    """Send items from the shared queue over one association; the reason it stopped early."""
+    """Send items from the shared queue over one association; the reason it stopped early.
+    Only the ``first`` association is always opened; the others while there is work left."""
+    if first:
+        try:
+            scu = await StoreSCU.connect(dest.host, dest.port, calling_aet=calling_aet,
+                                         called_aet=dest.aet, contexts=contexts,
+                                         timeout=connect_timeout, max_pdu=max_pdu)  # fmt: skip
+        except SCUError as exc:
+            return str(exc)
+    else:
+        extra = await _connect_while_needed(dest, calling_aet, contexts, connect_timeout,
+                                            max_pdu, drained)
+        if not isinstance(extra, StoreSCU):
+            return extra
+        scu = extra
+    # Heads of the next instances are read in one thread call per batch, while the current
+    # batch is sent.
+    ahead = ReadAhead(run.store, queue, _location, sharers=sharers)
     try:
-        scu = await StoreSCU.connect(dest.host, dest.port, calling_aet=calling_aet,
-                                     called_aet=dest.aet, contexts=contexts,
-                                     timeout=connect_timeout, max_pdu=max_pdu)  # fmt: skip
-    except SCUError as exc:
-        return str(exc)
-    try:
-        while queue:
-            item = queue.popleft()
+        while (entry := await ahead.next()) is not None:
+            item, head = entry
             try:
-                await run.send_one(scu, item)
+                await run.send_one(scu, item, head)
             except SCUError as exc:
+                ahead.give_back()  # another association (maybe still connecting) sends them
                 return str(exc)
+        drained.set()  # every item is sent: associations still connecting are not needed
     finally:
+        ahead.give_back()
         await scu.release(timeout=connect_timeout)
     return None
+
+
+def _location(item: _Item) -> str:
+    return item.location
 
 
 async def send_instances(
@@ -630,19 +712,25 @@ async def send_instances(
     LE. Each outcome goes to ``on_result(sop_instance_uid, status, error_comment)`` and into
     the returned counts. A broken association fails its item in flight; the others take over
     the queue, and when none is left the remaining items fail. Every wait is bounded by
-    ``timeout`` (``connect_timeout`` to connect, associate and release).
+    ``timeout`` (``connect_timeout`` to connect, associate and release). An extra
+    association not yet accepted when every item is under way is given up, and a
+    destination seen to accept one association at a time gets one for a while.
     """
     destination = Destination(*dest)
     counts = SendCounts()
     run = _Run(store, counts, on_result, timeout, move_originator_aet,
                move_originator_message_id)  # fmt: skip
     wanted = [_Item(*entry) for entry in items]
+    if associations > 1 and _serial(destination):
+        associations = 1
     for contexts, batch in _batches(wanted):
         queue = deque(batch)
         workers = max(1, min(associations, len(batch)))
+        drained = asyncio.Event()
         reasons = await asyncio.gather(*(
-            _worker(run, queue, destination, calling_aet, contexts, connect_timeout, max_pdu)
-            for _ in range(workers)
+            _worker(run, queue, destination, calling_aet, contexts, connect_timeout, max_pdu,
+                    workers, drained, index == 0)
+            for index in range(workers)
         ))  # fmt: skip
         why = next((r for r in reasons if r), "no association")
         while queue:  # every association ended early
