@@ -322,14 +322,16 @@ class DicomProtocol(asyncio.BufferedProtocol):
         """
         message_id, future = self._expect_response(command)
         try:
-            self._write(self.association.send_command(context_id, command, True))
+            # The command goes out with the first data (one write per small instance).
+            head: bytes | None = self.association.send_command(context_id, command, True)
             pending: bytes | memoryview | None = None
             async for chunk in chunks:
                 if pending is not None:
-                    self._write_dataset(context_id, pending, last=False)
+                    self._write_dataset(context_id, pending, last=False, head=head)
+                    head = None
                     await self._can_write.wait()
                 pending = chunk
-            self._write_dataset(context_id, pending or b"", last=True)
+            self._write_dataset(context_id, pending or b"", last=True, head=head)
             await self._can_write.wait()
             return await asyncio.wait_for(future, timeout)
         finally:
@@ -364,10 +366,15 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._awaiting[message_id] = future
         return message_id, future
 
-    def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool) -> None:
+    def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool,
+                       head: bytes | None = None) -> None:
+        """Write (part of) a data set; ``head`` (its command's PDU) goes first, in the same
+        write."""
         if self._closed or not self.association.is_established:
             raise ConnectionError("association ended")
         parts = self.association.send_dataset_parts(context_id, data, last=last)
+        if head is not None:
+            parts = [head, *parts]
         if self._soon:
             self._flush_soon()
         if self.transport is not None:
