@@ -141,11 +141,27 @@ def encode_identifier(values: dict[str, str], transfer_syntax_uid: str) -> bytes
     element headers are prepared once per set of keywords (``_plan``).
     """
     implicit, little = _syntax(transfer_syntax_uid)
+    return _encode(values, _plan(tuple(values), implicit, little), little)
+
+
+def encode_identifiers(rows: list[dict[str, str]], transfer_syntax_uid: str) -> list[bytes]:
+    """``encode_identifier`` of each row; rows with the first row's keywords (a query's rows
+    all have them) share its plan, so the keywords are not looked up per row."""
+    if not rows:
+        return []
+    implicit, little = _syntax(transfer_syntax_uid)
+    first = rows[0].keys()
+    plan = _plan(tuple(first), implicit, little)
+    return [_encode(row, plan if row.keys() == first else _plan(tuple(row), implicit, little),
+                    little) for row in rows]
+
+
+def _encode(values: dict[str, str], plan: _Plan, little: bool) -> bytes:
     charset = values.get("SpecificCharacterSet", "")
     codec = "utf-8" if "192" in charset else "latin-1"
     parts: list[bytes] = []
     append = parts.append
-    for keyword, vr, header, length, kind, pad in _plan(tuple(values), implicit, little):
+    for keyword, vr, header, length, kind, pad in plan:
         text = values[keyword]
         if not text:
             value = b""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Sequence
 from enum import Enum
 
 from pacs.errors import LocalProtocolError, RemoteProtocolError
@@ -341,6 +342,30 @@ class Association:
         return b"".join((
             _MESSAGE_HEADER.pack(P.P_DATA_TF, 0, items, len(command) + 2, context_id, 0x03),
             command, _PDV.pack(len(dataset) + 2, context_id, 0x02), dataset))
+
+    def send_messages(self, context_id: int, command: bytes, datasets: Sequence[bytes]) -> bytes:
+        """:meth:`send_message` for several data sets sharing one encoded command (C-FIND
+        matches): the checks and the state machine's DT-1 run once for the whole batch."""
+        if self._send_dataset_context is not None:
+            raise LocalProtocolError("the previous message's data set is not complete")
+        if context_id not in self.accepted_contexts:
+            raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+        limit = self.max_send_pdu_length
+        if 0 < self.peer_max_pdu_length < limit:
+            limit = self.peer_max_pdu_length
+        room = limit - len(command) - 12
+        if any(len(data) > room for data in datasets):
+            return b"".join([self.send_message(context_id, command, data) for data in datasets])
+        if datasets:
+            self._fsm.fire(Evt.Evt9)  # DT-1: Sta6 to Sta6, the same for every PDU of the batch
+        head = _MESSAGE_HEADER.pack
+        pdv = _PDV.pack
+        cmd_length, items = len(command) + 2, len(command) + 12
+        parts: list[bytes] = []
+        for data in datasets:
+            parts += (head(P.P_DATA_TF, 0, items + len(data), cmd_length, context_id, 0x03),
+                      command, pdv(len(data) + 2, context_id, 0x02), data)
+        return b"".join(parts)
 
     def send_dataset(
         self, context_id: int, data: bytes | bytearray | memoryview, last: bool = True

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from pacs.dicom.identifier import encode_identifier
+from pacs.dicom.identifier import encode_identifiers
 from pacs.index.query import parse_identifier
 from pacs.metrics import query_keys
 from pacs.net import dimse
@@ -100,7 +100,7 @@ class FindSCP:
                 batch = chunk[start:start + BATCH]
                 for row in batch:
                     row.setdefault("QueryRetrieveLevel", level)
-                await send_many(pending, [encode_identifier(row, syntax) for row in batch])
+                await send_many(pending, encode_identifiers(batch, syntax))
                 sent += len(batch)
                 await asyncio.sleep(0)  # writes go out while the next batch is encoded
             if len(chunk) < size:

@@ -450,8 +450,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         peer does not read."""
         if self._closed or not self.association.is_established:
             raise ConnectionError("association ended")
-        send = self.association.send_message
-        self._write_soon(b"".join([send(context_id, command, data) for data in datasets]))
+        self._write_soon(self.association.send_messages(context_id, command, datasets))
         self._last_progress = self._loop.time()
         await self._can_write.wait()
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacs.dicom import uids
-from pacs.dicom.identifier import decode_identifier, encode_identifier
+from pacs.dicom.identifier import decode_identifier, encode_identifier, encode_identifiers
 from pacs.errors import DicomFormatError
 
 SYNTAXES = (uids.IMPLICIT_VR_LITTLE_ENDIAN, uids.EXPLICIT_VR_LITTLE_ENDIAN,
@@ -56,3 +56,13 @@ def test_elements_are_in_tag_order_and_even() -> None:
 def test_garbage_is_a_format_error(garbage: bytes) -> None:
     with pytest.raises(DicomFormatError):
         decode_identifier(garbage, uids.EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def test_rows_sharing_keys_encode_as_one_by_one() -> None:
+    rows = [{"QueryRetrieveLevel": "STUDY", "PatientID": f"P{i}", "StudyDate": "20240101"}
+            for i in range(5)]
+    rows.insert(2, {"PatientID": "ODD", "QueryRetrieveLevel": "SERIES", "Modality": "CT"})
+    rows.append({"StudyDate": "", "QueryRetrieveLevel": "STUDY", "PatientID": "LAST"})
+    for syntax in SYNTAXES:
+        assert encode_identifiers(rows, syntax) == [encode_identifier(r, syntax) for r in rows]
+    assert encode_identifiers([], SYNTAXES[0]) == []

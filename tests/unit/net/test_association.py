@@ -493,3 +493,18 @@ def test_send_message_packs_command_and_data_set_in_one_pdu_when_they_fit(size, 
     assert fragments[-1].last and b"".join(bytes(f.data) for f in fragments) == dataset
     # The association is ready for the next message at once.
     assert drain(acc) == [] and req.send_command(1, c_echo_rq(10), False)
+
+
+def test_send_messages_batch_equals_messages_one_by_one():
+    req_a, acc = associate(acceptor_max=1024)
+    req_b, _ = associate(acceptor_max=1024)
+    encoded = c_store_rq(9, CT_IMAGE_STORAGE, "1.2.3.9").encode()
+    small = [bytes([n]) * (10 + n) for n in range(5)]
+    assert req_a.send_messages(3, encoded, small) == b"".join(
+        req_b.send_message(3, encoded, data) for data in small)
+    acc.receive_data(req_a.send_messages(3, encoded, [b"x" * 2000, b"yy"]))  # too big: split
+    events = drain(acc)
+    commands = [e for e in events if isinstance(e, CommandReceived)]
+    data = b"".join(bytes(e.data) for e in events if isinstance(e, DatasetFragment))
+    assert len(commands) == 2 and data == b"x" * 2000 + b"yy"
+    assert req_a.send_messages(3, encoded, []) == b""
