@@ -19,8 +19,10 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels pacs-archive \
  && rm -rf /wheels
 USER pacs
 VOLUME /data
-EXPOSE 11112 8042
-ENV PACS_DATA_DIR=/data PACS_HTTP_HOST=0.0.0.0
+# DICOM, HTTP (DICOMweb, REST, FHIR, viewer), HL7 v2 MLLP; a DICOM TLS port is opt-in
+# (PACS_TLS_PORT with PACS_TLS_CERT / PACS_TLS_KEY). Turn on PACS_HTTP_AUTH for any shared network.
+EXPOSE 11112 8042 2575
+ENV PACS_DATA_DIR=/data PACS_HTTP_HOST=0.0.0.0 PACS_HL7_HOST=0.0.0.0
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["pacs"]
 CMD ["serve"]
