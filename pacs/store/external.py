@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pacs.errors import BlobNotFound, StorageError
+from pacs.store.fdio import read_range, stream
 
 PREFIX = "ext:"
 JOURNAL = "in-place.journal"
@@ -59,17 +60,7 @@ def get(location: str, offset: int = 0, length: int | None = None) -> bytes:
         raise ValueError("offset and length must not be negative")
     fd = _open(location)
     try:
-        if length is None:
-            length = max(0, os.fstat(fd).st_size - offset)
-        chunks: list[bytes] = []
-        while length > 0:
-            chunk = os.pread(fd, length, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-        return b"".join(chunks)
+        return read_range(fd, offset, length)
     except OSError as exc:
         raise StorageError(f"cannot read {path_of(location)}: {exc.strerror}") from exc
     finally:
@@ -80,22 +71,7 @@ def iter_chunks(location: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
     """Stream the file; BlobNotFound is raised here, not at the first ``next``."""
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
-    fd = _open(location)
-    return _chunks(fd, location, chunk_size)
-
-
-def _chunks(fd: int, location: str, chunk_size: int) -> Iterator[bytes]:
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, chunk_size)
-            except OSError as exc:
-                raise StorageError(f"cannot read {path_of(location)}: {exc.strerror}") from exc
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        os.close(fd)
+    return stream(_open(location), chunk_size, path_of(location))
 
 
 def size(location: str) -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 from pacs.errors import BlobNotFound, StorageError
 from pacs.store import external
 from pacs.store.base import BlobInfo, BlobPart
+from pacs.store.fdio import read_range, stream
 
 log = logging.getLogger(__name__)
 
@@ -254,17 +255,7 @@ class FileStore:
             return external.get(location, offset, length)
         fd = self._open(location)
         try:
-            if length is None:
-                length = max(0, os.fstat(fd).st_size - offset)
-            chunks: list[bytes] = []
-            while length > 0:
-                chunk = os.pread(fd, length, offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-                length -= len(chunk)
-            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            return read_range(fd, offset, length)
         except OSError as exc:
             raise StorageError(f"cannot read {self.root / location}: {exc}") from exc
         finally:
@@ -276,21 +267,7 @@ class FileStore:
             raise ValueError("chunk_size must be positive")
         if external.is_external(location):
             return external.iter_chunks(location, chunk_size)
-        fd = self._open(location)
-        return self._chunks(fd, location, chunk_size)
-
-    def _chunks(self, fd: int, location: str, chunk_size: int) -> Iterator[bytes]:
-        try:
-            while True:
-                try:
-                    chunk = os.read(fd, chunk_size)
-                except OSError as exc:
-                    raise StorageError(f"cannot read {self.root / location}: {exc}") from exc
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            os.close(fd)
+        return stream(self._open(location), chunk_size, str(self.root / location))
 
     def size(self, location: str) -> int:
         """Size of a blob in bytes."""
