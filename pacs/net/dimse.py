@@ -312,15 +312,8 @@ def c_store_rsp(
     error_comment: str | None = None,
 ) -> Command:
     """C-STORE-RSP (PS3.7 9.3.1.2); ``error_comment`` is cut to LO's 64 characters."""
-    command = Command({
-        AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: C_STORE_RSP,
-        MESSAGE_ID_BEING_RESPONDED_TO: message_id_being_responded_to,
-        COMMAND_DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
-        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
-    })  # fmt: skip
-    if error_comment is not None:
-        command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
-    return command
+    return n_rsp(C_STORE_RSP, message_id_being_responded_to, sop_class_uid, sop_instance_uid,
+                 status, error_comment)
 
 
 def n_action_rsp(
@@ -347,8 +340,8 @@ def n_rsp(
     status: int,
     error_comment: str | None = None,
 ) -> Command:
-    """An N-xxx-RSP (N-CREATE 10.3.5.2, N-SET 10.3.3.2, N-ACTION 10.3.4.2 of PS3.7) without
-    a data set."""
+    """A response naming its Affected SOP Class and Instance, without a data set: N-CREATE
+    (PS3.7 10.3.5.2), N-SET (10.3.3.2), N-ACTION (10.3.4.2), and C-STORE (9.3.1.2)."""
     command = Command({
         AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: field,
         MESSAGE_ID_BEING_RESPONDED_TO: message_id_being_responded_to,
@@ -356,8 +349,13 @@ def n_rsp(
         AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
     })  # fmt: skip
     if error_comment is not None:
-        command[ERROR_COMMENT] = error_comment.encode("ascii", "replace").decode("ascii")[:64]
+        command[ERROR_COMMENT] = _comment(error_comment)
     return command
+
+
+def _comment(text: str) -> str:
+    """An Error Comment: LO, ASCII here, at most 64 characters."""
+    return text.encode("ascii", "replace").decode("ascii")[:64]
 
 
 def failure_rsp(request: Command, status: int, comment: str) -> Command:
@@ -367,7 +365,7 @@ def failure_rsp(request: Command, status: int, comment: str) -> Command:
         COMMAND_FIELD: (field | 0x8000) if isinstance(field, int) else 0x8000,
         MESSAGE_ID_BEING_RESPONDED_TO: request.message_id or 0,
         COMMAND_DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
-        ERROR_COMMENT: comment.encode("ascii", "replace").decode("ascii")[:64],
+        ERROR_COMMENT: _comment(comment),
     })  # fmt: skip
     for tag in (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID):
         if request.get(tag):
