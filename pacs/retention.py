@@ -30,10 +30,10 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pacs.config import RetentionRule, Settings
+from pacs.deletion import RunWrite, delete_instances
 from pacs.errors import PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.query import Query, QueryEngine
-from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobStore
 
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacs.retention")
 
 T = TypeVar("T")
-RunWrite = Callable[[Callable[[], T]], T]
 
-_BATCH = 256  # instances unindexed per catalog write call
 _PASSES = 3  # re-reads of a study that concurrent stores keep filling; the next run finishes it
 _DATE = re.compile(r"\d{8}")
 
@@ -134,21 +132,11 @@ def delete_study(catalog: Catalog, store: BlobStore, study_uid: str,
         records = catalog.instances_in_series(catalog.series_of_study(study_uid))
         if not records:
             break
-        for start in range(0, len(records), _BATCH):
-            uids = [r.sop_instance_uid for r in records[start:start + _BATCH]]
-
-            def unindex(batch: list[str] = uids) -> list[InstanceRecord]:
-                return [r for r in map(catalog.delete_instance, batch) if r is not None]
-
-            gone: list[InstanceRecord] = run_write(unindex)
-            for record in gone:  # the index no longer points at them: now the blobs go
-                try:
-                    store.delete(record.location)
-                except PacsError as exc:
-                    log.warning("retention: blob of %s not deleted: %s",
-                                record.sop_instance_uid, exc)
-                instances += 1
-                size += record.size
+        count, nbytes = delete_instances(catalog, store,
+                                         [r.sop_instance_uid for r in records], run_write,
+                                         "retention")
+        instances += count
+        size += nbytes
     return instances, size
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal, cast
 from aiohttp import web
 
 from pacs import metrics
+from pacs.deletion import delete_instances
 from pacs.errors import PacsError, QueryError
 from pacs.index.catalog import PATIENT_KEY
 from pacs.index.query import UNIQUE_KEYS, Level, Query
@@ -54,9 +55,6 @@ _LEVELS: dict[str, Level] = {"patient": "PATIENT", "study": "STUDY", "series": "
                              "instance": "IMAGE", "image": "IMAGE"}
 _LEVEL_KIND: dict[Level, Kind] = {"PATIENT": "patients", "STUDY": "studies",
                                   "SERIES": "series", "IMAGE": "instances"}
-_DELETE_BATCH = 256
-
-
 def _not_found(kind: str, ident: str) -> web.HTTPError:
     return http_error(web.HTTPNotFound, f"no such {_TYPE.get(kind, kind).lower()}: {ident!r}")
 
@@ -346,23 +344,10 @@ async def delete_resource(ctx: WebContext, request: web.Request, kind: Kind) -> 
         metrics.audit_http(archive.audit, request, "delete", "failure", level=_TYPE[kind],
                            id=ident, detail="not found")
         raise _not_found(kind, ident)
-    deleted = 0
-    size = 0
-    catalog = archive.catalog
-    for start in range(0, len(records), _DELETE_BATCH):
-        uids = [r.sop_instance_uid for r in records[start:start + _DELETE_BATCH]]
-
-        def unindex(batch: list[str] = uids) -> list[InstanceRecord]:
-            return [r for r in (catalog.delete_instance(u) for u in batch) if r is not None]
-
-        gone = await asyncio.wrap_future(archive.writer.run(unindex))
-        for record in gone:  # the index no longer points at them: now the blobs go
-            try:
-                await _blocking(ctx, archive.store.delete, record.location)
-            except PacsError as exc:
-                log.warning("REST: blob of %s not deleted: %s", record.sop_instance_uid, exc)
-            deleted += 1
-            size += record.size
+    deleted, size = await _blocking(
+        ctx, delete_instances, archive.catalog, archive.store,
+        [r.sop_instance_uid for r in records],
+        lambda fn: archive.writer.run(fn).result(), "REST")
     log.info("REST: deleted %s %s (%d instances, %d bytes)", _TYPE[kind].lower(), ident,
              deleted, size)
     _audit_delete(ctx, request, kind, ident, records, deleted)
