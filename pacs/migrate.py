@@ -330,23 +330,31 @@ class Progress:
 # -- transfer ---------------------------------------------------------------------------------
 
 
-def move_study(assoc: Association, study: Study, destination: str) -> str:
-    """C-MOVE one study to ``destination``; "" on success, else why not."""
+def _study_query(study: Study) -> Dataset:
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study.uid
-    last = 0
-    failed = 0
-    for status, _identifier in assoc.send_c_move(query, destination, STUDY_ROOT_MOVE):
+    return query
+
+
+def _outcome(operation: str, responses: Iterable[tuple[Dataset | None, Any]]) -> str:
+    """"" when a C-MOVE/C-GET's responses end in success, else why not."""
+    for status, _identifier in responses:
         if not status:
-            return "no C-MOVE response (association aborted or timed out)"
-        last = int(status.Status)
+            return f"no {operation} response (association aborted or timed out)"
+        code = int(status.Status)
         failed = int(status.get("NumberOfFailedSuboperations") or 0)
-        if last not in PENDING and last != 0:
+        if code not in PENDING and code != 0:
             comment = str(status.get("ErrorComment", "")).strip()
-            return f"C-MOVE status 0x{last:04X}" + (f" ({comment})" if comment else "") + (
+            return f"{operation} status 0x{code:04X}" + (f" ({comment})" if comment else "") + (
                 f", {failed} failed sub-operations" if failed else "")
     return ""
+
+
+def move_study(assoc: Association, study: Study, destination: str) -> str:
+    """C-MOVE one study to ``destination``; "" on success, else why not."""
+    return _outcome("C-MOVE", assoc.send_c_move(_study_query(study), destination,
+                                                STUDY_ROOT_MOVE))
 
 
 class Receiver:
@@ -419,19 +427,7 @@ def _open_receiver(settings: Settings, source_aet: str) -> tuple[Receiver, int]:
 def get_study(assoc: Association, study: Study) -> str:
     """C-GET one study (the sub-operations go to the association's handler); "" on
     success, else why not."""
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = study.uid
-    for status, _identifier in assoc.send_c_get(query, STUDY_ROOT_GET):
-        if not status:
-            return "no C-GET response (association aborted or timed out)"
-        code = int(status.Status)
-        failed = int(status.get("NumberOfFailedSuboperations") or 0)
-        if code not in PENDING and code != 0:
-            comment = str(status.get("ErrorComment", "")).strip()
-            return f"C-GET status 0x{code:04X}" + (f" ({comment})" if comment else "") + (
-                f", {failed} failed sub-operations" if failed else "")
-    return ""
+    return _outcome("C-GET", assoc.send_c_get(_study_query(study), STUDY_ROOT_GET))
 
 
 def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
