@@ -5,15 +5,19 @@
     POST /dicom-web/studies[/{study}]                          STOW-RS       (stow.py)
     GET  /dicom-web/studies | /series | /instances ...         QIDO-RS       (qido.py)
     GET  /dicom-web/studies/{study}[/series/{s}[/instances/{i}]][/metadata]  WADO-RS (wado.py)
-    GET  /dicom-web/.../instances/{i}[/frames/{n}]/rendered     rendered PNG  (render.py)
+    GET  /dicom-web/.../instances/{i}/frames/{list} | /bulkdata/{tag}   frames  (frames.py)
+    GET  /dicom-web/.../[frames/{n}/]rendered | .../thumbnail  JPEG/PNG      (render.py)
     GET  /viewer?StudyInstanceUID=...                           viewer page   (viewer.py)
-    GET  /system, /statistics                                   Orthanc-style REST
+    GET  /system, /statistics, /patients, /studies, ...        Orthanc-style REST (rest.py)
+    /fhir/ServiceRequest, /fhir/ImagingStudy                    FHIR R4       (fhir.py)
+    GET  /metrics                                               Prometheus    (pacs.metrics)
     POST /auth/token                                            bearer token  (auth.py)
 
 With ``http_auth`` every route needs a user and a role (``pacs.web.auth``).
 
 It shares the archive of the DIMSE server it runs beside (ingest path, query engine, blob
-store); only worker 0 serves HTTP (``pacs.server.app.serve``). Knows nothing of DIMSE.
+store); every worker serves HTTP on the shared port (``pacs.server.app.serve``). Knows nothing
+of DIMSE.
 """
 
 from __future__ import annotations

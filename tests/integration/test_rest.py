@@ -1,5 +1,5 @@
 """The Orthanc-style REST API over a real ``pacs serve`` (two workers: storescu may land in
-worker 1, HTTP runs in worker 0): lists and details, the stored file, the preview, deletions
+worker 1, HTTP in both): lists and details, the stored file, the preview, deletions
 (index and blobs, seen by C-FIND, QIDO-RS and WADO-RS), /tools/find, /modalities with a C-STORE
 to dcmtk's storescp, error codes, and a schemathesis run against /openapi.json."""
 

@@ -46,7 +46,7 @@ def wait_http(archive: ArchiveProcess, port: int, timeout: float = 20.0) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[ArchiveProcess, str]]:
-    """One archive (two workers: DIMSE stores may land in worker 1, HTTP runs in worker 0)."""
+    """One archive (two workers: DIMSE stores may land in worker 1, HTTP in both)."""
     tmp = tmp_path_factory.mktemp("web")
     http_port = free_port()
     archive = ArchiveProcess(tmp / "data", free_port(),
