@@ -271,6 +271,29 @@ class QueryEngine:
         plan = compile_query(query)
         return self._run(plan)
 
+    def run_tables(self, query: Query) -> Iterator[pa.Table] | None:
+        """The matching rows of a column-scan query as Arrow tables (64 rows, then growing to
+        2,048), or None when the query is answered row by row (keyed lookups, SERIES and IMAGE
+        levels, sorting, offsets, computed keys not in the columns).
+
+        The tables hold a string column per return key the columns have (ModalitiesInStudy
+        joined with ``\\``); a return key without a column is empty in every row. The rows
+        are those :meth:`run` gives, in the same order: :func:`rows_of_table` turns them into
+        its dicts. Raises QueryError at once for an invalid query.
+        """
+        plan = compile_query(query)
+        filters = plan.upto(1)
+        if (
+            plan.depth != 1
+            or query.order_by
+            or query.offset
+            or SOP_CLASSES in plan.needs
+            or any(c in plan.needs for c in PATIENT_COUNTS)
+            or (not self.force_scan and self._keyed_studies(filters) is not None)
+        ):
+            return None
+        return self._scan_tables(plan, filters)
+
     def count(self, query: Query) -> int:
         """How many rows ``query`` matches, ignoring its limit and offset."""
         plan = compile_query(replace(query, limit=None, offset=0, return_keys=(), order_by=()))
@@ -418,6 +441,32 @@ class QueryEngine:
         for row in snap.overlay_rows:  # computed keys are matched by _augment
             if all(f.test(row) for f in filters if _columnar(f, table)):
                 yield row
+
+    def _scan_tables(self, plan: Plan, filters: list[Filter]) -> Iterator[pa.Table]:
+        snap = self.columns.snapshot()
+        table = snap.table
+        names = [k for k in plan.return_keys if k in table.column_names]
+        if "StudyInstanceUID" not in names:
+            names.append("StudyInstanceUID")  # a table without columns would have no rows
+        left = plan.query.limit
+        parts: Iterable[pa.Table] = _parts(table.select(names), self._mask(snap, filters), 2048)
+        if LIST_FIELD in names:
+            i = names.index(LIST_FIELD)
+            parts = (p.set_column(i, LIST_FIELD, pc.binary_join(p.column(i), "\\"))
+                     for p in parts)
+        overlay = [row for row in snap.overlay_rows
+                   if all(f.test(row) for f in filters if _columnar(f, table))]
+        if overlay:
+            fresh = pa.table({k: pa.array([row.get(k, "") for row in overlay], pa.string())
+                              for k in names})
+            parts = itertools.chain(parts, [fresh])
+        for part in parts:
+            if left is not None:
+                if left <= 0:
+                    return
+                part = part.slice(0, left)
+                left -= part.num_rows
+            yield part
 
     def _augment(
         self, rows: Iterator[Row], needs: frozenset[str], filters: list[Filter]

@@ -12,6 +12,7 @@ CommandGroupLength (0000,0000) is computed by :meth:`Command.encode` and dropped
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from pacs.dicom.uids import VERIFICATION
 from pacs.errors import LocalProtocolError, RemoteProtocolError
@@ -124,6 +125,26 @@ _ELEMENT_HEADER = struct.Struct("<HHI")
 _TEXT_VRS = frozenset({"AE", "LO", "SH", "ST", "LT", "CS", "IS"})
 
 
+def _decode_us(tag: int, raw: bytes) -> int:
+    if len(raw) != 2:
+        raise RemoteProtocolError(f"US element ({tag >> 16:04X},{tag & 0xFFFF:04X}) not 2 bytes")
+    return int.from_bytes(raw, "little")
+
+
+def _decode_ul(tag: int, raw: bytes) -> int:
+    if len(raw) != 4:
+        raise RemoteProtocolError(f"UL element ({tag >> 16:04X},{tag & 0xFFFF:04X}) not 4 bytes")
+    return int.from_bytes(raw, "little")
+
+
+def _decode_vr(vr: str) -> Callable[[int, bytes], CommandValue]:
+    if vr == "US":
+        return _decode_us
+    if vr == "UL":
+        return _decode_ul
+    return lambda tag, raw: _decode_value(tag, vr, raw)
+
+
 def _decode_value(tag: int, vr: str, raw: bytes) -> CommandValue:
     if vr == "US":
         if len(raw) != 2:
@@ -150,6 +171,10 @@ def _decode_value(tag: int, vr: str, raw: bytes) -> CommandValue:
             ) from None
     text = raw.decode("ascii", errors="replace").rstrip("\0 ")
     return text.lstrip(" ") if vr == "AE" else text
+
+
+# Per tag, the decoder of its VR (US and UL directly: they are most of a command set).
+_DECODERS = {tag: _decode_vr(vr) for tag, vr in COMMAND_VR.items()}
 
 
 def _encode_value(tag: int, vr: str, value: CommandValue) -> bytes:
@@ -237,6 +262,9 @@ class Command(dict[int, CommandValue]):
     def decode(cls, data: bytes | bytearray | memoryview) -> Command:
         """Parse a command set; every element must lie in group 0000 and inside ``data``."""
         raw = bytes(data)
+        cached = _PENDING_RESPONSES.get(raw)
+        if cached is not None:
+            return cls(cached)
         command = cls()
         offset, end, previous = 0, len(raw), -1
         while offset < end:
@@ -256,12 +284,20 @@ class Command(dict[int, CommandValue]):
             previous = tag
             value = raw[offset : offset + length]
             offset += length
-            vr = COMMAND_VR.get(tag)
             if tag != COMMAND_GROUP_LENGTH:
-                command[tag] = value if vr is None else _decode_value(tag, vr, value)
+                decoder = _DECODERS.get(tag)
+                command[tag] = value if decoder is None else decoder(tag, value)
         if COMMAND_FIELD not in command:
             raise RemoteProtocolError("command set lacks a CommandField (0000,0100)")
+        if command.get(STATUS) == PENDING:
+            # An SCU reads thousands of identical pending C-FIND responses: decode them once.
+            if len(_PENDING_RESPONSES) >= 64:
+                _PENDING_RESPONSES.clear()
+            _PENDING_RESPONSES[raw] = Command(command)
         return command
+
+
+_PENDING_RESPONSES: dict[bytes, Command] = {}
 
 
 def c_echo_rq(message_id: int, sop_class_uid: str = VERIFICATION) -> Command:

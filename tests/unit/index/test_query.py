@@ -11,7 +11,8 @@ import pytest
 from pacs.errors import QueryError
 from pacs.index.catalog import Catalog
 from pacs.index.columns import FILE_NAME, StudyColumns
-from pacs.index.query import Query, QueryEngine, parse_identifier
+from pacs.dicom.identifier_table import rows_of_table
+from pacs.index.query import Query, QueryEngine, compile_query, parse_identifier
 from pacs.index.records import InstanceRecord
 from tests.unit.index._records import make_record
 
@@ -188,6 +189,26 @@ def test_limit_offset_order(engine: QueryEngine) -> None:
     assert [r["StudyInstanceUID"] for r in engine.run(q)] == ["1.4", "1.3"]
     assert len(list(engine.run(Query("STUDY", return_keys=("StudyInstanceUID",), limit=3)))) == 3
     assert engine.count(Query("IMAGE")) == 7
+
+
+@pytest.mark.parametrize("limit", [None, 0, 1, 3, 10])
+def test_tables_equal_rows(catalog: Catalog, limit: int | None) -> None:
+    """The column path (used for C-FIND scans) gives run()'s rows: limits, return keys the
+    index does not hold, ModalitiesInStudy joined, non-ASCII names."""
+    engine = QueryEngine(catalog)
+    keys = {"PatientName": "*^J*", "ModalitiesInStudy": "", "StudyComments": "", "StudyDate": ""}
+    q = parse_identifier("STUDY", "STUDY", keys, limit=limit)
+    tables = engine.run_tables(q)
+    assert tables is not None  # an infix wildcard: no index lookup, a column scan
+    got = [r for t in tables for r in rows_of_table(t, compile_query(q).return_keys, "STUDY")]
+    assert got == list(engine.run(q))
+    assert len(got) == min(3, 10 if limit is None else limit)
+    assert {r["ModalitiesInStudy"] for r in got} <= {"CT\\MR", "MR\\CT", "US", "OT"}
+    assert "ISO_IR 192" in {r["SpecificCharacterSet"] for r in got} or len(got) < 3
+    # Keyed lookups, SERIES level and computed keys the columns lack go row by row.
+    for ident, level in (({"PatientID": "P1"}, "STUDY"), ({"Modality": ""}, "SERIES"),
+                         ({"NumberOfPatientRelatedStudies": ""}, "STUDY")):
+        assert engine.run_tables(parse_identifier(level, "STUDY", ident)) is None
 
 
 def test_streams_lazily(engine: QueryEngine) -> None:
