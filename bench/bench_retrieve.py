@@ -4,8 +4,9 @@
 in a fresh archive, then times (a) dcmtk ``storescu`` pushing the same files to
 ``storescp --ignore`` (the ceiling), (b) ``movescu`` of the study to that ``storescp``, (c)
 ``getscu --ignore`` of the study, and samples the archive's peak RSS (all its processes) during
-(b) and (c). Each is run ``--repeat`` times in turn; a row gives the median rate, the range,
-and the highest peak RSS (one run of a loaded two-core machine varies by a third).
+(b) and (c), and prints the RSS of each of its processes idle after the store. Each is run
+``--repeat`` times in turn; a row gives the median rate, the range, and the highest peak RSS
+(one run of a loaded two-core machine varies by a third).
 
 When ``Orthanc`` is on PATH (Debian's ``orthanc``; skipped with a printed note otherwise), the
 same files are then stored into a private Orthanc (``bench/orthanc.py``, started after the
@@ -32,7 +33,12 @@ from tests.conftest import free_port
 
 def rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its children (the workers)."""
-    total = 0
+    return sum(rss_each(pid).values())
+
+
+def rss_each(pid: int) -> dict[int, int]:
+    """Resident bytes of ``pid`` and of each of its children, by process id."""
+    found: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -42,10 +48,18 @@ def rss(pid: int) -> int:
                 continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    found[int(entry.name)] = int(line.split()[1]) * 1024
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return found
+
+
+def describe_rss(pid: int) -> str:
+    """``total MiB (supervisor a, b, c ...)``: the server process first, then its children."""
+    each = rss_each(pid)
+    parts = [each.pop(pid, 0)] + [each[child] for child in sorted(each)]
+    return (f"{sum(parts) / 2**20:.0f} MiB (supervisor {parts[0] / 2**20:.0f}"
+            + "".join(f", {part / 2**20:.0f}" for part in parts[1:]) + ")")
 
 
 def timed(cmd: list[str], server_pid: int | None = None) -> tuple[float, int]:
@@ -115,6 +129,7 @@ def main() -> None:
             wait_port(pacs_port, server)
             subprocess.run(["storescu", "-aec", "PACS", "+sd", "127.0.0.1", str(pacs_port),
                             str(folder)], check=True, env=env, capture_output=True)
+            idle_rss = describe_rss(server.pid)
             study = _study_uid(folder)
             query = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
             rows: list[Row] = repeated([
@@ -142,6 +157,7 @@ def main() -> None:
             print(f"orthanc: {orthanc.version()}, MaximumPduLength 131072")
         else:
             print(orthanc.SKIP_NOTE)
+        print(f"server RSS after the store, idle: {idle_rss}")
         print(f"median of {repeat} run(s) each, [slowest-fastest instances/s]")
         ceiling = statistics.median(rows[0][1])
         for name, runs, peak in rows:

@@ -21,7 +21,6 @@ titles it sees, then counts the rest as ``other``.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
@@ -453,6 +452,8 @@ class AuditBuffer:
             self._arm()
 
     def _arm(self) -> None:
+        import asyncio  # here: the supervisor imports this module and never needs asyncio
+
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a tool): the exit hook writes them
@@ -570,6 +571,8 @@ def install(app: web.Application, ctx: WebContext) -> None:
         HTTP_REQUESTS.inc((http_method_label(request.method), route, str(response.status)))
 
     async def scrape(_request: web.Request) -> web.Response:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         body, content_type = await loop.run_in_executor(ctx.archive.executor, exposition,
                                                         ctx.archive.catalog)

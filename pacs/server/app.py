@@ -4,28 +4,33 @@ orderly shutdown.
 With ``workers`` > 1 the parent process only supervises: every worker binds the DICOM port with
 SO_REUSEPORT (the kernel spreads connections across them), opens the shared LMDB environment and
 the blob store with its own writer identity, and runs its own catalog writer thread. SIGINT and
-SIGTERM are forwarded; a worker exits when its parent dies.
+SIGTERM are forwarded; a crashed worker is restarted; a worker exits when its parent dies.
+
+Workers are forked from the supervisor, which has no threads and no event loop and imports
+little (not the archive, nor asyncio unless TLS is configured): a forked worker starts from a
+small, clean interpreter, and, unlike multiprocessing's "spawn", no resource tracker process
+(13 MiB) is needed for the shared association counts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import SynchronizedArray
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacs.config import Settings
 from pacs.errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+    from multiprocessing.sharedctypes import SynchronizedArray
+
     from pacs.archive import Archive
 
 log = logging.getLogger("pacs.serve")
@@ -43,7 +48,9 @@ async def serve(
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then finish in-flight stores and close."""
     # Imported here, not at the top: the supervisor process never needs them (its memory stays
-    # small), only the workers that serve.
+    # small, and so does what every forked worker starts from), only the workers that serve.
+    import asyncio
+
     from pacs.archive import Archive
     from pacs.server.dimse_server import DimseServer
 
@@ -125,6 +132,8 @@ async def serve(
 
 async def _compact_periodically(archive: Archive) -> None:
     """Worker 0 rewrites sealed segments once their dead fraction reaches the threshold."""
+    import asyncio
+
     from pacs.maintenance import compact_segments
     from pacs.store.segments import SegmentStore
 
@@ -165,19 +174,22 @@ def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
     except ImportError:  # plain asyncio still works, only slower
+        import asyncio
+
         return asyncio.run
     return uvloop.run
 
 
 def run(settings: Settings) -> int:
     """Blocking entry point for the CLI; exit status 0 after an orderly shutdown."""
-    from pacs.server.tls import check_tls_settings
+    if settings.tls_port or settings.http_tls:  # else the supervisor needs no ssl nor asyncio
+        from pacs.server.tls import check_tls_settings
 
-    try:
-        check_tls_settings(settings)  # here, not in each worker: one line, exit status 2
-    except ConfigError as exc:
-        print(f"pacs: error: {exc}", file=sys.stderr)
-        return 2
+        try:
+            check_tls_settings(settings)  # here, not in each worker: one line, exit status 2
+        except ConfigError as exc:
+            print(f"pacs: error: {exc}", file=sys.stderr)
+            return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Before any worker exists (and before prometheus_client is imported): each process of
     # this run keeps its metric values in a fresh data_dir/state/metrics (pacs.metrics).
@@ -215,16 +227,53 @@ def _run_worker(
 
 
 def _worker_main(
-    settings: Settings, worker_id: int, association_counts: SynchronizedArray[Any],
-    ae_counts: Any = None,
+    settings: Settings, worker_id: int, lifeline: int,
+    association_counts: SynchronizedArray[Any], ae_counts: Any,
 ) -> None:
-    """Entry point of a spawned worker process."""
+    """Body of a forked worker process; leaves by ``SystemExit`` like any ``pacs`` command.
+
+    ``lifeline``: the read end of a pipe whose write end only the supervisor holds; it reaches
+    end of file when the supervisor is gone (even by SIGKILL)."""
     from pacs.cli import configure_logging
 
     configure_logging(settings.log_level, f"w{worker_id}", settings.log_format)
-    parent = multiprocessing.parent_process()
-    sentinel = parent.sentinel if parent is not None else None
-    raise SystemExit(_run_worker(settings, worker_id, sentinel, association_counts, ae_counts))
+    raise SystemExit(_run_worker(settings, worker_id, lifeline, association_counts, ae_counts))
+
+
+@dataclass
+class _Worker:
+    """A forked worker, as the supervisor knows it."""
+
+    pid: int
+    lifeline: int  # the supervisor's (write) end of the worker's lifeline pipe
+
+
+def _fork_worker(
+    settings: Settings, worker_id: int, association_counts: SynchronizedArray[Any],
+    ae_counts: Any, others: list[_Worker],
+) -> _Worker:
+    """Fork worker ``worker_id``; in the child this never returns (``SystemExit``)."""
+    child_end, parent_end = os.pipe()
+    for stream in (sys.stdout, sys.stderr):  # else the child would write their buffers again
+        stream.flush()
+    # Signals wait until the child has its own handlers: the supervisor's handler run in a
+    # worker would signal the other workers.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # Only the supervisor may hold a worker's lifeline open: a worker holding another's
+            # would keep it alive after the supervisor died.
+            for fd in [parent_end, *(other.lifeline for other in others)]:
+                os.close(fd)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    if pid == 0:
+        _worker_main(settings, worker_id, child_end, association_counts, ae_counts)
+    os.close(child_end)
+    return _Worker(pid, parent_end)
 
 
 def _concrete_port(settings: Settings) -> Settings:
@@ -245,8 +294,12 @@ def _concrete_port(settings: Settings) -> Settings:
 
 
 def _supervise(settings: Settings) -> int:
+    import multiprocessing
+
     settings = _concrete_port(settings)
-    context = multiprocessing.get_context("spawn")
+    # "fork": the shared arrays are inherited memory and an unnamed semaphore, so no resource
+    # tracker process is started (as "spawn" would).
+    context = multiprocessing.get_context("fork")
     count = settings.worker_count
     stopping = False
     exit_codes: dict[int, int] = {}
@@ -254,49 +307,56 @@ def _supervise(settings: Settings) -> int:
     association_counts = context.Array("i", count)
     # Per calling AE, a row per worker; guarded by association_counts' lock.
     ae_counts = context.Array("i", count * AE_COUNT_SLOTS, lock=False)
+    workers: dict[int, _Worker] = {}
 
-    def start(worker_id: int) -> BaseProcess:
+    def start(worker_id: int) -> _Worker:
         with association_counts.get_lock():
             association_counts[worker_id] = 0
             row = worker_id * AE_COUNT_SLOTS
             ae_counts[row:row + AE_COUNT_SLOTS] = [0] * AE_COUNT_SLOTS
-        process = context.Process(target=_worker_main,
-                                  args=(settings, worker_id, association_counts, ae_counts),
-                                  name=f"pacs-w{worker_id}", daemon=False)
-        process.start()
-        return process
+        workers[worker_id] = _fork_worker(settings, worker_id, association_counts, ae_counts,
+                                          [w for i, w in workers.items() if i != worker_id])
+        if stopping:  # the signal came while it was forked: it was not among those signalled
+            on_signal(signal.SIGTERM, None)
+        return workers[worker_id]
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for process in workers.values():
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
+        for worker in workers.values():
+            try:
+                os.kill(worker.pid, signal.SIGTERM)
+            except ProcessLookupError:  # already reaped
+                pass
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("starting %d DICOM workers on port %d%s", count, settings.port,
              f" and TLS port {settings.tls_port}" if settings.tls_port else "")
-    workers = {i: start(i) for i in range(count)}
+    for worker_id in range(count):
+        if not stopping:
+            start(worker_id)
     restarts: dict[int, float] = {}
     while workers:
-        for worker_id, process in list(workers.items()):
-            process.join(0.2)
-            if process.exitcode is None:
-                continue
-            del workers[worker_id]
-            exit_codes[worker_id] = process.exitcode
-            if stopping:
-                continue
-            if process.exitcode == 2 and worker_id not in restarts:
-                # A worker that cannot bind or open the archive: the others will fail alike.
-                log.error("worker %d failed to start; stopping", worker_id)
-                on_signal(signal.SIGTERM, None)
-                continue
-            log.error("worker %d exited with %s; restarting it", worker_id, process.exitcode)
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - restarts.get(worker_id, 0.0))))
-            restarts[worker_id] = time.monotonic()
-            workers[worker_id] = start(worker_id)
+        pid, status = os.waitpid(-1, 0)  # signal handlers run meanwhile (PEP 475)
+        worker_id = next((i for i, w in workers.items() if w.pid == pid), -1)
+        if worker_id < 0:
+            continue
+        os.close(workers.pop(worker_id).lifeline)
+        exit_codes[worker_id] = code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        if code == 2 and worker_id not in restarts:
+            # A worker that cannot bind or open the archive: the others will fail alike.
+            log.error("worker %d failed to start; stopping", worker_id)
+            on_signal(signal.SIGTERM, None)
+            continue
+        log.error("worker %d exited with %s; restarting it", worker_id, code)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - restarts.get(worker_id, 0.0))))
+        if stopping:  # a signal came during the pause
+            continue
+        restarts[worker_id] = time.monotonic()
+        start(worker_id)
     # A worker stopped by the forwarded signal before it could install its own handler (still
     # starting up) ends with -SIGTERM: that is an orderly stop too.
     clean = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)

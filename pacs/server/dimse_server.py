@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from multiprocessing.sharedctypes import SynchronizedArray
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacs.archive import Archive
 from pacs.config import Settings
@@ -15,6 +14,9 @@ from pacs.server.access import ContextPolicy
 from pacs.server.protocol import DicomProtocol
 from pacs.server.services import Services, supported_contexts
 from pacs.server.tls import TlsListener, dimse_server_context
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import SynchronizedArray
 
 log = logging.getLogger("pacs.dimse")
 

@@ -39,15 +39,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
 from pacs.errors import ConfigError
-from pacs.users import User, UserError, UserStore, role_allows
 from pacs.web.context import WebContext, http_error
+
+if TYPE_CHECKING:
+    # pacs.users (argon2, getpass) is imported only when HTTP authentication is on: a worker
+    # without it saves its memory.
+    from pacs.users import User, UserStore
 
 __all__ = ["ACCESS", "ROLE", "USER", "Authenticator", "TokenSigner", "authenticated_user",
            "install", "load_secret", "required_role"]
@@ -129,6 +133,8 @@ def _read_secret(path: Path) -> bytes:
     except (ValueError, UnicodeDecodeError):
         secret = b""
     if len(secret) < 16:
+        from pacs.users import UserError
+
         raise UserError(f"{path}: not a secret of 16+ bytes in hex (delete it: a new one is "
                         "made, and every token issued so far stops working)")
     return secret
@@ -206,6 +212,8 @@ class Authenticator:
     """Checks the credentials of a request against the users file and the token secret."""
 
     def __init__(self, ctx: WebContext) -> None:
+        from pacs.users import UserStore
+
         self.ctx = ctx
         self.store = UserStore(ctx.settings.users_file)
         self.signer = TokenSigner(load_secret(ctx.settings.state_dir),
@@ -312,6 +320,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def middleware(auth: Authenticator) -> Middleware:
+    from pacs.users import UserError, role_allows
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         needed = required_role(request.method, request.rel_url.path_safe)
@@ -366,11 +376,14 @@ def routes(ctx: WebContext, auth: Authenticator | None) -> list[web.RouteDef]:
 
 def install(app: web.Application, ctx: WebContext) -> None:
     """Add the token route and, with ``http_auth``, the middleware in front of every route."""
-    try:
-        auth = Authenticator(ctx) if ctx.settings.http_auth else None
-    except UserError as exc:  # a damaged token-secret: one line and exit status 2
-        raise ConfigError(str(exc)) from None
-    if auth is not None:
+    auth = None
+    if ctx.settings.http_auth:
+        from pacs.users import UserError
+
+        try:
+            auth = Authenticator(ctx)
+        except UserError as exc:  # a damaged token-secret: one line and exit status 2
+            raise ConfigError(str(exc)) from None
         app.middlewares.append(middleware(auth))
         with contextlib.suppress(UserError):
             if not auth.store.users():

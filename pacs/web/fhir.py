@@ -38,7 +38,6 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 from pydicom.uid import generate_uid
 
 from pacs.index.query import Query
@@ -83,7 +82,9 @@ class FhirError(Exception):
 # -- ServiceRequest -> worklist item -----------------------------------------------------------
 
 def _validate(body: bytes) -> Any:
+    # Here, with fhir.resources: pydantic costs each worker 3 MiB before the first FHIR order.
     from fhir.resources.R4B.servicerequest import ServiceRequest
+    from pydantic import ValidationError
 
     try:
         data = json.loads(body)
