@@ -144,7 +144,7 @@ def ingest_checks() -> list[Check | RatioCheck]:
     def ratio() -> float:
         with tempfile.TemporaryDirectory(prefix="pacs-guard-") as tmp:
             work = Path(tmp)
-            dirs = ingest.generate(work / "files", 800, 64, 4)
+            dirs = ingest.generate(work / "files", 800, 64, 4, ingest.STUDY_SIZE)
             ratios = []
             for _ in range(3):
                 ceiling = ingest.run_receiver("storescp", work, dirs)

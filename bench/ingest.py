@@ -28,17 +28,33 @@ from tests.conftest import free_port
 from tests.dicomgen import make_ct, write
 
 
-def generate(folder: Path, count: int, size: int, streams: int) -> list[Path]:
-    """``count`` CT instances of ``size`` x ``size`` 16-bit pixels, split in ``streams`` folders."""
+def generate(folder: Path, count: int, size: int, streams: int,
+             per_study: int | None = None, per_series: int = 50) -> list[Path]:
+    """``count`` CT instances of ``size`` x ``size`` 16-bit pixels, split in ``streams`` folders.
+
+    As a modality sends them: studies of ``per_study`` instances (None: one study), each of
+    one patient, in series of ``per_series`` instances; the folders interleave the instances.
+    """
     dirs = [folder / f"stream{i}" for i in range(streams)]
     for d in dirs:
         d.mkdir(parents=True)
-    study = make_ct().StudyInstanceUID
+    studies: dict[int, str] = {}
+    series: dict[tuple[int, int], str] = {}
     for i in range(count):
-        ds = make_ct(study_uid=study, rows=size, columns=size, instance_number=i + 1,
-                     patient_id=f"P{i % 50:03d}")
+        study = i // per_study if per_study else 0
+        position = i % per_study if per_study else i
+        if study not in studies:
+            studies[study] = make_ct().StudyInstanceUID
+        key = (study, position // per_series)
+        if key not in series:
+            series[key] = make_ct().SeriesInstanceUID
+        ds = make_ct(study_uid=studies[study], series_uid=series[key], rows=size, columns=size,
+                     instance_number=position + 1, patient_id=f"P{study:05d}")
         write(ds, dirs[i % streams] / f"{i:06d}.dcm")
     return dirs
+
+
+STUDY_SIZE = 100  # instances per study in the ingest runs (two series of 50)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -138,7 +154,7 @@ def matrix(receivers: list[str]) -> None:
         print(f"{'size':>9s} {'assoc':>5s} " + " ".join(f"{r:>22s}" for r in receivers))
         for size, count in ((64, 4000), (512, 1000)):
             for streams in (1, 4):
-                dirs = generate(work / f"files-{size}-{streams}", count, size, streams)
+                dirs = generate(work / f"files-{size}-{streams}", count, size, streams, STUDY_SIZE)
                 total = sum(f.stat().st_size for d in dirs for f in d.iterdir())
                 cells = []
                 for name in receivers:
@@ -181,7 +197,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
-        dirs = generate(work / "files", args.count, args.size, args.associations)
+        dirs = generate(work / "files", args.count, args.size, args.associations, STUDY_SIZE)
         total = sum(f.stat().st_size for d in dirs for f in d.iterdir())
         print(f"{args.count} instances, {total / args.count / 1024:.1f} KiB each, "
               f"{args.associations} associations (dcmtk storescu)")
