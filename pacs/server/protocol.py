@@ -486,8 +486,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if (self._release_requested and not self._tasks and not self._closed
                 and self.association.release_response_due):
             self._release_requested = False
+            # The slot is freed before the A-RELEASE-RP goes out: a client that opens its next
+            # association on receiving it (maybe in another worker) must find the slot free.
+            self._end_association()
             self._write(self.association.release_response())
-            self._end_association()  # released: its slot is free before the socket closes
             self._flush()
             self._update_timers()
 
