@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pynetdicom.dsutils import decode, encode
 
 from pacs.errors import QueryError
 from pacs.net import dimse
@@ -207,6 +206,8 @@ class WorklistFindSCP:
         if data is None:
             raise QueryError(UNABLE_TO_PROCESS, "request without an identifier")
         try:
+            from pynetdicom.dsutils import decode  # here: all of pynetdicom is ~7 MiB
+
             query = decode(io.BytesIO(data), *syntax)
             for _elem in query.iterall():  # parse every element now, not lazily later
                 pass
@@ -226,6 +227,8 @@ class WorklistFindSCP:
             query, self.store.items(), settings.fuzzy_person_names, settings.max_find_results)
         responses = await loop.run_in_executor(self.archive.executor, run)
         assert request.send_pending is not None
+        from pynetdicom.dsutils import encode
+
         sent = 0
         for response in responses:
             if request.cancel is not None and request.cancel.is_set():
