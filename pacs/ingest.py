@@ -184,14 +184,14 @@ class Ingest:
             modality = record.attributes.get("Modality", "")
             forwards = [r.destination for r in self.routes if r.matches(source_aet, modality)]
             if inline:
-                future = self.writer.submit(record, self.on_duplicate, blob=[meta, dataset],
-                                            forwards=forwards)
+                future = self.writer.submit_async(record, self.on_duplicate,
+                                                  blob=[meta, dataset], forwards=forwards)
             else:
                 await loop.run_in_executor(self.executor, self._write_large, record, meta,
                                            dataset)
-                future = self.writer.submit(record, self.on_duplicate, forwards=forwards)
+                future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards)
             try:
-                outcome = await asyncio.wrap_future(future)
+                outcome = await future
             except PacsError as exc:
                 log.error("cannot archive %s: %s", record.sop_instance_uid, exc)
                 if record.location:

@@ -179,15 +179,17 @@ class _Txn:
         self.size_delta = 0
         # For pacs.index.secondary: records as read before this transaction changed them, and
         # (SeriesInstanceUID, SOPClassUID, +1/-1) per instance added or removed.
-        self._orig: dict[tuple[str, str], bytes | None] = {}
+        self._orig: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.instance_deltas: list[tuple[str, str, int]] = []
 
     def get(self, level: str, uid: str) -> dict[str, Any] | None:
         k = (level, uid)
         if k not in self._cache:
             raw = _bytes(self.txn.get(key(uid), db=self.dbs[level]))
-            self._orig[k] = raw
-            self._cache[k] = None if raw is None else decode_dict(raw)
+            # The record as read is kept for the secondary indexes; callers change a copy
+            # (records are flat: a shallow copy is enough).
+            self._orig[k] = original = None if raw is None else decode_dict(raw)
+            self._cache[k] = None if original is None else dict(original)
         return self._cache[k]
 
     def need(self, level: str, uid: str) -> dict[str, Any]:
@@ -217,16 +219,18 @@ class _Txn:
         changes = []
         for level, uid in self._dirty:
             record = self._cache[(level, uid)]
-            old = self._orig.get((level, uid))
-            if (level, uid) not in self._orig:
-                old = _bytes(self.txn.get(key(uid), db=self.dbs[level]))
+            if (level, uid) in self._orig:
+                old = self._orig[(level, uid)]
+            else:
+                raw = _bytes(self.txn.get(key(uid), db=self.dbs[level]))
+                old = None if raw is None else decode_dict(raw)
             changes.append((level, uid, old, record))
             if record is None:
                 self.txn.delete(key(uid), db=self.dbs[level])
                 self._orig[(level, uid)] = None
             else:
-                self._orig[(level, uid)] = raw = encode_dict(record)
-                self.txn.put(key(uid), raw, db=self.dbs[level])
+                self.txn.put(key(uid), encode_dict(record), db=self.dbs[level])
+                self._orig[(level, uid)] = dict(record)
         secondary.on_flush(self.txn, self.dbs, changes, self.instance_deltas)
         self.instance_deltas = []
         if self.size_delta:

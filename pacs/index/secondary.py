@@ -108,13 +108,13 @@ def _add_counts(txn: lmdb.Transaction, db: Any, deltas: dict[bytes, int]) -> Non
 def on_flush(
     txn: lmdb.Transaction,
     dbs: Dbs,
-    changes: Iterable[tuple[str, str, bytes | None, dict[str, Any] | None]],
+    changes: Iterable[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]],
     instance_deltas: Iterable[tuple[str, str, int]],
 ) -> None:
     """Update the indexes for records changed in this write transaction.
 
-    ``changes``: (level database, key, encoded record before the transaction or None, record
-    after it or None). ``instance_deltas``: (SeriesInstanceUID, SOPClassUID, +1 or -1).
+    ``changes``: (level database, key, record before the transaction or None, record after it
+    or None). ``instance_deltas``: (SeriesInstanceUID, SOPClassUID, +1 or -1).
     """
     meta = dbs["meta"]
     if txn.get(_VERSION, db=meta) != FORMAT:
@@ -128,8 +128,7 @@ def on_flush(
     studies: set[str] = set()
     patients: set[str] = set()
     counts: dict[bytes, int] = defaultdict(int)
-    for level, uid, old_raw, new in changes:
-        old = None if old_raw is None else decode_dict(old_raw)
+    for level, uid, old, new in changes:
         if level == "patients":
             if old is not None and new is not None and _patient_attrs(old) != _patient_attrs(new):
                 patients.add(uid)

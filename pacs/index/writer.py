@@ -15,6 +15,7 @@ themselves; when idle a lone record is committed at once, so there is no added l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pacs import metrics
 from pacs.errors import CatalogError, StorageError
@@ -39,9 +40,53 @@ T = TypeVar("T")
 class _Store:
     record: InstanceRecord
     on_duplicate: OnDuplicate
-    future: Future[StoreOutcome]
+    # Resolved in the writer thread (submit), or on its event loop (submit_async).
+    future: Future[StoreOutcome] | asyncio.Future[StoreOutcome]
     blob: Sequence[BlobPart] | None = None  # written by the flush stage, then indexed
     forwards: Sequence[str] = ()  # AE titles to queue it for, in the same transaction
+    loop: asyncio.AbstractEventLoop | None = None  # the future's loop (submit_async)
+
+    def start(self) -> bool:
+        """False when the caller cancelled it before the writer took it."""
+        if isinstance(self.future, Future):
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.cancelled()  # a racy read is fine: rechecked on the loop
+
+
+# (store, outcome or exception, whether it is an exception)
+_Settled = list[tuple[_Store, Any, bool]]
+
+
+def _settle(settled: _Settled) -> None:
+    """Resolve futures: those of a loop with one ``call_soon_threadsafe`` per loop (one
+    wake-up of the loop per batch instead of one per instance), the others at once."""
+    by_loop: dict[asyncio.AbstractEventLoop, _Settled] = {}
+    for item in settled:
+        store = item[0]
+        if store.loop is None:
+            future = cast(Future[StoreOutcome], store.future)
+            if item[2]:
+                future.set_exception(item[1])
+            else:
+                future.set_result(item[1])
+        else:
+            by_loop.setdefault(store.loop, []).append(item)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_on_loop, items)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+
+def _resolve_on_loop(items: _Settled) -> None:
+    for store, value, is_error in items:
+        future = store.future
+        if future.cancelled():
+            continue
+        if is_error:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
 
 
 @dataclass(slots=True)
@@ -114,6 +159,22 @@ class CatalogWriter:
         self._put(_Store(record, on_duplicate, future, blob, forwards))
         return future
 
+    def submit_async(
+        self,
+        record: InstanceRecord,
+        on_duplicate: OnDuplicate = "keep",
+        blob: Sequence[BlobPart] | None = None,
+        forwards: Sequence[str] = (),
+    ) -> asyncio.Future[StoreOutcome]:
+        """``submit`` from a coroutine: an asyncio future of the running loop, resolved with
+        the rest of its batch in one loop callback (no thread-safe call per instance)."""
+        if blob is not None and self.blob_store is None:
+            raise ValueError("this writer has no blob store to write blobs with")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoreOutcome] = loop.create_future()
+        self._put(_Store(record, on_duplicate, future, blob, forwards, loop))
+        return future
+
     def run(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` (e.g. ``lambda: catalog.delete_instance(uid)``) in the writer thread."""
         future: Future[T] = Future()
@@ -175,7 +236,7 @@ class CatalogWriter:
                 else:  # a run or the stop: after this batch, in submission order
                     pending = nxt
                     break
-            batch = [s for s in batch if s.future.set_running_or_notify_cancel()]
+            batch = [s for s in batch if s.start()]
             batch = self._write_blobs(batch)
             if batch and self._flush(batch):
                 self._flushed.put(batch)
@@ -183,6 +244,7 @@ class CatalogWriter:
     def _write_blobs(self, batch: list[_Store]) -> list[_Store]:
         """Write the blobs submitted with their records; a failed write fails only its own."""
         written = []
+        failed: _Settled = []
         for store in batch:
             if store.blob is not None:
                 assert self.blob_store is not None
@@ -193,13 +255,14 @@ class CatalogWriter:
                 except Exception as exc:
                     error = StorageError(f"cannot write the blob: {exc}")
                     error.__cause__ = exc
-                    store.future.set_exception(error)
+                    failed.append((store, error, True))
                     continue
                 finally:
                     store.blob = None  # the data set's bytes are not needed any more
                 record.location, record.size, record.digest = (
                     info.location, info.size, info.digest)
             written.append(store)
+        _settle(failed)
         return written
 
     def _flush(self, batch: list[_Store]) -> bool:
@@ -211,10 +274,12 @@ class CatalogWriter:
             self.flush_seconds += time.perf_counter() - started
         except Exception as exc:  # the blobs are not durable: nothing may be indexed
             log.error("flush before commit failed (%s): %d stores refused", exc, len(batch))
+            failed: _Settled = []
             for store in batch:
                 error = StorageError(f"blobs not made durable: {exc}")
                 error.__cause__ = exc
-                store.future.set_exception(error)
+                failed.append((store, error, True))
+            _settle(failed)
             return False
         return True
 
@@ -276,24 +341,21 @@ class CatalogWriter:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry each in its own transaction.
                 log.warning("catalog batch of %d failed (%s): retrying one by one", len(batch), exc)
-                for store in batch:
-                    self._commit_one(store)
+                _settle([self._commit_one(store) for store in batch])
                 return
-            self._fail(batch[0], exc)
+            _settle([self._failure(batch[0], exc)])
             return
         self._count(len(batch))
-        for store, outcome in zip(batch, outcomes, strict=True):
-            store.future.set_result(outcome)
+        _settle([(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)])
 
-    def _commit_one(self, store: _Store) -> None:
+    def _commit_one(self, store: _Store) -> tuple[_Store, Any, bool]:
         try:
             (outcome,) = self.catalog.store_items([(store.record, store.on_duplicate)],
                                                   [store.forwards])
         except Exception as exc:
-            self._fail(store, exc)
-            return
+            return self._failure(store, exc)
         self._count(1)
-        store.future.set_result(outcome)
+        return store, outcome, False
 
     def _count(self, n: int) -> None:
         self.batches_committed += 1
@@ -301,9 +363,9 @@ class CatalogWriter:
         self.largest_batch = max(self.largest_batch, n)
 
     @staticmethod
-    def _fail(store: _Store, exc: Exception) -> None:
+    def _failure(store: _Store, exc: Exception) -> tuple[_Store, Any, bool]:
         if not isinstance(exc, CatalogError):
             wrapped = CatalogError(f"cannot index {store.record.attributes.get('SOPInstanceUID')}")
             wrapped.__cause__ = exc
             exc = wrapped
-        store.future.set_exception(exc)
+        return store, exc, True
