@@ -1,16 +1,17 @@
 """The catalog writer: group commit of many stores per LMDB transaction, in two stages.
 
-LMDB allows one write transaction at a time, and each commit costs an fsync (~0.3-1 ms). Any
-thread may ``submit`` a record. Stage one (the *flusher* thread) drains up to ``batch_size``
-queued records and runs ``before_commit`` (the blob store's fdatasync) for the batch; stage two
-(the *committer* thread, the only one that writes LMDB) merges every flushed batch waiting for it
-into one transaction and resolves the futures only after the commit returned, i.e. once blobs
-and index entries are durable, so a C-STORE is acknowledged after both are on disk.
+LMDB allows one write transaction at a time. Any thread may ``submit`` a record (a coroutine
+calls ``submit_async``). Stage one (the *flusher* thread) drains up to ``batch_size`` queued
+records, writes the blobs submitted with them and runs ``before_commit`` (the blob store's
+fdatasync) for the batch; stage two indexes the flushed batch in one LMDB transaction and only
+then resolves the futures, so a C-STORE is acknowledged once its blob is durable and its index
+entry committed (with the segment store, LMDB commits are not fsynced: ``pacs.recovery``).
 
-Why two stages: measured with 4 storing associations, flush (0.6 ms) then commit (1.1 ms) in one
-thread made every batch wait for both, capping ingest near 1,200 small instances/s. Pipelined,
-the blob fdatasync of batch N+1 overlaps the LMDB commit of batch N. Under load batches grow by
-themselves; when idle a lone record is committed at once, so there is no added latency.
+Stage two runs in the *committer* thread, or, for stores of one event loop (``submit_async``),
+on that loop itself: the loop would hold the GIL for the commit's Python anyway, and answering
+there saves a thread hand-off per batch. Either way the blob fdatasync of batch N+1 overlaps the
+commit of batch N. Under load batches grow by themselves; when idle a lone record is committed
+at once, so there is no added latency.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class CatalogWriter:
         # Flushed batches (lists), runs and the stop, in submission order, for the committer.
         self._flushed: queue.SimpleQueue[list[_Store] | _Run | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"{name}-flush", daemon=True)
+        # Batches handed to their event loop for the commit, until it (or close) takes them.
+        self._on_loop: dict[int, list[_Store]] = {}
         self._committer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
         self._committer.start()
         self._thread.start()
@@ -195,6 +198,13 @@ class CatalogWriter:
             self._closed = True
             self._queue.put(_STOP)
         self._thread.join(timeout)
+        # Batches still waiting for their loop (e.g. close() runs on that loop) are committed
+        # here, before the committer's last checkpoint.
+        with self._lock:
+            stranded, self._on_loop = list(self._on_loop.values()), {}
+        for batch in stranded:
+            _settle(self._commit(batch))
+        self._flushed.put(_STOP)
         self._committer.join(timeout)
         if self.records_committed:
             log.info(
@@ -219,10 +229,10 @@ class CatalogWriter:
         while True:
             item = pending if pending is not None else self._queue.get()
             pending = None
-            if item is _STOP or isinstance(item, _Run):
+            if item is _STOP:
+                return  # close() drains what is on its way to a loop, then stops the committer
+            if isinstance(item, _Run):
                 self._flushed.put(item)
-                if item is _STOP:
-                    return
                 continue
             assert isinstance(item, _Store)
             batch = [item]
@@ -239,6 +249,20 @@ class CatalogWriter:
             batch = [s for s in batch if s.start()]
             batch = self._write_blobs(batch)
             if batch and self._flush(batch):
+                loop = batch[0].loop
+                if loop is not None and all(s.loop is loop for s in batch):
+                    # Stores of one event loop (submit_async): committed on that loop, which
+                    # then answers them at once. On 2 cores this took a thread hand-off and
+                    # GIL contention off every batch (7 context switches per small instance
+                    # instead of 9.5, ingest ~5% faster).
+                    with self._lock:
+                        self._on_loop[id(batch)] = batch
+                    try:
+                        loop.call_soon_threadsafe(self._commit_on_loop, id(batch))
+                        continue
+                    except RuntimeError:  # the loop is closed: the committer does it
+                        with self._lock:
+                            del self._on_loop[id(batch)]
                 self._flushed.put(batch)
 
     def _write_blobs(self, batch: list[_Store]) -> list[_Store]:
@@ -307,9 +331,20 @@ class CatalogWriter:
                 else:  # a run, the stop, or too many to merge: next, in order
                     pending = nxt
                     break
-            self._commit(batch)
+            _settle(self._commit(batch))
             if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
                 self._checkpoint()
+
+    def _commit_on_loop(self, key: int) -> None:
+        """On the stores' event loop: index the batch and answer its futures directly."""
+        with self._lock:
+            batch = self._on_loop.pop(key, None)
+        if batch is None:
+            return  # close() took it
+        _resolve_on_loop(self._commit(batch))
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
+            self._last_checkpoint = time.monotonic()  # not twice: the committer runs it
+            self._flushed.put(_Run(self._checkpoint, Future()))
 
     def _checkpoint(self) -> None:
         if self.checkpoint is None:
@@ -329,7 +364,8 @@ class CatalogWriter:
         except Exception as exc:
             item.future.set_exception(exc)
 
-    def _commit(self, batch: list[_Store]) -> None:
+    def _commit(self, batch: list[_Store]) -> _Settled:
+        """Index ``batch`` in one transaction; (store, outcome or exception, is exception)."""
         try:
             started = time.perf_counter()
             outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch],
@@ -341,12 +377,10 @@ class CatalogWriter:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry each in its own transaction.
                 log.warning("catalog batch of %d failed (%s): retrying one by one", len(batch), exc)
-                _settle([self._commit_one(store) for store in batch])
-                return
-            _settle([self._failure(batch[0], exc)])
-            return
+                return [self._commit_one(store) for store in batch]
+            return [self._failure(batch[0], exc)]
         self._count(len(batch))
-        _settle([(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)])
+        return [(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)]
 
     def _commit_one(self, store: _Store) -> tuple[_Store, Any, bool]:
         try:

@@ -165,3 +165,72 @@ def test_failing_before_commit_refuses_the_batch(catalog: Catalog) -> None:
         future.result(10)
     writer.close()
     assert catalog.statistics()["instances"] == 0
+
+
+def test_submit_async_commits_and_answers_on_the_loop(catalog: Catalog) -> None:
+    """Stores of a coroutine are indexed on its event loop (the thread that awaits them), in
+    batches, and answered there; a bad record fails alone."""
+    import asyncio
+
+    commit_threads: list[str] = []
+    real_store_items = catalog.store_items
+
+    def spy(*args: object, **kwargs: object) -> list[StoreOutcome]:
+        commit_threads.append(threading.current_thread().name)
+        return real_store_items(*args, **kwargs)  # type: ignore[arg-type]
+
+    catalog.store_items = spy  # type: ignore[method-assign]
+    records = hierarchy(1, 2, 2, 5)
+    bad = make_record("P9", "9.1", "9.1.1", "9.1.1.1")
+    del bad.attributes["StudyInstanceUID"]
+    writer = CatalogWriter(catalog, before_commit=lambda: None)
+
+    async def main() -> list[object]:
+        release = hold(writer)  # the first batch gathers everything
+        futures = [writer.submit_async(r) for r in records[:10]]
+        futures.append(writer.submit_async(bad))
+        futures += [writer.submit_async(r) for r in records[10:]]
+        release.set()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(main())
+    writer.close()
+    assert isinstance(results[10], CatalogError)
+    outcomes = [r for i, r in enumerate(results) if i != 10]
+    assert all(isinstance(o, StoreOutcome) and o.kind == "stored" for o in outcomes)
+    assert set(commit_threads) == {"MainThread"}  # the loop's thread, not the committer
+    assert len(commit_threads) <= 2 + len(records)  # one batch, then one by one after the bad
+    catalog.store_items = real_store_items  # type: ignore[method-assign]
+    check_consistent(catalog)
+    assert all(catalog.has_instance(r.sop_instance_uid) for r in records)
+
+
+def test_close_commits_batches_whose_loop_no_longer_runs(catalog: Catalog) -> None:
+    """close() called on the loop itself (its callbacks cannot run meanwhile) still indexes
+    what was flushed for that loop, before the last checkpoint."""
+    import asyncio
+
+    order: list[str] = []
+    flushed = threading.Event()
+
+    def flush() -> None:
+        order.append("flush")
+        flushed.set()
+
+    records = hierarchy(1, 1, 1, 3)
+    writer = CatalogWriter(catalog, before_commit=flush,
+                           checkpoint=lambda: order.append(f"checkpoint {len(list_all())}"))
+
+    def list_all() -> list[str]:
+        return [r.sop_instance_uid for r in records if catalog.has_instance(r.sop_instance_uid)]
+
+    async def main() -> None:
+        futures = [writer.submit_async(r) for r in records]
+        assert flushed.wait(10)
+        writer.close()  # blocks the loop: the batch's loop callback has not run
+        for future in futures:
+            assert (await asyncio.wait_for(future, 10)).kind == "stored"
+
+    asyncio.run(main())
+    assert list_all() == [r.sop_instance_uid for r in records]
+    assert order[-1] == "checkpoint 3"
