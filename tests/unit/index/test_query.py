@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pacs.dicom.identifier_table import rows_of_table
 from pacs.errors import QueryError
 from pacs.index.catalog import Catalog
 from pacs.index.columns import FILE_NAME, StudyColumns
-from pacs.dicom.identifier_table import rows_of_table
 from pacs.index.query import Query, QueryEngine, compile_query, parse_identifier
 from pacs.index.records import InstanceRecord
 from tests.unit.index._records import make_record

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pacs.index.catalog import Catalog
 from pacs.dicom.identifier_table import rows_of_table
+from pacs.index.catalog import Catalog
 from pacs.index.query import QueryEngine, compile_query, parse_identifier
 from tests.unit.index._records import make_record
 
