@@ -47,6 +47,7 @@ from pacs.config import Settings
 from pacs.diskspace import BELOW_WATERMARK, watermark
 from pacs.errors import DicomFormatError, IngestError, PacsError
 from pacs.index.records import InstanceRecord
+from pacs.store import digest as blob_digest
 from pacs.store import external
 
 if TYPE_CHECKING:
@@ -220,7 +221,6 @@ class _Reader:
 def _in_place(item: _Item, fh: IO[bytes], head: bytes, offset: int) -> _Item:
     """Scan and digest a whole Part-10 file for indexing where it lies (``mmap``: never read
     into memory twice); the item carries its finished record."""
-    import hashlib
     import mmap
 
     from pacs.dicom.scan import read_index_attributes
@@ -230,7 +230,7 @@ def _in_place(item: _Item, fh: IO[bytes], head: bytes, offset: int) -> _Item:
     with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
         try:
-            digest = hashlib.blake2b(view, digest_size=16).hexdigest()
+            digest = blob_digest.of(view)
             size = len(view)
             try:
                 # Walk to the end as the C-STORE path does: a truncated file is refused.

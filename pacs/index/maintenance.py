@@ -6,7 +6,6 @@ Blobs are the truth (DESIGN.md, principle 5): ``reindex`` rebuilds the catalog f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pacs.errors import BlobNotFound, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.records import InstanceRecord
+from pacs.store import digest as digests
 from pacs.store.base import BlobStore
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ class VerifyReport:
         )
 
 
-def blob_digest(store: BlobStore, location: str) -> tuple[int, str]:
-    """Size and BLAKE2b-128 hex digest of a stored blob, streamed."""
-    digest = hashlib.blake2b(digest_size=16)
+def blob_digest(store: BlobStore, location: str, like: str = "") -> tuple[int, str]:
+    """Size and hex digest of a stored blob, streamed: with the algorithm of ``like`` (a
+    recorded digest), else the one new blobs get (``pacs.store.digest``)."""
+    digest = digests.like(like) if like else digests.new()
     size = 0
     for chunk in store.iter_chunks(location):
         digest.update(chunk)
@@ -125,7 +126,7 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
         report.checked += 1
         try:
             if check_digest:
-                size, digest = blob_digest(store, location)
+                size, digest = blob_digest(store, location, like=record.digest)
             else:
                 size, digest = store.size(location), record.digest
         except BlobNotFound:

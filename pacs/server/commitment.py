@@ -257,7 +257,7 @@ def check_instances(
             outcome.failed.append((sop_class, sop_instance, CLASS_INSTANCE_CONFLICT))
             continue
         try:
-            size, digest = blob_digest(archive.store, record.location)
+            size, digest = blob_digest(archive.store, record.location, like=record.digest)
         except BlobNotFound:
             log.error("commitment %s: blob of %s missing at %s", transaction_uid, sop_instance,
                       record.location)

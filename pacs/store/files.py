@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pacs.errors import BlobNotFound, StorageError
+from pacs.store import digest as blob_digest
 from pacs.store import external
 from pacs.store.base import BlobInfo, BlobPart
 from pacs.store.fdio import read_range, stream
@@ -122,7 +123,7 @@ class FileStore:
         rel_dir = f"{h[:2]}/{h[2:4]}"
         name = key if _SAFE_KEY.fullmatch(key) and not key.startswith(".") else h
         tmp = self._tmp / uuid.uuid4().hex
-        digest = hashlib.blake2b(digest_size=16)
+        digest = blob_digest.new()
         size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -182,7 +183,7 @@ class FileStore:
             raise StorageError(f"cannot flush blobs under {self.root}: {exc}") from exc
 
     @staticmethod
-    def _copy_in(src_path: Path, dst: int, digest: hashlib.blake2b) -> int:
+    def _copy_in(src_path: Path, dst: int, digest: blob_digest.Digest) -> int:
         """Kernel-copy a spooled file into dst; digest it by reading 1 MiB chunks."""
         src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
         try:

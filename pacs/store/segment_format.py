@@ -32,6 +32,8 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pacs.store.digest import Digest
+
 MAGIC = b"PSG1"
 KIND_BLOB = 1
 KIND_TOMBSTONE = 2
@@ -306,7 +308,7 @@ def validate(fd: int, size: int) -> Validation:
 # -- I/O helpers ----------------------------------------------------------------------------------
 
 
-def digest_file(fd: int, size: int, digest: hashlib.blake2b, crc: int) -> int:
+def digest_file(fd: int, size: int, digest: Digest, crc: int) -> int:
     """Feed a spooled file to the digest and return the running crc32 (1 MiB chunks)."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)

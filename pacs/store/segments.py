@@ -26,7 +26,6 @@ tombstone at open; a delete made by another process after that is seen by ``loca
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacs.errors import BlobNotFound, StorageError
+from pacs.store import digest as blob_digest
 from pacs.store import external
 from pacs.store import segment_format as fmt
 from pacs.store.base import BlobInfo, BlobPart
@@ -244,7 +244,7 @@ class SegmentStore:
         """Append one record; durable on return, or at the next ``flush`` if not ``durable``."""
         self._check_open()
         kb = fmt.key_bytes(key)
-        digest = hashlib.blake2b(digest_size=16)
+        digest = blob_digest.new()
         crc = 0
         size = 0
         items: list[memoryview | tuple[int, int]] = []  # bytes, or (spool fd, length)

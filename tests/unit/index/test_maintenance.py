@@ -134,3 +134,24 @@ def test_verify_finds_damage(store: FileStore, catalog: Catalog, tmp_path: Path)
     # Without digests, only the size check sees damage.
     quick = verify(catalog, store, check_digest=False)
     assert quick.digest_mismatch == [] and len(quick.size_mismatch) == 1
+
+
+def test_verify_checks_digests_of_earlier_versions(store: FileStore, catalog: Catalog) -> None:
+    """Blobs indexed with BLAKE2b-128 (before SHA-256) are verified with BLAKE2b: right ones
+    pass, a wrong one is reported; new digests are SHA-256."""
+    import hashlib
+
+    locations = fill(store)
+    reindex(catalog, store, read_record)
+    records = {r.sop_instance_uid: r for r in catalog.iter_instances()}
+    assert all(len(r.digest) == 64 for r in records.values())  # SHA-256 hex
+    old = records["1.9.0"]
+    blob = store.get(locations["1.9.0"])
+    assert old.digest == hashlib.sha256(blob).hexdigest()
+    old.digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+    wrong = records["1.9.1"]
+    wrong.digest = hashlib.blake2b(b"something else", digest_size=16).hexdigest()
+    catalog.store_batch([old, wrong], on_duplicate="replace")
+    assert blob_digest(store, locations["1.9.0"], like=old.digest) == (len(blob), old.digest)
+    report = verify(catalog, store)
+    assert report.digest_mismatch == [("1.9.1", locations["1.9.1"])]

@@ -46,7 +46,7 @@ def store(open_store: Callable[[], BlobStore]) -> BlobStore:
 
 
 def blake(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def spool(tmp_path: Path, name: str, data: bytes) -> Path:
