@@ -27,13 +27,13 @@ by an older version) builds them from the records.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import lmdb
+import orjson
 
 from pacs.index.codec import decode_dict, decode_instance, key
 
@@ -155,7 +155,7 @@ def on_flush(
     gen = int(cast(bytes, txn.get(_GEN, b"0", db=meta))) + 1
     txn.put(_GEN, str(gen).encode(), db=meta)
     entry = [sorted(studies), sorted(patients)]
-    txn.put(gen.to_bytes(8, "big"), json.dumps(entry).encode(), db=dbs["sx_log"])
+    txn.put(gen.to_bytes(8, "big"), orjson.dumps(entry), db=dbs["sx_log"])
     if gen > LOG_KEEP:
         txn.delete((gen - LOG_KEEP).to_bytes(8, "big"), db=dbs["sx_log"])
 
@@ -219,7 +219,7 @@ def changed_since(
     if not cursor.set_range(start) or cursor.key() != start:
         return None
     for _, raw in cast(Iterator[tuple[bytes, bytes]], cursor):
-        st, pk = json.loads(raw)
+        st, pk = orjson.loads(raw)
         studies.update(st)
         patients.update(pk)
     return studies, patients
