@@ -86,7 +86,9 @@ def encode_identifier_table(
             value = _padded(text.encode("ascii", "replace"), pad)
             parts.append(_constant(header, length.pack(len(value)), value))
             continue
-        if kind == "number" or (kind == "ascii" and _has_non_ascii(column)):
+        if (kind == "number" or (kind == "ascii" and _has_non_ascii(column))
+                or (length.size == 2 and _longest(column) > 0xFFFE)):
+            # The row encoder replaces, converts or refuses (a 16-bit length overflows).
             return encode_identifiers(rows_of_table(table, keys, level), transfer_syntax_uid)
         parts.append(_element(column, header, length.size, order, pad))
     if not any(isinstance(p, pa.Array) for p in parts):
@@ -101,6 +103,13 @@ def _has_non_ascii(column: pa.StringArray) -> bool:
         return False
     bounds = np.frombuffer(offsets, dtype=np.int32, count=len(column) + 1, offset=column.offset * 4)
     return bool((np.frombuffer(data, dtype=np.uint8)[bounds[0] : bounds[-1]] >= 0x80).any())
+
+
+def _longest(column: pa.StringArray) -> int:
+    """The largest value size of ``column`` in bytes."""
+    sizes = np.diff(np.frombuffer(column.buffers()[1], dtype=np.int32, count=len(column) + 1,
+                                  offset=column.offset * 4))
+    return int(sizes.max()) if len(sizes) else 0
 
 
 def _element(column: pa.StringArray, header: bytes, width: int, order: str,
@@ -120,13 +129,13 @@ def _element(column: pa.StringArray, header: bytes, width: int, order: str,
     prefix[:, : len(header)] = np.frombuffer(header, dtype=np.uint8)
     prefix[:, len(header) :] = (sizes + odd).astype(f"{order}u{width}").view(np.uint8).reshape(
         n, width)
-    width = prefix.shape[1]
+    prefix_size = prefix.shape[1]
     out_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes + odd + width, out=out_offsets[1:])
+    np.cumsum(sizes + odd + prefix_size, out=out_offsets[1:])
     # Every byte not written below is a pad byte (the one after each odd-length value).
     out = np.full(int(out_offsets[-1]), pad[0], dtype=np.uint8)
-    out[out_offsets[:-1, None] + np.arange(width)] = prefix
-    shift = out_offsets[:-1] + width - starts[:-1]
+    out[out_offsets[:-1, None] + np.arange(prefix_size)] = prefix
+    shift = out_offsets[:-1] + prefix_size - starts[:-1]
     out[np.arange(len(data)) + np.repeat(shift, sizes)] = data
     out_offsets = out_offsets.astype(np.int32)
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(out_offsets),

@@ -123,3 +123,17 @@ def test_table_encoding_of_the_engine_rows() -> None:
     encoded = encode_identifier_table(table, ["PatientName", "StudyDate", "StudyComments"],
                                       "STUDY", uids.EXPLICIT_VR_LITTLE_ENDIAN)
     assert [decode_identifier(e, uids.EXPLICIT_VR_LITTLE_ENDIAN) for e in encoded] == rows
+
+
+def test_table_encoding_refuses_what_the_row_encoder_refuses() -> None:
+    """A value too long for a 16-bit length (explicit VR) is not wrapped around silently."""
+    import struct
+
+    table = pa.table({"StudyDescription": ["x" * 70000]})
+    with pytest.raises(struct.error):
+        encode_identifier_table(table, ["StudyDescription"], "STUDY",
+                                uids.EXPLICIT_VR_LITTLE_ENDIAN)
+    implicit = encode_identifier_table(table, ["StudyDescription"], "STUDY",
+                                       uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    assert implicit == encode_identifiers(rows_of_table(table, ["StudyDescription"], "STUDY"),
+                                          uids.IMPLICIT_VR_LITTLE_ENDIAN)
