@@ -57,6 +57,7 @@ FAMILIES: dict[str, tuple[str, str, bool]] = {
 _BY_LEVEL: dict[str, list[tuple[bytes, str, bool]]] = defaultdict(list)
 for _fam, (_level, _field, _upper) in FAMILIES.items():
     _BY_LEVEL[_level].append((_fam.encode(), _field, _upper))
+_FIELDS_BY_LEVEL = {level: tuple(f for _, f, _ in fams) for level, fams in _BY_LEVEL.items()}
 
 Dbs = dict[str, Any]
 
@@ -105,6 +106,18 @@ def _add_counts(txn: lmdb.Transaction, db: Any, deltas: dict[bytes, int]) -> Non
             txn.delete(k, db=db)
 
 
+def _count_series_modality(
+    old: dict[str, Any] | None, new: dict[str, Any] | None, studies: set[str],
+    counts: dict[bytes, int],
+) -> None:
+    """A series appeared, went or changed study or modality: its studies' modality counts."""
+    for record, sign in ((old, -1), (new, 1)):
+        if record is not None:
+            studies.add(record["StudyInstanceUID"])
+            if record.get("Modality"):
+                counts[_count_key(b"sm", record["StudyInstanceUID"], record["Modality"])] += sign
+
+
 def on_flush(
     txn: lmdb.Transaction,
     dbs: Dbs,
@@ -135,12 +148,15 @@ def on_flush(
         elif level == "studies":
             studies.add(uid)
         elif level == "series":
-            for record, sign in ((old, -1), (new, 1)):
-                if record is not None:
-                    studies.add(record["StudyInstanceUID"])
-                    if record.get("Modality"):
-                        k = _count_key(b"sm", record["StudyInstanceUID"], record["Modality"])
-                        counts[k] += sign
+            if (old is not None and new is not None
+                    and old["StudyInstanceUID"] == new["StudyInstanceUID"]
+                    and old.get("Modality") == new.get("Modality")):
+                studies.add(new["StudyInstanceUID"])  # its study's modality counts hold
+            else:
+                _count_series_modality(old, new, studies, counts)
+        if old is not None and new is not None and all(
+                old.get(f) == new.get(f) for f in _FIELDS_BY_LEVEL.get(level, ())):
+            continue  # the indexed values did not change (a count did): same index keys
         old_keys = _record_keys(level, uid, old)
         new_keys = _record_keys(level, uid, new)
         for k in old_keys - new_keys:

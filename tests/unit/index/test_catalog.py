@@ -276,3 +276,34 @@ def test_relocate_moves_only_current_locations(tmp_path: Path) -> None:
         assert record_a is not None and record_a.location == "seg2:0:10"
         assert record_b is not None and record_b.location == "seg1:10:10"
         assert catalog.statistics()["instances"] == 2
+
+
+def test_secondary_indexes_equal_a_rebuild_after_updates(tmp_path: Path) -> None:
+    """Incremental index maintenance (which skips records whose indexed values did not change)
+    leaves exactly what a full rebuild makes: new instances in existing series, a renamed
+    patient, a changed accession number, a series whose modality changes, a deletion."""
+    from pacs.index import secondary
+
+    cat = Catalog(tmp_path / "index")
+    base = {"PatientName": "DOE^J", "AccessionNumber": "A1", "StudyDate": "20240101",
+            "Modality": "CT"}
+    cat.store_batch([make_record("P1", "1.1", "1.1.1", f"1.1.1.{i}", **base) for i in range(3)])
+    cat.store_batch([make_record("P1", "1.1", "1.1.1", "1.1.1.9", **base)])  # counts only
+    cat.store_batch([make_record("P1", "1.1", "1.1.2", "1.1.2.1", **{**base, "Modality": "MR"}),
+                     make_record("P2", "2.1", "2.1.1", "2.1.1.1", **base)])
+    cat.store_batch([make_record("P1", "1.1", "1.1.1", "1.1.1.7", **{**base, "Modality": "US"})])
+    cat.store_batch([make_record("P1", "1.1", "1.1.1", "1.1.1.8",
+                                 **{**base, "PatientName": "ROE^J", "AccessionNumber": "A2"})])
+    cat.delete_instance("2.1.1.1")
+
+    def contents() -> dict[str, list[tuple[bytes, bytes]]]:
+        with cat.reader() as txn:
+            return {n: list(txn.cursor(db=cat.database(n))) for n in ("sx", "sx_counts")}
+
+    incremental = contents()
+    assert any(k.startswith(b"pn\0ROE^J") for k, _ in incremental["sx"])
+    assert not any(k.startswith(b"pn\0DOE^J") for k, _ in incremental["sx"])
+    dbs = {n: cat.database(n) for n in (*secondary.DB_NAMES, "patients", "studies", "series",
+                                        "instances", "meta")}
+    cat._write(lambda t: secondary.rebuild(t.txn, dbs))
+    assert contents() == incremental
