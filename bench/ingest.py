@@ -10,13 +10,15 @@ In one run the same files go to three receivers, so the figures compare like wit
   fdatasync-ed (Orthanc's default ``SyncStorageArea``) but its SQLite index commits with WAL +
   ``SYNCHRONOUS=NORMAL`` (no sync per store); ``orthanc-nosync`` also drops the file sync.
 
-Usage: ``python -m bench.ingest [-n 2000] [-k 4] [--size 64]`` (``make bench``).
+Usage: ``python -m bench.ingest [-n 2000] [-k 4] [--size 64] [--cpu]`` (``make bench``);
+``--cpu`` adds the CPU time per instance of the receiver and of the clients.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -128,11 +130,40 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
                             env=dict(os.environ, TCP_NODELAY="1"))
     try:
         wait_port(port, proc)
-        return push(dirs, port, aet)
+        server_before = tree_cpu(proc.pid)
+        clients_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = push(dirs, port, aet)
+        server_after = tree_cpu(proc.pid)
+        clients_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        CPU[name] = (server_after[0] - server_before[0], server_after[1] - server_before[1],
+                     clients_after.ru_utime + clients_after.ru_stime
+                     - clients_before.ru_utime - clients_before.ru_stime)
+        return seconds
     finally:
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(out, ignore_errors=True)
+
+
+# receiver -> (server user s, server system s, storescu clients s) of its last run
+CPU: dict[str, tuple[float, float, float]] = {}
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its child processes (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
+    return user, system
 
 
 def disk_write_rate(folder: Path, size_mib: int = 1024) -> float:
@@ -184,6 +215,9 @@ def main() -> None:
     parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,orthanc,storescp",
                         help="comma-separated: pacs[-wN], pynetdicom, orthanc[-nosync], "
                              "storescp (Orthanc ones are skipped when it is not installed)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also print CPU per instance: the receiver's (user, system; its "
+                             "child processes included) and the storescu clients'")
     parser.add_argument("--matrix", action="store_true",
                         help="64x64 and 512x512, 1 and 4 associations, and the disk's rate")
     args = parser.parse_args()
@@ -207,6 +241,10 @@ def main() -> None:
             results[name] = seconds
             print(f"  {name:14s} {args.count / seconds:9.0f} instances/s "
                   f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)")
+            if args.cpu and name in CPU:
+                user, system, clients = (v / args.count * 1e6 for v in CPU[name])
+                print(f"  {'':14s} CPU per instance: receiver {user:.0f} us user + "
+                      f"{system:.0f} us system, clients {clients:.0f} us")
         for ours in [r for r in results if r.startswith("pacs")]:
             for other in ("pynetdicom", "orthanc", "orthanc-nosync", "storescp"):
                 if other in results:
