@@ -15,7 +15,7 @@ held in memory. Non-DICOM and corrupt files are listed in a report (path and rea
 stop the run. Reads happen on a producer thread, in batches, overlapping with ingest.
 
 ``--in-place`` indexes files where they lie instead of copying them: the location is
-``ext:<absolute path>`` (``pacs.store.external``), the size and BLAKE2b digest are those of the
+``ext:<absolute path>`` (``pacs.store.external``), the size and digest are those of the
 whole file, which retrieve serves as it is (a Part-10 file, like a stored blob). The producer
 thread scans and digests each file; per batch the paths are journaled (one fdatasync) before
 their index entries are submitted, so ``pacs reindex`` rebuilds them from the files. Files

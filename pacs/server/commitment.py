@@ -3,7 +3,7 @@
 An N-ACTION-RQ (Action Type ID 1, "Request Storage Commitment") names a transaction and the
 instances to commit. It is answered at once (success, or a failure for a bad request); the
 check runs afterwards off the event loop: an instance is committed when the catalog knows it
-and its blob exists with the indexed size and BLAKE2b digest.
+and its blob exists with the indexed size and digest (``pacs.store.digest``).
 
 The outcome is queued in the index before anything is sent (LMDB ``commitment_outbox``, keyed
 by due time like ``pacs.index.outbox``), then goes back as an N-EVENT-REPORT-RQ (Event Type ID

@@ -23,7 +23,7 @@ class BlobInfo:
 
     location: str
     size: int
-    digest: str  # hex BLAKE2b-128 of the whole blob
+    digest: str  # hex digest of the whole blob (pacs.store.digest: SHA-256)
 
 
 class BlobStore(Protocol):
