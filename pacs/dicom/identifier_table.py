@@ -17,12 +17,19 @@ row encoder.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from pacs.dicom.identifier import _plan, _syntax, encode_identifiers
+from pacs.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:  # imported on first use (pacs.lazy): ~33 MiB a worker may never need
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 UTF8 = "ISO_IR 192"
 _LEVEL, _CHARSET = "QueryRetrieveLevel", "SpecificCharacterSet"

@@ -22,16 +22,14 @@ caught up from the log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, cast
 
 from pacs.index import secondary
 from pacs.index.catalog import (
@@ -46,6 +44,14 @@ from pacs.index.catalog import (
 from pacs.index.codec import child_prefix, decode_dict, key
 from pacs.index.matching import norm_time
 from pacs.index.records import PATIENT_KEYWORDS, STUDY_KEYWORDS
+from pacs.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:  # imported on first use (pacs.lazy): ~33 MiB a worker may never need
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +71,18 @@ DERIVED: dict[str, tuple[str, Callable[[str], str]]] = {
     "ReferringPhysicianName~": ("ReferringPhysicianName", str.upper),
     "StudyTime~": ("StudyTime", norm_time),
 }
-SCHEMA = pa.schema(
-    [pa.field(f, pa.string()) for f in STUDY_FIELDS]
-    + [pa.field(LIST_FIELD, pa.list_(pa.string()))]
-    + [pa.field(d, pa.string()) for d in DERIVED]
-)
+
+
+@functools.cache
+def schema() -> pa.Schema:
+    """The columns' Arrow schema (built on first use: pyarrow loads lazily)."""
+    return pa.schema(
+        [pa.field(f, pa.string()) for f in STUDY_FIELDS]
+        + [pa.field(LIST_FIELD, pa.list_(pa.string()))]
+        + [pa.field(d, pa.string()) for d in DERIVED]
+    )
+
+
 FILE_NAME = "columns-studies.arrow"
 
 Row = dict[str, str]
@@ -115,7 +128,7 @@ def rows_to_table(rows: Iterable[Row]) -> pa.Table:
     data[LIST_FIELD] = [r[LIST_FIELD].split("\\") if r.get(LIST_FIELD) else [] for r in rows]
     for name, (src, fn) in DERIVED.items():
         data[name] = [fn(v) for v in data[src]]
-    return pa.table(data, schema=SCHEMA)
+    return pa.table(data, schema=schema())
 
 
 def table_rows(table: pa.Table, names: Iterable[str]) -> list[Row]:
@@ -217,7 +230,7 @@ class StudyColumns:
             mlist.append(mods.get(k, []))
         for name, (src, fn) in DERIVED.items():
             data[name] = [fn(v) for v in data[src]]
-        table = pa.table(data, schema=SCHEMA)
+        table = pa.table(data, schema=schema())
         return Snapshot(table, None, {}, gen)
 
     def _catch_up(
@@ -278,7 +291,7 @@ class StudyColumns:
         except (OSError, pa.ArrowInvalid):
             return None
         meta = table.schema.metadata or {}
-        if meta.get(b"epoch", b"").decode() != epoch or table.schema.remove_metadata() != SCHEMA:
+        if meta.get(b"epoch", b"").decode() != epoch or table.schema.remove_metadata() != schema():
             return None
         self._epoch = epoch
         return Snapshot(table, None, {}, int(meta.get(b"generation", b"0")))

@@ -30,11 +30,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from pacs.errors import QueryError
+from pacs.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:  # imported on first use (pacs.lazy): ~33 MiB a worker may never need
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 UNABLE_TO_PROCESS = 0xC000
 

@@ -33,10 +33,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pacs.errors import QueryError
 from pacs.index import secondary
@@ -75,6 +72,14 @@ from pacs.index.records import (
     SERIES_KEYWORDS,
     STUDY_KEYWORDS,
 )
+from pacs.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:  # imported on first use (pacs.lazy): ~33 MiB a worker may never need
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 Model = Literal["PATIENT", "STUDY"]

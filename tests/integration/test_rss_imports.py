@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 # Extension modules of packages a worker needs only for some requests.
 PYDANTIC = "_pydantic_core"  # FHIR order validation (fhir.resources)
 ARGON2 = "_argon2_cffi_bindings"  # password hashes, only with http_auth
+ARROW = "libarrow.so"  # pyarrow: only column scans (infix wildcards, listings) use it
 
 
 def maps(pid: int) -> str:
@@ -80,13 +81,24 @@ def test_forked_workers_load_optional_modules_on_first_use(archive_factory) -> N
     for pid in pids:
         loaded = maps(pid)
         assert "lmdb" in loaded  # what every worker needs is visible here
-        assert PYDANTIC not in loaded and ARGON2 not in loaded
+        assert PYDANTIC not in loaded and ARGON2 not in loaded and ARROW not in loaded
     if "_asyncio" in maps(pids[0]):  # stdlib extensions are shared libraries in this build
         assert "_asyncio" not in maps(supervisor) and "_ssl" not in maps(supervisor)
     # The first FHIR order loads the validator in the worker that took it.
     response = httpx.post(f"{base}/fhir/ServiceRequest", json=order("ORD-RSS"))
     assert response.status_code == 201, response.text
     assert any(PYDANTIC in maps(pid) for pid in pids)
+    # A keyed C-FIND and a C-MOVE-style lookup need no Arrow; an infix wildcard scans columns.
+    findscu = require_tool("findscu")
+    for name in ("DOE^J", "*OE*"):
+        done = subprocess.run([findscu, "-S", "-aec", "PACS", "-k", "QueryRetrieveLevel=STUDY",
+                               "-k", f"PatientName={name}", "127.0.0.1", str(archive.port)],
+                              capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, TCP_NODELAY="1"))
+        assert done.returncode == 0, done.stderr
+        if name == "DOE^J":
+            assert not any(ARROW in maps(pid) for pid in pids)
+    assert any(ARROW in maps(pid) for pid in pids)
     assert archive.stop(signal.SIGINT) == 0  # Ctrl-C: an orderly stop of every worker
     assert "all workers stopped" in archive.log()
     assert archive.pids() == []
