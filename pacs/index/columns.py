@@ -207,29 +207,27 @@ class StudyColumns:
             record = decode_dict(raw)
             patients[record[PATIENT_KEY]] = patient_row(record)
         mods = secondary.all_study_modalities(txn, dbs)
-        data: dict[str, list[Any]] = {f: [] for f in STUDY_FIELDS}
-        data[LIST_FIELD] = []
+        # One tuple per study in STUDY_FIELDS order (+ the modality list), transposed at the
+        # end: a comprehension per row costs half of an append per field (cold start at 1M).
         study_cols = [k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"]
-        pat_appenders = [(data[k].append, k) for k in PATIENT_FIELDS]
-        uids, pks = data["StudyInstanceUID"], data[PATIENT_KEY]
-        nse, nin, mlist = data[STUDY_SERIES], data[STUDY_INSTANCES], data[LIST_FIELD]
-        empty: Row = {}
+        no_patient = ("",) * len(PATIENT_FIELDS)
+        pvalues = {pk: tuple(row.get(f, "") for f in PATIENT_FIELDS)
+                   for pk, row in patients.items()}
+        rows: list[tuple[Any, ...]] = []
+        append = rows.append
         for k, raw in cast(Iterable[tuple[bytes, bytes]], txn.cursor(db=dbs["studies"])):
             record = decode_dict(raw)
-            uid = record.get("StudyInstanceUID") or k.decode()
+            get = record.get
             pk = record[PATIENT_KEY]
-            uids.append(uid)
-            pks.append(pk)
-            prow = patients.get(pk, empty)
-            for append, f in pat_appenders:
-                append(prow.get(f, ""))
-            for f in study_cols:
-                data[f].append(str(record.get(f) or ""))
-            nse.append(str(record.get(STUDY_SERIES, 0)))
-            nin.append(str(record.get(STUDY_INSTANCES, 0)))
-            mlist.append(mods.get(k, []))
+            append((get("StudyInstanceUID") or k.decode(), pk, *pvalues.get(pk, no_patient),
+                    *[str(get(f) or "") for f in study_cols], str(get(STUDY_SERIES, 0)),
+                    str(get(STUDY_INSTANCES, 0)), mods.get(k, [])))
+        names = [*STUDY_FIELDS, LIST_FIELD]
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+        data: dict[str, Any] = dict(zip(names, columns, strict=True))
         for name, (src, fn) in DERIVED.items():
-            data[name] = [fn(v) for v in data[src]]
+            normal = {v: fn(v) for v in set(data[src])}  # names and times repeat
+            data[name] = [normal[v] for v in data[src]]
         table = pa.table(data, schema=schema())
         return Snapshot(table, None, {}, gen)
 

@@ -10,6 +10,7 @@ import pytest
 
 from pacs.dicom.identifier_table import rows_of_table
 from pacs.errors import QueryError
+from pacs.index import secondary
 from pacs.index.catalog import Catalog
 from pacs.index.columns import FILE_NAME, StudyColumns
 from pacs.index.query import Query, QueryEngine, compile_query, parse_identifier
@@ -289,3 +290,18 @@ def test_columns_persist_and_rebuild_after_clear(tmp_path: Path) -> None:
     cat.store_batch(records()[:1])
     snap = reopened.snapshot()
     assert snap.table.num_rows + len(snap.overlay_rows) == 1
+
+
+def test_full_column_build_equals_the_study_rows(catalog: Catalog) -> None:
+    """The bulk build (cold start) holds exactly what the row path reads from LMDB for each
+    study: patient and study attributes, counts as text, ModalitiesInStudy, derived columns."""
+    from pacs.index.columns import rows_to_table, study_row
+
+    table = StudyColumns(catalog, persist=False).snapshot().table
+    dbs = {n: catalog.database(n) for n in ("studies", "patients", *secondary.DB_NAMES)}
+    with catalog.reader() as txn:
+        rows = [study_row(txn, dbs, uid) for uid in table.column("StudyInstanceUID").to_pylist()]
+    expected = rows_to_table([r for r in rows if r is not None])
+    assert table.num_rows == 5
+    assert table.to_pylist() == expected.to_pylist()
+    assert {tuple(m) for m in table.column("ModalitiesInStudy").to_pylist()} >= {("CT", "MR")}
