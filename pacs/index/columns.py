@@ -202,33 +202,18 @@ class StudyColumns:
 
     def _build(self, txn: Any, dbs: dict[str, Any], gen: int) -> Snapshot:
         self.full_builds += 1
-        patients = {}
-        for _, raw in cast(Iterable[tuple[bytes, bytes]], txn.cursor(db=dbs["patients"])):
-            record = decode_dict(raw)
-            patients[record[PATIENT_KEY]] = patient_row(record)
+        patients = [decode_dict(raw) for _, raw in
+                    cast(Iterable[tuple[bytes, bytes]], txn.cursor(db=dbs["patients"]))]
         mods = secondary.all_study_modalities(txn, dbs)
-        # One tuple per study in STUDY_FIELDS order (+ the modality list), transposed at the
-        # end: a comprehension per row costs half of an append per field (cold start at 1M).
-        study_cols = [k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"]
-        no_patient = ("",) * len(PATIENT_FIELDS)
-        pvalues = {pk: tuple(row.get(f, "") for f in PATIENT_FIELDS)
-                   for pk, row in patients.items()}
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
+        keys: list[bytes] = []
+        studies: list[dict[str, Any]] = []
         for k, raw in cast(Iterable[tuple[bytes, bytes]], txn.cursor(db=dbs["studies"])):
-            record = decode_dict(raw)
-            get = record.get
-            pk = record[PATIENT_KEY]
-            append((get("StudyInstanceUID") or k.decode(), pk, *pvalues.get(pk, no_patient),
-                    *[str(get(f) or "") for f in study_cols], str(get(STUDY_SERIES, 0)),
-                    str(get(STUDY_INSTANCES, 0)), mods.get(k, [])))
-        names = [*STUDY_FIELDS, LIST_FIELD]
-        columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-        data: dict[str, Any] = dict(zip(names, columns, strict=True))
-        for name, (src, fn) in DERIVED.items():
-            normal = {v: fn(v) for v in set(data[src])}  # names and times repeat
-            data[name] = [normal[v] for v in data[src]]
-        table = pa.table(data, schema=schema())
+            keys.append(k)
+            studies.append(decode_dict(raw))
+        try:
+            table = _arrow_build(keys, studies, patients, mods)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a value of an unexpected type
+            table = _row_build(keys, studies, patients, mods)
         return Snapshot(table, None, {}, gen)
 
     def _catch_up(
@@ -293,6 +278,69 @@ class StudyColumns:
             return None
         self._epoch = epoch
         return Snapshot(table, None, {}, int(meta.get(b"generation", b"0")))
+
+
+
+def _arrow_build(keys: list[bytes], studies: list[dict[str, Any]],
+                 patients: list[dict[str, Any]], mods: dict[bytes, list[str]]) -> pa.Table:
+    """The study columns from decoded records, converted by Arrow itself (a cold start at 1M
+    instances spent most of its second in Python loops over 100,000 studies). The same values
+    as :func:`_row_build`; raises ArrowInvalid/ArrowTypeError on a value of another type."""
+    study_cols = [k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"]
+    st = pa.Table.from_pylist(studies, schema=pa.schema(
+        [pa.field(f, pa.string()) for f in ("StudyInstanceUID", PATIENT_KEY, *study_cols)]
+        + [pa.field(c, pa.int64()) for c in (STUDY_SERIES, STUDY_INSTANCES)]))
+    pt = pa.Table.from_pylist(patients, schema=pa.schema(
+        [pa.field(f, pa.string()) for f in (PATIENT_KEY, *PATIENT_FIELDS)]))
+    pk = st.column(PATIENT_KEY)
+    if pk.null_count:
+        raise pa.ArrowInvalid("a study record without its patient key")
+    data: dict[str, Any] = {}
+    uid = pc.fill_null(st.column("StudyInstanceUID"), "")
+    missing = pc.equal(uid, "")
+    if pc.any(missing).as_py():  # records without their UID: the key holds it
+        uid = pc.if_else(missing, pa.array([k.decode() for k in keys], pa.string()), uid)
+    data["StudyInstanceUID"] = uid
+    data[PATIENT_KEY] = pk
+    where = pc.index_in(pk, value_set=pt.column(PATIENT_KEY).combine_chunks())
+    for f in PATIENT_FIELDS:
+        data[f] = pc.fill_null(pt.column(f).take(where), "")
+    for f in study_cols:
+        data[f] = pc.fill_null(st.column(f), "")
+    for c in (STUDY_SERIES, STUDY_INSTANCES):
+        data[c] = pc.cast(pc.fill_null(st.column(c), 0), pa.string())
+    data[LIST_FIELD] = pa.array([mods.get(k, []) for k in keys], pa.list_(pa.string()))
+    for name, (src, fn) in DERIVED.items():
+        values = data[src]
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        distinct = pc.unique(values)  # names and times repeat: normalise each once
+        normal = pa.array([fn(v) for v in distinct.to_pylist()], pa.string())
+        data[name] = normal.take(pc.index_in(values, value_set=distinct))
+    return pa.table([data[n] for n in schema().names], schema=schema())
+
+
+def _row_build(keys: list[bytes], studies: list[dict[str, Any]],
+               patients: list[dict[str, Any]], mods: dict[bytes, list[str]]) -> pa.Table:
+    """The study columns built in Python, one tuple per study transposed at the end."""
+    rows_of_patients = {p[PATIENT_KEY]: patient_row(p) for p in patients}
+    study_cols = [k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"]
+    no_patient = ("",) * len(PATIENT_FIELDS)
+    pvalues = {pk: tuple(row.get(f, "") for f in PATIENT_FIELDS)
+               for pk, row in rows_of_patients.items()}
+    rows: list[tuple[Any, ...]] = []
+    for k, record in zip(keys, studies, strict=True):
+        get = record.get
+        pk = record[PATIENT_KEY]
+        rows.append((get("StudyInstanceUID") or k.decode(), pk, *pvalues.get(pk, no_patient),
+                     *[str(get(f) or "") for f in study_cols], str(get(STUDY_SERIES, 0)),
+                     str(get(STUDY_INSTANCES, 0)), mods.get(k, [])))
+    names = [*STUDY_FIELDS, LIST_FIELD]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    data: dict[str, Any] = dict(zip(names, columns, strict=True))
+    for name, (src, fn) in DERIVED.items():
+        normal = {v: fn(v) for v in set(data[src])}  # names and times repeat
+        data[name] = [normal[v] for v in data[src]]
+    return pa.table(data, schema=schema())
 
 
 _DBS = ("studies", "patients", "patient_studies", "meta", *secondary.DB_NAMES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from pacs.dicom.identifier_table import rows_of_table
@@ -305,3 +306,28 @@ def test_full_column_build_equals_the_study_rows(catalog: Catalog) -> None:
     assert table.num_rows == 5
     assert table.to_pylist() == expected.to_pylist()
     assert {tuple(m) for m in table.column("ModalitiesInStudy").to_pylist()} >= {("CT", "MR")}
+
+
+def test_arrow_and_row_builds_agree(catalog: Catalog) -> None:
+    """Arrow's conversion and the Python fallback (taken when a record holds a value of an
+    unexpected type) make the same table, UID-less records included."""
+    from pacs.index.codec import decode_dict
+    from pacs.index.columns import _arrow_build, _row_build
+
+    dbs = {n: catalog.database(n) for n in ("studies", "patients", *secondary.DB_NAMES)}
+    with catalog.reader() as txn:
+        patients = [decode_dict(raw) for _, raw in txn.cursor(db=dbs["patients"])]
+        keys, studies = zip(*[(k, decode_dict(raw)) for k, raw in
+                              txn.cursor(db=dbs["studies"])], strict=True)
+        mods = secondary.all_study_modalities(txn, dbs)
+    studies = [dict(s) for s in studies]
+    studies[0].pop("StudyInstanceUID", None)  # taken from the key
+    studies[1]["StudyDescription"] = None
+    by_arrow = _arrow_build(list(keys), studies, patients, mods)
+    assert by_arrow.to_pylist() == _row_build(list(keys), studies, patients, mods).to_pylist()
+    assert by_arrow.column("StudyInstanceUID")[0].as_py() == keys[0].decode()
+    studies[2]["StudyDescription"] = 42  # not text: Arrow refuses, the rows path copes
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        _arrow_build(list(keys), studies, patients, mods)
+    assert _row_build(list(keys), studies, patients, mods).column("StudyDescription")[2].as_py() \
+        == "42"
