@@ -286,18 +286,27 @@ class QueryEngine:
         are those :meth:`run` gives, in the same order: :func:`rows_of_table` turns them into
         its dicts. Raises QueryError at once for an invalid query.
         """
+        return self.answer(query)[1]
+
+    def answer(
+        self, query: Query
+    ) -> tuple[tuple[str, ...], Iterator[pa.Table] | None, Iterator[dict[str, str]] | None]:
+        """The return keys of ``query`` and its matches either as tables (:meth:`run_tables`)
+        or as rows (:meth:`run`), the plan chosen once: a keyed lookup is not made twice."""
         plan = compile_query(query)
-        filters = plan.upto(1)
         if (
             plan.depth != 1
             or query.order_by
             or query.offset
             or SOP_CLASSES in plan.needs
             or any(c in plan.needs for c in PATIENT_COUNTS)
-            or (not self.force_scan and self._keyed_studies(filters) is not None)
         ):
-            return None
-        return self._scan_tables(plan, filters)
+            return plan.return_keys, None, self._run(plan)
+        filters = plan.upto(1)
+        uids = None if self.force_scan else self._keyed_studies(filters)
+        if uids is None:
+            return plan.return_keys, self._scan_tables(plan, filters), None
+        return plan.return_keys, None, self._run(plan, uids)
 
     def count(self, query: Query) -> int:
         """How many rows ``query`` matches, ignoring its limit and offset."""
@@ -309,9 +318,10 @@ class QueryEngine:
 
     # -- rows ----------------------------------------------------------------------------------
 
-    def _run(self, plan: Plan) -> Iterator[dict[str, str]]:
+    def _run(self, plan: Plan, keyed: list[str] | None = None) -> Iterator[dict[str, str]]:
+        """``keyed``: the study UIDs of a STUDY-level plan's index lookup, when already made."""
         q = plan.query
-        rows: Iterable[Row] = self._matches(plan)
+        rows: Iterable[Row] = self._matches(plan, keyed)
         if q.order_by:
             materialised = list(rows)
             for kw in reversed(q.order_by):
@@ -331,11 +341,11 @@ class QueryEngine:
             out["SpecificCharacterSet"] = "" if ascii_only else "ISO_IR 192"
             yield out
 
-    def _matches(self, plan: Plan) -> Iterator[Row]:
+    def _matches(self, plan: Plan, keyed: list[str] | None = None) -> Iterator[Row]:
         if plan.depth == 0:
             return self._patients(plan)
         if plan.depth == 1:
-            return self._studies(plan, plan.upto(1), plan.needs)
+            return self._studies(plan, plan.upto(1), plan.needs, keyed)
         if plan.depth == 2:
             return self._series(plan)
         return self._images(plan)
@@ -384,9 +394,14 @@ class QueryEngine:
 
     # -- STUDY -----------------------------------------------------------------------------
 
-    def _studies(self, plan: Plan, filters: list[Filter], needs: Iterable[str]) -> Iterator[Row]:
+    def _studies(
+        self, plan: Plan, filters: list[Filter], needs: Iterable[str],
+        keyed: list[str] | None = None,
+    ) -> Iterator[Row]:
         needs = frozenset(needs)
-        uids = None if self.force_scan else self._keyed_studies(filters)
+        uids = keyed
+        if uids is None and not self.force_scan:
+            uids = self._keyed_studies(filters)
         if uids is not None:
             rows = self._study_rows(uids, filters, needs)
         else:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pacs.dicom.identifier import encode_identifiers
 from pacs.dicom.identifier_table import encode_identifier_table
-from pacs.index.query import Query, QueryEngine, compile_query, parse_identifier
+from pacs.index.query import Query, QueryEngine, parse_identifier
 from pacs.metrics import query_keys
 from pacs.net import dimse
 from pacs.server.messages import Request, Response, request_identifier
@@ -67,13 +67,12 @@ def encoded_matches(engine: QueryEngine, query: Query, syntax: str
     """The identifiers of ``query``'s matches in ``syntax``, a chunk at a time: straight from
     the study columns when the engine answers with tables, else row by row (FIRST_CHUNK rows,
     then CHUNK)."""
-    tables = engine.run_tables(query)
+    keys, tables, rows = engine.answer(query)
     if tables is not None:
-        keys = compile_query(query).return_keys
         for table in tables:
             yield encode_identifier_table(table, keys, query.level, syntax)
         return
-    rows = engine.run(query)
+    assert rows is not None
     size = FIRST_CHUNK
     while chunk := list(itertools.islice(rows, size)):
         yield encode_identifiers(chunk, syntax)
