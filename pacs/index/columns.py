@@ -112,13 +112,18 @@ def study_row(
         prow = patient_row(decode_dict(praw)) if praw is not None else {PATIENT_KEY: pk}
         if patients is not None:
             patients[pk] = prow
+    return _study_values(uid, record, prow, secondary.modalities_of_study(txn, dbs, uid))
+
+
+def _study_values(uid: str, record: dict[str, Any], prow: Row, modalities: Iterable[str]) -> Row:
+    """A study's row from its record, its patient's row and its modalities."""
     row = dict(prow)
     for k in STUDY_KEYWORDS:
         row[k] = str(record.get(k) or "")
     row["StudyInstanceUID"] = uid
     row[STUDY_SERIES] = str(record.get(STUDY_SERIES, 0))
     row[STUDY_INSTANCES] = str(record.get(STUDY_INSTANCES, 0))
-    row[LIST_FIELD] = "\\".join(secondary.modalities_of_study(txn, dbs, uid))
+    row[LIST_FIELD] = "\\".join(modalities)
     return row
 
 
@@ -321,26 +326,13 @@ def _arrow_build(keys: list[bytes], studies: list[dict[str, Any]],
 
 def _row_build(keys: list[bytes], studies: list[dict[str, Any]],
                patients: list[dict[str, Any]], mods: dict[bytes, list[str]]) -> pa.Table:
-    """The study columns built in Python, one tuple per study transposed at the end."""
-    rows_of_patients = {p[PATIENT_KEY]: patient_row(p) for p in patients}
-    study_cols = [k for k in STUDY_KEYWORDS if k != "StudyInstanceUID"]
-    no_patient = ("",) * len(PATIENT_FIELDS)
-    pvalues = {pk: tuple(row.get(f, "") for f in PATIENT_FIELDS)
-               for pk, row in rows_of_patients.items()}
-    rows: list[tuple[Any, ...]] = []
-    for k, record in zip(keys, studies, strict=True):
-        get = record.get
-        pk = record[PATIENT_KEY]
-        rows.append((get("StudyInstanceUID") or k.decode(), pk, *pvalues.get(pk, no_patient),
-                     *[str(get(f) or "") for f in study_cols], str(get(STUDY_SERIES, 0)),
-                     str(get(STUDY_INSTANCES, 0)), mods.get(k, [])))
-    names = [*STUDY_FIELDS, LIST_FIELD]
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    data: dict[str, Any] = dict(zip(names, columns, strict=True))
-    for name, (src, fn) in DERIVED.items():
-        normal = {v: fn(v) for v in set(data[src])}  # names and times repeat
-        data[name] = [normal[v] for v in data[src]]
-    return pa.table(data, schema=schema())
+    """The study columns built row by row in Python (what :func:`study_row` reads)."""
+    prows = {p[PATIENT_KEY]: patient_row(p) for p in patients}
+    return rows_to_table(
+        _study_values(record.get("StudyInstanceUID") or k.decode(), record,
+                      prows.get(record[PATIENT_KEY], {PATIENT_KEY: record[PATIENT_KEY]}),
+                      mods.get(k, []))
+        for k, record in zip(keys, studies, strict=True))
 
 
 _DBS = ("studies", "patients", "patient_studies", "meta", *secondary.DB_NAMES)
