@@ -18,6 +18,13 @@ from typing import Any
 DB_NAME = "outbox"
 
 
+def due_key(due: float, *parts: str) -> bytes:
+    """The key of a queued entry: its due time (sorting first: a cursor walk finds the due
+    ones first), then ``parts`` that make it unique."""
+    micros = max(0, int(due * 1e6))
+    return "\0".join((f"{micros:016x}", *parts)).encode()
+
+
 @dataclass(slots=True)
 class Forward:
     """One instance to send to one destination."""
@@ -31,8 +38,7 @@ class Forward:
 
     @property
     def key(self) -> bytes:
-        micros = max(0, int(self.due * 1e6))
-        return f"{micros:016x}\0{self.sop_instance_uid}\0{self.destination}".encode()
+        return due_key(self.due, self.sop_instance_uid, self.destination)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -41,6 +41,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pacs.dicom import uids
 from pacs.errors import BlobNotFound, PacsError
 from pacs.index.maintenance import blob_digest
+from pacs.index.outbox import due_key
 from pacs.net import (
     RoleSelection,
     dimse,
@@ -112,8 +113,7 @@ class PendingReport:
 
     @property
     def key(self) -> bytes:
-        micros = max(0, int(self.due * 1e6))
-        return f"{micros:016x}\0{self.transaction_uid}\0{self.requester}".encode()
+        return due_key(self.due, self.transaction_uid, self.requester)
 
     @property
     def outcome(self) -> Outcome:
