@@ -134,6 +134,8 @@ class CatalogWriter:
         self._queue: queue.SimpleQueue[_Store | _Run | object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._resumed = threading.Event()  # cleared by pause(): the flush stage waits
+        self._resumed.set()
         # Flushed batches (lists), runs and the stop, in submission order, for the committer.
         self._flushed: queue.SimpleQueue[list[_Store] | _Run | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"{name}-flush", daemon=True)
@@ -184,6 +186,15 @@ class CatalogWriter:
         self._put(_Run(fn, future))
         return future
 
+    def pause(self) -> None:
+        """Hold back the next batch: submissions queue up until ``resume`` (or ``close``)
+        and are then gathered together, up to ``batch_size`` per batch."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        """Let the writer gather and commit again after ``pause``."""
+        self._resumed.set()
+
     def _put(self, item: _Store | _Run) -> None:
         with self._lock:
             if self._closed:
@@ -197,6 +208,7 @@ class CatalogWriter:
                 return
             self._closed = True
             self._queue.put(_STOP)
+        self._resumed.set()
         self._thread.join(timeout)
         # Batches still waiting for their loop (e.g. close() runs on that loop) are committed
         # here, before the committer's last checkpoint.
@@ -229,6 +241,7 @@ class CatalogWriter:
         while True:
             item = pending if pending is not None else self._queue.get()
             pending = None
+            self._resumed.wait()  # a paused writer gathers everything queued meanwhile at once
             if item is _STOP:
                 return  # close() drains what is on its way to a loop, then stops the committer
             if isinstance(item, _Run):

@@ -23,16 +23,15 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
 
 
 def hold(writer: CatalogWriter) -> threading.Event:
-    """Block the writer thread until the returned event is set (so that submissions queue up)."""
+    """Pause the writer until the returned event is set (so that submissions queue up)."""
+    writer.pause()
     release = threading.Event()
-    started = threading.Event()
 
-    def wait() -> None:
-        started.set()
-        release.wait(10)
+    def resume_on_release() -> None:
+        if release.wait(10):
+            writer.resume()
 
-    writer.run(wait)
-    assert started.wait(10)
+    threading.Thread(target=resume_on_release, daemon=True).start()
     return release
 
 
