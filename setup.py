@@ -13,7 +13,10 @@ if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
     from setuptools import Extension
 
     ext_modules = cythonize(
-        [Extension("pacs.dicom._cscan", ["ext/scan.pyx"], include_dirs=["ext"])],
+        [
+            Extension("pacs.dicom._cscan", ["ext/scan.pyx"], include_dirs=["ext"]),
+            Extension("pacs.store._csync", ["ext/sync.pyx"]),
+        ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
         include_path=["ext"],
     )

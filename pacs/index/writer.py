@@ -12,12 +12,19 @@ on that loop itself: the loop would hold the GIL for the commit's Python anyway,
 there saves a thread hand-off per batch. Either way the blob fdatasync of batch N+1 overlaps the
 commit of batch N. Under load batches grow by themselves; when idle a lone record is committed
 at once, so there is no added latency.
+
+Small blobs of an event loop (up to ``LOOP_WRITE_LIMIT``, with the segment store) skip stage
+one: the loop appends them itself and a thread that never holds the GIL makes them durable
+(:class:`_LoopGroup`, :mod:`pacs.store.syncer`). A Python flush thread traded the GIL with the
+loop several times per batch (5 voluntary context switches per small instance); without it,
+durable ingest of 9 KiB instances over 4 associations rose ~15% with one worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,6 +38,7 @@ from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
 from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobPart, BlobStore
+from pacs.store.syncer import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,7 @@ class CatalogWriter:
         checkpoint: Callable[[], None] | None = None,
         blob_store: BlobStore | None = None,
         checkpoint_interval: float = 1.0,
+        loop_writes: bool = True,
     ) -> None:
         """``before_commit`` runs in the writer thread before each batch's transaction: the
         blob store's ``flush`` goes there, so one fdatasync covers the whole batch's blobs and
@@ -141,6 +150,9 @@ class CatalogWriter:
         self._thread = threading.Thread(target=self._loop, name=f"{name}-flush", daemon=True)
         # Batches handed to their event loop for the commit, until it (or close) takes them.
         self._on_loop: dict[int, list[_Store]] = {}
+        # Event loops that write their small blobs themselves (segment store): see _LoopGroup.
+        self._groups: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
+        self._loop_writes = loop_writes and hasattr(blob_store, "try_put")
         self._committer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
         self._committer.start()
         self._thread.start()
@@ -177,8 +189,23 @@ class CatalogWriter:
             raise ValueError("this writer has no blob store to write blobs with")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoreOutcome] = loop.create_future()
-        self._put(_Store(record, on_duplicate, future, blob, forwards, loop))
+        store = _Store(record, on_duplicate, future, blob, forwards, loop)
+        if (self._loop_writes and blob is not None
+                and sum(_part_size(p) for p in blob) <= LOOP_WRITE_LIMIT):
+            group = self._groups.get(loop)
+            if group is None:
+                group = self._new_group(loop)
+            if group is not None and group.add(store):
+                return future
+        self._put(store)
         return future
+
+    def _new_group(self, loop: asyncio.AbstractEventLoop) -> _LoopGroup | None:
+        with self._lock:
+            if self._closed:
+                raise CatalogError("catalog writer is closed")
+            group = self._groups[loop] = _LoopGroup(self, loop)
+        return group
 
     def run(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` (e.g. ``lambda: catalog.delete_instance(uid)``) in the writer thread."""
@@ -194,6 +221,10 @@ class CatalogWriter:
     def resume(self) -> None:
         """Let the writer gather and commit again after ``pause``."""
         self._resumed.set()
+        with self._lock:
+            groups = list(self._groups.values())
+        for group in groups:
+            group.kick()
 
     def _put(self, item: _Store | _Run) -> None:
         with self._lock:
@@ -208,7 +239,10 @@ class CatalogWriter:
                 return
             self._closed = True
             self._queue.put(_STOP)
+            groups, self._groups = list(self._groups.values()), {}
         self._resumed.set()
+        for group in groups:
+            group.close()
         self._thread.join(timeout)
         # Batches still waiting for their loop (e.g. close() runs on that loop) are committed
         # here, before the committer's last checkpoint.
@@ -355,6 +389,10 @@ class CatalogWriter:
         if batch is None:
             return  # close() took it
         _resolve_on_loop(self._commit(batch))
+        self._checkpoint_soon()
+
+    def _checkpoint_soon(self) -> None:
+        """After a commit on a loop: the committer takes the checkpoint when one is due."""
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_interval:
             self._last_checkpoint = time.monotonic()  # not twice: the committer runs it
             self._flushed.put(_Run(self._checkpoint, Future()))
@@ -416,3 +454,184 @@ class CatalogWriter:
             wrapped.__cause__ = exc
             exc = wrapped
         return store, exc, True
+
+
+LOOP_WRITE_LIMIT = 64 * 1024  # blobs up to this size are appended by their event loop
+
+
+def _part_size(part: BlobPart) -> int:
+    return len(part) if not hasattr(part, "stat") else 1 << 62  # a spooled file: never inline
+
+
+class _LoopGroup:
+    """Group commit for the small stores of one event loop, without a Python thread.
+
+    The loop appends each blob to the active segment itself (``try_put``: a few µs for a small
+    instance), then asks the :class:`Syncer` for one fdatasync covering everything appended so
+    far; stores arriving meanwhile wait for the next one. When the answer comes (a reader on
+    the loop), the loop asks for the next fdatasync at once and commits the synced batch to
+    LMDB, then answers it: blob durable, index committed, response, as before. The only other
+    thread involved never takes the GIL, so the loop no longer trades it with a flush thread.
+    """
+
+    def __init__(self, writer: CatalogWriter, loop: asyncio.AbstractEventLoop) -> None:
+        self.writer = writer
+        self.loop = loop
+        self.store = writer.blob_store
+        self.pending: list[_Store] = []  # appended, waiting for the next fdatasync
+        self.syncing: list[_Store] | None = None  # covered by the fdatasync in flight
+        self._target: tuple[str, int] | None = None  # the segment synced, our descriptor
+        self._closed = False
+        self._lock = threading.Lock()  # close() may run in another thread
+        self.syncer = Syncer(name="catalog-writer-sync")
+        loop.add_reader(self.syncer.done_fd, self._synced)
+
+    def add(self, store: _Store) -> bool:
+        """On the loop: append the store's blob; False when the caller must queue it instead."""
+        record = store.record
+        assert store.blob is not None
+        try:
+            info = self.store.try_put(record.sop_instance_uid, store.blob)  # type: ignore[union-attr]
+        except Exception as exc:
+            error = StorageError(f"cannot write the blob: {exc}")
+            error.__cause__ = exc
+            _resolve_on_loop([(store, error, True)])
+            return True
+        if info is None:
+            return False  # a large put holds the segment: the flush thread waits for it
+        store.blob = None
+        record.location, record.size, record.digest = info.location, info.size, info.digest
+        with self._lock:
+            if self._closed:
+                raise CatalogError("catalog writer is closed")
+            self.pending.append(store)
+            start = self.syncing is None and self.writer._resumed.is_set()
+        if start:
+            self._start_sync()
+        return True
+
+    def kick(self) -> None:
+        """From any thread (resume): start an fdatasync if stores wait for one."""
+        try:
+            self.loop.call_soon_threadsafe(self._kick_on_loop)
+        except RuntimeError:
+            pass
+
+    def _kick_on_loop(self) -> None:
+        with self._lock:
+            start = self.syncing is None and bool(self.pending) and not self._closed
+        if start:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        with self._lock:
+            if self.syncing is not None or not self.pending or self._closed:
+                return
+            self.syncing, self.pending = self.pending, []
+        try:
+            fd = self._sync_fd()
+            self.syncer.request(fd)
+        except Exception as exc:
+            with self._lock:
+                batch, self.syncing = self.syncing, None
+            self._fail(batch or [], exc)
+
+    def _sync_fd(self) -> int:
+        assert self.store is not None
+        name = self.store.active_segment  # type: ignore[attr-defined]
+        if self._target is None or self._target[0] != name:
+            # A new segment: the previous one was sealed (synced) when it was left, and no
+            # fdatasync of our old descriptor is in flight (one at a time).
+            old, self._target = self._target, self.store.sync_target()  # type: ignore[attr-defined]
+            if old is not None:
+                os.close(old[1])
+        return self._target[1]
+
+    def _synced(self) -> None:
+        """Reader callback: the fdatasync in flight answered."""
+        answers = self.syncer.answers()
+        if not answers:
+            return
+        with self._lock:
+            batch, self.syncing = self.syncing, None
+            if self._closed or batch is None:
+                return
+        code = answers[-1][1]
+        error: Exception | None = (OSError(code, os.strerror(code)) if code
+                                   else self.store.take_flush_error())  # type: ignore[union-attr]
+        if error is not None:
+            # After a failed fdatasync Linux may mark the lost pages clean, so a later one can
+            # succeed without them: whatever was appended until now is refused, not only the
+            # batch this fdatasync covered.
+            with self._lock:
+                batch, self.pending = batch + self.pending, []
+            log.error("fdatasync of segment failed (%s): %d stores refused", error, len(batch))
+            self._fail(batch, error)
+            return
+        if self.writer._resumed.is_set():
+            self._start_sync()  # the next batch syncs while this one is committed
+        for i in range(0, len(batch), self.writer.batch_size):
+            _resolve_on_loop(self.writer._commit(batch[i:i + self.writer.batch_size]))
+        self.writer._checkpoint_soon()
+
+    @staticmethod
+    def _fail(batch: list[_Store], exc: Exception) -> None:
+        failed: _Settled = []
+        for store in batch:
+            error = StorageError(f"blobs not made durable: {exc}")
+            error.__cause__ = exc
+            failed.append((store, error, True))
+        _resolve_on_loop(failed)
+
+    def close(self) -> None:
+        """Writer closing (any thread): make what was appended durable, index it, answer it."""
+        with self._lock:
+            self._closed = True
+            batch = (self.syncing or []) + self.pending
+            self.syncing, self.pending = None, []
+        self.syncer.close()  # answers the fdatasync in flight first
+        self._detach()
+        if self._target is not None:
+            os.close(self._target[1])
+            self._target = None
+        if not batch:
+            return
+        try:
+            assert self.store is not None
+            self.store.flush()
+            error = self.store.take_flush_error()  # type: ignore[attr-defined]
+            if error is not None:
+                raise error
+        except Exception as exc:
+            failed: _Settled = [(s, StorageError(f"blobs not made durable: {exc}"), True)
+                                for s in batch]
+            _settle(failed)
+            return
+        for i in range(0, len(batch), self.writer.batch_size):
+            _settle(self.writer._commit(batch[i:i + self.writer.batch_size]))
+
+    def _detach(self) -> None:
+        """Remove the loop's reader: directly on the loop, else through it (or not at all
+        once it is closed)."""
+        loop = self.loop
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.remove_reader(self.syncer.done_fd)
+            return
+        done = threading.Event()
+
+        def remove() -> None:
+            loop.remove_reader(self.syncer.done_fd)
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(remove)
+        except RuntimeError:
+            return
+        if loop.is_running():
+            done.wait(5)

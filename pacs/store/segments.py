@@ -17,6 +17,16 @@ logged; corruption before it is logged and kept (the segment is then sealed, nev
 into acknowledged data). An unsealed older segment (a crash between creating the next one and
 sealing) is validated and sealed.
 
+Zero-filled space ahead of the tail: small puts (``try_put``, an event loop's) keep up to
+``prefill`` bytes past the tail written with zeros and fdatasync'd by a short-lived thread, so
+that they overwrite blocks the file system has already allocated and recorded: their fdatasync
+then writes the data without a journal commit for a new size and extents (measured here:
+fdatasync of 18 KiB 0.46 -> 0.15 ms, a 9 KiB pwrite 10 -> 5.5 us). Large puts simply append past
+it. Zeros after the last record read as a torn tail, so recovery drops them (logged as
+zero-filled space), and a roll or a clean close cuts them off first. A fill writes from a point
+past the tail chosen under the write lock; a put that would reach that point while the fill
+runs waits for it (``try_put`` returns None instead), so zeros never land on a record.
+
 Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
 recomputed from the segments: sealed ones carry their index (records and tombstones) in the
 seal record, unsealed ones (one per writer) are walked header by header. Each store loads every
@@ -29,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +57,8 @@ from pacs.store.files import _copy_file, fsync_dir
 log = logging.getLogger(__name__)
 
 _MAX_READ_FDS = 256  # cached read descriptors (one per segment); older ones are closed
+PREFILL = 8 << 20  # zero-filled bytes kept ahead of the tail for small puts
+_ZEROS = bytes(1 << 20)
 
 
 class _ReadHandle:
@@ -73,7 +86,8 @@ class SegmentStat:
 class SegmentStore:
     """A BlobStore appending whole instances to segment files under ``root``."""
 
-    def __init__(self, root: Path, writer_id: str = "w0", segment_size: int = 1 << 30) -> None:
+    def __init__(self, root: Path, writer_id: str = "w0", segment_size: int = 1 << 30,
+                 prefill: int = PREFILL) -> None:
         if not fmt.WRITER_ID.fullmatch(writer_id) or writer_id == fmt.COMPACT_OWNER:
             raise ValueError(f"writer_id must match [A-Za-z0-9_]{{1,32}}, not {writer_id!r}")
         if segment_size < 4096:
@@ -83,6 +97,12 @@ class SegmentStore:
         self.segment_size = segment_size
         self._wlock = threading.RLock()
         self._rlock = threading.Lock()
+        self.prefill = max(0, prefill)
+        self._zeroed_end = 0  # the active segment holds durable zeros from the tail up to here
+        # Held from the start of a fill (by the put that starts it) until the filler is done.
+        self._fill_lock = threading.Lock()
+        self._fill_start = 0  # where the running fill writes from: nothing else may go there
+        self._fill_paused_until = 0.0  # after a failed fill (e.g. ENOSPC)
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
         self._dead: set[str] = set()  # tombstoned locations known to this process
         self._closed = False
@@ -129,6 +149,7 @@ class SegmentStore:
             self._start_segment(seq[1] + 1)
             return
         self._wfd, self._active, self._tail = fd, last, state.good_end
+        self._zeroed_end = state.good_end
         self._index = bytearray()
         self._n_records = 0
         self._tombs: list[str] = []
@@ -156,12 +177,16 @@ class SegmentStore:
             os.fdatasync(fd)
             state.good_end = seal.end + fmt.FOOTER_SIZE
         elif state.good_end < size:
-            log.warning(
-                "segment %s: cut a torn tail of %d bytes at offset %d",
-                name,
-                size - state.good_end,
-                state.good_end,
-            )
+            if _all_zero(fd, state.good_end, size):
+                log.info("segment %s: dropped %d bytes of zero-filled space at offset %d",
+                         name, size - state.good_end, state.good_end)
+            else:
+                log.warning(
+                    "segment %s: cut a torn tail of %d bytes at offset %d",
+                    name,
+                    size - state.good_end,
+                    state.good_end,
+                )
             os.ftruncate(fd, state.good_end)
             os.fdatasync(fd)
         return state
@@ -203,6 +228,7 @@ class SegmentStore:
         # The new name must be durable before any put into it is acknowledged.
         fsync_dir(self.root)
         self._wfd, self._active, self._tail = fd, name, 0
+        self._zeroed_end = 0
         self._index = bytearray()
         self._n_records = 0
         self._tombs = []
@@ -216,7 +242,11 @@ class SegmentStore:
 
     def _roll(self) -> None:
         """Start the next segment, then seal the old one (see the module docstring)."""
+        with self._fill_lock:  # no filler writes into the segment we leave
+            pass
         old_fd, old_tail = self._wfd, self._tail
+        if self._zeroed_end > old_tail:
+            os.ftruncate(old_fd, old_tail)  # the seal's footer ends the file
         index = fmt.encode_index(self._index, self._n_records, self._tombs)
         seq = fmt.parse_segment_name(self._active)
         assert seq is not None
@@ -242,6 +272,32 @@ class SegmentStore:
 
     def put(self, key: str, parts: Sequence[BlobPart], *, durable: bool = True) -> BlobInfo:
         """Append one record; durable on return, or at the next ``flush`` if not ``durable``."""
+        info = self._put(key, parts, durable, blocking=True)
+        assert info is not None
+        return info
+
+    def try_put(self, key: str, parts: Sequence[BlobPart]) -> BlobInfo | None:
+        """``put(durable=False)`` unless another thread is appending (a large instance being
+        copied in): None then, at once. For an event loop, which must not wait for that."""
+        return self._put(key, parts, False, blocking=False)
+
+    def sync_target(self) -> tuple[str, int]:
+        """The active segment's name and a new descriptor of it (the caller closes it): an
+        fdatasync of it makes every earlier non-durable put durable, since a roll seals (and
+        syncs) the segment it leaves."""
+        with self._wlock:
+            self._check_open()
+            return self._active, os.dup(self._wfd)
+
+    def take_flush_error(self) -> OSError | None:
+        """A failed seal's error, once: puts not yet made durable may be lost with it."""
+        with self._wlock:
+            exc, self._flush_error = self._flush_error, None
+            return exc
+
+    def _put(
+        self, key: str, parts: Sequence[BlobPart], durable: bool, blocking: bool
+    ) -> BlobInfo | None:
         self._check_open()
         kb = fmt.key_bytes(key)
         digest = blob_digest.new()
@@ -266,10 +322,13 @@ class SegmentStore:
                         items.append(view)
                     size += n
                 header = fmt.pack_header(fmt.KIND_BLOB, kb, size, crc)
-                with self._wlock:
+                if not self._wlock.acquire(blocking):
+                    return None
+                try:
                     self._check_open()
                     try:
-                        self._roll_if_full(fmt.HEADER_SIZE + size)
+                        if not self._make_room(fmt.HEADER_SIZE + size, blocking):
+                            return None
                         start = self._tail
                         self._append(header, items)
                         self._sync(durable)
@@ -280,6 +339,10 @@ class SegmentStore:
                     self._index += fmt.encode_record_entry(data_offset, size, kb)
                     self._n_records += 1
                     location = fmt.format_location(self._active, data_offset, size)
+                    if not blocking:
+                        self._maybe_prefill()
+                finally:
+                    self._wlock.release()
             finally:
                 for item in items:
                     if isinstance(item, tuple):
@@ -288,10 +351,57 @@ class SegmentStore:
             raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
 
-    def _roll_if_full(self, record_size: int) -> None:
+    def _make_room(self, record_size: int, blocking: bool = True) -> bool:
+        """Under the write lock, before an append: roll if the record does not fit, and wait
+        for a running fill it would reach (False instead of waiting when not ``blocking``)."""
         # A record bigger than a whole segment goes alone into one.
-        if self._tail > 0 and self._tail + record_size > self.segment_size:
+        roll = self._tail > 0 and self._tail + record_size > self.segment_size
+        if self._fill_lock.locked() and (roll or self._tail + record_size > self._fill_start):
+            # The filler writes zeros from the zeroed end on: nothing may be written there.
+            if not blocking:
+                return False
+            with self._fill_lock:
+                pass
+        if roll:
             self._roll()
+        return True
+
+    def _maybe_prefill(self) -> None:
+        """Under the write lock, after a small put: keep zero-filled space ahead of the tail."""
+        if (not self.prefill or self._zeroed_end - self._tail >= self.prefill // 2
+                or self._fill_lock.locked() or self._tail >= self.segment_size):
+            return
+        now = time.monotonic()
+        if now < self._fill_paused_until:
+            return
+        # Starting a little past the tail lets small puts go on appending while the fill runs.
+        start = max(self._zeroed_end, self._tail + self.prefill // 8)
+        end = min(start + self.prefill, self.segment_size)
+        if end <= start:
+            return
+        self._fill_lock.acquire()  # free: checked above, under the write lock
+        self._fill_start = start
+        fd = os.dup(self._wfd)
+        threading.Thread(target=self._fill, args=(fd, self._active, start, end),
+                         name="segment-prefill", daemon=True).start()
+
+    def _fill(self, fd: int, segment: str, start: int, end: int) -> None:
+        """Write zeros over [start, end) of ``segment`` and make them durable (filler thread)."""
+        try:
+            offset = start
+            while offset < end:
+                offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)],
+                                    offset)
+            os.fdatasync(fd)
+            if self._active == segment:  # the roll that would change it waits for us
+                self._zeroed_end = end
+        except OSError as exc:
+            log.warning("segment %s: cannot zero-fill ahead of the tail (%s); appending "
+                        "without it for a while", segment, exc)
+            self._fill_paused_until = time.monotonic() + 30.0
+        finally:
+            os.close(fd)
+            self._fill_lock.release()
 
     def _append(self, header: bytes, items: Sequence[memoryview | tuple[int, int]]) -> None:
         """Write header + items at the tail: bytes with pwritev, spooled files by the kernel."""
@@ -326,6 +436,7 @@ class SegmentStore:
             if self._wfd >= 0:
                 os.ftruncate(self._wfd, start)
                 self._tail = start
+                self._zeroed_end = min(self._zeroed_end, start)
         except OSError:
             log.exception("segment %s: cannot cut a failed write at %d", self._active, start)
 
@@ -360,7 +471,7 @@ class SegmentStore:
                 raise BlobNotFound(f"blob already deleted: {location}")
             start: int | None = None
             try:
-                self._roll_if_full(fmt.HEADER_SIZE + len(data))
+                self._make_room(fmt.HEADER_SIZE + len(data))
                 start = self._tail
                 header = fmt.pack_header(
                     fmt.KIND_TOMBSTONE, fmt.key_bytes(key), len(data), zlib.crc32(data)
@@ -597,6 +708,11 @@ class SegmentStore:
             return
         with self._wlock:
             try:
+                with self._fill_lock:
+                    pass
+                if self._wfd >= 0 and self._zeroed_end > self._tail:
+                    os.ftruncate(self._wfd, self._tail)  # the zeros are of no use to anyone
+                    self._dirty = True
                 if self._dirty and self._wfd >= 0:
                     os.fdatasync(self._wfd)
             finally:
@@ -653,3 +769,16 @@ class _Reading:
         if self._handle is not None:
             self.store._release(self._handle)
             self._handle = None
+
+
+def _all_zero(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of ``fd`` are all zero (a zero-filled tail, not a torn one)."""
+    offset = start
+    while offset < end:
+        chunk = os.pread(fd, min(len(_ZEROS), end - offset), offset)
+        if not chunk:
+            return True
+        if chunk.count(0) != len(chunk):
+            return False
+        offset += len(chunk)
+    return True

@@ -12,6 +12,7 @@ import pytest
 from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, StoreOutcome
 from pacs.index.writer import CatalogWriter
+from pacs.store.segments import SegmentStore
 from tests.unit.index._records import check_consistent, hierarchy, make_record
 
 
@@ -233,3 +234,171 @@ def test_close_commits_batches_whose_loop_no_longer_runs(catalog: Catalog) -> No
     asyncio.run(main())
     assert list_all() == [r.sop_instance_uid for r in records]
     assert order[-1] == "checkpoint 3"
+
+
+# -- small blobs appended by their event loop (segment store): pacs.index.writer._LoopGroup ----
+
+
+@pytest.fixture
+def segments(tmp_path: Path) -> Iterator[SegmentStore]:
+    store = SegmentStore(tmp_path / "segments", "w0")
+    yield store
+    store.close()
+
+
+def blob_of(record: object) -> bytes:
+    return f"DICM data set of {record}".encode() * 20
+
+
+def test_loop_appends_blobs_and_commits_them_in_groups(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    import asyncio
+
+    commit_threads: list[str] = []
+    real_store_items = catalog.store_items
+
+    def spy(*args: object, **kwargs: object) -> list[StoreOutcome]:
+        commit_threads.append(threading.current_thread().name)
+        return real_store_items(*args, **kwargs)  # type: ignore[arg-type]
+
+    catalog.store_items = spy  # type: ignore[method-assign]
+    records = hierarchy(1, 2, 2, 10)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+
+    async def main() -> list[StoreOutcome]:
+        futures = [writer.submit_async(r, blob=[blob_of(r.sop_instance_uid)]) for r in records]
+        return list(await asyncio.gather(*futures))
+
+    outcomes = asyncio.run(main())
+    writer.close()
+    assert [o.kind for o in outcomes] == ["stored"] * len(records)
+    assert set(commit_threads) == {"MainThread"}
+    # The first store's fdatasync was in flight while the other 39 came: one more group.
+    assert writer.batches_committed == 2 and writer.largest_batch == len(records) - 1
+    for record in records:
+        stored = catalog.get_instance(record.sop_instance_uid)
+        assert stored is not None
+        assert segments.get(stored.location) == blob_of(record.sop_instance_uid)
+    check_consistent(catalog)
+
+
+def test_loop_group_waits_while_paused(catalog: Catalog, segments: SegmentStore) -> None:
+    import asyncio
+
+    records = hierarchy(1, 1, 1, 12)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+
+    async def main() -> None:
+        writer.pause()
+        futures = [writer.submit_async(r, blob=[b"x" * 100]) for r in records]
+        await asyncio.sleep(0.2)
+        assert not any(f.done() for f in futures)
+        assert catalog.statistics()["instances"] == 0
+        writer.resume()
+        for future in futures:
+            assert (await asyncio.wait_for(future, 10)).kind == "stored"
+
+    asyncio.run(main())
+    writer.close()
+    assert (writer.batches_committed, writer.largest_batch) == (1, 12)
+
+
+def test_failed_fdatasync_refuses_the_group_and_indexes_nothing(
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fails fdatasync (EIO answered by the sync thread): every store of the group
+    fails with a StorageError, nothing of it is indexed, and the writer keeps working."""
+    import asyncio
+    import errno
+    import os
+    import struct
+
+    from pacs.store import syncer
+
+    answers = iter([errno.EIO])
+
+    def failing_once(request_fd: int, answer_fd: int) -> None:
+        while True:
+            raw = os.read(request_fd, 8)
+            if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
+                return
+            fd = struct.unpack("<q", raw)[0]
+            code = next(answers, 0)
+            if not code:
+                os.fdatasync(fd)
+            os.write(answer_fd, struct.pack("<qq", fd, code))
+
+    monkeypatch.setattr(syncer, "_SERVE", failing_once)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    first, later = hierarchy(1, 1, 1, 4)[:2], hierarchy(1, 1, 1, 4)[2:]
+
+    async def main() -> list[object]:
+        # Both are appended before the failed fdatasync's answer is read: both are refused
+        # (the second one's pages may have been in the failed write-back).
+        refused = await asyncio.gather(
+            *[writer.submit_async(r, blob=[b"a" * 64]) for r in first], return_exceptions=True)
+        kept = await asyncio.gather(*[writer.submit_async(r, blob=[b"b" * 64]) for r in later])
+        return [*refused, *kept]
+
+    results = asyncio.run(main())
+    writer.close()
+    assert all(isinstance(r, StorageError) and "Input/output error" in str(r)
+               for r in results[:2])
+    assert [getattr(r, "kind", None) for r in results[2:]] == ["stored", "stored"]
+    assert [catalog.has_instance(r.sop_instance_uid) for r in first + later] == [
+        False, False, True, True]
+
+
+def test_busy_segment_sends_the_store_through_the_flush_thread(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """While another thread appends (a large instance being copied in), the loop does not wait
+    for the segment: the store goes the flush thread's way and is stored all the same."""
+    import asyncio
+
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    record = make_record("P", "1", "1.1", "1.1.1")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_segment() -> None:
+        with segments._wlock:
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_segment)
+    holder.start()
+    assert locked.wait(10)
+
+    async def main() -> StoreOutcome:
+        future = writer.submit_async(record, blob=[b"c" * 64])
+        await asyncio.sleep(0.1)
+        assert not future.done()  # queued for the flush thread, which waits for the lock
+        release.set()
+        return await asyncio.wait_for(future, 10)
+
+    outcome = asyncio.run(main())
+    holder.join()
+    writer.close()
+    assert outcome.kind == "stored"
+    stored = catalog.get_instance(record.sop_instance_uid)
+    assert stored is not None and segments.get(stored.location) == b"c" * 64
+
+
+def test_close_from_another_thread_finishes_the_loop_groups(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """Archive.close runs in an executor while the loop still runs: stores appended but not yet
+    synced (here: the writer is paused) are made durable, indexed and answered."""
+    import asyncio
+
+    records = hierarchy(1, 1, 1, 5)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+
+    async def main() -> list[StoreOutcome]:
+        writer.pause()
+        futures = [writer.submit_async(r, blob=[b"d" * 64]) for r in records]
+        await asyncio.get_running_loop().run_in_executor(None, writer.close)
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+
+    outcomes = asyncio.run(main())
+    assert [o.kind for o in outcomes] == ["stored"] * 5
+    assert catalog.statistics()["instances"] == 5
+    with pytest.raises(CatalogError):
+        writer.submit(make_record("P", "1", "1.1", "late"))

@@ -100,9 +100,12 @@ def test_torn_tail_is_cut(tmp_path: Path, tail: bytes, caplog: pytest.LogCapture
     size = path.stat().st_size
     with path.open("ab") as f:
         f.write(tail)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         reopened = SegmentStore(tmp_path)
-    assert f"torn tail of {len(tail)} bytes at offset {size}" in caplog.text
+    if tail.count(0) == len(tail):  # what a crash leaves after a zero-filled tail, too
+        assert f"dropped {len(tail)} bytes of zero-filled space at offset {size}" in caplog.text
+    else:
+        assert f"torn tail of {len(tail)} bytes at offset {size}" in caplog.text
     assert path.stat().st_size == size
     for location, data in stored.items():
         assert reopened.get(location) == data
@@ -310,3 +313,143 @@ def test_failed_put_leaves_no_partial_record(
     assert list(store.locations()) == [first.location, after.location]
     store.close()
     assert list(SegmentStore(tmp_path / "store").locations()) == [first.location, after.location]
+
+
+# -- zero-filled space ahead of the tail (small puts) ---------------------------------------------
+
+
+def wait_fill(store: SegmentStore) -> None:
+    with store._fill_lock:  # held while a filler runs
+        pass
+
+
+def small_puts(store: SegmentStore, n: int, size: int = 900, prefix: str = "9") -> dict[str, bytes]:
+    out = {}
+    for i in range(n):
+        data = hashlib.sha256(f"{prefix}.{i}".encode()).digest() * (size // 32)
+        info = store.try_put(f"{prefix}.{i}", [data])
+        if info is None:  # it would reach a running fill (an event loop queues it instead)
+            wait_fill(store)
+            info = store.try_put(f"{prefix}.{i}", [data])
+        assert info is not None
+        out[info.location] = data
+    return out
+
+
+def test_small_puts_keep_zeros_ahead_of_the_tail(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, prefill=64 * 1024)
+    written = small_puts(store, 3)
+    wait_fill(store)
+    path = tmp_path / "w0-00000001.seg"
+    raw = path.read_bytes()
+    tail = max(int(loc.split(":")[1]) + int(loc.split(":")[2]) for loc in written)
+    assert len(raw) >= tail + 32 * 1024 and raw[tail:].count(0) == len(raw) - tail
+    written |= small_puts(store, 40, prefix="10")  # overwrite the zeros, refill as they go
+    wait_fill(store)
+    for location, data in written.items():
+        assert store.get(location) == data
+    store.close()  # a clean close cuts the zeros off
+    tail = max(int(loc.split(":")[1]) + int(loc.split(":")[2]) for loc in written)
+    assert path.stat().st_size == tail
+    reopened = SegmentStore(tmp_path)
+    assert {loc for loc, _ in reopened.iter_records()} == set(written)
+    reopened.close()
+
+
+def test_crash_with_zeros_ahead_recovers_without_a_torn_tail(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    live = tmp_path / "live"
+    store = SegmentStore(live, prefill=64 * 1024)
+    written = small_puts(store, 5)
+    store.flush()
+    wait_fill(store)
+    crashed = tmp_path / "crashed"  # the files as a kill -9 leaves them
+    crashed.mkdir()
+    for p in live.iterdir():
+        (crashed / p.name).write_bytes(p.read_bytes())
+    store.close()
+    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
+        recovered = SegmentStore(crashed)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("zero-filled space" in r.getMessage() for r in caplog.records)
+    for location, data in written.items():
+        assert recovered.get(location) == data
+    tail = max(int(loc.split(":")[1]) + int(loc.split(":")[2]) for loc in written)
+    assert (crashed / "w0-00000001.seg").stat().st_size == tail
+    recovered.close()
+
+
+def test_torn_record_before_the_zeros_is_still_a_torn_tail(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = SegmentStore(tmp_path, prefill=64 * 1024)
+    written = small_puts(store, 3)
+    wait_fill(store)
+    path = tmp_path / "w0-00000001.seg"
+    tail = max(int(loc.split(":")[1]) + int(loc.split(":")[2]) for loc in written)
+    fd = os.open(path, os.O_RDWR)
+    os.pwrite(fd, fmt.MAGIC + b"\x07" * 20, tail)  # half a header written into the zeros
+    os.close(fd)
+    store._closed = True  # abandon it like a crash would (no clean close)
+    store._close_fds()
+    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
+        recovered = SegmentStore(tmp_path)
+    assert any("torn tail" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+    assert {loc for loc, _ in recovered.iter_records()} == set(written)
+    recovered.close()
+
+
+def test_rolls_seal_segments_that_had_zeros_ahead(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, segment_size=48 * 1024, prefill=16 * 1024)
+    written = small_puts(store, 150, size=960)
+    wait_fill(store)
+    names = store.segments()
+    assert len(names) >= 3
+    for name in names[:-1]:  # sealed: the footer ends the file, no zeros after it
+        fd = os.open(tmp_path / name, os.O_RDONLY)
+        try:
+            assert fmt.read_sealed_index(fd, os.fstat(fd).st_size, records=False) is not None
+        finally:
+            os.close(fd)
+    for location, data in written.items():
+        assert store.get(location) == data
+    store.close()
+    reopened = SegmentStore(tmp_path)
+    assert {loc for loc, _ in reopened.iter_records()} == set(written)
+    reopened.close()
+
+
+def test_nothing_is_written_where_a_fill_runs(tmp_path: Path) -> None:
+    """While a filler writes zeros past the zeroed end, a small put that would reach it is
+    turned away (try_put -> None) and a blocking one waits for the fill."""
+    import threading
+
+    store = SegmentStore(tmp_path, prefill=64 * 1024)
+    small_puts(store, 1)
+    wait_fill(store)
+    room = store._zeroed_end - store._tail
+    store._fill_lock.acquire()  # as if a filler were running from the zeroed end
+    store._fill_start = store._zeroed_end
+    try:
+        assert store.try_put("fits", [b"f" * 100]) is not None
+        assert store.try_put("reaches", [b"r" * room]) is None
+        done: list[str] = []
+        putter = threading.Thread(
+            target=lambda: done.append(store.put("big", [b"b" * room]).location))
+        putter.start()
+        putter.join(0.3)
+        assert not done  # waiting for the fill
+    finally:
+        store._fill_lock.release()
+    putter.join(10)
+    assert done and store.get(done[0]) == b"b" * room
+    store.close()
+
+
+def test_large_puts_append_without_filling(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, prefill=64 * 1024)
+    info = store.put("large", [b"L" * 300_000], durable=True)
+    assert not store._fill_lock.locked()
+    assert (tmp_path / "w0-00000001.seg").stat().st_size == store._tail
+    assert store.get(info.location) == b"L" * 300_000
+    store.close()
