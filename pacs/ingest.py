@@ -56,9 +56,9 @@ class StoredInstance:
 
 
 @contextmanager
-def _readable(dataset: bytes | Path) -> Iterator[bytes | mmap.mmap]:
+def _readable(dataset: bytes | bytearray | Path) -> Iterator[bytes | bytearray | mmap.mmap]:
     """The dataset as a buffer: bytes as they are, a spooled file memory-mapped (no read)."""
-    if isinstance(dataset, bytes):
+    if isinstance(dataset, bytes | bytearray):
         yield dataset
         return
     with open(dataset, "rb") as fh:
@@ -70,7 +70,7 @@ def _readable(dataset: bytes | Path) -> Iterator[bytes | mmap.mmap]:
 
 
 def read_attributes(
-    dataset: bytes | Path, transfer_syntax_uid: str, sop_instance_uid: str | None
+    dataset: bytes | bytearray | Path, transfer_syntax_uid: str, sop_instance_uid: str | None
 ) -> dict[str, str]:
     """Decode the index attributes, checking the SOP Instance UID against the command's."""
     try:
@@ -119,7 +119,7 @@ class Ingest:
 
     def _prepare(
         self,
-        dataset: bytes | Path,
+        dataset: bytes | bytearray | Path,
         transfer_syntax_uid: str,
         sop_class_uid: str,
         sop_instance_uid: str | None,
@@ -141,7 +141,7 @@ class Ingest:
         return record, meta
 
     def _write_large(
-        self, record: InstanceRecord, meta: bytes, dataset: bytes | Path
+        self, record: InstanceRecord, meta: bytes, dataset: bytes | bytearray | Path
     ) -> InstanceRecord:
         """Blocking: write a large blob (not durable yet: the writer flushes per batch)."""
         try:
@@ -154,7 +154,7 @@ class Ingest:
 
     async def store(
         self,
-        dataset: bytes | Path,
+        dataset: bytes | bytearray | Path,
         *,
         transfer_syntax_uid: str,
         sop_class_uid: str,
@@ -169,7 +169,7 @@ class Ingest:
         spooled one is scanned and written on the executor, off the loop.
         """
         loop = asyncio.get_running_loop()
-        inline = isinstance(dataset, bytes) and len(dataset) <= INLINE_LIMIT
+        inline = isinstance(dataset, bytes | bytearray) and len(dataset) <= INLINE_LIMIT
         # From before the blob write until its index commit, its segment is "in flight": the
         # catalog's checkpoint must not pass it (pacs.recovery).
         with self.inflight.writing() if self.inflight is not None else nullcontext():

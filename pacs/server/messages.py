@@ -51,7 +51,7 @@ class Request:
     """
 
     command: dimse.Command
-    dataset: bytes | Path | None
+    dataset: bytes | bytearray | Path | None
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
@@ -67,6 +67,8 @@ class Request:
         identifiers or actions are small)."""
         if self.dataset is None or isinstance(self.dataset, bytes):
             return self.dataset
+        if isinstance(self.dataset, bytearray):
+            return bytes(self.dataset)
         return Path(self.dataset).read_bytes()
 
 

@@ -164,7 +164,8 @@ class Services:
         dataset = request.dataset
         if dataset is None:
             raise IngestError(CANNOT_UNDERSTAND, "C-STORE-RQ without a data set")
-        size = len(dataset) if isinstance(dataset, bytes) else os.stat(dataset).st_size
+        size = (len(dataset) if isinstance(dataset, bytes | bytearray)
+                else os.stat(dataset).st_size)
         metrics.BYTES_RECEIVED.inc(("C-STORE",), size)
         stored = await self.ingest.store(
             dataset,

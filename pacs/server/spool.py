@@ -18,12 +18,16 @@ log = logging.getLogger("pacs.spool")
 class Spool:
     """One dataset being received; ``finish`` hands over bytes or the path of a temp file."""
 
-    __slots__ = ("_chunks", "_fh", "_limit", "_path", "_size", "_tmp_dir")
+    __slots__ = ("_buf", "_fh", "_first", "_limit", "_path", "_size", "_tmp_dir")
 
     def __init__(self, memory_limit: int, tmp_dir: Path) -> None:
         self._limit = memory_limit
         self._tmp_dir = tmp_dir
-        self._chunks: list[bytes] = []
+        # A data set of one fragment stays the bytes it was copied into; from the second on,
+        # they are appended to one bytearray (grown in place by realloc/mremap), so a large
+        # data set is not copied a second time by a join.
+        self._first: bytes | None = None
+        self._buf: bytearray | None = None
         self._size = 0
         self._fh: int | None = None
         self._path: Path | None = None
@@ -36,32 +40,42 @@ class Spool:
         """Append one fragment (copied; the caller's buffer may be reused afterwards)."""
         self._size += len(data)
         if self._fh is None and self._size <= self._limit:
-            self._chunks.append(bytes(data))
+            if self._buf is not None:
+                self._buf += data
+            elif self._first is None:
+                self._first = bytes(data)
+            else:
+                self._buf = bytearray(self._first)
+                self._buf += data
+                self._first = None
             return
         if self._fh is None:
             self._fh, name = tempfile.mkstemp(prefix="spool-", suffix=".dcm", dir=self._tmp_dir)
             self._path = Path(name)
             log.debug("data set over %d bytes: spooling to %s", self._limit, name)
-            for chunk in self._chunks:
-                self._write_all(chunk)
-            self._chunks = []
+            held = self._buf if self._buf is not None else self._first
+            if held:
+                self._write_all(held)
+            self._first = self._buf = None
         self._write_all(data)
 
-    def _write_all(self, data: memoryview | bytes) -> None:
+    def _write_all(self, data: memoryview | bytes | bytearray) -> None:
         assert self._fh is not None
         view = memoryview(data)
         while view:
             written = os.write(self._fh, view)
             view = view[written:]
 
-    def finish(self) -> bytes | Path:
-        """The whole dataset: bytes when it fit in memory, else the temp file's path.
+    def finish(self) -> bytes | bytearray | Path:
+        """The whole dataset: bytes (a bytearray when it came in several fragments) when it fit
+        in memory, else the temp file's path.
 
         The caller owns a returned path and must unlink it (``discard`` does).
         """
         if self._fh is None:
-            data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._chunks = []
+            data: bytes | bytearray = (self._buf if self._buf is not None
+                                       else self._first or b"")
+            self._first = self._buf = None
             return data
         os.close(self._fh)
         self._fh = None
@@ -70,7 +84,7 @@ class Spool:
 
     def discard(self) -> None:
         """Drop everything received (abort, disconnect or a refused store)."""
-        self._chunks = []
+        self._first = self._buf = None
         if self._fh is not None:
             os.close(self._fh)
             self._fh = None
