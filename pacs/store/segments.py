@@ -97,11 +97,16 @@ class SegmentStore:
         self.segment_size = segment_size
         self._wlock = threading.RLock()
         self._rlock = threading.Lock()
+        # Guards the active segment's name and descriptor while they change and the flush
+        # error: what an event loop reads without waiting for the write lock (held during
+        # fdatasyncs and large copies).
+        self._slock = threading.Lock()
         self.prefill = max(0, prefill)
         self._zeroed_end = 0  # the active segment holds durable zeros from the tail up to here
         # Held from the start of a fill (by the put that starts it) until the filler is done.
         self._fill_lock = threading.Lock()
-        self._fill_start = 0  # where the running fill writes from: nothing else may go there
+        self._fill_start = 0  # where the running fill writes next: nothing else may go there
+        self._fill_stop = False  # asks the running fill to stop after its current chunk
         self._fill_paused_until = 0.0  # after a failed fill (e.g. ENOSPC)
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
         self._dead: set[str] = set()  # tombstoned locations known to this process
@@ -227,7 +232,8 @@ class SegmentStore:
         fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         # The new name must be durable before any put into it is acknowledged.
         fsync_dir(self.root)
-        self._wfd, self._active, self._tail = fd, name, 0
+        with self._slock:
+            self._wfd, self._active, self._tail = fd, name, 0
         self._zeroed_end = 0
         self._index = bytearray()
         self._n_records = 0
@@ -242,8 +248,7 @@ class SegmentStore:
 
     def _roll(self) -> None:
         """Start the next segment, then seal the old one (see the module docstring)."""
-        with self._fill_lock:  # no filler writes into the segment we leave
-            pass
+        self._stop_fill()  # no filler writes into the segment we leave
         old_fd, old_tail = self._wfd, self._tail
         if self._zeroed_end > old_tail:
             os.ftruncate(old_fd, old_tail)  # the seal's footer ends the file
@@ -256,7 +261,8 @@ class SegmentStore:
         except OSError as exc:
             # Puts not yet flushed may be lost with the old segment: the next flush must fail.
             if self._dirty:
-                self._flush_error = exc
+                with self._slock:
+                    self._flush_error = exc
             raise
         finally:
             os.close(old_fd)
@@ -277,21 +283,22 @@ class SegmentStore:
         return info
 
     def try_put(self, key: str, parts: Sequence[BlobPart]) -> BlobInfo | None:
-        """``put(durable=False)`` unless another thread is appending (a large instance being
-        copied in): None then, at once. For an event loop, which must not wait for that."""
+        """``put(durable=False)`` unless it would have to wait (another thread appending or
+        flushing, a running fill in the way) or roll the segment: None then, at once. For an
+        event loop, which must never block on the write lock."""
         return self._put(key, parts, False, blocking=False)
 
     def sync_target(self) -> tuple[str, int]:
         """The active segment's name and a new descriptor of it (the caller closes it): an
         fdatasync of it makes every earlier non-durable put durable, since a roll seals (and
         syncs) the segment it leaves."""
-        with self._wlock:
+        with self._slock:
             self._check_open()
             return self._active, os.dup(self._wfd)
 
     def take_flush_error(self) -> OSError | None:
         """A failed seal's error, once: puts not yet made durable may be lost with it."""
-        with self._wlock:
+        with self._slock:
             exc, self._flush_error = self._flush_error, None
             return exc
 
@@ -352,19 +359,27 @@ class SegmentStore:
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
 
     def _make_room(self, record_size: int, blocking: bool = True) -> bool:
-        """Under the write lock, before an append: roll if the record does not fit, and wait
-        for a running fill it would reach (False instead of waiting when not ``blocking``)."""
+        """Under the write lock, before an append: roll if the record does not fit, and stop a
+        running fill it would reach (False instead of waiting when not ``blocking``)."""
         # A record bigger than a whole segment goes alone into one.
         roll = self._tail > 0 and self._tail + record_size > self.segment_size
+        if roll and not blocking:
+            return False  # a roll creates, syncs and seals files: not on an event loop
         if self._fill_lock.locked() and (roll or self._tail + record_size > self._fill_start):
-            # The filler writes zeros from the zeroed end on: nothing may be written there.
+            # The filler is writing zeros from _fill_start on: nothing else may go there.
             if not blocking:
                 return False
-            with self._fill_lock:
-                pass
+            self._stop_fill()
         if roll:
             self._roll()
         return True
+
+    def _stop_fill(self) -> None:
+        """Wait for a running fill to stop after the chunk it is writing (a page-cache write
+        of at most 1 MiB, never its fdatasync)."""
+        self._fill_stop = True
+        with self._fill_lock:
+            pass
 
     def _maybe_prefill(self) -> None:
         """Under the write lock, after a small put: keep zero-filled space ahead of the tail."""
@@ -380,28 +395,35 @@ class SegmentStore:
         if end <= start:
             return
         self._fill_lock.acquire()  # free: checked above, under the write lock
-        self._fill_start = start
+        self._fill_start, self._fill_stop = start, False
         fd = os.dup(self._wfd)
         threading.Thread(target=self._fill, args=(fd, self._active, start, end),
                          name="segment-prefill", daemon=True).start()
 
     def _fill(self, fd: int, segment: str, start: int, end: int) -> None:
-        """Write zeros over [start, end) of ``segment`` and make them durable (filler thread)."""
+        """Write zeros over [start, end) of ``segment``, 1 MiB at a time, then fdatasync them
+        (filler thread). Puts may use each chunk once it is written (``_fill_start`` moves on);
+        one that would reach the chunk being written stops the fill after it."""
+        offset = start
         try:
-            offset = start
-            while offset < end:
-                offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)],
-                                    offset)
+            try:
+                while offset < end and not self._fill_stop:
+                    offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)],
+                                        offset)
+                    self._fill_start = offset
+            finally:
+                if self._active == segment and offset > self._zeroed_end:
+                    self._zeroed_end = offset  # a roll away from it waits for this release
+                self._fill_lock.release()
+            # Outside the lock: puts go on meanwhile; until it returns, their own fdatasync
+            # records the new size and extents for the zeros too.
             os.fdatasync(fd)
-            if self._active == segment:  # the roll that would change it waits for us
-                self._zeroed_end = end
         except OSError as exc:
             log.warning("segment %s: cannot zero-fill ahead of the tail (%s); appending "
                         "without it for a while", segment, exc)
             self._fill_paused_until = time.monotonic() + 30.0
         finally:
             os.close(fd)
-            self._fill_lock.release()
 
     def _append(self, header: bytes, items: Sequence[memoryview | tuple[int, int]]) -> None:
         """Write header + items at the tail: bytes with pwritev, spooled files by the kernel."""
@@ -444,8 +466,9 @@ class SegmentStore:
         """One fdatasync of the active segment makes every earlier put durable."""
         self._check_open()
         with self._wlock:
-            if self._flush_error is not None:
+            with self._slock:
                 exc, self._flush_error = self._flush_error, None
+            if exc is not None:
                 raise StorageError(f"earlier puts may be lost: {exc}") from exc
             if not self._dirty:
                 return
@@ -708,8 +731,7 @@ class SegmentStore:
             return
         with self._wlock:
             try:
-                with self._fill_lock:
-                    pass
+                self._stop_fill()
                 if self._wfd >= 0 and self._zeroed_end > self._tail:
                     os.ftruncate(self._wfd, self._tail)  # the zeros are of no use to anyone
                     self._dirty = True
@@ -720,9 +742,10 @@ class SegmentStore:
                 self._close_fds()
 
     def _close_fds(self) -> None:
-        if self._wfd >= 0:
-            os.close(self._wfd)
-            self._wfd = -1
+        with self._slock:
+            if self._wfd >= 0:
+                os.close(self._wfd)
+                self._wfd = -1
         with self._rlock:
             for handle in self._readers.values():
                 self._retire(handle)

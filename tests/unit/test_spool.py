@@ -35,3 +35,34 @@ def test_discard_midway_removes_the_file(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 1
     spool.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fragments_are_copied_once_into_one_buffer(tmp_path: Path) -> None:
+    """One fragment: its bytes; several: one bytearray they were appended to (no join), each
+    copied when written (the receive buffer is reused afterwards)."""
+    one = Spool(1000, tmp_path)
+    one.write(memoryview(b"only"))
+    single = one.finish()
+    assert type(single) is bytes and single == b"only"
+    spool = Spool(1000, tmp_path)
+    buffer = bytearray(b"first")
+    spool.write(memoryview(buffer))
+    buffer[:] = b"XXXXX"
+    spool.write(memoryview(b"second"))
+    buffer2 = bytearray(b"third")
+    spool.write(memoryview(buffer2))
+    buffer2[:] = b"YYYYY"
+    result = spool.finish()
+    assert type(result) is bytearray and result == b"firstsecondthird"
+    assert spool.size == 16 and list(tmp_path.iterdir()) == []
+    empty = Spool(10, tmp_path)
+    assert empty.finish() == b""
+
+
+def test_spilling_after_several_fragments_keeps_their_order(tmp_path: Path) -> None:
+    spool = Spool(12, tmp_path)
+    for part in (b"aaaa", b"bbbb", b"cccc", b"dddd", b"ee"):
+        spool.write(memoryview(part))
+    result = spool.finish()
+    assert isinstance(result, Path) and result.read_bytes() == b"aaaabbbbccccddddee"
+    spool.discard()
