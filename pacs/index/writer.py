@@ -98,6 +98,16 @@ def _resolve_on_loop(items: _Settled) -> None:
             future.set_result(value)
 
 
+def _not_durable(batch: Sequence[_Store], exc: Exception) -> _Settled:
+    """The failures to answer a batch whose blobs could not be made durable with."""
+    failed: _Settled = []
+    for store in batch:
+        error = StorageError(f"blobs not made durable: {exc}")
+        error.__cause__ = exc
+        failed.append((store, error, True))
+    return failed
+
+
 @dataclass(slots=True)
 class _Run:
     fn: Callable[[], Any]
@@ -345,12 +355,7 @@ class CatalogWriter:
             self.flush_seconds += time.perf_counter() - started
         except Exception as exc:  # the blobs are not durable: nothing may be indexed
             log.error("flush before commit failed (%s): %d stores refused", exc, len(batch))
-            failed: _Settled = []
-            for store in batch:
-                error = StorageError(f"blobs not made durable: {exc}")
-                error.__cause__ = exc
-                failed.append((store, error, True))
-            _settle(failed)
+            _settle(_not_durable(batch, exc))
             return False
         return True
 
@@ -576,12 +581,7 @@ class _LoopGroup:
 
     @staticmethod
     def _fail(batch: list[_Store], exc: Exception) -> None:
-        failed: _Settled = []
-        for store in batch:
-            error = StorageError(f"blobs not made durable: {exc}")
-            error.__cause__ = exc
-            failed.append((store, error, True))
-        _resolve_on_loop(failed)
+        _resolve_on_loop(_not_durable(batch, exc))
 
     def close(self) -> None:
         """Writer closing (any thread): make what was appended durable, index it, answer it."""
@@ -603,9 +603,7 @@ class _LoopGroup:
             if error is not None:
                 raise error
         except Exception as exc:
-            failed: _Settled = [(s, StorageError(f"blobs not made durable: {exc}"), True)
-                                for s in batch]
-            _settle(failed)
+            _settle(_not_durable(batch, exc))
             return
         for i in range(0, len(batch), self.writer.batch_size):
             _settle(self.writer._commit(batch[i:i + self.writer.batch_size]))

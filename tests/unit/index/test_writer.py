@@ -36,6 +36,19 @@ def hold(writer: CatalogWriter) -> threading.Event:
     return release
 
 
+def record_commit_threads(catalog: Catalog) -> list[str]:
+    """Make ``catalog`` note the thread of every store transaction in the returned list."""
+    commit_threads: list[str] = []
+    real_store_items = catalog.store_items
+
+    def spy(*args: object, **kwargs: object) -> list[StoreOutcome]:
+        commit_threads.append(threading.current_thread().name)
+        return real_store_items(*args, **kwargs)  # type: ignore[arg-type]
+
+    catalog.store_items = spy  # type: ignore[method-assign]
+    return commit_threads
+
+
 def test_many_threads_group_commit(catalog: Catalog) -> None:
     records = hierarchy(4, 5, 4, 5)  # 400 records
     futures: list[Future[StoreOutcome]] = []
@@ -172,14 +185,7 @@ def test_submit_async_commits_and_answers_on_the_loop(catalog: Catalog) -> None:
     batches, and answered there; a bad record fails alone."""
     import asyncio
 
-    commit_threads: list[str] = []
-    real_store_items = catalog.store_items
-
-    def spy(*args: object, **kwargs: object) -> list[StoreOutcome]:
-        commit_threads.append(threading.current_thread().name)
-        return real_store_items(*args, **kwargs)  # type: ignore[arg-type]
-
-    catalog.store_items = spy  # type: ignore[method-assign]
+    commit_threads = record_commit_threads(catalog)
     records = hierarchy(1, 2, 2, 5)
     bad = make_record("P9", "9.1", "9.1.1", "9.1.1.1")
     del bad.attributes["StudyInstanceUID"]
@@ -200,7 +206,7 @@ def test_submit_async_commits_and_answers_on_the_loop(catalog: Catalog) -> None:
     assert all(isinstance(o, StoreOutcome) and o.kind == "stored" for o in outcomes)
     assert set(commit_threads) == {"MainThread"}  # the loop's thread, not the committer
     assert len(commit_threads) <= 2 + len(records)  # one batch, then one by one after the bad
-    catalog.store_items = real_store_items  # type: ignore[method-assign]
+    del catalog.store_items  # the class's method again
     check_consistent(catalog)
     assert all(catalog.has_instance(r.sop_instance_uid) for r in records)
 
@@ -254,14 +260,7 @@ def test_loop_appends_blobs_and_commits_them_in_groups(
         catalog: Catalog, segments: SegmentStore) -> None:
     import asyncio
 
-    commit_threads: list[str] = []
-    real_store_items = catalog.store_items
-
-    def spy(*args: object, **kwargs: object) -> list[StoreOutcome]:
-        commit_threads.append(threading.current_thread().name)
-        return real_store_items(*args, **kwargs)  # type: ignore[arg-type]
-
-    catalog.store_items = spy  # type: ignore[method-assign]
+    commit_threads = record_commit_threads(catalog)
     records = hierarchy(1, 2, 2, 10)
     writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
 
