@@ -307,3 +307,32 @@ def test_secondary_indexes_equal_a_rebuild_after_updates(tmp_path: Path) -> None
                                         "instances", "meta")}
     cat._write(lambda t: secondary.rebuild(t.txn, dbs))
     assert contents() == incremental
+
+
+def test_change_log_is_trimmed_in_bulk_and_keeps_what_readers_need(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The column cache's change log keeps at least LOG_KEEP generations; the older ones go
+    every LOG_TRIM_EVERY commits, not one per commit."""
+    from pacs.index import secondary
+
+    monkeypatch.setattr(secondary, "LOG_KEEP", 10)
+    monkeypatch.setattr(secondary, "LOG_TRIM_EVERY", 4)
+    cat = Catalog(tmp_path / "db", map_size=1 << 26)
+    dbs = {n: cat.database(n) for n in (*secondary.DB_NAMES, "meta")}
+    sizes = []
+    for i, record in enumerate(hierarchy(1, 5, 1, 8)):  # 40 commits of one instance
+        cat.store_batch([record])
+        with cat.reader() as txn:
+            _, gen = secondary.state(txn, dbs) or ("", 0)
+            keys = [int.from_bytes(k, "big") for k, _ in txn.cursor(db=dbs["sx_log"])]
+        assert gen == i  # the first commit builds the indexes (generation 0)
+        if not gen:
+            continue
+        assert keys[-1] == gen
+        assert 10 <= len(keys) <= 14 or len(keys) == gen  # LOG_KEEP, + at most LOG_TRIM_EVERY
+        assert keys == list(range(keys[0], gen + 1))  # contiguous: nothing missing inside
+        sizes.append(len(keys))
+        with cat.reader() as txn:
+            assert secondary.changed_since(txn, dbs, max(gen - 10, 0), gen) is not None
+    assert 14 in sizes and 11 in sizes  # it grew, then was cut back in one go
+    cat.close()
