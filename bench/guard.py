@@ -152,8 +152,9 @@ def ingest_checks() -> list[Check | RatioCheck]:
                 ratios.append(ceiling / ours)
             return statistics.median(ratios)
 
+    # Median of 3: 0.37-0.46 before the loop's group commit (session 3), 0.57 after it.
     return [RatioCheck("durable ingest, 800 x 9 KiB, 4 assoc.", "storescp --ignore (ceiling)",
-                       ratio, 0.15)]
+                       ratio, 0.25)]
 
 
 # -- C-FIND query engine ----------------------------------------------------------------------
