@@ -589,8 +589,10 @@ class _LoopGroup:
             self._closed = True
             batch = (self.syncing or []) + self.pending
             self.syncing, self.pending = None, []
-        self.syncer.close()  # answers the fdatasync in flight first
+        # The loop stops watching the answer pipe before it is closed (its number could be
+        # reused at once); the thread answers the fdatasync in flight before it stops.
         self._detach()
+        self.syncer.close()
         if self._target is not None:
             os.close(self._target[1])
             self._target = None

@@ -396,9 +396,18 @@ class SegmentStore:
             return
         self._fill_lock.acquire()  # free: checked above, under the write lock
         self._fill_start, self._fill_stop = start, False
-        fd = os.dup(self._wfd)
-        threading.Thread(target=self._fill, args=(fd, self._active, start, end),
-                         name="segment-prefill", daemon=True).start()
+        try:
+            fd = os.dup(self._wfd)
+            try:
+                threading.Thread(target=self._fill, args=(fd, self._active, start, end),
+                                 name="segment-prefill", daemon=True).start()
+            except BaseException:
+                os.close(fd)
+                raise
+        except Exception as exc:  # no fill, but the put that asked for it stands
+            self._fill_lock.release()
+            log.warning("segment %s: cannot start a zero fill (%s)", self._active, exc)
+            self._fill_paused_until = now + 30.0
 
     def _fill(self, fd: int, segment: str, start: int, end: int) -> None:
         """Write zeros over [start, end) of ``segment``, 1 MiB at a time, then fdatasync them

@@ -480,3 +480,21 @@ def test_a_put_past_a_running_fill_stops_it(tmp_path: Path) -> None:
     reopened = SegmentStore(tmp_path)
     assert {loc for loc, _ in reopened.iter_records()} == set(expected)
     reopened.close()
+
+
+def test_a_fill_that_cannot_start_leaves_the_put_standing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pacs.store.segments as segments_module
+
+    store = SegmentStore(tmp_path, prefill=64 * 1024)
+
+    def no_descriptors(fd: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(segments_module.os, "dup", no_descriptors)
+    info = store.try_put("1.2", [b"x" * 500])
+    monkeypatch.undo()
+    assert info is not None and store.get(info.location) == b"x" * 500
+    assert not store._fill_lock.locked()  # never left held: later puts do not wait
+    assert store.put("1.3", [b"y" * 200_000]).size == 200_000
+    store.close()
