@@ -142,15 +142,17 @@ class Ingest:
 
     def _write_large(
         self, record: InstanceRecord, meta: bytes, dataset: bytes | bytearray | Path
-    ) -> InstanceRecord:
-        """Blocking: write a large blob (not durable yet: the writer flushes per batch)."""
+    ) -> int | None:
+        """Blocking: write a large blob (not durable yet: the writer flushes per batch); the
+        store's failed-fdatasync count from before the write (``CatalogWriter.submit``)."""
+        epoch = getattr(self.blobs, "failures", None)
         try:
             info = self.blobs.put(record.sop_instance_uid, [meta, dataset], durable=False)
         except PacsError as exc:
             log.error("cannot write blob of %s: %s", record.sop_instance_uid, exc)
             raise IngestError(OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from exc
         record.location, record.size, record.digest = info.location, info.size, info.digest
-        return record
+        return epoch
 
     async def store(
         self,
@@ -187,9 +189,10 @@ class Ingest:
                 future = self.writer.submit_async(record, self.on_duplicate,
                                                   blob=[meta, dataset], forwards=forwards)
             else:
-                await loop.run_in_executor(self.executor, self._write_large, record, meta,
-                                           dataset)
-                future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards)
+                epoch = await loop.run_in_executor(self.executor, self._write_large, record,
+                                                   meta, dataset)
+                future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards,
+                                                  epoch=epoch)
             try:
                 outcome = await future
             except PacsError as exc:

@@ -23,6 +23,7 @@ durable ingest of 9 KiB instances over 4 associations rose ~15% with one worker.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import queue
@@ -54,6 +55,9 @@ class _Store:
     blob: Sequence[BlobPart] | None = None  # written by the flush stage, then indexed
     forwards: Sequence[str] = ()  # AE titles to queue it for, in the same transaction
     loop: asyncio.AbstractEventLoop | None = None  # the future's loop (submit_async)
+    # The blob store's failure count before the blob was written (SegmentStore.failures):
+    # if it moved by the time the blob's fdatasync succeeded, the blob may be lost.
+    epoch: int | None = None
 
     def start(self) -> bool:
         """False when the caller cancelled it before the writer took it."""
@@ -96,6 +100,14 @@ def _resolve_on_loop(items: _Settled) -> None:
             future.set_exception(value)
         else:
             future.set_result(value)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether the caller runs on ``loop``'s thread (its futures may be resolved directly)."""
+    try:
+        return loop is not None and asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _not_durable(batch: Sequence[_Store], exc: Exception) -> _Settled:
@@ -173,6 +185,7 @@ class CatalogWriter:
         on_duplicate: OnDuplicate = "keep",
         blob: Sequence[BlobPart] | None = None,
         forwards: Sequence[str] = (),
+        epoch: int | None = None,
     ) -> Future[StoreOutcome]:
         """Queue a record; the future resolves once its transaction is committed.
 
@@ -183,7 +196,7 @@ class CatalogWriter:
         if blob is not None and self.blob_store is None:
             raise ValueError("this writer has no blob store to write blobs with")
         future: Future[StoreOutcome] = Future()
-        self._put(_Store(record, on_duplicate, future, blob, forwards))
+        self._put(_Store(record, on_duplicate, future, blob, forwards, epoch=epoch))
         return future
 
     def submit_async(
@@ -192,14 +205,18 @@ class CatalogWriter:
         on_duplicate: OnDuplicate = "keep",
         blob: Sequence[BlobPart] | None = None,
         forwards: Sequence[str] = (),
+        epoch: int | None = None,
     ) -> asyncio.Future[StoreOutcome]:
         """``submit`` from a coroutine: an asyncio future of the running loop, resolved with
-        the rest of its batch in one loop callback (no thread-safe call per instance)."""
+        the rest of its batch in one loop callback (no thread-safe call per instance).
+
+        ``epoch``: for a record whose blob the caller wrote (no ``blob``), the blob store's
+        ``failures`` read before writing it (see ``SegmentStore.failures``)."""
         if blob is not None and self.blob_store is None:
             raise ValueError("this writer has no blob store to write blobs with")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoreOutcome] = loop.create_future()
-        store = _Store(record, on_duplicate, future, blob, forwards, loop)
+        store = _Store(record, on_duplicate, future, blob, forwards, loop, epoch)
         if (self._loop_writes and blob is not None
                 and sum(_part_size(p) for p in blob) <= LOOP_WRITE_LIMIT):
             group = self._groups.get(loop)
@@ -304,8 +321,13 @@ class CatalogWriter:
                     pending = nxt
                     break
             batch = [s for s in batch if s.start()]
+            epoch = self._failures()
+            for store in batch:
+                if store.epoch is None:
+                    store.epoch = epoch
             batch = self._write_blobs(batch)
-            if batch and self._flush(batch):
+            batch = self._durable(batch) if batch and self._flush(batch) else []
+            if batch:
                 loop = batch[0].loop
                 if loop is not None and all(s.loop is loop for s in batch):
                     # Stores of one event loop (submit_async): committed on that loop, which
@@ -321,6 +343,29 @@ class CatalogWriter:
                         with self._lock:
                             del self._on_loop[id(batch)]
                 self._flushed.put(batch)
+
+    def _failures(self) -> int | None:
+        """The blob store's count of failed fdatasyncs, if it keeps one."""
+        return cast("int | None", getattr(self.blob_store, "failures", None))
+
+    def _durable(self, batch: list[_Store]) -> list[_Store]:
+        """After a successful fdatasync: the stores no failed fdatasync may have lost (one
+        counted since their blob was written, e.g. through another descriptor, could have
+        taken their pages); the others are answered with a StorageError."""
+        now = self._failures()
+        lost = [s for s in batch if s.epoch is not None and s.epoch != now]
+        if not lost:
+            return batch
+        log.error("%d stores refused: an fdatasync of their segment failed after they were "
+                  "written", len(lost))
+        exc = OSError(errno.EIO, "an earlier fdatasync of the segment failed")
+        failed = _not_durable(lost, exc)
+        if all(s.loop is not None for s in lost) and len({s.loop for s in lost}) == 1 \
+                and _on_loop(lost[0].loop):
+            _resolve_on_loop(failed)
+        else:
+            _settle(failed)
+        return [s for s in batch if s.epoch is None or s.epoch == now]
 
     def _write_blobs(self, batch: list[_Store]) -> list[_Store]:
         """Write the blobs submitted with their records; a failed write fails only its own."""
@@ -495,6 +540,7 @@ class _LoopGroup:
         """On the loop: append the store's blob; False when the caller must queue it instead."""
         record = store.record
         assert store.blob is not None
+        store.epoch = self.writer._failures()
         try:
             info = self.store.try_put(record.sop_instance_uid, store.blob)  # type: ignore[union-attr]
         except Exception as exc:
@@ -503,6 +549,7 @@ class _LoopGroup:
             _resolve_on_loop([(store, error, True)])
             return True
         if info is None:
+            store.epoch = None  # the flush stage writes it, and reads the count then
             return False  # a large put holds the segment: the flush thread waits for it
         store.blob = None
         record.location, record.size, record.digest = info.location, info.size, info.digest
@@ -562,9 +609,9 @@ class _LoopGroup:
             if self._closed or batch is None:
                 return
         code = answers[-1][1]
-        error: Exception | None = (OSError(code, os.strerror(code)) if code
-                                   else self.store.take_flush_error())  # type: ignore[union-attr]
-        if error is not None:
+        if code:
+            error = OSError(code, os.strerror(code))
+            self.store.note_sync_failure(error)  # type: ignore[union-attr]
             # After a failed fdatasync Linux may mark the lost pages clean, so a later one can
             # succeed without them: whatever was appended until now is refused, not only the
             # batch this fdatasync covered.
@@ -573,6 +620,9 @@ class _LoopGroup:
             log.error("fdatasync of segment failed (%s): %d stores refused", error, len(batch))
             self._fail(batch, error)
             return
+        # A failed seal, or an fdatasync through another descriptor (flush thread, filler),
+        # counted since a store was written: that store is refused (pacs.store.segments).
+        batch = self.writer._durable(batch)
         if self.writer._resumed.is_set():
             self._start_sync()  # the next batch syncs while this one is committed
         for i in range(0, len(batch), self.writer.batch_size):
@@ -590,10 +640,11 @@ class _LoopGroup:
             batch = (self.syncing or []) + self.pending
             self.syncing, self.pending = None, []
         # The loop stops watching the answer pipe before it is closed (its number could be
-        # reused at once); the thread answers the fdatasync in flight before it stops.
-        self._detach()
-        self.syncer.close()
-        if self._target is not None:
+        # reused at once); the thread answers the fdatasync in flight before it stops. A loop
+        # too busy to confirm within 5 s keeps its descriptors (a leak, not a reuse).
+        detached = self._detach()
+        self.syncer.close(close_fds=detached)
+        if self._target is not None and detached:
             os.close(self._target[1])
             self._target = None
         if not batch:
@@ -601,28 +652,30 @@ class _LoopGroup:
         try:
             assert self.store is not None
             self.store.flush()
-            error = self.store.take_flush_error()  # type: ignore[attr-defined]
-            if error is not None:
-                raise error
         except Exception as exc:
             _settle(_not_durable(batch, exc))
             return
+        batch = self.writer._durable(batch)
         for i in range(0, len(batch), self.writer.batch_size):
             _settle(self.writer._commit(batch[i:i + self.writer.batch_size]))
 
-    def _detach(self) -> None:
-        """Remove the loop's reader: directly on the loop, else through it (or not at all
-        once it is closed)."""
+    def _detach(self) -> bool:
+        """Remove the loop's reader: directly on the loop, else through it (nothing to do
+        once it is closed); False when a running loop did not confirm it in time."""
         loop = self.loop
         if loop.is_closed():
-            return
+            return True
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
             loop.remove_reader(self.syncer.done_fd)
-            return
+            return True
+        if not loop.is_running():
+            # Between runs (nothing else touches it now): removed from here.
+            loop.remove_reader(self.syncer.done_fd)
+            return True
         done = threading.Event()
 
         def remove() -> None:
@@ -632,6 +685,8 @@ class _LoopGroup:
         try:
             loop.call_soon_threadsafe(remove)
         except RuntimeError:
-            return
-        if loop.is_running():
-            done.wait(5)
+            return True  # closed meanwhile
+        if done.wait(5):
+            return True
+        log.warning("event loop busy: the sync thread's pipes are left open")
+        return False

@@ -97,9 +97,9 @@ class SegmentStore:
         self.segment_size = segment_size
         self._wlock = threading.RLock()
         self._rlock = threading.Lock()
-        # Guards the active segment's name and descriptor while they change and the flush
-        # error: what an event loop reads without waiting for the write lock (held during
-        # fdatasyncs and large copies).
+        # Guards the active segment's name and descriptor while they change, the flush error
+        # and the failure count: what an event loop reads without waiting for the write lock
+        # (held during fdatasyncs and large copies).
         self._slock = threading.Lock()
         self.prefill = max(0, prefill)
         self._zeroed_end = 0  # the active segment holds durable zeros from the tail up to here
@@ -115,6 +115,11 @@ class SegmentStore:
         self._wfd = -1
         self._dirty = False
         self._flush_error: OSError | None = None
+        # Failed fdatasyncs (or seals) of this writer's segments so far. Every descriptor of
+        # the active segment shares one open file, and Linux reports a write-back error to
+        # one fdatasync of it only: a writer compares the count from before its puts with the
+        # count after its own successful fdatasync, and refuses its stores if it moved.
+        self._failures = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._open_writer()
@@ -260,6 +265,7 @@ class SegmentStore:
             self._write_seal(old_fd, old_tail, index)  # also makes its unflushed puts durable
         except OSError as exc:
             # Puts not yet flushed may be lost with the old segment: the next flush must fail.
+            self.note_sync_failure(exc, f"sealing {seq[0]}-{seq[1]:08d}")
             if self._dirty:
                 with self._slock:
                     self._flush_error = exc
@@ -296,11 +302,17 @@ class SegmentStore:
             self._check_open()
             return self._active, os.dup(self._wfd)
 
-    def take_flush_error(self) -> OSError | None:
-        """A failed seal's error, once: puts not yet made durable may be lost with it."""
+    @property
+    def failures(self) -> int:
+        """How many fdatasyncs of this writer's segments failed so far (see ``__init__``)."""
+        return self._failures
+
+    def note_sync_failure(self, exc: OSError, what: str = "fdatasync") -> None:
+        """Count a failed fdatasync made through a descriptor of ours (e.g. a sync thread's)."""
         with self._slock:
-            exc, self._flush_error = self._flush_error, None
-            return exc
+            self._failures += 1
+        log.error("segment store %s: %s failed (%s): puts made before it are not durable",
+                  self.root, what, exc)
 
     def _put(
         self, key: str, parts: Sequence[BlobPart], durable: bool, blocking: bool
@@ -426,7 +438,12 @@ class SegmentStore:
                 self._fill_lock.release()
             # Outside the lock: puts go on meanwhile; until it returns, their own fdatasync
             # records the new size and extents for the zeros too.
-            os.fdatasync(fd)
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                # It wrote back the puts' pages too: their own fdatasync may not hear of it.
+                self.note_sync_failure(exc, f"fdatasync of the zeros of {segment}")
+                raise
         except OSError as exc:
             log.warning("segment %s: cannot zero-fill ahead of the tail (%s); appending "
                         "without it for a while", segment, exc)
@@ -454,7 +471,11 @@ class SegmentStore:
 
     def _sync(self, durable: bool) -> None:
         if durable:
-            os.fdatasync(self._wfd)
+            try:
+                os.fdatasync(self._wfd)
+            except OSError as exc:
+                self.note_sync_failure(exc)
+                raise
             self._dirty = False
         else:
             self._dirty = True
@@ -482,10 +503,9 @@ class SegmentStore:
             if not self._dirty:
                 return
             try:
-                os.fdatasync(self._wfd)
+                self._sync(True)
             except OSError as exc:
                 raise StorageError(f"cannot flush segment {self._active}: {exc}") from exc
-            self._dirty = False
 
     def delete(self, location: str) -> None:
         """Append a tombstone (fdatasync'd: deletes are rare); BlobNotFound when not live.
@@ -509,8 +529,7 @@ class SegmentStore:
                     fmt.KIND_TOMBSTONE, fmt.key_bytes(key), len(data), zlib.crc32(data)
                 )
                 self._append(header, [memoryview(data)])
-                os.fdatasync(self._wfd)
-                self._dirty = False
+                self._sync(True)
             except OSError as exc:
                 self._undo(start)
                 raise StorageError(f"cannot delete {location}: {exc}") from exc

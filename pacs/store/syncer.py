@@ -112,12 +112,14 @@ class Syncer:
                 return got
             select.select([self._answer_r], [], [], 1.0)
 
-    def close(self) -> None:
-        """Stop the thread once the requests made so far are answered; close the pipes."""
+    def close(self, close_fds: bool = True) -> None:
+        """Stop the thread once the requests made so far are answered; close the pipes
+        (unless ``close_fds`` is false: someone may still watch ``done_fd``)."""
         if self._closed:
             return
         self._closed = True
         os.write(self._request_w, _REQUEST.pack(-1))
         self._thread.join()
-        for fd in (self._request_r, self._request_w, self._answer_r, self._answer_w):
-            os.close(fd)
+        if close_fds:
+            for fd in (self._request_r, self._request_w, self._answer_r, self._answer_w):
+                os.close(fd)

@@ -401,3 +401,71 @@ def test_close_from_another_thread_finishes_the_loop_groups(
     assert catalog.statistics()["instances"] == 5
     with pytest.raises(CatalogError):
         writer.submit(make_record("P", "1", "1.1", "late"))
+
+
+def test_a_failed_seal_refuses_the_loop_stores_written_before_it(
+        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loop stores appended to a segment whose seal then fails (EIO, seen by the flush thread's
+    put and flush, not by the loop's own later fdatasync of the next segment) are refused: the
+    store's failure count moved after they were written. Later stores are accepted."""
+    import asyncio
+    import errno
+
+    segments = SegmentStore(tmp_path / "seg", "w0", segment_size=64 * 1024, prefill=0)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    records = hierarchy(1, 1, 1, 7)
+
+    def failing_seal(fd: int, offset: int, index: bytes) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def roll_with_a_failing_seal() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(SegmentStore, "_write_seal", staticmethod(failing_seal))
+            with pytest.raises(StorageError):
+                segments.put("big", [b"y" * 70_000], durable=False)  # rolls: the seal fails
+        with pytest.raises(StorageError):
+            segments.flush()  # the one-shot error goes to whoever flushes first
+
+    async def main() -> tuple[list[object], list[object]]:
+        writer.pause()
+        early = [writer.submit_async(r, blob=[b"x" * 1000]) for r in records[:5]]
+        await asyncio.get_running_loop().run_in_executor(None, roll_with_a_failing_seal)
+        writer.resume()
+        refused = await asyncio.gather(*early, return_exceptions=True)
+        later = await asyncio.gather(
+            *[writer.submit_async(r, blob=[b"z" * 1000]) for r in records[5:]],
+            return_exceptions=True)
+        return list(refused), list(later)
+
+    refused, later = asyncio.run(main())
+    writer.close()
+    assert all(isinstance(r, StorageError) for r in refused), refused
+    assert [getattr(r, "kind", r) for r in later] == ["stored", "stored"]
+    assert [catalog.has_instance(r.sop_instance_uid) for r in records] == [False] * 5 + [True] * 2
+    assert segments.failures == 1
+    segments.close()
+
+
+def test_a_failure_counted_between_write_and_flush_refuses_the_batch(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """The flush thread's batch: its fdatasync succeeds, but a failed fdatasync through another
+    descriptor of the segment (the loop's sync thread, a zero fill) was counted after its blobs
+    were written, and may have taken their pages: refused."""
+    import errno
+
+    calls = []
+
+    def flush() -> None:
+        if not calls:  # the first batch: another descriptor's fdatasync fails meanwhile
+            segments.note_sync_failure(OSError(errno.EIO, "Input/output error"))
+        calls.append(1)
+        segments.flush()
+
+    writer = CatalogWriter(catalog, before_commit=flush, blob_store=segments)
+    first = writer.submit(make_record("P", "1", "1.1", "a"), blob=[b"a" * 100])
+    with pytest.raises(StorageError):
+        first.result(10)
+    second = writer.submit(make_record("P", "1", "1.1", "b"), blob=[b"b" * 100])
+    assert second.result(10).kind == "stored"
+    writer.close()
+    assert not catalog.has_instance("a") and catalog.has_instance("b")

@@ -498,3 +498,28 @@ def test_a_fill_that_cannot_start_leaves_the_put_standing(
     assert not store._fill_lock.locked()  # never left held: later puts do not wait
     assert store.put("1.3", [b"y" * 200_000]).size == 200_000
     store.close()
+
+
+def test_failed_fdatasyncs_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every descriptor of the active segment shares one open file, and Linux reports a
+    write-back error to one fdatasync only: the store counts each failure for the writers."""
+    import pacs.store.segments as segments_module
+
+    store = SegmentStore(tmp_path, prefill=0)
+    store.put("1.1", [b"a" * 100], durable=False)
+    assert store.failures == 0
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(segments_module.os, "fdatasync", eio)
+        with pytest.raises(StorageError):
+            store.flush()
+        with pytest.raises(StorageError):
+            store.put("1.2", [b"b" * 100])  # a durable put
+    assert store.failures == 2
+    store.note_sync_failure(OSError(errno.EIO, "Input/output error"), "the loop's fdatasync")
+    assert store.failures == 3
+    store.flush()  # the file itself is usable again for new puts
+    store.close()
