@@ -231,7 +231,14 @@ class CatalogWriter:
         with self._lock:
             if self._closed:
                 raise CatalogError("catalog writer is closed")
+            # Loops that ended (a process running one after the other) give their sync
+            # thread, pipes and segment descriptor back.
+            ended = [g for g in self._groups.values() if g.loop.is_closed()]
+            for g in ended:
+                del self._groups[g.loop]
             group = self._groups[loop] = _LoopGroup(self, loop)
+        for g in ended:
+            g.close()
         return group
 
     def run(self, fn: Callable[[], T]) -> Future[T]:

@@ -11,6 +11,7 @@ import pytest
 
 from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, StoreOutcome
+from pacs.index.records import InstanceRecord
 from pacs.index.writer import CatalogWriter
 from pacs.store.segments import SegmentStore
 from tests.unit.index._records import check_consistent, hierarchy, make_record
@@ -469,3 +470,27 @@ def test_a_failure_counted_between_write_and_flush_refuses_the_batch(
     assert second.result(10).kind == "stored"
     writer.close()
     assert not catalog.has_instance("a") and catalog.has_instance("b")
+
+
+def test_a_loop_that_ended_gives_its_sync_thread_back(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    import asyncio
+
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    records = hierarchy(1, 1, 1, 4)
+
+    async def store(part: list[InstanceRecord]) -> None:
+        for record in part:
+            assert (await writer.submit_async(record, blob=[b"e" * 64])).kind == "stored"
+
+    def sync_threads() -> int:
+        return sum(t.name == "catalog-writer-sync" for t in threading.enumerate())
+
+    before = sync_threads()
+    asyncio.run(store(records[:2]))
+    assert sync_threads() == before + 1
+    asyncio.run(store(records[2:]))  # a second loop: the first one's group is dropped
+    assert sync_threads() == before + 1 and len(writer._groups) == 1
+    writer.close()
+    assert sync_threads() == before
+    assert catalog.statistics()["instances"] == 4
