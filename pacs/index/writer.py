@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from pacs import metrics
@@ -102,12 +103,11 @@ def _resolve_on_loop(items: _Settled) -> None:
             future.set_result(value)
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
-    """Whether the caller runs on ``loop``'s thread (its futures may be resolved directly)."""
-    try:
-        return loop is not None and asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+def _write_failed(store: _Store, exc: Exception) -> tuple[_Store, Any, bool]:
+    """The failure to answer a store whose blob could not be written with."""
+    error = StorageError(f"cannot write the blob: {exc}")
+    error.__cause__ = exc
+    return store, error, True
 
 
 def _not_durable(batch: Sequence[_Store], exc: Exception) -> _Settled:
@@ -366,12 +366,7 @@ class CatalogWriter:
         log.error("%d stores refused: an fdatasync of their segment failed after they were "
                   "written", len(lost))
         exc = OSError(errno.EIO, "an earlier fdatasync of the segment failed")
-        failed = _not_durable(lost, exc)
-        if all(s.loop is not None for s in lost) and len({s.loop for s in lost}) == 1 \
-                and _on_loop(lost[0].loop):
-            _resolve_on_loop(failed)
-        else:
-            _settle(failed)
+        _settle(_not_durable(lost, exc))
         return [s for s in batch if s.epoch is None or s.epoch == now]
 
     def _write_blobs(self, batch: list[_Store]) -> list[_Store]:
@@ -386,9 +381,7 @@ class CatalogWriter:
                     info = self.blob_store.put(record.sop_instance_uid, store.blob,
                                                durable=False)
                 except Exception as exc:
-                    error = StorageError(f"cannot write the blob: {exc}")
-                    error.__cause__ = exc
-                    failed.append((store, error, True))
+                    failed.append(_write_failed(store, exc))
                     continue
                 finally:
                     store.blob = None  # the data set's bytes are not needed any more
@@ -490,6 +483,13 @@ class CatalogWriter:
         self._count(len(batch))
         return [(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)]
 
+    def _commit_all(self, batch: list[_Store]) -> _Settled:
+        """``_commit`` in transactions of at most ``batch_size`` (a loop group has no bound)."""
+        settled: _Settled = []
+        for i in range(0, len(batch), self.batch_size):
+            settled += self._commit(batch[i:i + self.batch_size])
+        return settled
+
     def _commit_one(self, store: _Store) -> tuple[_Store, Any, bool]:
         try:
             (outcome,) = self.catalog.store_items([(store.record, store.on_duplicate)],
@@ -517,7 +517,7 @@ LOOP_WRITE_LIMIT = 64 * 1024  # blobs up to this size are appended by their even
 
 
 def _part_size(part: BlobPart) -> int:
-    return len(part) if not hasattr(part, "stat") else 1 << 62  # a spooled file: never inline
+    return 1 << 62 if isinstance(part, Path) else len(part)  # a spooled file: never inline
 
 
 class _LoopGroup:
@@ -551,9 +551,7 @@ class _LoopGroup:
         try:
             info = self.store.try_put(record.sop_instance_uid, store.blob)  # type: ignore[union-attr]
         except Exception as exc:
-            error = StorageError(f"cannot write the blob: {exc}")
-            error.__cause__ = exc
-            _resolve_on_loop([(store, error, True)])
+            _resolve_on_loop([_write_failed(store, exc)])
             return True
         if info is None:
             store.epoch = None  # the flush stage writes it, and reads the count then
@@ -564,27 +562,22 @@ class _LoopGroup:
             if self._closed:
                 raise CatalogError("catalog writer is closed")
             self.pending.append(store)
-            start = self.syncing is None and self.writer._resumed.is_set()
-        if start:
-            self._start_sync()
+        self._start_sync()
         return True
 
     def kick(self) -> None:
         """From any thread (resume): start an fdatasync if stores wait for one."""
         try:
-            self.loop.call_soon_threadsafe(self._kick_on_loop)
+            self.loop.call_soon_threadsafe(self._start_sync)
         except RuntimeError:
             pass
 
-    def _kick_on_loop(self) -> None:
-        with self._lock:
-            start = self.syncing is None and bool(self.pending) and not self._closed
-        if start:
-            self._start_sync()
-
     def _start_sync(self) -> None:
+        """On the loop: ask for an fdatasync of what is pending, unless one is in flight or
+        the writer is paused."""
         with self._lock:
-            if self.syncing is not None or not self.pending or self._closed:
+            if (self.syncing is not None or not self.pending or self._closed
+                    or not self.writer._resumed.is_set()):
                 return
             self.syncing, self.pending = self.pending, []
         try:
@@ -630,10 +623,8 @@ class _LoopGroup:
         # A failed seal, or an fdatasync through another descriptor (flush thread, filler),
         # counted since a store was written: that store is refused (pacs.store.segments).
         batch = self.writer._durable(batch)
-        if self.writer._resumed.is_set():
-            self._start_sync()  # the next batch syncs while this one is committed
-        for i in range(0, len(batch), self.writer.batch_size):
-            _resolve_on_loop(self.writer._commit(batch[i:i + self.writer.batch_size]))
+        self._start_sync()  # the next batch syncs while this one is committed
+        _resolve_on_loop(self.writer._commit_all(batch))
         self.writer._checkpoint_soon()
 
     @staticmethod
@@ -662,9 +653,7 @@ class _LoopGroup:
         except Exception as exc:
             _settle(_not_durable(batch, exc))
             return
-        batch = self.writer._durable(batch)
-        for i in range(0, len(batch), self.writer.batch_size):
-            _settle(self.writer._commit(batch[i:i + self.writer.batch_size]))
+        _settle(self.writer._commit_all(self.writer._durable(batch)))
 
     def _detach(self) -> bool:
         """Remove the loop's reader: directly on the loop, else through it (nothing to do

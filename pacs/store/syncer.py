@@ -102,16 +102,6 @@ class Syncer:
         self._buffer = self._buffer[n * ANSWER_SIZE:]
         return out
 
-    def wait(self) -> list[tuple[int, int]]:
-        """Block until at least one answer is there (used when no loop runs any more)."""
-        import select
-
-        while True:
-            got = self.answers()
-            if got:
-                return got
-            select.select([self._answer_r], [], [], 1.0)
-
     def close(self, close_fds: bool = True) -> None:
         """Stop the thread once the requests made so far are answered; close the pipes
         (unless ``close_fds`` is false: someone may still watch ``done_fd``)."""

@@ -323,6 +323,16 @@ def wait_fill(store: SegmentStore) -> None:
         pass
 
 
+def check_then_reopen(store: SegmentStore, root: Path, expected: dict[str, bytes]) -> None:
+    """Every record reads back, and a reopened store finds exactly these."""
+    for location, data in expected.items():
+        assert store.get(location) == data
+    store.close()
+    reopened = SegmentStore(root)
+    assert {loc for loc, _ in reopened.iter_records()} == set(expected)
+    reopened.close()
+
+
 def small_puts(store: SegmentStore, n: int, size: int = 900, prefix: str = "9") -> dict[str, bytes]:
     out = {}
     for i in range(n):
@@ -409,12 +419,7 @@ def test_rolls_seal_segments_that_had_zeros_ahead(tmp_path: Path) -> None:
             assert fmt.read_sealed_index(fd, os.fstat(fd).st_size, records=False) is not None
         finally:
             os.close(fd)
-    for location, data in written.items():
-        assert store.get(location) == data
-    store.close()
-    reopened = SegmentStore(tmp_path)
-    assert {loc for loc, _ in reopened.iter_records()} == set(written)
-    reopened.close()
+    check_then_reopen(store, tmp_path, written)
 
 
 def test_try_put_never_rolls(tmp_path: Path) -> None:
@@ -474,12 +479,7 @@ def test_a_put_past_a_running_fill_stops_it(tmp_path: Path) -> None:
     rest = small_puts(store, 5, prefix="11")
     store.flush()
     expected = {**first, large.location: b"L" * (20 << 20), **rest}
-    for location, data in expected.items():
-        assert store.get(location) == data
-    store.close()
-    reopened = SegmentStore(tmp_path)
-    assert {loc for loc, _ in reopened.iter_records()} == set(expected)
-    reopened.close()
+    check_then_reopen(store, tmp_path, expected)
 
 
 def test_a_fill_that_cannot_start_leaves_the_put_standing(
