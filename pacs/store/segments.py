@@ -45,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pacs.errors import BlobNotFound, StorageError
 from pacs.store import digest as blob_digest
@@ -292,7 +293,51 @@ class SegmentStore:
         """``put(durable=False)`` unless it would have to wait (another thread appending or
         flushing, a running fill in the way) or roll the segment: None then, at once. For an
         event loop, which must never block on the write lock."""
-        return self._put(key, parts, False, blocking=False)
+        for part in parts:
+            if type(part) is not bytes and type(part) is not bytearray:
+                return self._put(key, parts, False, blocking=False)
+        return self._try_put_bytes(key, cast("Sequence[bytes | bytearray]", parts))
+
+    def _try_put_bytes(self, key: str, parts: Sequence[bytes | bytearray]) -> BlobInfo | None:
+        """``try_put`` of parts in memory (every small C-STORE): the record ``_put`` writes,
+        in one pwritev, with a third of its Python (~8 -> ~3 us a call)."""
+        if self._closed:
+            self._check_open()
+        kb = fmt.key_bytes(key)
+        digest = blob_digest.new()
+        crc = 0
+        size = 0
+        for part in parts:
+            digest.update(part)
+            crc = zlib.crc32(part, crc)
+            size += len(part)
+        header = fmt.pack_header(fmt.KIND_BLOB, kb, size, crc)
+        total = fmt.HEADER_SIZE + size
+        if not self._wlock.acquire(False):
+            return None
+        try:
+            self._check_open()
+            if not self._make_room(total, False):
+                return None
+            start = self._tail
+            try:
+                n = os.pwritev(self._wfd, [header, *parts], start)
+                if n < total:  # short write (a signal, a nearly full disk): write the rest
+                    rest = memoryview(b"".join([header, *parts]))[n:]
+                    fmt.pwrite_all(self._wfd, [rest], start + n)
+            except OSError as exc:
+                self._undo(start)  # under the lock: nobody appended after us
+                raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+            self._tail = end = start + total
+            self._dirty = True
+            data_offset = end - size
+            self._index += fmt.encode_record_entry(data_offset, size, kb)
+            self._n_records += 1
+            location = fmt.format_location(self._active, data_offset, size)
+            self._maybe_prefill()
+        finally:
+            self._wlock.release()
+        return BlobInfo(location=location, size=size, digest=digest.hexdigest())
 
     def sync_target(self) -> tuple[str, int]:
         """The active segment's name and a new descriptor of it (the caller closes it): an

@@ -422,6 +422,29 @@ def test_rolls_seal_segments_that_had_zeros_ahead(tmp_path: Path) -> None:
     check_then_reopen(store, tmp_path, written)
 
 
+def test_try_put_of_bytes_writes_the_records_put_writes(tmp_path: Path) -> None:
+    """try_put's path for parts in memory (bytes, bytearray) against put's general one: the
+    same segment bytes, locations, sizes and digests; other parts take the general path."""
+    parts = [[b"meta" * 30, b"data" * 2000], [bytearray(b"x" * 777)], [b"", b"y"],
+             [memoryview(b"z" * 300)], [b"a" * 10, bytearray(b"b" * 5), b"c"]]
+    fast, general = SegmentStore(tmp_path / "fast", prefill=0), SegmentStore(tmp_path / "gen",
+                                                                            prefill=0)
+    for i, p in enumerate(parts):
+        a = fast.try_put(f"1.2.{i}", p)
+        b = general.put(f"1.2.{i}", p, durable=False)
+        assert a == b
+        assert a is not None and fast.get(a.location) == b"".join(bytes(x) for x in p)
+    fast.flush()
+    general.flush()
+    name = "w0-00000001.seg"
+    assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "gen" / name).read_bytes()
+    fast.close()
+    general.close()
+    reopened = SegmentStore(tmp_path / "fast", prefill=0)
+    assert reopened.get(a.location) == b"a" * 10 + b"bbbbbc"
+    reopened.close()
+
+
 def test_try_put_never_rolls(tmp_path: Path) -> None:
     store = SegmentStore(tmp_path, segment_size=8192, prefill=0)
     assert store.try_put("a", [b"a" * 5000]) is not None
