@@ -79,6 +79,8 @@ PATIENT_SERIES = "NumberOfPatientRelatedSeries"
 PATIENT_INSTANCES = "NumberOfPatientRelatedInstances"
 PATIENT_KEY = "patient_key"
 _PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
+# map(attrs.get, keywords, _BLANKS) is attrs.get(k, "") per keyword, without a Python frame.
+_BLANKS = ("",) * max(len(_PATIENT_ATTRS), len(STUDY_KEYWORDS), len(SERIES_KEYWORDS))
 
 _OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox", "mpps",  # added after the first release
                  "commitment_outbox")
@@ -539,7 +541,7 @@ class Catalog:
         patient = t.get("patients", pk)
         if patient is None:
             patient = {PATIENT_KEY: pk, PATIENT_STUDIES: 0, PATIENT_SERIES: 0, PATIENT_INSTANCES: 0}
-        patient.update((k, attrs.get(k, "")) for k in _PATIENT_ATTRS)
+        patient.update(zip(_PATIENT_ATTRS, map(attrs.get, _PATIENT_ATTRS, _BLANKS), strict=True))
         t.put("patients", pk, patient)
 
         study = t.get("studies", study_uid)
@@ -549,7 +551,7 @@ class Catalog:
             t.link("patient_studies", pk, study_uid)
         elif study[PATIENT_KEY] != pk:
             self._move_study(t, study_uid, study, pk)
-        study.update((k, attrs.get(k, "")) for k in STUDY_KEYWORDS)
+        study.update(zip(STUDY_KEYWORDS, map(attrs.get, STUDY_KEYWORDS, _BLANKS), strict=True))
         t.put("studies", study_uid, study)
 
         series = t.get("series", series_uid)
@@ -560,7 +562,7 @@ class Catalog:
             t.link("study_series", study_uid, series_uid)
         elif series["StudyInstanceUID"] != study_uid:
             self._move_series(t, series_uid, series, study_uid)
-        series.update((k, attrs.get(k, "")) for k in SERIES_KEYWORDS)
+        series.update(zip(SERIES_KEYWORDS, map(attrs.get, SERIES_KEYWORDS, _BLANKS), strict=True))
         t.put("series", series_uid, series)
 
         series[SERIES_INSTANCES] += 1

@@ -40,8 +40,9 @@ def encode_instance(record: InstanceRecord) -> bytes:
     """Encode an InstanceRecord (absent keywords become null so they stay absent on decode)."""
     attrs = record.attributes
     row: list[Any] = [FORMAT]
-    row.extend(attrs.get(k) for k in ALL_KEYWORDS)
-    others = {k: v for k, v in attrs.items() if k not in _KNOWN}
+    row.extend(map(attrs.get, ALL_KEYWORDS))
+    # Ingest's records hold exactly the known keywords: no dict built for the others then.
+    others = {} if attrs.keys() <= _KNOWN else {k: v for k, v in attrs.items() if k not in _KNOWN}
     row.extend(
         (
             record.transfer_syntax_uid,

@@ -27,6 +27,7 @@ INSTANCE_KEYWORDS: tuple[str, ...] = ("SOPInstanceUID", "SOPClassUID", "Instance
 ALL_KEYWORDS: tuple[str, ...] = (
     PATIENT_KEYWORDS + STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
 )
+_BLANKS = ("",) * len(ALL_KEYWORDS)  # map(attributes.get, ALL_KEYWORDS, _BLANKS): get(k, "")
 
 
 @dataclass(slots=True)
@@ -56,7 +57,8 @@ class InstanceRecord:
         """A record from the scanner's index attributes (``read_index_attributes``); size and
         digest are filled in when the blob is written."""
         return cls(
-            attributes={k: attributes.get(k, "") for k in ALL_KEYWORDS},
+            attributes=dict(
+                zip(ALL_KEYWORDS, map(attributes.get, ALL_KEYWORDS, _BLANKS), strict=True)),
             transfer_syntax_uid=transfer_syntax_uid,
             location=location,
             size=0,

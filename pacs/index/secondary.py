@@ -92,8 +92,13 @@ def _count_key(family: bytes, parent: str, child: str) -> bytes:
     return family + b"\0" + key(parent) + b"\0" + child.replace("\0", "").encode()[:128]
 
 
+# A patient record's counts: set to one value on both sides, they drop out of a comparison.
+_NO_COUNTS = dict.fromkeys(("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                            "NumberOfPatientRelatedInstances"), 0)
+
+
 def _patient_attrs(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith("NumberOf")}
+    return {**record, **_NO_COUNTS}
 
 
 def _add_counts(txn: lmdb.Transaction, db: Any, deltas: dict[bytes, int]) -> None:
@@ -155,8 +160,9 @@ def on_flush(
                 studies.add(new["StudyInstanceUID"])  # its study's modality counts hold
             else:
                 _count_series_modality(old, new, studies, counts)
-        if old is not None and new is not None and all(
-                old.get(f) == new.get(f) for f in _FIELDS_BY_LEVEL.get(level, ())):
+        fields = _FIELDS_BY_LEVEL.get(level, ())
+        if (old is not None and new is not None
+                and list(map(old.get, fields)) == list(map(new.get, fields))):
             continue  # the indexed values did not change (a count did): same index keys
         old_keys = _record_keys(level, uid, old)
         new_keys = _record_keys(level, uid, new)
