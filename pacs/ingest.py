@@ -15,7 +15,7 @@ import mmap
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,10 +171,12 @@ class Ingest:
         spooled one is scanned and written on the executor, off the loop.
         """
         loop = asyncio.get_running_loop()
-        inline = isinstance(dataset, bytes | bytearray) and len(dataset) <= INLINE_LIMIT
+        inline = isinstance(dataset, (bytes, bytearray)) and len(dataset) <= INLINE_LIMIT
         # From before the blob write until its index commit, its segment is "in flight": the
         # catalog's checkpoint must not pass it (pacs.recovery).
-        with self.inflight.writing() if self.inflight is not None else nullcontext():
+        inflight = self.inflight
+        segment = inflight.enter() if inflight is not None else None
+        try:
             args = (dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet)
             if inline:
                 prepared = self._prepare(*args)
@@ -183,8 +185,11 @@ class Ingest:
             if prepared is None:
                 return StoredInstance(sop_instance_uid or "", "", "duplicate_kept")
             record, meta = prepared
-            modality = record.attributes.get("Modality", "")
-            forwards = [r.destination for r in self.routes if r.matches(source_aet, modality)]
+            forwards: list[str] = []
+            if self.routes:
+                modality = record.attributes.get("Modality", "")
+                forwards = [r.destination for r in self.routes
+                            if r.matches(source_aet, modality)]
             if inline:
                 future = self.writer.submit_async(record, self.on_duplicate,
                                                   blob=[meta, dataset], forwards=forwards)
@@ -201,6 +206,9 @@ class Ingest:
                     await loop.run_in_executor(self.executor, self._forget_blob,
                                                record.location)
                 raise IngestError(OUT_OF_RESOURCES, f"cannot archive the instance: {exc}") from exc
+        finally:
+            if inflight is not None and segment is not None:
+                inflight.leave(segment)
         obsolete = outcome.obsolete_location
         if obsolete:
             # A kept duplicate's new blob, or the replaced instance's old one.

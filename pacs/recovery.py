@@ -47,16 +47,27 @@ class InflightSegments:
     def writing(self) -> Iterator[None]:
         """Around put → commit of one instance. The segment is noted *before* the put:
         segments only grow, so the note is never later than where the blob lands."""
-        segment = self._store.active_segment
-        with self._lock:
-            self._counts[segment] += 1
+        segment = self.enter()
         try:
             yield
         finally:
-            with self._lock:
-                self._counts[segment] -= 1
-                if not self._counts[segment]:
-                    del self._counts[segment]
+            self.leave(segment)
+
+    def enter(self) -> str:
+        """``writing`` without a context manager (once per C-STORE): the segment noted, for
+        ``leave``."""
+        segment = self._store.active_segment
+        with self._lock:
+            self._counts[segment] += 1
+        return segment
+
+    def leave(self, segment: str) -> None:
+        with self._lock:
+            n = self._counts[segment] - 1
+            if n:
+                self._counts[segment] = n
+            else:
+                del self._counts[segment]
 
     def checkpoint_position(self) -> str:
         """Every record in segments before this one is committed to the catalog."""

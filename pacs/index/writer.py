@@ -217,8 +217,7 @@ class CatalogWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoreOutcome] = loop.create_future()
         store = _Store(record, on_duplicate, future, blob, forwards, loop, epoch)
-        if (self._loop_writes and blob is not None
-                and sum(_part_size(p) for p in blob) <= LOOP_WRITE_LIMIT):
+        if self._loop_writes and blob is not None and _fits_loop(blob):
             group = self._groups.get(loop)
             if group is None:
                 group = self._new_group(loop)
@@ -516,8 +515,14 @@ class CatalogWriter:
 LOOP_WRITE_LIMIT = 64 * 1024  # blobs up to this size are appended by their event loop
 
 
-def _part_size(part: BlobPart) -> int:
-    return 1 << 62 if isinstance(part, Path) else len(part)  # a spooled file: never inline
+def _fits_loop(blob: Sequence[BlobPart]) -> bool:
+    """Whether the event loop appends ``blob`` itself: in memory, up to LOOP_WRITE_LIMIT."""
+    size = 0
+    for part in blob:
+        if isinstance(part, Path):
+            return False  # a spooled file: copied by the flush thread
+        size += len(part)
+    return size <= LOOP_WRITE_LIMIT
 
 
 class _LoopGroup:
@@ -547,7 +552,7 @@ class _LoopGroup:
         """On the loop: append the store's blob; False when the caller must queue it instead."""
         record = store.record
         assert store.blob is not None
-        store.epoch = self.writer._failures()
+        store.epoch = self.store.failures  # type: ignore[union-attr]
         try:
             info = self.store.try_put(record.sop_instance_uid, store.blob)  # type: ignore[union-attr]
         except Exception as exc:
