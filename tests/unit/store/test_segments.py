@@ -7,6 +7,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -442,6 +443,48 @@ def test_try_put_of_bytes_writes_the_records_put_writes(tmp_path: Path) -> None:
     general.close()
     reopened = SegmentStore(tmp_path / "fast", prefill=0)
     assert reopened.get(a.location) == b"a" * 10 + b"bbbbbc"
+    reopened.close()
+
+
+def test_puts_go_on_while_a_flush_waits_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flush's fdatasync runs outside the write lock: a put (and a roll) during it proceed,
+    and the next flush makes the new put durable."""
+    store = SegmentStore(tmp_path, segment_size=1 << 16, prefill=0)
+    first = store.put("1.2.1", [b"a" * 1000], durable=False)
+    entered, release = threading.Event(), threading.Event()
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def slow_disk(fd: int) -> None:
+        if not entered.is_set():  # the flush's: the disk takes its time
+            entered.set()
+            assert release.wait(30)
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_disk)
+    flusher = threading.Thread(target=store.flush)
+    flusher.start()
+    assert entered.wait(30)
+    # The flush is inside its fdatasync: these must not wait for it.
+    second = store.put("1.2.2", [b"b" * 1000], durable=False)
+    rolled = store.put("1.2.3", [b"c" * 70000], durable=False)  # bigger than a segment: rolls
+    assert flusher.is_alive()
+    release.set()
+    flusher.join(30)
+    assert not flusher.is_alive()
+    store.flush()
+    monkeypatch.undo()
+    written = {"1.2.1": (first, b"a" * 1000), "1.2.2": (second, b"b" * 1000),
+               "1.2.3": (rolled, b"c" * 70000)}
+    for _, (info, data) in written.items():
+        assert store.get(info.location) == data
+    store.close()
+    reopened = SegmentStore(tmp_path, segment_size=1 << 16, prefill=0)
+    for _, (info, data) in written.items():
+        assert reopened.get(info.location) == data
     reopened.close()
 
 
