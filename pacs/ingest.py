@@ -140,6 +140,23 @@ class Ingest:
             attributes, transfer_syntax_uid, source_aet=source_aet, received_at=time.time())
         return record, meta
 
+    def _prepare_large(
+        self,
+        dataset: bytes | bytearray | Path,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str | None,
+        source_aet: str,
+    ) -> tuple[tuple[InstanceRecord, bytes], int | None] | None:
+        """Blocking: ``_prepare`` then ``_write_large`` (the record with its location, the
+        Part-10 header, the failure count); None for a duplicate kept out."""
+        prepared = self._prepare(dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid,
+                                 source_aet)
+        if prepared is None:
+            return None
+        record, meta = prepared
+        return prepared, self._write_large(record, meta, dataset)
+
     def _write_large(
         self, record: InstanceRecord, meta: bytes, dataset: bytes | bytearray | Path
     ) -> int | None:
@@ -178,10 +195,14 @@ class Ingest:
         segment = inflight.enter() if inflight is not None else None
         try:
             args = (dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet)
+            epoch: int | None = None
             if inline:
                 prepared = self._prepare(*args)
             else:
-                prepared = await loop.run_in_executor(self.executor, self._prepare, *args)
+                # Scanned and written in one trip to the executor: each trip is two thread
+                # hand-offs (and GIL handovers) for the event loop.
+                written = await loop.run_in_executor(self.executor, self._prepare_large, *args)
+                prepared, epoch = (None, None) if written is None else written
             if prepared is None:
                 return StoredInstance(sop_instance_uid or "", "", "duplicate_kept")
             record, meta = prepared
@@ -194,8 +215,6 @@ class Ingest:
                 future = self.writer.submit_async(record, self.on_duplicate,
                                                   blob=[meta, dataset], forwards=forwards)
             else:
-                epoch = await loop.run_in_executor(self.executor, self._write_large, record,
-                                                   meta, dataset)
                 future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards,
                                                   epoch=epoch)
             try:

@@ -217,11 +217,14 @@ class CatalogWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoreOutcome] = loop.create_future()
         store = _Store(record, on_duplicate, future, blob, forwards, loop, epoch)
-        if self._loop_writes and blob is not None and _fits_loop(blob):
+        if self._loop_writes and (_fits_loop(blob) if blob is not None else epoch is not None):
+            # A small blob the loop appends itself, or one the caller wrote (a large copy on
+            # an I/O thread): the loop's group makes it durable, without the flush thread.
             group = self._groups.get(loop)
             if group is None:
                 group = self._new_group(loop)
-            if group is not None and group.add(store):
+            if group is not None and (group.add(store) if blob is not None
+                                      else group.add_written(store)):
                 return future
         self._put(store)
         return future
@@ -563,6 +566,11 @@ class _LoopGroup:
             return False  # a large put holds the segment: the flush thread waits for it
         store.blob = None
         record.location, record.size, record.digest = info.location, info.size, info.digest
+        return self.add_written(store)
+
+    def add_written(self, store: _Store) -> bool:
+        """On the loop: a store whose blob is written (before this call), to make durable with
+        the next fdatasync. A roll since the write sealed, and so synced, its segment."""
         with self._lock:
             if self._closed:
                 raise CatalogError("catalog writer is closed")

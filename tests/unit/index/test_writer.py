@@ -282,6 +282,52 @@ def test_loop_appends_blobs_and_commits_them_in_groups(
     check_consistent(catalog)
 
 
+def test_blobs_written_by_the_caller_are_made_durable_by_the_loop_group(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """Large blobs written on an I/O thread (submit_async with the failure count read before
+    the write): the loop's sync thread makes them durable and the loop commits them; the flush
+    thread is not involved. One whose count moved since its write is refused."""
+    import asyncio
+    import errno
+
+    commit_threads = record_commit_threads(catalog)
+    flushes: list[int] = []
+
+    def flush() -> None:
+        flushes.append(1)
+        segments.flush()
+
+    writer = CatalogWriter(catalog, before_commit=flush, blob_store=segments)
+    records = hierarchy(1, 1, 2, 6)
+
+    def write(record: InstanceRecord, fail_after: bool = False) -> int:
+        epoch = segments.failures
+        info = segments.put(record.sop_instance_uid, [b"L" * 300_000], durable=False)
+        record.location, record.size, record.digest = info.location, info.size, info.digest
+        if fail_after:  # another descriptor's fdatasync failed after this write
+            segments.note_sync_failure(OSError(errno.EIO, "Input/output error"))
+        return epoch
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for i, record in enumerate(records):
+            epoch = await loop.run_in_executor(None, write, record, i == len(records) - 1)
+            futures.append(writer.submit_async(record, epoch=epoch))
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    outcomes = asyncio.run(main())
+    writer.close()
+    assert [getattr(o, "kind", None) for o in outcomes[:-1]] == ["stored"] * (len(records) - 1)
+    assert isinstance(outcomes[-1], StorageError)
+    assert not flushes and set(commit_threads) == {"MainThread"}
+    for record in records[:-1]:
+        stored = catalog.get_instance(record.sop_instance_uid)
+        assert stored is not None and segments.get(stored.location) == b"L" * 300_000
+    assert not catalog.has_instance(records[-1].sop_instance_uid)
+    check_consistent(catalog)
+
+
 def test_loop_group_waits_while_paused(catalog: Catalog, segments: SegmentStore) -> None:
     import asyncio
 
