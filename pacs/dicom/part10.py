@@ -7,6 +7,7 @@ a 128-byte preamble, ``DICM``, and group 0002 in Explicit VR Little Endian with 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from struct import Struct
 
 from pydicom.datadict import keyword_for_tag
@@ -69,18 +70,24 @@ def file_meta(
     Raises ValueError for values that cannot be encoded (non-ASCII, UIDs over 64 characters,
     AE titles over 16).
     """
-    body = b"".join(
-        (
-            _VERSION,
-            _uid(0x0002, sop_class_uid),
-            _uid(0x0003, sop_instance_uid),
-            _uid(0x0010, transfer_syntax_uid),
-            _IMPLEMENTATION,
-            _text(0x0016, b"AE", source_aet.strip(), 16) if source_aet.strip() else b"",
-        )
+    head, tail = _constant_parts(sop_class_uid, transfer_syntax_uid, source_aet)
+    instance = _uid(0x0003, sop_instance_uid)
+    group_length = _SHORT.pack(0x0002, 0x0000, b"UL", 4) + (
+        len(head) + len(instance) + len(tail)).to_bytes(4, "little")
+    return b"".join((_PREFIX, group_length, head, instance, tail))
+
+
+@lru_cache(maxsize=256)
+def _constant_parts(sop_class_uid: str, transfer_syntax_uid: str,
+                    source_aet: str) -> tuple[bytes, bytes]:
+    """The elements before and after (0002,0003): one association stores many instances of
+    few SOP classes in one transfer syntax, so they are encoded once, not per C-STORE."""
+    aet = source_aet.strip()
+    return (
+        _VERSION + _uid(0x0002, sop_class_uid),
+        _uid(0x0010, transfer_syntax_uid) + _IMPLEMENTATION
+        + (_text(0x0016, b"AE", aet, 16) if aet else b""),
     )
-    group_length = _SHORT.pack(0x0002, 0x0000, b"UL", 4) + len(body).to_bytes(4, "little")
-    return _PREFIX + group_length + body
 
 
 def _meta_value(vr: str, value: bytes) -> str:
