@@ -152,6 +152,13 @@ class Association:
         return self._fsm.state is State.Sta6
 
     @property
+    def mid_message(self) -> bool:
+        """Part of a PDU, of a command set or of a data set was received and the rest is due
+        (the peer is still sending); False between messages."""
+        return bool(self._framer.buffered or self._pending or self._command_context is not None
+                    or self._dataset_context is not None)
+
+    @property
     def release_response_due(self) -> bool:
         """A release request awaits our :meth:`release_response` (Sta8, Sta9, Sta12)."""
         return self._fsm.state in (State.Sta8, State.Sta9, State.Sta12)
@@ -201,12 +208,14 @@ class Association:
 
     def data_to_send(self) -> bytes:
         """Bytes that received input made necessary (A-ABORT, A-ASSOCIATE-RJ); empties the box."""
+        if not self._outbox:
+            return b""
         data = b"".join(self._outbox)
         self._outbox.clear()
         return data
 
     def _preserve_queued_views(self) -> None:
-        if any(type(e) is DatasetFragment for e in self._events):
+        if self._events and any(type(e) is DatasetFragment for e in self._events):
             self._events = deque(
                 DatasetFragment(e.context_id, memoryview(bytes(e.data)), e.last)
                 if type(e) is DatasetFragment
@@ -315,9 +324,11 @@ class Association:
         ``has_dataset``); the data set follows with :meth:`send_dataset`."""
         if self._send_dataset_context is not None:
             raise LocalProtocolError("the previous message's data set is not complete")
-        encoded = Command(command)
-        encoded[COMMAND_DATA_SET_TYPE] = DATA_SET_PRESENT if has_dataset else NO_DATA_SET
-        data = self._p_data(context_id, encoded.encode(), 0x01, True)
+        data_set_type = DATA_SET_PRESENT if has_dataset else NO_DATA_SET
+        if command.get(COMMAND_DATA_SET_TYPE) != data_set_type:  # the caller's stays unchanged
+            command = Command(command)
+            command[COMMAND_DATA_SET_TYPE] = data_set_type
+        data = self._p_data(context_id, command.encode(), 0x01, True)
         if has_dataset:
             self._send_dataset_context = context_id
         return data
@@ -449,6 +460,16 @@ class Association:
     def _p_data(
         self, context_id: int, data: bytes | bytearray | memoryview, kind: int, last: bool
     ) -> bytes:
+        limit = self.max_send_pdu_length
+        if 0 < self.peer_max_pdu_length < limit:
+            limit = self.peer_max_pdu_length
+        if len(data) <= limit - 6 and (type(data) is bytes or type(data) is bytearray):
+            # One PDU (a command set, a small data set): no views, no list.
+            if context_id not in self.accepted_contexts:
+                raise LocalProtocolError(f"presentation context {context_id} was not accepted")
+            if self._fsm.state is not State.Sta6:  # in Sta6, DT-1 stays in Sta6
+                self._fsm.fire(Evt.Evt9)  # AR-7, or the error of an empty cell
+            return P.encode_pdv_header(len(data), context_id, kind | (0x02 if last else 0)) + data
         return b"".join(self._p_data_parts(context_id, data, kind, last))
 
     def _p_data_parts(
@@ -477,6 +498,9 @@ class Association:
 
     def _on_pdu(self, pdu_type: int, body: memoryview) -> None:
         if pdu_type == P.P_DATA_TF:
+            if self._fsm.state is State.Sta6:  # DT-2, Sta6 stays Sta6: no table lookup
+                self._on_p_data(body)
+                return
             action = self._fire(Evt.Evt10)
             if action is Action.DT_2 or action is Action.AR_6:
                 self._on_p_data(body)
@@ -595,11 +619,14 @@ class Association:
         buffer = self._command_buffer
         if len(buffer) + len(data) > MAX_COMMAND_LENGTH:
             raise P.InvalidPDUError(f"command set longer than {MAX_COMMAND_LENGTH} bytes")
-        buffer += data
-        if not last:
-            return
-        command = Command.decode(buffer)
-        buffer.clear()
+        if last and not buffer:  # a command set in one PDV: decoded in place, not copied
+            command = Command.decode(data)
+        else:
+            buffer += data
+            if not last:
+                return
+            command = Command.decode(buffer)
+            buffer.clear()
         self._command_context = None
         has_dataset = command.has_dataset
         if has_dataset:

@@ -248,6 +248,14 @@ class Command(dict[int, CommandValue]):
 
     def encode(self) -> bytes:
         """Implicit VR Little Endian bytes, CommandGroupLength first, elements in tag order."""
+        if len(self) == 6 and self.get(COMMAND_FIELD) == C_STORE_RSP:
+            encoded = _encode_store_rsp(self)
+            if encoded is not None:
+                return encoded
+        return self._encode()
+
+    def _encode(self) -> bytes:
+        """:meth:`encode` for any command set (the C-STORE-RSP fast path's reference)."""
         elements = []
         for tag in sorted(self):
             if tag == COMMAND_GROUP_LENGTH:
@@ -261,6 +269,14 @@ class Command(dict[int, CommandValue]):
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Command:
         """Parse a command set; every element must lie in group 0000 and inside ``data``."""
+        command = _decode_store_rq(data)
+        if command is not None:
+            return command
+        return cls._decode(data)
+
+    @classmethod
+    def _decode(cls, data: bytes | bytearray | memoryview) -> Command:
+        """:meth:`decode` for any command set (the C-STORE-RQ fast path's reference)."""
         raw = bytes(data)
         cached = _PENDING_RESPONSES.get(raw)
         if cached is not None:
@@ -298,6 +314,101 @@ class Command(dict[int, CommandValue]):
 
 
 _PENDING_RESPONSES: dict[bytes, Command] = {}
+
+
+def _header(tag: int, length: int) -> int:
+    """An element header (tag, length) of group 0000 read as one little-endian 64-bit int."""
+    return int.from_bytes(_ELEMENT_HEADER.pack(0, tag & 0xFFFF, length), "little")
+
+
+# The C-STORE-RQ every SCU we know sends (dcmtk, pynetdicom, ours): CommandGroupLength, Affected
+# SOP Class UID, then CommandField, MessageID, Priority, CommandDataSetType (US each) and
+# Affected SOP Instance UID, last. The headers of the fixed middle part are compared as ints.
+_STORE_RQ_HEAD = struct.Struct("<QIQ")  # (0000,0000) header, its value, (0000,0002) header
+_STORE_RQ_MIDDLE = struct.Struct("<QHQHQHQHQ")  # four US elements, (0000,1000) header
+_GROUP_LENGTH_HEADER = _header(COMMAND_GROUP_LENGTH, 4)
+_SOP_CLASS_TAG = _header(AFFECTED_SOP_CLASS_UID, 0)
+_STORE_RQ_US = (_header(COMMAND_FIELD, 2), _header(MESSAGE_ID, 2), _header(PRIORITY, 2),
+                _header(COMMAND_DATA_SET_TYPE, 2))
+_INSTANCE_TAG = _header(AFFECTED_SOP_INSTANCE_UID, 0)
+_LOW32 = 0xFFFFFFFF
+
+
+def _decode_store_rq(data: bytes | bytearray | memoryview) -> Command | None:
+    """:meth:`Command.decode` of a command set laid out as a usual C-STORE-RQ (whatever its
+    values); None for any other layout or a value the general path must judge (it raises)."""
+    end = len(data)
+    if end < 68:
+        return None
+    group_header, _, class_header = _STORE_RQ_HEAD.unpack_from(data, 0)
+    if group_header != _GROUP_LENGTH_HEADER or class_header & _LOW32 != _SOP_CLASS_TAG:
+        return None
+    class_end = 20 + (class_header >> 32)
+    if class_end + 48 > end:
+        return None
+    (field_header, field, id_header, message_id, priority_header, priority, type_header,
+     data_set_type, instance_header) = _STORE_RQ_MIDDLE.unpack_from(data, class_end)
+    if ((field_header, id_header, priority_header, type_header) != _STORE_RQ_US
+            or instance_header & _LOW32 != _INSTANCE_TAG
+            or class_end + 48 + (instance_header >> 32) != end):
+        return None
+    try:
+        sop_class = str(data[20:class_end], "ascii").rstrip("\0 ")
+        sop_instance = str(data[class_end + 48 : end], "ascii").rstrip("\0 ")
+    except UnicodeDecodeError:
+        return None
+    return Command({
+        AFFECTED_SOP_CLASS_UID: sop_class, COMMAND_FIELD: field, MESSAGE_ID: message_id,
+        PRIORITY: priority, COMMAND_DATA_SET_TYPE: data_set_type,
+        AFFECTED_SOP_INSTANCE_UID: sop_instance,
+    })  # fmt: skip
+
+
+# C-STORE-RSP: per Affected SOP Class UID, the encoded elements before MessageIDBeingRespondedTo's
+# value; then that value, CommandDataSetType and Status, then Affected SOP Instance UID.
+_STORE_RSP_PREFIXES: dict[str, bytes] = {}
+_STORE_RSP_MIDDLE = struct.Struct("<HQHQH")
+_DATA_SET_TYPE_US = _header(COMMAND_DATA_SET_TYPE, 2)
+_STATUS_US = _header(STATUS, 2)
+_GROUP_LENGTH = _ELEMENT_HEADER.pack(0, 0, 4)
+
+
+def _encode_store_rsp(command: Command) -> bytes | None:
+    """:meth:`Command.encode` of a C-STORE-RSP without Error Comment (``command`` has six
+    elements, its CommandField is C-STORE-RSP); None when a value is not of the usual type or
+    does not fit (the general path then raises)."""
+    if type(command[COMMAND_FIELD]) is not int:
+        return None
+    try:
+        sop_class = command[AFFECTED_SOP_CLASS_UID]
+        message_id = command[MESSAGE_ID_BEING_RESPONDED_TO]
+        data_set_type = command[COMMAND_DATA_SET_TYPE]
+        status = command[STATUS]
+        sop_instance = command[AFFECTED_SOP_INSTANCE_UID]
+    except KeyError:
+        return None
+    if (type(sop_class) is not str or type(sop_instance) is not str or type(message_id) is not int
+            or type(data_set_type) is not int or type(status) is not int):
+        return None
+    prefix = _STORE_RSP_PREFIXES.get(sop_class)
+    try:
+        if prefix is None:
+            prefix = (_encode_value(AFFECTED_SOP_CLASS_UID, "UI", sop_class)
+                      + _encode_value(COMMAND_FIELD, "US", C_STORE_RSP)
+                      + _ELEMENT_HEADER.pack(0, MESSAGE_ID_BEING_RESPONDED_TO & 0xFFFF, 2))
+            if len(_STORE_RSP_PREFIXES) >= 64:
+                _STORE_RSP_PREFIXES.clear()
+            _STORE_RSP_PREFIXES[sop_class] = prefix
+        uid = sop_instance.encode("ascii")
+        middle = _STORE_RSP_MIDDLE.pack(message_id, _DATA_SET_TYPE_US, data_set_type, _STATUS_US,
+                                        status)
+    except (LocalProtocolError, UnicodeEncodeError, struct.error):
+        return None
+    if len(uid) % 2:
+        uid += b"\0"
+    length = len(prefix) + len(middle) + 8 + len(uid)
+    return b"".join((_GROUP_LENGTH, length.to_bytes(4, "little"), prefix, middle,
+                     _ELEMENT_HEADER.pack(0, AFFECTED_SOP_INSTANCE_UID & 0xFFFF, len(uid)), uid))
 
 
 def c_echo_rq(message_id: int, sop_class_uid: str = VERIFICATION) -> Command:

@@ -240,6 +240,7 @@ class StateMachine:
     def fire(self, event: Event, outcome: int = 0) -> Action:
         """Apply ``event``; ``outcome`` picks the second next state of AE-6/AR-8. Returns the
         action to perform; the state does not change when the cell is empty (error raised)."""
-        action, next_states = transition(self.state, event)
+        cell = TABLE.get((self.state, event))
+        action, next_states = cell if cell is not None else transition(self.state, event)
         self.state = next_states[outcome if len(next_states) > 1 else 0]
         return action

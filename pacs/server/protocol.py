@@ -104,10 +104,15 @@ class DicomProtocol(asyncio.BufferedProtocol):
         return self.association.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._tcp is not None:
-            self._tcp.after_read()
-        self.association.buffer_updated(nbytes)
+        association = self.association
+        association.buffer_updated(nbytes)
         self._drain_events()
+        # A quick ACK matters while the peer is still sending (a peer using Nagle holds its
+        # next small segment until our ACK). Once a message is complete the peer waits for our
+        # response, which carries the ACK: no setsockopt then (most small C-STOREs).
+        if (self._tcp is not None and association.mid_message and not self._closed
+                and not association.should_close):
+            self._tcp.after_read()
 
     def eof_received(self) -> bool:
         self.association.receive_data(b"")
@@ -156,17 +161,20 @@ class DicomProtocol(asyncio.BufferedProtocol):
     # --- events ------------------------------------------------------------------------------
 
     def _drain_events(self) -> None:
-        while True:
-            event = self.association.next_event()
-            if event is None:
-                break
-            self._last_progress = self._loop.time()
-            self._on_event(event)
+        next_event = self.association.next_event
+        event = next_event()
+        if event is not None:
+            self._last_progress = self._loop.time()  # once per read, not per event
+            while event is not None:
+                self._on_event(event)
+                event = next_event()
         self._flush()
         self._update_timers()
 
     def _flush(self) -> None:
-        self._write(self.association.data_to_send())
+        data = self.association.data_to_send()
+        if data or self._soon:
+            self._write(data)
         if self.association.should_close and self.transport is not None and not self._closed:
             self.transport.close()
 
@@ -397,7 +405,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _dispatch(self, event: CommandReceived, spool: Spool | None) -> None:
         abstract_syntax, transfer_syntax = self.association.accepted_contexts[event.context_id]
         command = event.command
-        if command.get(dimse.COMMAND_FIELD) == dimse.C_CANCEL_RQ:
+        field = command.get(dimse.COMMAND_FIELD)
+        if field == dimse.C_CANCEL_RQ:
             target = command.message_id_being_responded_to
             flag = self._cancels.get(target) if target is not None else None
             log.info("%s %s: C-CANCEL-RQ for message %s%s", self.peer, self.calling_aet,
@@ -412,7 +421,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
             dataset = None
         cancel: asyncio.Event | None = None
         message_id = command.message_id
-        if message_id is not None and command.get(dimse.COMMAND_FIELD) in _CANCELLABLE:
+        if message_id is not None and field in _CANCELLABLE:
             # Only C-FIND, C-GET and C-MOVE can be cancelled: no flag on the C-STORE path.
             cancel = self._cancels[message_id] = asyncio.Event()
         request = Request(command, dataset, event.context_id, abstract_syntax, transfer_syntax,
@@ -543,8 +552,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
     def _update_timers(self) -> None:
-        running = self.association.artim_running
         state = self.association.state
+        if state is State.Sta6 and self._timer_state is State.Sta6:
+            return  # the data transfer state: no ARTIM, and the last call stopped it
+        running = self.association.artim_running
         if state is not self._timer_state and self._artim is not None and running:
             # AA-1 and AR-4 (re)start ARTIM on entering Sta13: a fresh full interval.
             self._artim.cancel()

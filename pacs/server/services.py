@@ -164,7 +164,7 @@ class Services:
         dataset = request.dataset
         if dataset is None:
             raise IngestError(CANNOT_UNDERSTAND, "C-STORE-RQ without a data set")
-        size = (len(dataset) if isinstance(dataset, bytes | bytearray)
+        size = (len(dataset) if isinstance(dataset, (bytes, bytearray))  # not a union: per call
                 else os.stat(dataset).st_size)
         metrics.BYTES_RECEIVED.inc(("C-STORE",), size)
         stored = await self.ingest.store(
