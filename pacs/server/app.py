@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedArray
 
     from pacs.archive import Archive
+    from pacs.server.balance import Balance
 
 log = logging.getLogger("pacs.serve")
 
@@ -45,6 +46,7 @@ async def serve(
     parent_sentinel: int | None = None,
     association_counts: SynchronizedArray[Any] | None = None,
     ae_counts: Any = None,
+    balance: Balance | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then finish in-flight stores and close."""
     # Imported here, not at the top: the supervisor process never needs them (its memory stays
@@ -67,7 +69,7 @@ async def serve(
     archive = await loop.run_in_executor(None, Archive.open, settings, worker_id)
     dimse = DimseServer(settings, archive, reuse_port=settings.worker_count > 1,
                         association_counts=association_counts, worker_id=worker_id,
-                        ae_counts=ae_counts)
+                        ae_counts=ae_counts, balance=balance)
     if settings.metrics:
         from pacs import metrics
 
@@ -207,6 +209,7 @@ def _run_worker(
     parent_sentinel: int | None,
     association_counts: SynchronizedArray[Any] | None = None,
     ae_counts: Any = None,
+    balance: Balance | None = None,
 ) -> int:
     if settings.metrics:
         from pacs.metrics import start_worker
@@ -214,7 +217,8 @@ def _run_worker(
         start_worker(association_counts)  # flushes this process's metrics once a second
     try:
         _runner()(serve(settings, worker_id=worker_id, parent_sentinel=parent_sentinel,
-                        association_counts=association_counts, ae_counts=ae_counts))
+                        association_counts=association_counts, ae_counts=ae_counts,
+                        balance=balance))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         print(f"pacs: error: cannot serve: {exc}", file=sys.stderr)
@@ -228,7 +232,7 @@ def _run_worker(
 
 def _worker_main(
     settings: Settings, worker_id: int, lifeline: int,
-    association_counts: SynchronizedArray[Any], ae_counts: Any,
+    association_counts: SynchronizedArray[Any], ae_counts: Any, balance: Balance,
 ) -> None:
     """Body of a forked worker process; leaves by ``SystemExit`` like any ``pacs`` command.
 
@@ -237,7 +241,8 @@ def _worker_main(
     from pacs.cli import configure_logging
 
     configure_logging(settings.log_level, f"w{worker_id}", settings.log_format)
-    raise SystemExit(_run_worker(settings, worker_id, lifeline, association_counts, ae_counts))
+    raise SystemExit(_run_worker(settings, worker_id, lifeline, association_counts, ae_counts,
+                                 balance.for_worker(worker_id)))
 
 
 @dataclass
@@ -250,7 +255,7 @@ class _Worker:
 
 def _fork_worker(
     settings: Settings, worker_id: int, association_counts: SynchronizedArray[Any],
-    ae_counts: Any, others: list[_Worker],
+    ae_counts: Any, balance: Balance, others: list[_Worker],
 ) -> _Worker:
     """Fork worker ``worker_id``; in the child this never returns (``SystemExit``)."""
     child_end, parent_end = os.pipe()
@@ -271,7 +276,7 @@ def _fork_worker(
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if pid == 0:
-        _worker_main(settings, worker_id, child_end, association_counts, ae_counts)
+        _worker_main(settings, worker_id, child_end, association_counts, ae_counts, balance)
     os.close(child_end)
     return _Worker(pid, parent_end)
 
@@ -296,6 +301,8 @@ def _concrete_port(settings: Settings) -> Settings:
 def _supervise(settings: Settings) -> int:
     import multiprocessing
 
+    from pacs.server.balance import Balance
+
     settings = _concrete_port(settings)
     # "fork": the shared arrays are inherited memory and an unnamed semaphore, so no resource
     # tracker process is started (as "spawn" would).
@@ -307,6 +314,9 @@ def _supervise(settings: Settings) -> int:
     association_counts = context.Array("i", count)
     # Per calling AE, a row per worker; guarded by association_counts' lock.
     ae_counts = context.Array("i", count * AE_COUNT_SLOTS, lock=False)
+    # Open DICOM connections per worker, and the sockets that hand them over: SO_REUSEPORT's
+    # hash alone puts 3 of 4 associations on one worker as often as not (pacs.server.balance).
+    balance = Balance.create(context, count)
     workers: dict[int, _Worker] = {}
 
     def start(worker_id: int) -> _Worker:
@@ -314,7 +324,9 @@ def _supervise(settings: Settings) -> int:
             association_counts[worker_id] = 0
             row = worker_id * AE_COUNT_SLOTS
             ae_counts[row:row + AE_COUNT_SLOTS] = [0] * AE_COUNT_SLOTS
+        balance.reset(worker_id)
         workers[worker_id] = _fork_worker(settings, worker_id, association_counts, ae_counts,
+                                          balance,
                                           [w for i, w in workers.items() if i != worker_id])
         if stopping:  # the signal came while it was forked: it was not among those signalled
             on_signal(signal.SIGTERM, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from pacs.archive import Archive
 from pacs.config import Settings
 from pacs.diskspace import watermark
 from pacs.server.access import ContextPolicy
+from pacs.server.balance import Balance
 from pacs.server.protocol import DicomProtocol
 from pacs.server.services import Services, supported_contexts
 from pacs.server.tls import TlsListener, dimse_server_context
@@ -32,6 +34,7 @@ class DimseServer:
         association_counts: SynchronizedArray[Any] | None = None,
         worker_id: int = 0,
         ae_counts: Any = None,
+        balance: Balance | None = None,
     ) -> None:
         """``association_counts`` holds one slot per worker process, in shared memory, so that
         ``max_associations`` caps the archive as a whole, not each worker. ``ae_counts`` (a
@@ -57,13 +60,17 @@ class DimseServer:
         self._tls: TlsListener | None = None  # the DICOM TLS port (tls_port)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._balance = balance  # several workers: connections spread evenly (server.balance)
+        self._adopting: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.settings.tls_port:
             # Before the plain port: "DICOM SCP ... listening on" means both accept.
             self._tls = TlsListener(dimse_server_context(self.settings),
-                                    lambda: DicomProtocol(self), self.settings.acse_timeout)
+                                    lambda: DicomProtocol(self, placeable=False),
+                                    self.settings.acse_timeout)
             await self._tls.start(self.settings.host, self.settings.tls_port, self.reuse_port)
             for sock in self._tls.sockets:
                 host, port = sock.getsockname()[:2]
@@ -86,6 +93,60 @@ class DimseServer:
         for sock in self._server.sockets:
             host, port = sock.getsockname()[:2]
             log.info("DICOM SCP %s listening on %s:%d", self.settings.aet, host, port)
+        if self._balance is not None:
+            inbox = self._balance.inboxes[self._balance.worker_id]
+            loop.add_reader(inbox.fileno(), self._adopt)
+            self._adopt()  # handed over while this worker was (re)starting
+
+    # --- connections spread over the workers (pacs.server.balance) ---------------------------
+
+    def hand_over(self, protocol: DicomProtocol, transport: asyncio.BaseTransport) -> bool:
+        """For a connection just accepted: count it here, or hand it to a less busy worker
+        and True (the caller then leaves it alone; closing our descriptor keeps it open)."""
+        balance = self._balance
+        if balance is None or self._stopping:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        target = balance.choose()
+        protocol.counted = True
+        if target is None or not balance.hand_over(target, sock.fileno()):
+            return False
+        protocol.counted = False
+        log.debug("connection from %s handed to worker %d", transport.get_extra_info("peername"),
+                  target)
+        transport.close()
+        return True
+
+    def _adopt(self) -> None:
+        """Reader of our inbox: serve the connections other workers handed to us."""
+        assert self._balance is not None
+        loop = asyncio.get_running_loop()
+        for sock in self._balance.received():
+            if self._stopping:
+                sock.close()
+                self._balance.closed()
+                continue
+
+            def adopted() -> DicomProtocol:
+                protocol = DicomProtocol(self, placeable=False)
+                protocol.counted = True  # counted for us by the worker that handed it over
+                return protocol
+
+            task = loop.create_task(self._serve_adopted(sock, adopted))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _serve_adopted(self, sock: socket.socket, factory: Any) -> None:
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+        except OSError as exc:  # the peer left meanwhile
+            log.info("handed-over connection gone before it was served (%s)", exc)
+            sock.close()
+            assert self._balance is not None
+            self._balance.closed()
 
     @property
     def port(self) -> int:
@@ -107,6 +168,9 @@ class DimseServer:
     def connection_closed(self, protocol: DicomProtocol) -> None:
         self.connections.discard(protocol)
         self._paused.discard(protocol)
+        if protocol.counted and self._balance is not None:
+            protocol.counted = False
+            self._balance.closed()
 
     @property
     def associations(self) -> int:
@@ -182,6 +246,10 @@ class DimseServer:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop listening, let in-flight stores answer, then close every connection."""
+        self._stopping = True
+        if self._balance is not None:
+            asyncio.get_running_loop().remove_reader(
+                self._balance.inboxes[self._balance.worker_id].fileno())
         if self._server is not None:
             self._server.close()
         if self._tls is not None:

@@ -53,8 +53,13 @@ _CANCELLABLE = frozenset({dimse.C_FIND_RQ, dimse.C_GET_RQ, dimse.C_MOVE_RQ})  # 
 class DicomProtocol(asyncio.BufferedProtocol):
     """One TCP connection, acceptor side."""
 
-    def __init__(self, server: DimseServer) -> None:
+    def __init__(self, server: DimseServer, placeable: bool = True) -> None:
+        """``placeable``: the server may hand the new connection to a less busy worker
+        (``pacs.server.balance``): not for TLS, nor for one handed over already."""
         self.server = server
+        self.placeable = placeable
+        self.counted = False  # in the workers' connection counts (pacs.server.balance)
+        self._handed_over = False
         self.settings = server.settings
         self.association = Association(Role.ACCEPTOR, max_pdu_length=self.settings.max_pdu_size)
         self.transport: asyncio.Transport | None = None
@@ -91,6 +96,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
     # --- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.placeable and self.server.hand_over(self, transport):
+            self._handed_over = True  # another worker serves it: nothing read, nothing sent
+            return
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self._tcp = QuickAck(transport)
         peer = transport.get_extra_info("peername")
@@ -126,6 +134,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._awaiting.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handed_over:
+            return
         self._fail_awaiting()
         if not self.association.is_closed:
             self.association.receive_data(b"")
