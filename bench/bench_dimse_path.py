@@ -170,6 +170,8 @@ async def _bench_protocol(count: int, data_dir: Path) -> float:
     server.pending_stores = 0
     server._paused = set()
     server._idle = asyncio.Event()
+    server._balance = None  # one worker: no connection hand-over
+    server._stopping = False
     server.disk = watermark(settings)
     server.context_policy = ContextPolicy(supported_contexts())
     server.archive = type("Archive", (), {"spool_dir": data_dir})()  # type: ignore[assignment]
