@@ -68,7 +68,9 @@ OnDuplicate = Literal["keep", "replace"]
 OutcomeKind = Literal["stored", "duplicate_kept", "replaced"]
 
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows with the data
-WRITEMAP_START = 256 << 20  # the first map (and file) of a writable map: doubles when full
+# The first map (and file, reserved on disk) of a writable map; it doubles when full. Small:
+# every archive reserves it, and a test suite opens hundreds of archives.
+WRITEMAP_START = 8 << 20
 _MAX_GROWTHS = 8
 
 SERIES_INSTANCES = "NumberOfSeriesRelatedInstances"
@@ -426,7 +428,9 @@ class Catalog:
     def _grow(self) -> None:
         with self._gate.exclusive():
             new_size = self._env.info()["map_size"] * 2
-            log.warning("catalog map full: growing it to %d MiB", new_size >> 20)
+            # A writable map starts small and grows as a matter of course.
+            log.log(logging.INFO if self._writemap else logging.WARNING,
+                    "catalog map full: growing it to %d MiB", new_size >> 20)
             self._grow_to(new_size)
 
     def checkpoint(self, name: str, value: str) -> None:
