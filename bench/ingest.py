@@ -10,8 +10,11 @@ In one run the same files go to three receivers, so the figures compare like wit
   fdatasync-ed (Orthanc's default ``SyncStorageArea``) but its SQLite index commits with WAL +
   ``SYNCHRONOUS=NORMAL`` (no sync per store); ``orthanc-nosync`` also drops the file sync.
 
-Usage: ``python -m bench.ingest [-n 2000] [-k 4] [--size 64] [--cpu]`` (``make bench``);
-``--cpu`` adds the CPU time per instance of the receiver and of the clients.
+Usage: ``python -m bench.ingest [-n 2000] [-k 4] [--size 64] [--cpu] [--rounds R]``
+(``make bench``); ``--cpu`` adds the CPU time per instance of the receiver and of the clients.
+``--rounds R`` runs the receivers one after the other R times over and reports medians and
+the ratios of each round (the same machine state for both sides): on a virtual machine whose
+disk and memory speeds move by 2x within an hour, one run of each is not a measurement.
 """
 
 from __future__ import annotations
@@ -177,23 +180,62 @@ def disk_write_rate(folder: Path, size_mib: int = 1024) -> float:
     return size_mib * 1024 * 1024 / elapsed / 1e6
 
 
-def matrix(receivers: list[str]) -> None:
-    """The issue's table: 64x64 and 512x512 CT, 1 and 4 associations, plus the disk rate."""
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """``median [min-max]`` (just the value for one)."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def matrix(receivers: list[str], rounds: int = 1) -> None:
+    """The issue's table: 64x64 and 512x512 CT, 1 and 4 associations, plus the disk rate.
+
+    With ``rounds`` > 1 each cell runs the receivers ``rounds`` times in turn and shows
+    medians; the ratios of the 4-association rows are taken round by round (pacs against
+    storescp for 64x64, against the disk's rate measured just before the round for 512x512)."""
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
         print(f"disk: {disk_write_rate(work):.0f} MB/s sustained (dd 1 GiB, conv=fdatasync)")
         print(f"{'size':>9s} {'assoc':>5s} " + " ".join(f"{r:>22s}" for r in receivers))
+        ratio_lines: list[str] = []
         for size, count in ((64, 4000), (512, 1000)):
             for streams in (1, 4):
                 dirs = generate(work / f"files-{size}-{streams}", count, size, streams, STUDY_SIZE)
                 total = sum(f.stat().st_size for d in dirs for f in d.iterdir())
-                cells = []
-                for name in receivers:
-                    seconds = run_receiver(name, work, dirs)
-                    cells.append(f"{count / seconds:7.0f}/s {total / seconds / 1e6:7.1f} MB/s")
+                rates: dict[str, list[float]] = {name: [] for name in receivers}
+                disks: list[float] = []
+                for _ in range(rounds):
+                    if size == 512 and streams == 4 and rounds > 1:
+                        disks.append(disk_write_rate(work))
+                    for name in receivers:
+                        rates[name].append(count / run_receiver(name, work, dirs))
+                cells = [f"{median(r):7.0f}/s {median(r) * total / count / 1e6:7.1f} MB/s"
+                         for r in rates.values()]
                 row = " ".join(f"{c:>22s}" for c in cells)
                 print(f"{size:>4d}x{size:<4d} {streams:>5d} {row}", flush=True)
+                if rounds > 1 and streams == 4:
+                    for ours in [n for n in receivers if n.startswith("pacs")]:
+                        if size == 64 and "storescp" in rates:
+                            per_round = [a / b for a, b in zip(rates[ours], rates["storescp"],
+                                                               strict=True)]
+                            what = "storescp --ignore"
+                        elif size == 512 and disks:
+                            per_round = [a * total / count / 1e6 / d
+                                         for a, d in zip(rates[ours], disks, strict=True)]
+                            what = f"the disk ({spread(disks)} MB/s)"
+                        else:
+                            continue
+                        ratio_lines.append(f"  {size}x{size}, 4 assoc.: {ours} / {what}: "
+                                           f"{spread(per_round, '{:.2f}')} over {rounds} rounds")
                 shutil.rmtree(work / f"files-{size}-{streams}")
+        for line in ratio_lines:
+            print(line)
 
 
 def available_receivers(names: list[str]) -> list[str]:
@@ -220,6 +262,9 @@ def main() -> None:
                              "child processes included) and the storescu clients'")
     parser.add_argument("--matrix", action="store_true",
                         help="64x64 and 512x512, 1 and 4 associations, and the disk's rate")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the receivers in turn this many times; medians and the "
+                             "ratios of each round")
     args = parser.parse_args()
     receivers = available_receivers(args.receivers.split(","))
     if any(n.startswith("orthanc") for n in receivers):
@@ -227,7 +272,7 @@ def main() -> None:
 
         print(f"orthanc: {version()}")
     if args.matrix:
-        matrix(receivers)
+        matrix(receivers, max(args.rounds, 1))
         return
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
         work = Path(tmp)
@@ -235,20 +280,29 @@ def main() -> None:
         total = sum(f.stat().st_size for d in dirs for f in d.iterdir())
         print(f"{args.count} instances, {total / args.count / 1024:.1f} KiB each, "
               f"{args.associations} associations (dcmtk storescu)")
-        results: dict[str, float] = {}
-        for name in receivers:
-            seconds = run_receiver(name, work, dirs)
-            results[name] = seconds
-            print(f"  {name:14s} {args.count / seconds:9.0f} instances/s "
-                  f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)")
-            if args.cpu and name in CPU:
-                user, system, clients = (v / args.count * 1e6 for v in CPU[name])
-                print(f"  {'':14s} CPU per instance: receiver {user:.0f} us user + "
-                      f"{system:.0f} us system, clients {clients:.0f} us")
-        for ours in [r for r in results if r.startswith("pacs")]:
+        rates: dict[str, list[float]] = {name: [] for name in receivers}
+        rounds = max(args.rounds, 1)
+        for r in range(rounds):
+            if rounds > 1:
+                print(f"round {r + 1}")
+            for name in receivers:
+                seconds = run_receiver(name, work, dirs)
+                rates[name].append(args.count / seconds)
+                print(f"  {name:14s} {args.count / seconds:9.0f} instances/s "
+                      f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)", flush=True)
+                if args.cpu and name in CPU:
+                    user, system, clients = (v / args.count * 1e6 for v in CPU[name])
+                    print(f"  {'':14s} CPU per instance: receiver {user:.0f} us user + "
+                          f"{system:.0f} us system, clients {clients:.0f} us")
+        if rounds > 1:
+            print(f"medians [min-max] over {rounds} rounds")
+            for name, values in rates.items():
+                print(f"  {name:14s} {spread(values)} instances/s")
+        for ours in [r for r in rates if r.startswith("pacs")]:
             for other in ("pynetdicom", "orthanc", "orthanc-nosync", "storescp"):
-                if other in results:
-                    print(f"  {ours} / {other}: {results[other] / results[ours]:.2f}x")
+                if other in rates:
+                    per_round = [a / b for a, b in zip(rates[ours], rates[other], strict=True)]
+                    print(f"  {ours} / {other}: {spread(per_round, '{:.2f}')}x")
 
 
 if __name__ == "__main__":
