@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pacs import metrics
 from pacs.config import DuplicatePolicy, Route
@@ -141,17 +142,11 @@ class Ingest:
         return record, meta
 
     def _prepare_large(
-        self,
-        dataset: bytes | bytearray | Path,
-        transfer_syntax_uid: str,
-        sop_class_uid: str,
-        sop_instance_uid: str | None,
-        source_aet: str,
+        self, dataset: bytes | bytearray | Path, *rest: Any
     ) -> tuple[tuple[InstanceRecord, bytes], int | None] | None:
-        """Blocking: ``_prepare`` then ``_write_large`` (the record with its location, the
-        Part-10 header, the failure count); None for a duplicate kept out."""
-        prepared = self._prepare(dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid,
-                                 source_aet)
+        """Blocking: ``_prepare`` (same arguments) then ``_write_large``: the record with its
+        location, the Part-10 header, the failure count; None for a duplicate kept out."""
+        prepared = self._prepare(dataset, *rest)
         if prepared is None:
             return None
         record, meta = prepared
