@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from bench.bench_import import generate, sop_uid
+from pacs.errors import CatalogError
 from tests.conftest import REPO, free_port, require_tool
 from tests.integration.archive_check import statistics, stored_instance
 
@@ -107,14 +108,19 @@ def test_import_killed_resumes(tmp_path: Path) -> None:
         start_new_session=True)
     deadline = time.monotonic() + 60
     seen = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (data / "index" / "data.mdb").exists():
-            seen = statistics(data).get("instances", 0)
-            if seen >= 300:
-                break
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (data / "index" / "data.mdb").exists():
+                try:
+                    seen = statistics(data).get("instances", 0)
+                except CatalogError:  # the file exists, its databases not yet: being created
+                    continue
+                if seen >= 300:
+                    break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert 0 < seen < count, "the import was not killed mid-run"
     # One process now: the other killed writer's segments are replayed all the same.
     again = pacs("import", "--data-dir", str(data), "--jobs", "1", "--report",
