@@ -206,7 +206,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
                 if event.last:
                     self._send_refusal()
                 return
-            spool.write(event.data)  # copies: the view dies at the next call
+            spool.write(event.data, event.last)  # copies: the view dies at the next call
             if event.last:
                 self._dataset_complete()
         elif isinstance(event, CommandReceived):

@@ -36,14 +36,20 @@ class Spool:
     def size(self) -> int:
         return self._size
 
-    def write(self, data: memoryview | bytes) -> None:
-        """Append one fragment (copied; the caller's buffer may be reused afterwards)."""
+    def write(self, data: memoryview | bytes, last: bool = True) -> None:
+        """Append one fragment (copied; the caller's buffer may be reused afterwards).
+
+        ``last=False`` says more fragments follow: a first fragment then starts the bytearray
+        at once instead of being copied into bytes, then into the bytearray."""
         self._size += len(data)
         if self._fh is None and self._size <= self._limit:
             if self._buf is not None:
                 self._buf += data
             elif self._first is None:
-                self._first = bytes(data)
+                if last:
+                    self._first = bytes(data)
+                else:
+                    self._buf = bytearray(data)
             else:
                 self._buf = bytearray(self._first)
                 self._buf += data

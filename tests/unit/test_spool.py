@@ -59,6 +59,28 @@ def test_fragments_are_copied_once_into_one_buffer(tmp_path: Path) -> None:
     assert empty.finish() == b""
 
 
+def test_a_first_fragment_told_more_follow_starts_the_bytearray(tmp_path: Path) -> None:
+    """last=False on the first fragment (the P-DATA header says more follow): it is copied
+    once, into the bytearray the others are appended to; the result is the same as without
+    the hint, spilling to disk included."""
+    spool = Spool(1000, tmp_path)
+    buffer = bytearray(b"first")
+    spool.write(memoryview(buffer), last=False)
+    buffer[:] = b"XXXXX"  # the receive buffer is reused: the spool holds its own copy
+    spool.write(memoryview(b"-second"), last=True)
+    result = spool.finish()
+    assert type(result) is bytearray and result == b"first-second"
+    alone = Spool(1000, tmp_path)
+    alone.write(memoryview(b"partial"), last=False)  # a data set cut short still finishes
+    assert alone.finish() == b"partial"
+    spilled = Spool(6, tmp_path)
+    spilled.write(memoryview(b"abcd"), last=False)
+    spilled.write(memoryview(b"efgh"), last=True)
+    path = spilled.finish()
+    assert isinstance(path, Path) and path.read_bytes() == b"abcdefgh"
+    spilled.discard()
+
+
 def test_spilling_after_several_fragments_keeps_their_order(tmp_path: Path) -> None:
     spool = Spool(12, tmp_path)
     for part in (b"aaaa", b"bbbb", b"cccc", b"dddd", b"ee"):
