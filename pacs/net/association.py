@@ -460,28 +460,33 @@ class Association:
     def _p_data(
         self, context_id: int, data: bytes | bytearray | memoryview, kind: int, last: bool
     ) -> bytes:
-        limit = self.max_send_pdu_length
-        if 0 < self.peer_max_pdu_length < limit:
-            limit = self.peer_max_pdu_length
-        if len(data) <= limit - 6 and (type(data) is bytes or type(data) is bytearray):
+        chunk = self._begin_p_data(context_id)
+        if len(data) <= chunk and (type(data) is bytes or type(data) is bytearray):
             # One PDU (a command set, a small data set): no views, no list.
-            if context_id not in self.accepted_contexts:
-                raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-            if self._fsm.state is not State.Sta6:  # in Sta6, DT-1 stays in Sta6
-                self._fsm.fire(Evt.Evt9)  # AR-7, or the error of an empty cell
             return P.encode_pdv_header(len(data), context_id, kind | (0x02 if last else 0)) + data
-        return b"".join(self._p_data_parts(context_id, data, kind, last))
+        return b"".join(self._pdvs(context_id, data, kind, last, chunk))
 
     def _p_data_parts(
         self, context_id: int, data: bytes | bytearray | memoryview, kind: int, last: bool
     ) -> list[bytes | memoryview]:
+        return self._pdvs(context_id, data, kind, last, self._begin_p_data(context_id))
+
+    def _begin_p_data(self, context_id: int) -> int:
+        """Check the context and fire Evt9 (DT-1 keeps Sta6: no table walk there, AR-7 or an
+        empty cell's error elsewhere); the most data one PDV may carry."""
         if context_id not in self.accepted_contexts:
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        self._fsm.fire(Evt.Evt9)  # DT-1 or AR-7
+        if self._fsm.state is not State.Sta6:
+            self._fsm.fire(Evt.Evt9)
         limit = self.max_send_pdu_length
         if 0 < self.peer_max_pdu_length < limit:
             limit = self.peer_max_pdu_length
-        chunk = max(limit - 6, 1)  # PDV item length (4) + context ID + control header
+        return max(limit - 6, 1)  # PDV item length (4) + context ID + control header
+
+    @staticmethod
+    def _pdvs(
+        context_id: int, data: bytes | bytearray | memoryview, kind: int, last: bool, chunk: int
+    ) -> list[bytes | memoryview]:
         view = memoryview(data).cast("B")
         size = len(view)
         parts: list[bytes | memoryview] = []

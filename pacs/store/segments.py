@@ -328,12 +328,9 @@ class SegmentStore:
             except OSError as exc:
                 self._undo(start)  # under the lock: nobody appended after us
                 raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
-            self._tail = end = start + total
+            self._tail = start + total
             self._dirty = True
-            data_offset = end - size
-            self._index += fmt.encode_record_entry(data_offset, size, kb)
-            self._n_records += 1
-            location = fmt.format_location(self._active, data_offset, size)
+            location = self._record(kb, size)
             self._maybe_prefill()
         finally:
             self._wlock.release()
@@ -399,10 +396,7 @@ class SegmentStore:
                     except OSError:
                         self._undo(start)  # under the lock: nobody appended after us
                         raise
-                    data_offset = self._tail - size
-                    self._index += fmt.encode_record_entry(data_offset, size, kb)
-                    self._n_records += 1
-                    location = fmt.format_location(self._active, data_offset, size)
+                    location = self._record(kb, size)
                     if not blocking:
                         self._maybe_prefill()
                 finally:
@@ -414,6 +408,14 @@ class SegmentStore:
         except OSError as exc:
             raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
+
+    def _record(self, kb: bytes, size: int) -> str:
+        """Under the write lock, once a blob record of ``size`` data bytes ends at the tail:
+        list it in the segment's index; its location."""
+        data_offset = self._tail - size
+        self._index += fmt.encode_record_entry(data_offset, size, kb)
+        self._n_records += 1
+        return fmt.format_location(self._active, data_offset, size)
 
     def _make_room(self, record_size: int, blocking: bool = True) -> bool:
         """Under the write lock, before an append: roll if the record does not fit, and stop a
