@@ -16,8 +16,6 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from pacs.errors import BlobNotFound, PacsError
@@ -43,19 +41,10 @@ class InflightSegments:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
 
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Around put → commit of one instance. The segment is noted *before* the put:
-        segments only grow, so the note is never later than where the blob lands."""
-        segment = self.enter()
-        try:
-            yield
-        finally:
-            self.leave(segment)
-
     def enter(self) -> str:
-        """``writing`` without a context manager (once per C-STORE): the segment noted, for
-        ``leave``."""
+        """Before put → commit of one instance: its segment noted (for ``leave`` after the
+        commit). The segment is noted *before* the put: segments only grow, so the note is
+        never later than where the blob lands."""
         segment = self._store.active_segment
         with self._lock:
             self._counts[segment] += 1

@@ -110,10 +110,9 @@ class DimseServer:
         if sock is None:
             return False
         target = balance.choose()
-        protocol.counted = True
         if target is None or not balance.hand_over(target, sock.fileno()):
+            protocol.counted = True  # kept: counted here
             return False
-        protocol.counted = False
         log.debug("connection from %s handed to worker %d", transport.get_extra_info("peername"),
                   target)
         transport.close()

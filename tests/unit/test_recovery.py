@@ -77,14 +77,15 @@ def test_checkpoint_waits_for_in_flight_blobs(tmp_path: Path) -> None:
     store = SegmentStore(tmp_path / "blobs", writer_id="w0", segment_size=16 * 1024)
     inflight = InflightSegments(store)
     start = store.active_segment
-    with inflight.writing():
-        ds = make_ct()
-        store.put(ds.SOPInstanceUID, blob(ds))
-        for _ in range(3):  # other writes roll the segment on
-            other = make_ct()
-            store.put(other.SOPInstanceUID, blob(other))
-        assert store.active_segment != start
-        assert inflight.checkpoint_position() == start
+    noted = inflight.enter()
+    ds = make_ct()
+    store.put(ds.SOPInstanceUID, blob(ds))
+    for _ in range(3):  # other writes roll the segment on
+        other = make_ct()
+        store.put(other.SOPInstanceUID, blob(other))
+    assert store.active_segment != start
+    assert inflight.checkpoint_position() == start
+    inflight.leave(noted)
     assert inflight.checkpoint_position() == store.active_segment
     store.close()
 
