@@ -15,7 +15,7 @@ test: system-deps $(STAMP) lint pytest
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd)
+$(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel Cython
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -38,7 +38,8 @@ def open_store(settings: Settings, worker_id: int = 0, writer_id: str | None = N
         writer = writer_id or (f"w{worker_id}" if worker_id >= 0 else "tool")
         return SegmentStore(settings.blob_dir, writer_id=writer,
                             segment_size=settings.segment_size,
-                            prefill=settings.segment_prefill)
+                            prefill=settings.segment_prefill,
+                            direct_min=settings.segment_direct_min)
     if settings.store_backend == "files":
         return FileStore(settings.blob_dir)
     raise ConfigError(f"store_backend: unknown backend {settings.store_backend!r}")

@@ -92,6 +92,7 @@ class Settings:
     store_backend: StoreBackend = "segments"
     segment_size: int = 1 << 30
     segment_prefill: int = 8 << 20  # zero-filled bytes kept ahead of the tail; 0: none
+    segment_direct_min: int = 256 << 10  # records this large skip the page cache; 0: never
     compact_threshold: float = 0.5  # dead fraction that triggers automatic compaction; 0: never
     compact_check_interval: float = 600.0
     on_duplicate: DuplicatePolicy = "keep"
@@ -226,6 +227,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "spool_memory_limit": (0, 1 << 34),
     "segment_size": (4096, 1 << 40),
     "segment_prefill": (0, 1 << 32),
+    "segment_direct_min": (0, 1 << 40),
     "compact_threshold": (0, 1),
     "compact_check_interval": (0.1, 7 * 86400),
     "max_pending_stores": (1, 100_000),

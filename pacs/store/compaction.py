@@ -24,13 +24,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pacs.errors import StorageError
 from pacs.store import segment_format as fmt
+from pacs.store.crc import crc32
 from pacs.store.files import _copy_file, fsync_dir
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def _rewrite(
                     os.close(src)
             for tomb in keep_tombs:
                 data = tomb.encode()
-                header = fmt.pack_header(fmt.KIND_TOMBSTONE, b"", len(data), zlib.crc32(data))
+                header = fmt.pack_header(fmt.KIND_TOMBSTONE, b"", len(data), crc32(data))
                 os.pwrite(out, header + data, tail)
                 tail += len(header) + len(data)
             _step("copied")

@@ -28,10 +28,10 @@ import hashlib
 import os
 import re
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pacs.store.crc import crc32
 from pacs.store.digest import Digest
 
 MAGIC = b"PSG1"
@@ -110,7 +110,7 @@ class Header:
 
 def pack_header(kind: int, key: bytes, data_len: int, data_crc: int) -> bytes:
     head = _HEAD.pack(MAGIC, kind, 0, len(key), data_len, data_crc, key)
-    return head + _CRC.pack(zlib.crc32(head))
+    return head + _CRC.pack(crc32(head))
 
 
 def unpack_header(raw: bytes, offset: int) -> Header | None:
@@ -121,7 +121,7 @@ def unpack_header(raw: bytes, offset: int) -> Header | None:
     magic, kind, _flags, key_len, data_len, data_crc, key = _HEAD.unpack(head)
     if magic != MAGIC or kind not in (KIND_BLOB, KIND_TOMBSTONE, KIND_SEAL) or key_len > KEY_MAX:
         return None
-    if _CRC.unpack_from(raw, _HEAD.size)[0] != zlib.crc32(head):
+    if _CRC.unpack_from(raw, _HEAD.size)[0] != crc32(head):
         return None
     return Header(offset, kind, key[:key_len].decode("utf-8", "surrogatepass"), data_len, data_crc)
 
@@ -137,7 +137,7 @@ def crc_range(fd: int, offset: int, length: int, crc: int = 0) -> int:
         chunk = os.pread(fd, min(CHUNK, end - offset), offset)
         if not chunk:
             raise EOFError(f"short read at {offset}")
-        crc = zlib.crc32(chunk, crc)
+        crc = crc32(chunk, crc)
         offset += len(chunk)
     return crc
 
@@ -188,7 +188,7 @@ def decode_records(raw: bytes, count: int) -> list[tuple[int, int, str]]:
 
 def pack_footer(seal_offset: int) -> bytes:
     head = struct.pack("<Q4s", seal_offset, _FOOTER_MAGIC)
-    return head + _CRC.pack(zlib.crc32(head))
+    return head + _CRC.pack(crc32(head))
 
 
 def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex | None:
@@ -200,7 +200,7 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
         return None
     raw = os.pread(fd, FOOTER_SIZE, size - FOOTER_SIZE)
     seal_offset, magic, crc = _FOOTER.unpack(raw)
-    if magic != _FOOTER_MAGIC or crc != zlib.crc32(raw[:12]):
+    if magic != _FOOTER_MAGIC or crc != crc32(raw[:12]):
         return None
     head = read_header(fd, seal_offset)
     if head is None or head.kind != KIND_SEAL or head.end + FOOTER_SIZE != size:
@@ -209,7 +209,7 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
     pos = head.data_offset + _INDEX_HEAD.size
     if records:
         rest = os.pread(fd, head.data_len - _INDEX_HEAD.size, pos)
-        if zlib.crc32(rest, zlib.crc32(struct.pack("<IIQ", n_tomb, n_rec, tomb_len))) != (
+        if crc32(rest, crc32(struct.pack("<IIQ", n_tomb, n_rec, tomb_len))) != (
             head.data_crc
         ):
             return None
@@ -225,7 +225,7 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
 
 def seal_bytes(offset: int, index: bytes) -> bytes:
     """Seal record (at ``offset``) + footer: appended as one write, then fdatasync'd."""
-    return pack_header(KIND_SEAL, b"", len(index), zlib.crc32(index)) + index + pack_footer(offset)
+    return pack_header(KIND_SEAL, b"", len(index), crc32(index)) + index + pack_footer(offset)
 
 
 # -- scanning -------------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def digest_file(fd: int, size: int, digest: Digest, crc: int) -> int:
         if n == 0:
             raise OSError(f"spooled file shorter than its {size} bytes")
         digest.update(view[:n])
-        crc = zlib.crc32(view[:n], crc)
+        crc = crc32(view[:n], crc)
         offset += n
     return crc
 

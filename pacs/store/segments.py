@@ -36,11 +36,12 @@ tombstone at open; a delete made by another process after that is seen by ``loca
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,12 +54,16 @@ from pacs.store import external
 from pacs.store import segment_format as fmt
 from pacs.store.base import BlobInfo, BlobPart
 from pacs.store.compaction import CompactReport, compact
+from pacs.store.crc import crc32
 from pacs.store.files import _copy_file, fsync_dir
 
 log = logging.getLogger(__name__)
 
 _MAX_READ_FDS = 256  # cached read descriptors (one per segment); older ones are closed
 PREFILL = 8 << 20  # zero-filled bytes kept ahead of the tail for small puts
+DIRECT_MIN = 256 << 10  # records at least this large bypass the page cache (O_DIRECT)
+_BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffer (any device's block divides it)
+_DIRECT_CHUNK = 2 << 20  # the aligned buffer a direct write copies through
 _ZEROS = bytes(1 << 20)
 
 
@@ -88,7 +93,7 @@ class SegmentStore:
     """A BlobStore appending whole instances to segment files under ``root``."""
 
     def __init__(self, root: Path, writer_id: str = "w0", segment_size: int = 1 << 30,
-                 prefill: int = PREFILL) -> None:
+                 prefill: int = PREFILL, direct_min: int = DIRECT_MIN) -> None:
         if not fmt.WRITER_ID.fullmatch(writer_id) or writer_id == fmt.COMPACT_OWNER:
             raise ValueError(f"writer_id must match [A-Za-z0-9_]{{1,32}}, not {writer_id!r}")
         if segment_size < 4096:
@@ -109,6 +114,11 @@ class SegmentStore:
         self._fill_start = 0  # where the running fill writes next: nothing else may go there
         self._fill_stop = False  # asks the running fill to stop after its current chunk
         self._fill_paused_until = 0.0  # after a failed fill (e.g. ENOSPC)
+        # Direct writes of large records (see _append_direct): 0 turns them off, and so does a
+        # file system that refuses O_DIRECT.
+        self.direct_min = max(0, direct_min)
+        self._dfd = -1  # an O_DIRECT descriptor of the active segment, opened at first use
+        self._dbuf: mmap.mmap | None = None  # page-aligned, reused: its pages stay mapped
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
         self._dead: set[str] = set()  # tombstoned locations known to this process
         self._closed = False
@@ -240,6 +250,7 @@ class SegmentStore:
         fsync_dir(self.root)
         with self._slock:
             self._wfd, self._active, self._tail = fd, name, 0
+        self._close_direct()
         self._zeroed_end = 0
         self._index = bytearray()
         self._n_records = 0
@@ -309,7 +320,7 @@ class SegmentStore:
         size = 0
         for part in parts:
             digest.update(part)
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
             size += len(part)
         header = fmt.pack_header(fmt.KIND_BLOB, kb, size, crc)
         total = fmt.HEADER_SIZE + size
@@ -379,7 +390,7 @@ class SegmentStore:
                     else:
                         n = len(view := memoryview(part).cast("B"))
                         digest.update(view)
-                        crc = zlib.crc32(view, crc)
+                        crc = crc32(view, crc)
                         items.append(view)
                     size += n
                 header = fmt.pack_header(fmt.KIND_BLOB, kb, size, crc)
@@ -499,7 +510,12 @@ class SegmentStore:
             os.close(fd)
 
     def _append(self, header: bytes, items: Sequence[memoryview | tuple[int, int]]) -> None:
-        """Write header + items at the tail: bytes with pwritev, spooled files by the kernel."""
+        """Write header + items at the tail: bytes with pwritev (large records mostly around the
+        page cache, ``_append_direct``), spooled files by the kernel."""
+        if self.direct_min and all(type(item) is memoryview for item in items):
+            views = [memoryview(header), *cast("Sequence[memoryview]", items)]
+            if sum(map(len, views)) >= self.direct_min and self._append_direct(views):
+                return
         pos = self._tail
         batch: list[memoryview] = [memoryview(header)]
         for item in items:
@@ -515,6 +531,77 @@ class SegmentStore:
                 raise OSError(f"spooled file shrank while being copied ({n} bytes expected)")
             pos += n
         self._tail = fmt.pwrite_all(self._wfd, batch, pos)
+
+    def _append_direct(self, views: list[memoryview]) -> bool:
+        """Write a large record at the tail with its whole 4 KiB blocks through an O_DIRECT
+        descriptor and only the partial first and last block through the page cache; False
+        (nothing written) when direct I/O is not available here.
+
+        Why: a buffered write copies every byte into page-cache pages and the kernel writes
+        them back later; on this kind of VM a fresh page costs far more than the copy (measured
+        here: 513 KiB records with an fdatasync per 4, buffered 380-1,736 MB/s at 155-1,104 us
+        of CPU a record depending on how new the guest's pages are, direct 1,573-1,628 MB/s at
+        120 us). Bulk ingest also no longer evicts the index's pages. The group's fdatasync
+        covers direct writes like buffered ones (it flushes the device's cache), and no cached
+        page overlaps a direct range: partial blocks (shared with the neighbour records) stay
+        buffered, and the kernel writes back and drops any zero-fill pages in the range first.
+        """
+        start = self._tail
+        end = start + sum(map(len, views))
+        first, last = -(-start // _BLOCK) * _BLOCK, end // _BLOCK * _BLOCK
+        if last - first < _BLOCK:
+            return False
+        dfd = self._direct_fd()
+        if dfd < 0:
+            return False
+        assert self._dbuf is not None
+        buf = memoryview(self._dbuf)
+        fmt.pwrite_all(self._wfd, _byte_range(views, 0, first - start), start)
+        pos = first
+        while pos < last:
+            n = min(len(buf), last - pos)
+            at = 0
+            for piece in _byte_range(views, pos - start, pos - start + n):
+                buf[at:at + len(piece)] = piece
+                at += len(piece)
+            done = 0
+            if dfd >= 0:
+                try:
+                    done = os.pwrite(dfd, buf[:n], pos)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # Alignment this file system does not accept: buffered from here on.
+                    log.warning("segment store %s: direct writes refused (%s); writing "
+                                "through the page cache", self.root, exc)
+                    self.direct_min = 0
+                    self._close_direct()
+                    dfd = -1
+            if done < n:  # a short direct write (a nearly full disk): the rest buffered
+                fmt.pwrite_all(self._wfd, [buf[done:n]], pos + done)
+            pos += n
+        self._tail = fmt.pwrite_all(self._wfd, _byte_range(views, last - start, end - start), last)
+        return True
+
+    def _direct_fd(self) -> int:
+        """The active segment's O_DIRECT descriptor (and the aligned buffer); -1 (and direct
+        writes off) where the file system does not support them (e.g. an older tmpfs)."""
+        if self._dfd < 0:
+            try:
+                if self._dbuf is None:
+                    self._dbuf = mmap.mmap(-1, _DIRECT_CHUNK)
+                self._dfd = os.open(self.root / self._active,
+                                    os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as exc:
+                log.info("segment store %s: no direct I/O here (%s); large records go "
+                         "through the page cache", self.root, exc)
+                self.direct_min = 0
+        return self._dfd
+
+    def _close_direct(self) -> None:
+        if self._dfd >= 0:
+            os.close(self._dfd)
+            self._dfd = -1
 
     def _sync(self, durable: bool) -> None:
         if durable:
@@ -588,7 +675,7 @@ class SegmentStore:
                 self._make_room(fmt.HEADER_SIZE + len(data))
                 start = self._tail
                 header = fmt.pack_header(
-                    fmt.KIND_TOMBSTONE, fmt.key_bytes(key), len(data), zlib.crc32(data)
+                    fmt.KIND_TOMBSTONE, fmt.key_bytes(key), len(data), crc32(data)
                 )
                 self._append(header, [memoryview(data)])
                 self._sync(True)
@@ -832,6 +919,13 @@ class SegmentStore:
                 self._close_fds()
 
     def _close_fds(self) -> None:
+        self._close_direct()
+        if self._dbuf is not None:
+            try:
+                self._dbuf.close()
+            except BufferError:  # a view kept alive by a traceback: the collector frees it
+                pass
+            self._dbuf = None
         with self._slock:
             if self._wfd >= 0:
                 os.close(self._wfd)
@@ -882,6 +976,20 @@ class _Reading:
         if self._handle is not None:
             self.store._release(self._handle)
             self._handle = None
+
+
+def _byte_range(views: Sequence[memoryview], lo: int, hi: int) -> list[memoryview]:
+    """Bytes [lo, hi) of the concatenation of ``views`` (byte views), as views of them."""
+    out: list[memoryview] = []
+    pos = 0
+    for view in views:
+        n = len(view)
+        if pos + n > lo and pos < hi:
+            out.append(view[max(lo - pos, 0):min(hi - pos, n)])
+        pos += n
+        if pos >= hi:
+            break
+    return out
 
 
 def _all_zero(fd: int, start: int, end: int) -> bool:

@@ -589,3 +589,170 @@ def test_failed_fdatasyncs_are_counted(tmp_path: Path, monkeypatch: pytest.Monke
     assert store.failures == 3
     store.flush()  # the file itself is usable again for new puts
     store.close()
+
+
+# -- direct writes of large records (O_DIRECT) ------------------------------------------------
+
+
+def cached_pages(path: Path) -> list[bool]:
+    """Which pages of ``path`` are in the page cache (mincore of a mapping never touched)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0
+            return [bool(v & 1) for v in vec]
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    finally:
+        os.close(fd)
+
+
+def direct_io_here(root: Path) -> bool:
+    probe = root / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+LARGE_SIZES = [300_000, 262_144 - 88, 525_000, 5_000_000]  # the last: more than one buffer
+
+
+def large_then_small(store: SegmentStore, prefix: str = "L") -> dict[str, bytes]:
+    """Large records at unaligned tails between small ones; location -> bytes."""
+    out: dict[str, bytes] = {}
+    for i, size in enumerate(LARGE_SIZES):
+        small = bytes([i]) * (333 + 1000 * i)
+        out[store.put(f"{prefix}.s{i}", [small], durable=False).location] = small
+        data = hashlib.sha256(f"{prefix}.{i}".encode()).digest() * (size // 32)
+        meta = b"M" * (128 + i)  # a Part-10 header part, as ingest passes it
+        info = store.put(f"{prefix}.{i}", [meta, bytearray(data)], durable=False)
+        out[info.location] = meta + data
+    store.flush()
+    return out
+
+
+def test_large_records_written_directly_equal_buffered_ones(tmp_path: Path) -> None:
+    """The same puts through the direct path and the page cache give byte-identical segments,
+    and the direct path really bypassed the cache for whole blocks."""
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    direct = SegmentStore(tmp_path / "direct", prefill=0)
+    buffered = SegmentStore(tmp_path / "buffered", prefill=0, direct_min=0)
+    written = large_then_small(direct)
+    assert large_then_small(buffered) == written
+    assert direct._dfd >= 0 and direct.direct_min > 0 and buffered._dfd < 0
+    name = "w0-00000001.seg"
+    raw = (tmp_path / "direct" / name).read_bytes()
+    cached = cached_pages(tmp_path / "direct" / name)
+    assert raw == (tmp_path / "buffered" / name).read_bytes()
+    for location, data in written.items():
+        assert direct.get(location) == data
+    # read_bytes above pulled every page in again: check residency on a fresh store's file
+    fresh = SegmentStore(tmp_path / "fresh", prefill=0)
+    info = fresh.put("big", [b"h" * 100, bytes(range(256)) * 4000], durable=True)
+    pages = cached_pages(tmp_path / "fresh" / name)
+    offset = int(info.location.split(":")[1])
+    first_whole = -(-(offset - fmt.HEADER_SIZE) // 4096) + 1  # past the buffered head block
+    last_whole = (offset + info.size) // 4096 - 1
+    assert last_whole > first_whole
+    assert not any(pages[first_whole:last_whole]), "whole blocks went through the page cache"
+    assert fresh.get(info.location) == b"h" * 100 + bytes(range(256)) * 4000
+    for store in (direct, buffered, fresh):
+        store.close()
+    del cached
+    check_then_reopen(SegmentStore(tmp_path / "direct"), tmp_path / "direct", written)
+
+
+def test_direct_writes_refused_fall_back_to_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file system refusing O_DIRECT (at open, or EINVAL at the write, e.g. an alignment it
+    does not take) gets the same records through the page cache, and direct writes stop."""
+    real_open, real_pwrite = os.open, os.pwrite
+
+    def open_refusing(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", open_refusing)
+    store = SegmentStore(tmp_path / "a", prefill=0)
+    written = large_then_small(store)
+    assert store.direct_min == 0 and store._dfd < 0
+    monkeypatch.undo()
+    check_then_reopen(store, tmp_path / "a", written)
+
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    store = SegmentStore(tmp_path / "b", prefill=0)
+    refused: list[int] = []
+
+    def pwrite_refusing(fd: int, data: bytes, offset: int) -> int:
+        if fd == store._dfd:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite_refusing)
+    with caplog.at_level(logging.WARNING, logger="pacs.store.segments"):
+        written = large_then_small(store)
+    monkeypatch.undo()
+    assert len(refused) == 1 and store.direct_min == 0
+    assert "direct writes refused" in caplog.text
+    check_then_reopen(store, tmp_path / "b", written)
+
+
+def test_a_failed_direct_write_leaves_no_partial_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    store = SegmentStore(tmp_path, prefill=0)
+    first = store.put("1.2.1", [b"first"], durable=False)
+    real_pwrite = os.pwrite
+
+    def full_disk(fd: int, data: bytes, offset: int) -> int:
+        if fd == store._dfd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    with pytest.raises(StorageError, match="No space left"):
+        store.put("1.2.2", [b"x" * 600_000], durable=False)
+    monkeypatch.undo()
+    after = store.put("1.2.3", [b"y" * 600_000], durable=True)
+    assert store.direct_min > 0  # a full disk is no reason to stop writing directly
+    check_then_reopen(store, tmp_path, {first.location: b"first", after.location: b"y" * 600_000})
+
+
+def test_direct_writes_across_rolls_and_into_zero_filled_space(tmp_path: Path) -> None:
+    """Large records land in space small puts zero-filled, and in new segments after rolls
+    (each segment its own direct descriptor); all read back after a reopen."""
+    store = SegmentStore(tmp_path, segment_size=2 << 20, prefill=1 << 20)
+    expected: dict[str, bytes] = {}
+    for round_ in range(4):
+        expected.update(small_puts(store, 20, prefix=f"s{round_}"))
+        wait_fill(store)
+        data = bytes([round_]) * 700_000
+        expected[store.put(f"big{round_}", [b"meta", data], durable=False).location] = (
+            b"meta" + data)
+    store.flush()
+    assert len(store.segments()) >= 2
+    check_then_reopen(store, tmp_path, expected)

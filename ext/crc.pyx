@@ -1,0 +1,32 @@
+# cython: language_level=3
+"""The compiled twin of ``zlib.crc32`` (``pacs.store.crc``): the same values, several times faster
+on large buffers (carry-less multiplication, ``crc32_fold.h``), without the GIL above 4 KiB."""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from libc.stdint cimport uint32_t
+
+cdef extern from "crc32_fold.h" nogil:
+    void pacs_crc32_init()
+    uint32_t pacs_crc32(uint32_t value, const unsigned char *p, size_t n)
+    int pacs_crc32_has_clmul
+
+pacs_crc32_init()
+
+ACCELERATED = bool(pacs_crc32_has_clmul)
+
+
+def crc32(data, value=0, /):
+    """``zlib.crc32(data, value)``."""
+    cdef Py_buffer view
+    cdef uint32_t start = <uint32_t>(value & 0xFFFFFFFF)
+    cdef uint32_t out
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        if view.len >= 4096:
+            with nogil:
+                out = pacs_crc32(start, <const unsigned char *>view.buf, <size_t>view.len)
+        else:
+            out = pacs_crc32(start, <const unsigned char *>view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return out
