@@ -48,7 +48,6 @@ Leniency policy (identical in both twins)
 from __future__ import annotations
 
 import mmap
-import os
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, MutableSequence, Sequence
@@ -66,6 +65,7 @@ from pacs.dicom.charset import (
     python_encodings,
 )
 from pacs.errors import DicomFormatError
+from pacs.extensions import compiled
 from pacs.index.records import ALL_KEYWORDS
 
 __all__ = [
@@ -111,13 +111,9 @@ _DEFLATED = frozenset(("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"))
 
 
 def _pick_core() -> tuple[ScanCore, IndexCore | None, str]:
-    if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
-        try:
-            from pacs.dicom import _cscan
-        except ImportError:
-            pass
-        else:
-            return _cscan.scan_core, _cscan.index_core, "cython"
+    module = compiled("pacs.dicom._cscan")
+    if module is not None:
+        return module.scan_core, module.index_core, "cython"
     return _pyscan.scan_core, None, "python"
 
 

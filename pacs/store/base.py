@@ -23,7 +23,7 @@ class BlobInfo:
 
     location: str
     size: int
-    digest: str  # hex digest of the whole blob (pacs.store.digest: SHA-256)
+    digest: str  # digest of the whole blob (pacs.store.digest: b3:<BLAKE3 hex>)
 
 
 class BlobStore(Protocol):

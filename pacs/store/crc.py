@@ -8,9 +8,10 @@ unless extensions are off (``PACS_NO_EXTENSIONS=1``) or not built: then its twin
 
 from __future__ import annotations
 
-import os
 import zlib
 from typing import Protocol
+
+from pacs.extensions import compiled
 
 
 class Crc32(Protocol):
@@ -18,13 +19,9 @@ class Crc32(Protocol):
 
 
 def _choose() -> tuple[Crc32, str]:
-    if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
-        try:
-            from pacs.store import _ccrc  # type: ignore[attr-defined]
-        except ImportError:
-            pass
-        else:
-            return _ccrc.crc32, "cython"
+    module = compiled("pacs.store._ccrc")
+    if module is not None:
+        return module.crc32, "cython"
     return zlib.crc32, "python"
 
 

@@ -23,6 +23,8 @@ import struct
 import threading
 from collections.abc import Callable
 
+from pacs.extensions import compiled
+
 _REQUEST = struct.Struct("<q")
 _ANSWER = struct.Struct("<qq")
 REQUEST_SIZE = _REQUEST.size
@@ -54,13 +56,9 @@ def serve_pure(request_fd: int, answer_fd: int) -> None:
 
 
 def _choose() -> tuple[Callable[[int, int], None], str]:
-    if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
-        try:
-            from pacs.store import _csync  # type: ignore[attr-defined]
-        except ImportError:
-            pass
-        else:
-            return _csync.serve, "cython"
+    module = compiled("pacs.store._csync")
+    if module is not None:
+        return module.serve, "cython"
     return serve_pure, "python"
 
 

@@ -3,7 +3,6 @@ and what it stored before is intact."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import struct
@@ -12,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import blake3
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -60,7 +60,7 @@ def assert_still_serving(archive, digests: dict[str, str]) -> None:
         found = stored_instance(archive.data_dir, uid)
         assert found is not None, uid
         record, blob = found
-        assert hashlib.sha256(blob).hexdigest() == digest == record.digest
+        assert "b3:" + blake3.blake3(blob).hexdigest() == digest == record.digest
     assert not [p for p in (archive.data_dir / "spool").rglob("*") if p.is_file()]
 
 

@@ -45,38 +45,9 @@ def send_until_killed(archive, files: list[Path], kill_after: int) -> list[Path]
     return acknowledged
 
 
-@pytest.mark.parametrize("kill_after", [1, 120, 600])
-def test_kill_9_loses_no_acknowledged_instance(archive, tmp_path: Path, kill_after: int):
-    study = make_ct().StudyInstanceUID
-    files = [write(make_ct(study_uid=study, instance_number=i), tmp_path / f"{i:04d}.dcm")
-             for i in range(1000)]
-    acknowledged = send_until_killed(archive, files, kill_after)
-    assert len(acknowledged) < len(files)
-    archive.start()
-    for path in acknowledged:
-        original = pydicom.dcmread(path)
-        found = stored_instance(archive.data_dir, original.SOPInstanceUID)
-        assert found is not None, f"acknowledged {path.name} lost"
-        _, blob = found
-        assert same_dataset(read_blob(blob), original)
-    archive.stop()
-    # Every indexed blob is whole: present, right size, right digest.
-    proc = subprocess.run([sys.executable, "-m", "pacs", "verify", "--data-dir",
-                           str(archive.data_dir)], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
-    assert "missing" not in proc.stdout and "mismatch" not in proc.stdout, proc.stdout
-    assert "unreadable" not in proc.stdout, proc.stdout
-
-
-def test_kill_9_during_large_direct_writes_loses_nothing(archive, tmp_path: Path) -> None:
-    """512x512 CT instances (513 KiB: their records go around the page cache with O_DIRECT)
-    mixed with small ones: acknowledged ones survive a kill -9, whole and identical."""
-    study = make_ct().StudyInstanceUID
-    files = [write(make_ct(study_uid=study, instance_number=i,
-                           rows=512 if i % 3 else 64, columns=512 if i % 3 else 64),
-                   tmp_path / f"{i:04d}.dcm") for i in range(150)]
-    acknowledged = send_until_killed(archive, files, 70)
-    assert len(acknowledged) < len(files)
+def assert_acknowledged_intact_after_restart(archive, acknowledged: list[Path]) -> None:
+    """Restarted, the archive holds every acknowledged file identical, and every indexed blob
+    is whole (``pacs verify``: present, right size, right digest)."""
     archive.start()
     for path in acknowledged:
         original = pydicom.dcmread(path)
@@ -89,6 +60,28 @@ def test_kill_9_during_large_direct_writes_loses_nothing(archive, tmp_path: Path
                           timeout=120)
     assert "missing" not in proc.stdout and "mismatch" not in proc.stdout, proc.stdout
     assert "unreadable" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("kill_after", [1, 120, 600])
+def test_kill_9_loses_no_acknowledged_instance(archive, tmp_path: Path, kill_after: int):
+    study = make_ct().StudyInstanceUID
+    files = [write(make_ct(study_uid=study, instance_number=i), tmp_path / f"{i:04d}.dcm")
+             for i in range(1000)]
+    acknowledged = send_until_killed(archive, files, kill_after)
+    assert len(acknowledged) < len(files)
+    assert_acknowledged_intact_after_restart(archive, acknowledged)
+
+
+def test_kill_9_during_large_direct_writes_loses_nothing(archive, tmp_path: Path) -> None:
+    """512x512 CT instances (513 KiB: their records go around the page cache with O_DIRECT)
+    mixed with small ones: acknowledged ones survive a kill -9, whole and identical."""
+    study = make_ct().StudyInstanceUID
+    files = [write(make_ct(study_uid=study, instance_number=i,
+                           rows=512 if i % 3 else 64, columns=512 if i % 3 else 64),
+                   tmp_path / f"{i:04d}.dcm") for i in range(150)]
+    acknowledged = send_until_killed(archive, files, 70)
+    assert len(acknowledged) < len(files)
+    assert_acknowledged_intact_after_restart(archive, acknowledged)
 
 
 def test_restart_after_kill_replays_lost_index_entries(archive, tmp_path: Path) -> None:

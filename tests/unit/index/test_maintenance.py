@@ -137,21 +137,26 @@ def test_verify_finds_damage(store: FileStore, catalog: Catalog, tmp_path: Path)
 
 
 def test_verify_checks_digests_of_earlier_versions(store: FileStore, catalog: Catalog) -> None:
-    """Blobs indexed with BLAKE2b-128 (before SHA-256) are verified with BLAKE2b: right ones
-    pass, a wrong one is reported; new digests are SHA-256."""
+    """Blobs indexed with SHA-256 or BLAKE2b-128 (earlier versions) are verified with their
+    own algorithm: right ones pass, a wrong one is reported; new digests are BLAKE3."""
     import hashlib
+
+    import blake3
 
     locations = fill(store)
     reindex(catalog, store, read_record)
     records = {r.sop_instance_uid: r for r in catalog.iter_instances()}
-    assert all(len(r.digest) == 64 for r in records.values())  # SHA-256 hex
-    old = records["1.9.0"]
-    blob = store.get(locations["1.9.0"])
-    assert old.digest == hashlib.sha256(blob).hexdigest()
-    old.digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+    old, older = records["1.9.0"], records["1.9.2"]
+    blob, blob2 = store.get(locations["1.9.0"]), store.get(locations["1.9.2"])
+    assert old.digest == "b3:" + blake3.blake3(blob).hexdigest()
+    assert all(r.digest.startswith("b3:") and len(r.digest) == 67 for r in records.values())
+    old.digest = hashlib.sha256(blob).hexdigest()
+    older.digest = hashlib.blake2b(blob2, digest_size=16).hexdigest()
     wrong = records["1.9.1"]
     wrong.digest = hashlib.blake2b(b"something else", digest_size=16).hexdigest()
-    catalog.store_batch([old, wrong], on_duplicate="replace")
+    catalog.store_batch([old, older, wrong], on_duplicate="replace")
     assert blob_digest(store, locations["1.9.0"], like=old.digest) == (len(blob), old.digest)
+    assert blob_digest(store, locations["1.9.2"], like=older.digest) == (len(blob2),
+                                                                          older.digest)
     report = verify(catalog, store)
     assert report.digest_mismatch == [("1.9.1", locations["1.9.1"])]

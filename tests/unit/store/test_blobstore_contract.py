@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from pacs.errors import BlobNotFound, StorageError
@@ -46,7 +46,8 @@ def store(open_store: Callable[[], BlobStore]) -> BlobStore:
 
 
 def blake(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """The digest new blobs must carry: BLAKE3, tagged (computed here without pacs)."""
+    return "b3:" + blake3.blake3(data).hexdigest()
 
 
 def spool(tmp_path: Path, name: str, data: bytes) -> Path:
