@@ -512,9 +512,9 @@ class SegmentStore:
     def _append(self, header: bytes, items: Sequence[memoryview | tuple[int, int]]) -> None:
         """Write header + items at the tail: bytes with pwritev (large records mostly around the
         page cache, ``_append_direct``), spooled files by the kernel."""
-        if self.direct_min and all(type(item) is memoryview for item in items):
-            views = [memoryview(header), *cast("Sequence[memoryview]", items)]
-            if sum(map(len, views)) >= self.direct_min and self._append_direct(views):
+        if self.direct_min:
+            pieces: list[_Piece] = [memoryview(header), *items]
+            if sum(map(_piece_len, pieces)) >= self.direct_min and self._append_direct(pieces):
                 return
         pos = self._tail
         batch: list[memoryview] = [memoryview(header)]
@@ -532,10 +532,11 @@ class SegmentStore:
             pos += n
         self._tail = fmt.pwrite_all(self._wfd, batch, pos)
 
-    def _append_direct(self, views: list[memoryview]) -> bool:
+    def _append_direct(self, pieces: list[_Piece]) -> bool:
         """Write a large record at the tail with its whole 4 KiB blocks through an O_DIRECT
         descriptor and only the partial first and last block through the page cache; False
-        (nothing written) when direct I/O is not available here.
+        (nothing written) when direct I/O is not available here. ``pieces`` are bytes, or
+        spooled files as (descriptor, length), read into the aligned buffer chunk by chunk.
 
         Why: a buffered write copies every byte into page-cache pages and the kernel writes
         them back later; on this kind of VM a fresh page costs far more than the copy (measured
@@ -547,7 +548,7 @@ class SegmentStore:
         buffered, and the kernel writes back and drops any zero-fill pages in the range first.
         """
         start = self._tail
-        end = start + sum(map(len, views))
+        end = start + sum(map(_piece_len, pieces))
         first, last = -(-start // _BLOCK) * _BLOCK, end // _BLOCK * _BLOCK
         if last - first < _BLOCK:
             return False
@@ -556,14 +557,11 @@ class SegmentStore:
             return False
         assert self._dbuf is not None
         buf = memoryview(self._dbuf)
-        fmt.pwrite_all(self._wfd, _byte_range(views, 0, first - start), start)
+        fmt.pwrite_all(self._wfd, _read_range(pieces, 0, first - start), start)
         pos = first
         while pos < last:
             n = min(len(buf), last - pos)
-            at = 0
-            for piece in _byte_range(views, pos - start, pos - start + n):
-                buf[at:at + len(piece)] = piece
-                at += len(piece)
+            _read_into(buf, pieces, pos - start, pos - start + n)
             done = 0
             if dfd >= 0:
                 try:
@@ -580,7 +578,8 @@ class SegmentStore:
             if done < n:  # a short direct write (a nearly full disk): the rest buffered
                 fmt.pwrite_all(self._wfd, [buf[done:n]], pos + done)
             pos += n
-        self._tail = fmt.pwrite_all(self._wfd, _byte_range(views, last - start, end - start), last)
+        self._tail = fmt.pwrite_all(self._wfd, _read_range(pieces, last - start, end - start),
+                                    last)
         return True
 
     def _direct_fd(self) -> int:
@@ -978,18 +977,54 @@ class _Reading:
             self._handle = None
 
 
-def _byte_range(views: Sequence[memoryview], lo: int, hi: int) -> list[memoryview]:
-    """Bytes [lo, hi) of the concatenation of ``views`` (byte views), as views of them."""
-    out: list[memoryview] = []
+_Piece = memoryview | tuple[int, int]  # bytes, or a spooled file: (descriptor, length)
+
+
+def _piece_len(piece: _Piece) -> int:
+    return len(piece) if isinstance(piece, memoryview) else piece[1]
+
+
+def _spans(pieces: Sequence[_Piece], lo: int, hi: int) -> Iterator[tuple[_Piece, int, int]]:
+    """Bytes [lo, hi) of the concatenation of ``pieces``: (piece, start, end) within each."""
     pos = 0
-    for view in views:
-        n = len(view)
+    for piece in pieces:
+        n = _piece_len(piece)
         if pos + n > lo and pos < hi:
-            out.append(view[max(lo - pos, 0):min(hi - pos, n)])
+            yield piece, max(lo - pos, 0), min(hi - pos, n)
         pos += n
         if pos >= hi:
             break
+
+
+def _read_range(pieces: Sequence[_Piece], lo: int, hi: int) -> list[memoryview]:
+    """Bytes [lo, hi) of the pieces as views (read from spooled files: at most a block)."""
+    out: list[memoryview] = []
+    for piece, a, b in _spans(pieces, lo, hi):
+        if isinstance(piece, memoryview):
+            out.append(piece[a:b])
+        else:
+            data = bytearray(b - a)
+            _read_into(memoryview(data), [piece], a, b)
+            out.append(memoryview(data))
     return out
+
+
+def _read_into(buf: memoryview, pieces: Sequence[_Piece], lo: int, hi: int) -> None:
+    """Copy bytes [lo, hi) of the pieces to the start of ``buf``."""
+    at = 0
+    for piece, a, b in _spans(pieces, lo, hi):
+        if isinstance(piece, memoryview):
+            buf[at:at + b - a] = piece[a:b]
+            at += b - a
+            continue
+        fd, offset = piece[0], a
+        while offset < b:
+            got = os.preadv(fd, [buf[at:at + b - offset]], offset)
+            if got == 0:
+                raise OSError(f"spooled file shrank while being copied ({piece[1]} bytes "
+                              "expected)")
+            at += got
+            offset += got
 
 
 def _all_zero(fd: int, start: int, end: int) -> bool:

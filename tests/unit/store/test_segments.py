@@ -757,3 +757,48 @@ def test_direct_writes_across_rolls_and_into_zero_filled_space(tmp_path: Path) -
     store.flush()
     assert len(store.segments()) >= 2
     check_then_reopen(store, tmp_path, expected)
+
+
+def test_spooled_parts_go_direct_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data set spooled to a file (over ``spool_memory_limit``) is read chunk by chunk into the
+    aligned buffer: the same segment bytes as the page-cache copy, its blocks never cached; a
+    spool file that shrinks under the copy fails the put and leaves no partial record."""
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    big, small = tmp_path / "big.spool", tmp_path / "small.spool"
+    big.write_bytes(os.urandom(5 * (1 << 20) + 3))
+    small.write_bytes(b"s" * 1000)
+    parts: list[list[bytes | Path]] = [[b"meta" * 40, big], [small, b"x" * 300_000, small],
+                                       [b"m" * 7, big, b"tail"]]
+    stores = {"direct": SegmentStore(tmp_path / "direct", prefill=0),
+              "buffered": SegmentStore(tmp_path / "buffered", prefill=0, direct_min=0)}
+    infos = {name: [store.put(f"1.2.{i}", p, durable=False) for i, p in enumerate(parts)]
+             for name, store in stores.items()}
+    for store in stores.values():
+        store.flush()
+    assert infos["direct"] == infos["buffered"]
+    name = "w0-00000001.seg"
+    pages = cached_pages(tmp_path / "direct" / name)
+    offset = int(infos["direct"][0].location.split(":")[1])
+    whole = range(-(-offset // 4096) + 1, (offset + infos["direct"][0].size) // 4096 - 1)
+    assert len(whole) > 1000 and not any(pages[i] for i in whole)
+    assert ((tmp_path / "direct" / name).read_bytes()
+            == (tmp_path / "buffered" / name).read_bytes())
+    direct = stores["direct"]
+    expected = {info.location: b"".join(x if isinstance(x, bytes) else x.read_bytes() for x in p)
+                for info, p in zip(infos["direct"], parts, strict=True)}
+    real_preadv = os.preadv
+
+    def shrunk(fd: int, buffers: list[memoryview], offset: int) -> int:
+        # The digest reads 1 MiB chunks and sees the whole file; the copy into the 2 MiB
+        # aligned buffer then finds it cut short.
+        if len(buffers[0]) > fmt.CHUNK:
+            return 0
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", shrunk)
+    with pytest.raises(StorageError, match="shrank"):
+        direct.put("1.2.9", [b"h", big], durable=False)
+    monkeypatch.undo()
+    stores["buffered"].close()
+    check_then_reopen(direct, tmp_path / "direct", expected)
