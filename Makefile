@@ -55,13 +55,13 @@ bench-deps:
 	    orthanc-dicomweb; }
 
 clean:
-	rm -rf $(VENV) build *.egg-info pacs/dicom/_cscan*.so pacs/store/_csync*.so ext/*.c
+	rm -rf $(VENV) build *.egg-info pacs/dicom/_cscan*.so pacs/store/_csync*.so pacs/store/_ccrc*.so ext/*.c
 
-# atheris runs of the fuzz/ targets, FUZZ_SECONDS each (CI: 4 x 12 s); any crash fails.
+# atheris runs of the fuzz/ targets, FUZZ_SECONDS each (CI: 5 x 12 s); any crash fails.
 # Crash inputs land in build/fuzz/crash-<target>-*: make each a regression test
 # (tests/unit/test_fuzz_regressions.py; scanner inputs: tests/unit/dicom/fuzz_vectors/).
 FUZZ_SECONDS ?= 12
-FUZZ_TARGETS ?= scan pdu hl7 multipart
+FUZZ_TARGETS ?= scan pdu hl7 multipart crc
 FUZZ_DIR     := build/fuzz
 .PHONY: fuzz bench-guard
 fuzz: $(STAMP)

@@ -21,6 +21,7 @@ TARGETS: dict[str, list[str]] = {
     "pdu": ["pacs.net", "fuzz.pdu"],
     "hl7": ["pacs.worklist", "hl7", "fuzz.hl7"],
     "multipart": ["pacs.web.multipart", "fuzz.multipart"],
+    "crc": ["fuzz.crc"],
 }
 
 
