@@ -211,6 +211,9 @@ def _run_worker(
     ae_counts: Any = None,
     balance: Balance | None = None,
 ) -> int:
+    from pacs.server.malloc import tune_for_ingest
+
+    tune_for_ingest()
     if settings.metrics:
         from pacs.metrics import start_worker
 
