@@ -3,6 +3,7 @@
 on large buffers (carry-less multiplication, ``crc32_fold.h``), without the GIL above 4 KiB."""
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.number cimport PyNumber_Index
 from libc.stdint cimport uint32_t
 
 cdef extern from "crc32_fold.h" nogil:
@@ -18,7 +19,8 @@ ACCELERATED = bool(pacs_crc32_has_clmul)
 def crc32(data, value=0, /):
     """``zlib.crc32(data, value)``."""
     cdef Py_buffer view
-    cdef uint32_t start = <uint32_t>(value & 0xFFFFFFFF)
+    # Like zlib's "I" argument: any integer (``__index__``), taken modulo 2**32.
+    cdef uint32_t start = <uint32_t>(PyNumber_Index(value) & 0xFFFFFFFF)
     cdef uint32_t out
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:

@@ -53,7 +53,7 @@ static void pacs_crc32_init(void) {
     pacs_k128_hi = pacs_fold_k(128 - 32);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    pacs_crc32_has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    pacs_crc32_has_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse2");
 #endif
     pacs_crc32_ready = 1;
 }
@@ -61,7 +61,7 @@ static void pacs_crc32_init(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-__attribute__((target("pclmul,sse4.1")))
+__attribute__((target("pclmul,sse2")))
 static inline __m128i pacs_fold(__m128i x, __m128i k, __m128i next) {
     __m128i lo = _mm_clmulepi64_si128(x, k, 0x00);
     __m128i hi = _mm_clmulepi64_si128(x, k, 0x11);
@@ -69,7 +69,7 @@ static inline __m128i pacs_fold(__m128i x, __m128i k, __m128i next) {
 }
 
 /* The raw register (no final inversion) after ``n`` >= 64 bytes, from register ``crc``. */
-__attribute__((target("pclmul,sse4.1")))
+__attribute__((target("pclmul,sse2")))
 static uint32_t pacs_crc32_clmul(uint32_t crc, const unsigned char *p, size_t n) {
     const __m128i k512 = _mm_set_epi64x((long long)pacs_k512_hi, (long long)pacs_k512_lo);
     const __m128i k128 = _mm_set_epi64x((long long)pacs_k128_hi, (long long)pacs_k128_lo);

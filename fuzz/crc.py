@@ -1,8 +1,9 @@
 """CRC-32 target: the compiled twin (pacs.store._ccrc) against zlib.crc32 on arbitrary input.
 
 The first four bytes are the running value, the fifth the offset of the checksummed view (so
-unaligned starts are covered), the rest the data; the sums must agree, for the whole view and
-for it split in two at every length the sixth byte picks.
+unaligned starts are covered), the seventh how many times the rest is repeated (so views pass
+the 4 KiB above which the twin releases the GIL), the rest the data; the sums must agree, for
+the whole view and for it split in two where the sixth byte says.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ if _ccrc is None:  # now, not at the first input
 
 
 def check(data: bytes) -> None:
-    if len(data) < 6:
+    if len(data) < 7:
         return
     value = int.from_bytes(data[:4], "little")
-    view = memoryview(data)[6 + data[4] % 16:]
+    view = memoryview(data[7:] * (1 + data[6] % 8))[data[4] % 16:]
     expected = zlib.crc32(view, value)
     got = _ccrc.crc32(view, value)
     if got != expected:
@@ -34,4 +35,5 @@ def check(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    return [bytes(70), bytes(range(256)) * 3, b"\xff" * 4 + b"\x03\x80" + b"123456789" * 20]
+    return [bytes(70), bytes(range(256)) * 3,
+            b"\xff" * 4 + b"\x03\x80\x07" + b"123456789" * 200]

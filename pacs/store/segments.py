@@ -62,8 +62,12 @@ log = logging.getLogger(__name__)
 _MAX_READ_FDS = 256  # cached read descriptors (one per segment); older ones are closed
 PREFILL = 8 << 20  # zero-filled bytes kept ahead of the tail for small puts
 DIRECT_MIN = 256 << 10  # records at least this large bypass the page cache (O_DIRECT)
-_BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and buffer (any device's block divides it)
+# O_DIRECT alignment of offsets, lengths and buffer: any device's block divides it, and a page:
+# with 64 KiB pages a smaller block would share a cached page with the buffered head or tail.
+_BLOCK = max(4096, mmap.PAGESIZE)
 _DIRECT_CHUNK = 2 << 20  # the aligned buffer a direct write copies through
+# What a file system answers when it does not take O_DIRECT (or our alignment).
+_DIRECT_REFUSED = frozenset((errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP))
 _ZEROS = bytes(1 << 20)
 
 
@@ -549,7 +553,11 @@ class SegmentStore:
         """
         start = self._tail
         end = start + sum(map(_piece_len, pieces))
-        first, last = -(-start // _BLOCK) * _BLOCK, end // _BLOCK * _BLOCK
+        # The record's header always goes through the page cache with the records before it:
+        # a direct block reaches the disk at once, and a header found intact after a power cut
+        # behind earlier records' unwritten pages would read as corruption, not a torn tail.
+        first = -(-(start + fmt.HEADER_SIZE) // _BLOCK) * _BLOCK
+        last = end // _BLOCK * _BLOCK
         if last - first < _BLOCK:
             return False
         dfd = self._direct_fd()
@@ -567,9 +575,10 @@ class SegmentStore:
                 try:
                     done = os.pwrite(dfd, buf[:n], pos)
                 except OSError as exc:
-                    if exc.errno != errno.EINVAL:
+                    if exc.errno not in _DIRECT_REFUSED:
                         raise
-                    # Alignment this file system does not accept: buffered from here on.
+                    # Alignment (or direct I/O) this file system does not take: buffered
+                    # from here on.
                     log.warning("segment store %s: direct writes refused (%s); writing "
                                 "through the page cache", self.root, exc)
                     self.direct_min = 0
@@ -588,13 +597,18 @@ class SegmentStore:
         if self._dfd < 0:
             try:
                 if self._dbuf is None:
-                    self._dbuf = mmap.mmap(-1, _DIRECT_CHUNK)
+                    # Private: a process forked later must not share the bytes in flight.
+                    self._dbuf = mmap.mmap(-1, _DIRECT_CHUNK, flags=mmap.MAP_PRIVATE)
                 self._dfd = os.open(self.root / self._active,
                                     os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
             except OSError as exc:
-                log.info("segment store %s: no direct I/O here (%s); large records go "
-                         "through the page cache", self.root, exc)
-                self.direct_min = 0
+                if exc.errno in _DIRECT_REFUSED:
+                    log.info("segment store %s: no direct I/O here (%s); large records go "
+                             "through the page cache", self.root, exc)
+                    self.direct_min = 0
+                else:  # out of descriptors or memory for now: this record goes buffered
+                    log.warning("segment store %s: cannot open for direct writes (%s)",
+                                self.root, exc)
         return self._dfd
 
     def _close_direct(self) -> None:

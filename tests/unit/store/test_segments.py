@@ -681,8 +681,51 @@ def test_large_records_written_directly_equal_buffered_ones(tmp_path: Path) -> N
     check_then_reopen(SegmentStore(tmp_path / "direct"), tmp_path / "direct", written)
 
 
+def test_a_record_header_never_goes_direct(tmp_path: Path) -> None:
+    """A large record starting on a block boundary: its header's block goes through the page
+    cache with the records before it (a header reaching the disk before their pages would make
+    a power cut look like corruption), the blocks after it go direct."""
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    store = SegmentStore(tmp_path, prefill=0)
+    first = store.put("1.2.1", [b"a" * (4096 - fmt.HEADER_SIZE)], durable=False)
+    assert store._tail == 4096
+    big = store.put("1.2.2", [bytes(range(256)) * 2000], durable=True)
+    pages = cached_pages(tmp_path / "w0-00000001.seg")
+    assert pages[1] and not any(pages[2:(4096 + fmt.HEADER_SIZE + big.size) // 4096])
+    check_then_reopen(store, tmp_path, {first.location: b"a" * (4096 - fmt.HEADER_SIZE),
+                                        big.location: bytes(range(256)) * 2000})
+
+
+def test_out_of_descriptors_skips_direct_writes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE opening the direct descriptor: that record goes buffered, the next ones direct."""
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    real_open = os.open
+    refusals = []
+
+    def open_once_refused(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT and not refusals:
+            refusals.append(path)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", open_once_refused)
+    store = SegmentStore(tmp_path, prefill=0)
+    a = store.put("1.2.1", [b"x" * 600_000], durable=False)
+    assert refusals and store._dfd < 0 and store.direct_min > 0
+    b = store.put("1.2.2", [b"y" * 600_000], durable=True)
+    assert store._dfd >= 0
+    monkeypatch.undo()
+    check_then_reopen(store, tmp_path, {a.location: b"x" * 600_000, b.location: b"y" * 600_000})
+
+
+@pytest.mark.parametrize("refusal", [errno.EINVAL, errno.EOPNOTSUPP])
 def test_direct_writes_refused_fall_back_to_the_page_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    refusal: int,
 ) -> None:
     """A file system refusing O_DIRECT (at open, or EINVAL at the write, e.g. an alignment it
     does not take) gets the same records through the page cache, and direct writes stop."""
@@ -690,7 +733,7 @@ def test_direct_writes_refused_fall_back_to_the_page_cache(
 
     def open_refusing(path: object, flags: int, *args: object) -> int:
         if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
+            raise OSError(refusal, os.strerror(refusal))
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "open", open_refusing)
@@ -708,7 +751,7 @@ def test_direct_writes_refused_fall_back_to_the_page_cache(
     def pwrite_refusing(fd: int, data: bytes, offset: int) -> int:
         if fd == store._dfd:
             refused.append(offset)
-            raise OSError(errno.EINVAL, "Invalid argument")
+            raise OSError(refusal, os.strerror(refusal))
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite_refusing)
