@@ -34,7 +34,8 @@ def test_every_length_offset_and_start_value_matches_zlib() -> None:
 
 
 @needs_compiled
-@pytest.mark.parametrize("length", [4095, 4096, 4097, 65536 + 13, 525_000, 3 << 20])
+@pytest.mark.parametrize("length", [4095, 4096, 4097, 65536 + 13, 525_000, (1 << 20) - 1, 1 << 20,
+                                    3 << 20])
 def test_large_buffers_match_zlib(length: int) -> None:
     data = os.urandom(length)
     assert _ccrc.crc32(data) == zlib.crc32(data)
