@@ -55,7 +55,7 @@ bench-deps:
 	    orthanc-dicomweb; }
 
 clean:
-	rm -rf $(VENV) build *.egg-info pacs/dicom/_cscan*.so pacs/store/_csync*.so pacs/store/_ccrc*.so pacs/store/_cfastio*.so ext/*.c
+	rm -rf $(VENV) build *.egg-info pacs/dicom/_cscan*.so pacs/store/_csync*.so pacs/store/_ccrc*.so ext/*.c
 
 # atheris runs of the fuzz/ targets, FUZZ_SECONDS each (CI: 5 x 12 s); any crash fails.
 # Crash inputs land in build/fuzz/crash-<target>-*: make each a regression test

@@ -17,7 +17,6 @@ if os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
             Extension("pacs.dicom._cscan", ["ext/scan.pyx"], include_dirs=["ext"]),
             Extension("pacs.store._csync", ["ext/sync.pyx"]),
             Extension("pacs.store._ccrc", ["ext/crc.pyx"], include_dirs=["ext"]),
-            Extension("pacs.store._cfastio", ["ext/fastio.pyx"]),
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
         include_path=["ext"],

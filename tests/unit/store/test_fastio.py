@@ -1,4 +1,4 @@
-"""The pwrite twins: compiled ``_cfastio.pwrite`` (GIL kept) behaves like ``os.pwrite``."""
+"""The pwrite twins: ``fastio``'s GIL-keeping pwrite (ctypes) behaves like ``os.pwrite``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,8 @@ import pytest
 from pacs.store import fastio
 
 TWINS: list[tuple[str, Callable[[int, Any, int], int]]] = [("python", os.pwrite)]
-try:
-    from pacs.store import _cfastio  # type: ignore[attr-defined]
-except ImportError:  # built without extensions
-    pass
-else:
-    TWINS.append(("cython", _cfastio.pwrite))
+if fastio.held_pwrite is not None:  # the C library's, through ctypes.PyDLL
+    TWINS.append(("ctypes", fastio.held_pwrite))
 
 
 @pytest.fixture(params=TWINS, ids=[name for name, _ in TWINS])
@@ -62,8 +58,8 @@ def test_errors_are_those_of_os_pwrite(tmp_path: Path, pwrite: Callable[..., int
         pwrite(1, "text", 0)
 
 
-def test_the_compiled_twin_is_chosen_when_built() -> None:
-    if len(TWINS) == 2 and os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
-        assert fastio.IMPLEMENTATION == "cython" and fastio.pwrite is TWINS[1][1]
+def test_the_gil_keeping_twin_is_chosen_when_available() -> None:
+    if len(TWINS) == 2:
+        assert fastio.IMPLEMENTATION == "ctypes" and fastio.pwrite is TWINS[1][1]
     else:
         assert fastio.IMPLEMENTATION == "python" and fastio.pwrite is os.pwrite
