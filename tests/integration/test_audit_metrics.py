@@ -132,7 +132,8 @@ def test_every_action_is_audited_and_counted(archive_factory, scp_factory,
         assert deleted.status_code == 200 and deleted.json()["DeletedInstances"] == 2
         assert http.get("/no/such/route").status_code == 404
 
-    # -- /metrics: both workers' counters summed (stores may land on either) --------------
+    # -- /metrics: both workers' counters summed (stores and HTTP requests may land on either;
+    # the worker not answering the scrape flushes once a second) -------------------------------
     def metrics_complete() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
         found = samples(base)
         requests = "pacs_dimse_requests_total"
@@ -144,10 +145,17 @@ def test_every_action_is_audited_and_counted(archive_factory, scp_factory,
                       status_class="success") == 1
             and total(found, requests, operation="C-MOVE", calling_aet="MOVER",
                       status_class="success") == 1
+            and all(total(found, "pacs_bytes_sent_total", service=service) > 0
+                    for service in ("C-GET", "C-MOVE", "WADO-RS", "rendered"))
+            and total(found, "pacs_http_requests_total", method="GET",
+                      route="/dicom-web/studies", status="200") == 1
+            and total(found, "pacs_http_requests_total", route="unmatched", status="404") == 1
+            and total(found, "pacs_http_requests_total", method="DELETE",
+                      route="/studies/{id}", status="200") == 1
         )
         return found if ready else None
 
-    found = eventually(metrics_complete, "DIMSE request counters of both workers")
+    found = eventually(metrics_complete, "DIMSE and HTTP counters of both workers")
     assert total(found, "pacs_instances_stored_total", calling_aet="MODALITY1",
                  sop_class="CTImageStorage") == 6
     assert total(found, "pacs_dimse_request_seconds_count", operation="C-STORE") == 6
