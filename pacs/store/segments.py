@@ -128,12 +128,22 @@ class SegmentStore:
         self._closed = False
         self._external = external.Journal(self.root)
         self._wfd = -1
+        # Linux reports a write-back error once per open file (not per descriptor): when two
+        # fdatasyncs of one open file overlap, the one that hears of the error may note it
+        # only after the other returned success and its stores were answered. So each path
+        # that fdatasyncs the active segment while others may (the event loops' sync threads,
+        # ``flush``, the filler) has an open file of its own, opened before the segment's
+        # first record: each hears of every error in it. Writes, seals and durable puts use
+        # ``_wfd`` under the write lock.
+        self._loop_sync_fd = -1
+        self._flush_sync_fd = -1
+        self._flush_lock = threading.Lock()  # one ``flush`` fdatasync at a time
         self._dirty = False
         self._flush_error: OSError | None = None
-        # Failed fdatasyncs (or seals) of this writer's segments so far. Every descriptor of
-        # the active segment shares one open file, and Linux reports a write-back error to
-        # one fdatasync of it only: a writer compares the count from before its puts with the
-        # count after its own successful fdatasync, and refuses its stores if it moved.
+        # Failed fdatasyncs (or seals) of this writer's segments so far: after one, Linux may
+        # mark the lost pages clean, so a later fdatasync can succeed without them. A writer
+        # compares the count from before its puts with the count after its own successful
+        # fdatasync, and refuses its stores if it moved.
         self._failures = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -174,6 +184,7 @@ class SegmentStore:
             self._start_segment(seq[1] + 1)
             return
         self._wfd, self._active, self._tail = fd, last, state.good_end
+        self._open_sync_fds(last)
         self._zeroed_end = state.good_end
         self._index = bytearray()
         self._n_records = 0
@@ -250,15 +261,37 @@ class SegmentStore:
     def _start_segment(self, seq: int) -> None:
         name = fmt.segment_name(self.writer_id, seq)
         fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        # The new name must be durable before any put into it is acknowledged.
-        fsync_dir(self.root)
+        try:
+            # The new name must be durable before any put into it is acknowledged.
+            fsync_dir(self.root)
+        except BaseException:
+            os.close(fd)
+            raise
         with self._slock:
             self._wfd, self._active, self._tail = fd, name, 0
+        self._open_sync_fds(name)
         self._close_direct()
         self._zeroed_end = 0
         self._index = bytearray()
         self._n_records = 0
         self._tombs = []
+
+    def _open_sync_fds(self, name: str) -> None:
+        """Open files of their own for the loops' and ``flush``'s fdatasyncs of the new active
+        segment, before its first record (the old segment's are closed: users hold dups)."""
+        path = self.root / name
+        loop_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            flush_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(loop_fd)
+            raise
+        with self._slock:
+            old = (self._loop_sync_fd, self._flush_sync_fd)
+            self._loop_sync_fd, self._flush_sync_fd = loop_fd, flush_fd
+        for fd in old:
+            if fd >= 0:
+                os.close(fd)
 
     @staticmethod
     def _write_seal(fd: int, offset: int, index: bytes) -> int:
@@ -357,7 +390,7 @@ class SegmentStore:
         syncs) the segment it leaves."""
         with self._slock:
             self._check_open()
-            return self._active, os.dup(self._wfd)
+            return self._active, os.dup(self._loop_sync_fd)
 
     @property
     def failures(self) -> int:
@@ -471,7 +504,9 @@ class SegmentStore:
         self._fill_lock.acquire()  # free: checked above, under the write lock
         self._fill_start, self._fill_stop = start, False
         try:
-            fd = os.dup(self._wfd)
+            # An open file of its own: its fdatasync must not take the report of a write-back
+            # error from a durable put's or a seal's (see ``_loop_sync_fd``).
+            fd = os.open(self.root / self._active, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 threading.Thread(target=self._fill, args=(fd, self._active, start, end),
                                  name="segment-prefill", daemon=True).start()
@@ -655,17 +690,19 @@ class SegmentStore:
                 raise StorageError(f"earlier puts may be lost: {exc}") from exc
             if not self._dirty:
                 return
-            fd = os.dup(self._wfd)
+            fd = os.dup(self._flush_sync_fd)
             segment = self._active
             self._dirty = False
         try:
-            os.fdatasync(fd)
-        except OSError as err:
-            # Counted: every store written before it is refused (see ``failures``).
-            self.note_sync_failure(err)
-            with self._wlock:
-                self._dirty = True
-            raise StorageError(f"cannot flush segment {segment}: {err}") from err
+            with self._flush_lock:  # noted before another flush of this open file may return
+                try:
+                    os.fdatasync(fd)
+                except OSError as err:
+                    # Counted: every store written before it is refused (see ``failures``).
+                    self.note_sync_failure(err)
+                    with self._wlock:
+                        self._dirty = True
+                    raise StorageError(f"cannot flush segment {segment}: {err}") from err
         finally:
             os.close(fd)
 
@@ -940,9 +977,10 @@ class SegmentStore:
                 pass
             self._dbuf = None
         with self._slock:
-            if self._wfd >= 0:
-                os.close(self._wfd)
-                self._wfd = -1
+            for fd in (self._wfd, self._loop_sync_fd, self._flush_sync_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._wfd = self._loop_sync_fd = self._flush_sync_fd = -1
         with self._rlock:
             for handle in self._readers.values():
                 self._retire(handle)

@@ -8,7 +8,9 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -555,10 +557,10 @@ def test_a_fill_that_cannot_start_leaves_the_put_standing(
 
     store = SegmentStore(tmp_path, prefill=64 * 1024)
 
-    def no_descriptors(fd: int) -> int:
+    def no_descriptors(*args: object, **kwargs: object) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(segments_module.os, "dup", no_descriptors)
+    monkeypatch.setattr(segments_module.os, "open", no_descriptors)  # the filler's file
     info = store.try_put("1.2", [b"x" * 500])
     monkeypatch.undo()
     assert info is not None and store.get(info.location) == b"x" * 500
@@ -567,9 +569,74 @@ def test_a_fill_that_cannot_start_leaves_the_put_standing(
     store.close()
 
 
+def _same_open_file(a: int, b: int) -> bool:
+    """Whether two descriptors share one open file (a dup does: its offset moves along)."""
+    before = os.lseek(b, 0, os.SEEK_CUR)
+    os.lseek(a, before + 12345, os.SEEK_SET)
+    shared = os.lseek(b, 0, os.SEEK_CUR) == before + 12345
+    os.lseek(a, before, os.SEEK_SET)
+    return shared
+
+
+def test_each_sync_path_has_an_open_file_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux reports a write-back error once per open file: the loops' sync target, ``flush``
+    and the filler each fdatasync an open file of their own, opened before the segment's first
+    record, so none takes another's report (a dup of the writer's descriptor would)."""
+    import pacs.store.segments as segments_module
+
+    store = SegmentStore(tmp_path, segment_size=256 * 1024, prefill=16 * 1024)
+    flushed: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        flushed.append(os.dup(fd))
+        real_fdatasync(fd)
+
+    names = set()
+    for round_ in range(2):  # the first segment, then the one after a roll
+        store.put(f"1.{round_}", [b"a" * 100], durable=False)
+        name, loop_fd = store.sync_target()
+        assert name == store.active_segment
+        names.add(name)
+        with monkeypatch.context() as patch:
+            patch.setattr(segments_module.os, "fdatasync", recording_fdatasync)
+            store.flush()
+        (flush_fd,) = flushed
+        flushed.clear()
+        writer_fd = store._wfd
+        for a, b in ((loop_fd, writer_fd), (flush_fd, writer_fd), (loop_fd, flush_fd)):
+            assert not _same_open_file(a, b)
+        assert os.fstat(loop_fd).st_ino == os.fstat(writer_fd).st_ino == os.fstat(flush_fd).st_ino
+        # Later sync targets of the same segment share the loops' open file: one at a time.
+        _, again = store.sync_target()
+        assert _same_open_file(loop_fd, again)
+        for fd in (loop_fd, flush_fd, again):
+            os.close(fd)
+        store.put(f"2.{round_}", [b"b" * 300 * 1024])  # bigger than a segment: one of its own
+    assert len(names) == 2
+    # The filler writes its zeros through an open file of its own as well.
+    store.put("3.1", [b"c" * 100], durable=False)  # a fresh segment, with room to fill
+    shared: list[bool] = []
+    real_open = os.open
+
+    def recording_open(*args: Any, **kwargs: Any) -> int:
+        fd = real_open(*args, **kwargs)
+        shared.append(_same_open_file(fd, store._wfd))
+        return fd
+
+    with monkeypatch.context() as patch:
+        patch.setattr(segments_module.os, "open", recording_open)
+        assert store.try_put("3.2", [b"d" * 100]) is not None
+    assert shared == [False]
+    while store._fill_lock.locked():
+        time.sleep(0.01)
+    store.close()
+
+
 def test_failed_fdatasyncs_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every descriptor of the active segment shares one open file, and Linux reports a
-    write-back error to one fdatasync only: the store counts each failure for the writers."""
+    """A failed fdatasync may leave the lost pages marked clean, so a later one succeeds
+    without them: the store counts each failure for the writers."""
     import pacs.store.segments as segments_module
 
     store = SegmentStore(tmp_path, prefill=0)
