@@ -183,8 +183,12 @@ class SegmentStore:
             os.close(fd)
             self._start_segment(seq[1] + 1)
             return
-        self._wfd, self._active, self._tail = fd, last, state.good_end
-        self._open_sync_fds(last)
+        try:
+            sync_fds = self._open_sync_files(self.root / last)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._switch_to(fd, last, state.good_end, sync_fds)
         self._zeroed_end = state.good_end
         self._index = bytearray()
         self._n_records = 0
@@ -260,38 +264,50 @@ class SegmentStore:
 
     def _start_segment(self, seq: int) -> None:
         name = fmt.segment_name(self.writer_id, seq)
-        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        path = self.root / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        sync_fds: tuple[int, int] | None = None
         try:
+            sync_fds = self._open_sync_files(path)
             # The new name must be durable before any put into it is acknowledged.
             fsync_dir(self.root)
         except BaseException:
-            os.close(fd)
+            for unused in (fd, *(sync_fds or ())):
+                os.close(unused)
+            try:
+                path.unlink()  # empty: the next roll may create it again
+            except OSError:
+                pass
             raise
-        with self._slock:
-            self._wfd, self._active, self._tail = fd, name, 0
-        self._open_sync_fds(name)
+        self._switch_to(fd, name, 0, sync_fds)
         self._close_direct()
         self._zeroed_end = 0
         self._index = bytearray()
         self._n_records = 0
         self._tombs = []
 
-    def _open_sync_fds(self, name: str) -> None:
-        """Open files of their own for the loops' and ``flush``'s fdatasyncs of the new active
-        segment, before its first record (the old segment's are closed: users hold dups)."""
-        path = self.root / name
+    @staticmethod
+    def _open_sync_files(path: Path) -> tuple[int, int]:
+        """Open files of their own for the loops' and ``flush``'s fdatasyncs of a segment
+        about to become the active one (before its first record)."""
         loop_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            flush_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            return loop_fd, os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except BaseException:
             os.close(loop_fd)
             raise
+
+    def _switch_to(self, fd: int, name: str, tail: int, sync_fds: tuple[int, int]) -> None:
+        """Make ``name`` the active segment, with its descriptor and sync files in one step
+        (``sync_target`` must never pair a name with another segment's file). The old
+        segment's sync files are closed: a loop's sync target and a running flush hold dups."""
         with self._slock:
             old = (self._loop_sync_fd, self._flush_sync_fd)
-            self._loop_sync_fd, self._flush_sync_fd = loop_fd, flush_fd
-        for fd in old:
-            if fd >= 0:
-                os.close(fd)
+            self._wfd, self._active, self._tail = fd, name, tail
+            self._loop_sync_fd, self._flush_sync_fd = sync_fds
+        for unused in old:
+            if unused >= 0:
+                os.close(unused)
 
     @staticmethod
     def _write_seal(fd: int, offset: int, index: bytes) -> int:
@@ -306,6 +322,7 @@ class SegmentStore:
         old_fd, old_tail = self._wfd, self._tail
         if self._zeroed_end > old_tail:
             os.ftruncate(old_fd, old_tail)  # the seal's footer ends the file
+            self._zeroed_end = old_tail  # still so if the new segment cannot be started
         index = fmt.encode_index(self._index, self._n_records, self._tombs)
         seq = fmt.parse_segment_name(self._active)
         assert seq is not None

@@ -634,6 +634,36 @@ def test_each_sync_path_has_an_open_file_of_its_own(
     store.close()
 
 
+def test_a_roll_that_cannot_open_the_next_segment_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors at a roll: the put fails, the half-made segment is gone (the next
+    roll makes it again), and the sync target still names the file it syncs."""
+    store = SegmentStore(tmp_path, segment_size=64 * 1024, prefill=0)
+    first = store.put("1.1", [b"a" * 40_000])
+    before = store.active_segment
+
+    def no_descriptors(path: Path) -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SegmentStore, "_open_sync_files", staticmethod(no_descriptors))
+        with pytest.raises(StorageError):
+            store.put("1.2", [b"b" * 40_000])  # does not fit: a roll
+    assert store.active_segment == before
+    assert store.segments() == [before]
+    name, fd = store.sync_target()
+    assert name == before and os.fstat(fd).st_ino == os.fstat(store._wfd).st_ino
+    os.close(fd)
+    second = store.put("1.2", [b"b" * 40_000])  # the roll works now
+    assert store.active_segment != before and len(store.segments()) == 2
+    name, fd = store.sync_target()
+    assert name == store.active_segment
+    assert os.fstat(fd).st_ino == (tmp_path / name).stat().st_ino
+    os.close(fd)
+    check_then_reopen(store, tmp_path, {first.location: b"a" * 40_000,
+                                        second.location: b"b" * 40_000})
+
+
 def test_failed_fdatasyncs_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed fdatasync may leave the lost pages marked clean, so a later one succeeds
     without them: the store counts each failure for the writers."""
