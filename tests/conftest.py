@@ -77,6 +77,15 @@ class ArchiveProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
+    def wait_log(self, pattern: str, offset: int = 0, timeout: float = 30.0) -> str:
+        """The log from ``offset`` once ``pattern`` (a regex) shows in it: a server may write
+        its line after the client that caused it has already exited."""
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, text := self.log()[offset:]):
+            assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{text}"
+            time.sleep(0.05)
+        return text
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -268,10 +268,7 @@ def request_and_release(port: int, transaction: str, refs: list[tuple[str, str]]
 
 
 def wait_log(archive, pattern: str, offset: int = 0, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, archive.log()[offset:]):
-        assert time.monotonic() < deadline, archive.log()[offset:]
-        time.sleep(0.05)
+    archive.wait_log(pattern, offset, timeout)
 
 
 def failed_attempt(transaction: str, attempt: int) -> str:

@@ -208,7 +208,7 @@ def test_untrusted_client_certificate_is_refused(server: TlsArchive, pki: Pki) -
     proc = dcmtk("echoscu", *tls_args(pki, pki.intruder_cert, pki.intruder_key), "-aec", "PACS",
                  "127.0.0.1", str(server.tls_port))
     assert proc.returncode != 0
-    log = new_log(server.process, offset)
+    log = server.process.wait_log("TLS handshake failed", offset)
     failures = [line for line in log.splitlines() if "TLS handshake failed" in line]
     assert len(failures) == 1 and "CERTIFICATE_VERIFY_FAILED" in failures[0], log
     assert "INTRUDER" not in log and "association accepted" not in log
@@ -220,7 +220,7 @@ def test_missing_client_certificate_is_refused(server: TlsArchive, pki: Pki) -> 
     proc = dcmtk("echoscu", "+tla", "+cf", str(pki.ca), "-aec", "PACS", "127.0.0.1",
                  str(server.tls_port))
     assert proc.returncode != 0
-    log = new_log(server.process, offset)
+    log = server.process.wait_log("TLS handshake failed", offset)
     assert "TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE" in log
     assert "association accepted" not in log
 
