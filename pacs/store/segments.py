@@ -137,6 +137,12 @@ class SegmentStore:
         # ``_wfd`` under the write lock.
         self._loop_sync_fd = -1
         self._flush_sync_fd = -1
+        # What ``sync_target`` hands out: the active segment, except while a roll seals the
+        # segment it left. Until that seal's fdatasync has succeeded (or its failure is
+        # counted) the loops keep syncing the old segment: a sync of the new one would not
+        # make their stores appended to the old one durable.
+        self._sync_segment = ""
+        self._next_loop_sync: tuple[str, int] | None = None  # the new segment's, meanwhile
         self._flush_lock = threading.Lock()  # one ``flush`` fdatasync at a time
         self._dirty = False
         self._flush_error: OSError | None = None
@@ -262,7 +268,9 @@ class SegmentStore:
         elif head.kind == fmt.KIND_TOMBSTONE:
             self._tombs.append(os.pread(self._wfd, head.data_len, head.data_offset).decode())
 
-    def _start_segment(self, seq: int) -> None:
+    def _start_segment(self, seq: int, rolling: bool = False) -> None:
+        """Create the next segment and make it the active one; ``rolling``: the loops' sync
+        target moves to it only at ``_end_roll``, once the old one is sealed."""
         name = fmt.segment_name(self.writer_id, seq)
         path = self.root / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -279,7 +287,7 @@ class SegmentStore:
             except OSError:
                 pass
             raise
-        self._switch_to(fd, name, 0, sync_fds)
+        self._switch_to(fd, name, 0, sync_fds, rolling)
         self._close_direct()
         self._zeroed_end = 0
         self._index = bytearray()
@@ -297,17 +305,37 @@ class SegmentStore:
             os.close(loop_fd)
             raise
 
-    def _switch_to(self, fd: int, name: str, tail: int, sync_fds: tuple[int, int]) -> None:
+    def _switch_to(self, fd: int, name: str, tail: int, sync_fds: tuple[int, int],
+                   rolling: bool = False) -> None:
         """Make ``name`` the active segment, with its descriptor and sync files in one step
         (``sync_target`` must never pair a name with another segment's file). The old
-        segment's sync files are closed: a loop's sync target and a running flush hold dups."""
+        segment's sync files are closed: a loop's sync target and a running flush hold dups.
+        ``rolling``: the loops' sync file of the old segment stays until ``_end_roll``."""
+        loop_fd, flush_fd = sync_fds
         with self._slock:
-            old = (self._loop_sync_fd, self._flush_sync_fd)
+            old = [self._flush_sync_fd]
             self._wfd, self._active, self._tail = fd, name, tail
-            self._loop_sync_fd, self._flush_sync_fd = sync_fds
+            self._flush_sync_fd = flush_fd
+            if rolling:
+                self._next_loop_sync = (name, loop_fd)
+            else:
+                old.append(self._loop_sync_fd)
+                self._sync_segment, self._loop_sync_fd = name, loop_fd
         for unused in old:
             if unused >= 0:
                 os.close(unused)
+
+    def _end_roll(self) -> None:
+        """The old segment's seal is durable (or its failure counted): the loops' sync target
+        moves to the new segment."""
+        with self._slock:
+            if self._next_loop_sync is None:
+                return
+            old = self._loop_sync_fd
+            (self._sync_segment, self._loop_sync_fd), self._next_loop_sync = (
+                self._next_loop_sync, None)
+        if old >= 0:
+            os.close(old)
 
     @staticmethod
     def _write_seal(fd: int, offset: int, index: bytes) -> int:
@@ -326,7 +354,7 @@ class SegmentStore:
         index = fmt.encode_index(self._index, self._n_records, self._tombs)
         seq = fmt.parse_segment_name(self._active)
         assert seq is not None
-        self._start_segment(seq[1] + 1)
+        self._start_segment(seq[1] + 1, rolling=True)
         try:
             self._write_seal(old_fd, old_tail, index)  # also makes its unflushed puts durable
         except OSError as exc:
@@ -338,6 +366,7 @@ class SegmentStore:
             raise
         finally:
             os.close(old_fd)
+            self._end_roll()  # after the failure, if any, is counted
         self._dirty = False
 
     def _load_tombstones(self) -> None:
@@ -402,12 +431,13 @@ class SegmentStore:
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
 
     def sync_target(self) -> tuple[str, int]:
-        """The active segment's name and a new descriptor of it (the caller closes it): an
-        fdatasync of it makes every earlier non-durable put durable, since a roll seals (and
-        syncs) the segment it leaves."""
+        """The segment to fdatasync and a new descriptor of it (the caller closes it): the
+        active one, whose fdatasync makes every earlier non-durable put durable since a roll
+        seals (and syncs) the segment it leaves; while that seal runs, the segment left (its
+        puts are not durable before the seal is)."""
         with self._slock:
             self._check_open()
-            return self._active, os.dup(self._loop_sync_fd)
+            return self._sync_segment, os.dup(self._loop_sync_fd)
 
     @property
     def failures(self) -> int:
@@ -994,10 +1024,12 @@ class SegmentStore:
                 pass
             self._dbuf = None
         with self._slock:
-            for fd in (self._wfd, self._loop_sync_fd, self._flush_sync_fd):
+            pending = self._next_loop_sync[1] if self._next_loop_sync is not None else -1
+            for fd in (self._wfd, self._loop_sync_fd, self._flush_sync_fd, pending):
                 if fd >= 0:
                     os.close(fd)
             self._wfd = self._loop_sync_fd = self._flush_sync_fd = -1
+            self._next_loop_sync = None
         with self._rlock:
             for handle in self._readers.values():
                 self._retire(handle)

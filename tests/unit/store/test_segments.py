@@ -664,6 +664,65 @@ def test_a_roll_that_cannot_open_the_next_segment_changes_nothing(
                                         second.location: b"b" * 40_000})
 
 
+@pytest.mark.parametrize("seal_fails", [False, True], ids=["sealed", "seal-failed"])
+def test_the_loops_sync_the_old_segment_until_its_seal_is_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seal_fails: bool) -> None:
+    """A roll creates the next segment, then seals (and fdatasyncs) the one it left. While
+    that fdatasync runs, a loop's fdatasync of the new segment would not make its puts still
+    in the old one durable: ``sync_target`` names the old segment until the seal is durable or
+    its failure counted (a store checked after that sees the count move)."""
+    import pacs.store.segments as segments_module
+
+    store = SegmentStore(tmp_path, segment_size=64 * 1024, prefill=0)
+    loop_put = store.try_put("1.1", [b"a" * 40_000])  # in the first segment, not durable yet
+    assert loop_put is not None
+    first = store.active_segment
+    in_seal = threading.Event()
+    release = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def slow_seal(fd: int) -> None:
+        if os.fstat(fd).st_size > 40_000 and not in_seal.is_set():  # the first segment's
+            in_seal.set()
+            assert release.wait(10)
+            if seal_fails:
+                raise OSError(errno.EIO, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(segments_module.os, "fdatasync", slow_seal)
+    errors: list[Exception] = []
+
+    def roll() -> None:
+        try:
+            store.put("1.2", [b"b" * 40_000])  # does not fit: rolls, durable
+        except StorageError as exc:
+            errors.append(exc)
+
+    roller = threading.Thread(target=roll)
+    roller.start()
+    try:
+        assert in_seal.wait(10)
+        assert store.active_segment != first  # the put goes to the new segment...
+        failures = store.failures
+        name, fd = store.sync_target()  # ...but the loops still sync the one being sealed
+        inode = os.fstat(fd).st_ino
+        os.close(fd)
+        assert name == first and inode == (tmp_path / first).stat().st_ino
+    finally:
+        release.set()
+        roller.join(10)
+    name, fd = store.sync_target()
+    os.close(fd)
+    assert name == store.active_segment != first
+    if seal_fails:
+        assert store.failures == failures + 1 and len(errors) == 1  # counted before the move
+    else:
+        assert store.failures == failures and not errors
+        assert store.get(loop_put.location) == b"a" * 40_000
+    monkeypatch.undo()
+    store.close()
+
+
 def test_failed_fdatasyncs_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed fdatasync may leave the lost pages marked clean, so a later one succeeds
     without them: the store counts each failure for the writers."""
