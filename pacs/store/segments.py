@@ -244,6 +244,7 @@ class SegmentStore:
             if state.sealed:
                 return
             log.warning("segment %s was left unsealed by a crash: sealing it", name)
+            os.fdatasync(fd)  # the records validated above durable before the seal (see _roll)
             index = bytearray()
             tombs: list[str] = []
             n = 0
@@ -356,7 +357,11 @@ class SegmentStore:
         assert seq is not None
         self._start_segment(seq[1] + 1, rolling=True)
         try:
-            self._write_seal(old_fd, old_tail, index)  # also makes its unflushed puts durable
+            # Its records durable first, then the seal: recovery trusts a sealed segment's
+            # records without reading them, so a power cut must never leave the seal on disk
+            # without every record before it.
+            os.fdatasync(old_fd)
+            self._write_seal(old_fd, old_tail, index)
         except OSError as exc:
             # Puts not yet flushed may be lost with the old segment: the next flush must fail.
             self.note_sync_failure(exc, f"sealing {seq[0]}-{seq[1]:08d}")
@@ -871,6 +876,13 @@ class SegmentStore:
                 yield chunk
         finally:
             reading.__exit__(None, None, None)
+
+    def data_crc(self, location: str) -> int | None:
+        """The CRC-32 its record's header holds for a blob's bytes (None: an in-place file)."""
+        if external.is_external(location):
+            return None
+        with self._reading(location) as (_fd, head, _parsed):
+            return head.data_crc
 
     def size(self, location: str) -> int:
         """Size in bytes of a stored blob."""
