@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pacs.audit import AuditTrail
 from pacs.config import Settings
-from pacs.errors import ConfigError
+from pacs.errors import CatalogError, ConfigError
 from pacs.index.catalog import Catalog
 from pacs.index.query import QueryEngine
 from pacs.index.writer import CatalogWriter
 from pacs.ingest import Ingest
 from pacs.recovery import (
     InflightSegments,
+    ReplayIncomplete,
     checkpoint_name,
+    drop_replay_all_marker,
     leave_clean_marker,
+    leave_replay_all_marker,
+    must_replay_all,
     replay,
     take_clean_marker,
 )
@@ -96,10 +101,9 @@ class Archive:
             catalog = open_catalog(settings, durable_commits=False)
             _recover(settings, catalog, store)
             inflight = InflightSegments(store)
-            name = checkpoint_name(store.writer_id)
             writer = CatalogWriter(
                 catalog, batch_size=settings.commit_batch, before_commit=store.flush,
-                checkpoint=lambda: catalog.checkpoint(name, inflight.checkpoint_position()),
+                checkpoint=_checkpointer(settings, catalog, store, inflight),
                 blob_store=store,
             )
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
@@ -121,13 +125,41 @@ class Archive:
             leave_clean_marker(self.settings.state_dir, self.store.writer_id)
 
 
+def _checkpointer(
+    settings: Settings, catalog: Catalog, store: SegmentStore, inflight: InflightSegments
+) -> Callable[[], None]:
+    """The catalog writer's checkpoint: a failed one (its LMDB sync may have lost commits the
+    next sync would not report) makes the next start replay this writer's whole log."""
+    name = checkpoint_name(store.writer_id)
+
+    def checkpoint() -> None:
+        try:
+            catalog.checkpoint(name, inflight.checkpoint_position())
+        except CatalogError as exc:
+            leave_replay_all_marker(settings.state_dir, store.writer_id,
+                                    f"a catalog checkpoint failed ({exc})")
+            raise
+
+    return checkpoint
+
+
 def _recover(settings: Settings, catalog: Catalog, store: SegmentStore) -> None:
-    """After an unclean stop, index what this writer's segments hold beyond the checkpoint."""
+    """After an unclean stop, index what this writer's segments hold beyond the checkpoint
+    (all of them after a failed checkpoint or an incomplete replay)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    if take_clean_marker(settings.state_dir, store.writer_id):
+    wid = store.writer_id
+    everything = must_replay_all(settings.state_dir, wid)
+    if take_clean_marker(settings.state_dir, wid) and not everything:
         return
     started = time.monotonic()
-    replayed = replay(catalog, store)
-    catalog.checkpoint(checkpoint_name(store.writer_id), store.active_segment)
-    log.info("writer %s: replayed %d instances from the segment log in %.2f s",
-             store.writer_id, replayed, time.monotonic() - started)
+    try:
+        replayed = replay(catalog, store, everything=everything)
+    except ReplayIncomplete as exc:
+        # Serving goes on (what was readable is indexed); the next start tries again.
+        leave_replay_all_marker(settings.state_dir, wid, f"replay incomplete: {exc}")
+        return
+    catalog.checkpoint(checkpoint_name(wid), store.active_segment)
+    if everything:
+        drop_replay_all_marker(settings.state_dir, wid)
+    log.info("writer %s: replayed %d instances from %s segment log in %.2f s", wid, replayed,
+             "its whole" if everything else "the", time.monotonic() - started)

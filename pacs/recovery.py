@@ -7,7 +7,10 @@ records a checkpoint (the oldest segment that may still hold instances not durab
 syncs LMDB. After an unclean stop, each worker replays its own segments from its checkpoint:
 every live record the catalog does not know is indexed again (``replay``).
 
-A clean stop leaves a marker per worker; its absence at start means "replay".
+A clean stop leaves a marker per worker; its absence at start means "replay". A checkpoint
+whose LMDB sync failed (Linux may then mark the lost pages clean, and the next sync succeed
+without them) or a record replay could not read leaves a "replay all" marker: the next start
+replays the writer's whole log, whatever the checkpoint says, and removes it once that worked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from pacs.errors import BlobNotFound, PacsError, StorageError
+from pacs.errors import BlobNotFound, DicomFormatError, PacsError, StorageError
 from pacs.index.catalog import Catalog
 from pacs.index.records import InstanceRecord
 from pacs.store import digest as digests
@@ -70,17 +73,27 @@ def checkpoint_name(writer_id: str) -> str:
     return f"segments/{writer_id}"
 
 
-def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256) -> int:
-    """Index this writer's records from its checkpoint on that the catalog lacks.
+class ReplayIncomplete(PacsError):
+    """Records replay could not read (I/O errors): they may be acknowledged instances."""
+
+
+def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256,
+           everything: bool = False) -> int:
+    """Index this writer's records from its checkpoint on (``everything``: from its first
+    segment) that the catalog lacks; how many.
 
     A record whose key the catalog holds at another, readable location is left alone; one whose
-    indexed blob is gone (replaced, then tombstoned) is indexed again in its place.
+    indexed blob is gone (replaced, then tombstoned) is indexed again in its place. A torn or
+    unparsable record is logged and skipped (never acknowledged: its fdatasync never returned);
+    one that could not be read is skipped too, and ``ReplayIncomplete`` raised at the end,
+    after everything readable is indexed.
     """
     from pacs.maintenance import read_record
 
-    start = catalog.get_checkpoint(checkpoint_name(store.writer_id))
+    start = None if everything else catalog.get_checkpoint(checkpoint_name(store.writer_id))
     batch: list[InstanceRecord] = []
     replayed = 0
+    unreadable: list[str] = []
     for location, key in store.iter_own_records(start):
         existing = catalog.get_instance(key)
         if existing is not None:
@@ -94,8 +107,12 @@ def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256) -> int:
         try:
             record = read_record(store, location)
             record.size, record.digest = checked_digest(store, location)
+        except (DicomFormatError, DamagedRecord, BlobNotFound) as exc:
+            log.error("replay: skipped %s (%s): %s", location, key, exc)
+            continue
         except PacsError as exc:
             log.error("replay: cannot read %s (%s): %s", location, key, exc)
+            unreadable.append(location)
             continue
         batch.append(record)
         if len(batch) >= batch_size:
@@ -105,7 +122,14 @@ def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256) -> int:
     if batch:
         catalog.store_batch(batch, on_duplicate="replace")
         replayed += len(batch)
+    if unreadable:
+        raise ReplayIncomplete(f"{len(unreadable)} records could not be read (first: "
+                               f"{unreadable[0]}); {replayed} others were indexed")
     return replayed
+
+
+class DamagedRecord(StorageError):
+    """A record whose bytes do not match its CRC-32."""
 
 
 def checked_digest(store: SegmentStore, location: str) -> tuple[int, str]:
@@ -120,7 +144,7 @@ def checked_digest(store: SegmentStore, location: str) -> tuple[int, str]:
         crc = crc32(chunk, crc)
         size += len(chunk)
     if expected is not None and crc != expected:
-        raise StorageError(f"{location}: its bytes do not match their checksum (torn or damaged)")
+        raise DamagedRecord(f"{location}: its bytes do not match their checksum (torn or damaged)")
     return size, digest.hexdigest()
 
 
@@ -137,6 +161,35 @@ def take_clean_marker(state_dir: Path, writer_id: str) -> bool:
         return False
     fsync_dir(state_dir)
     return True
+
+
+def replay_all_marker(state_dir: Path, writer_id: str) -> Path:
+    return state_dir / f"{writer_id}.replay-all"
+
+
+def must_replay_all(state_dir: Path, writer_id: str) -> bool:
+    return replay_all_marker(state_dir, writer_id).exists()
+
+
+def leave_replay_all_marker(state_dir: Path, writer_id: str, why: str) -> None:
+    """From now on, starts of this writer replay its whole log (until one succeeds)."""
+    marker = replay_all_marker(state_dir, writer_id)
+    if marker.exists():
+        return
+    log.error("writer %s: %s; its next start replays its whole segment log", writer_id, why)
+    with open(marker, "w") as fh:
+        fh.write(why + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(state_dir)
+
+
+def drop_replay_all_marker(state_dir: Path, writer_id: str) -> None:
+    try:
+        replay_all_marker(state_dir, writer_id).unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(state_dir)
 
 
 def leave_clean_marker(state_dir: Path, writer_id: str) -> None:

@@ -11,12 +11,16 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+from pacs.archive import Archive
+from pacs.config import Settings
 from pacs.dicom import part10
+from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import blob_digest
 from pacs.maintenance import read_record
 from pacs.recovery import (
     InflightSegments,
+    ReplayIncomplete,
     checkpoint_name,
     leave_clean_marker,
     replay,
@@ -158,3 +162,67 @@ def test_a_roll_makes_the_records_durable_before_writing_the_seal(
     on_old = [kind for kind, inode in events if inode == old]
     assert on_old[:3] == ["fdatasync", "write", "fdatasync"], events  # sync, seal, sync
     store.close()
+
+
+def test_replay_indexes_what_it_can_and_says_what_it_could_not_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error is not a torn record: the instance may have been acknowledged, so replay
+    indexes everything else, then raises instead of letting the checkpoint pass it."""
+    store = SegmentStore(tmp_path / "blobs", writer_id="w0")
+    catalog = Catalog(tmp_path / "index", map_size=1 << 26, durable_commits=False)
+    datasets = [make_ct(instance_number=i) for i in range(3)]
+    locations = [store.put(ds.SOPInstanceUID, blob(ds)).location for ds in datasets]
+    real_chunks = store.iter_chunks
+
+    def failing_chunks(location: str, *args: Any) -> Any:
+        if location == locations[1]:
+            raise StorageError(f"cannot read {location}: [Errno 5] Input/output error")
+        return real_chunks(location, *args)
+
+    monkeypatch.setattr(store, "iter_chunks", failing_chunks)
+    with pytest.raises(ReplayIncomplete, match="1 records could not be read"):
+        replay(catalog, store)
+    assert catalog.get_instance(datasets[0].SOPInstanceUID) is not None
+    assert catalog.get_instance(datasets[1].SOPInstanceUID) is None
+    assert catalog.get_instance(datasets[2].SOPInstanceUID) is not None
+    monkeypatch.undo()
+    assert replay(catalog, store) == 1  # readable again: indexed
+    catalog.close()
+    store.close()
+
+
+def test_a_failed_checkpoint_makes_the_next_start_replay_the_whole_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint's LMDB sync that failed may have lost commits that a later, successful sync
+    does not report, while the checkpoint moves on past their segments: the next start, even
+    after a clean stop, replays the writer's whole log (once)."""
+    settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=1 << 28)
+    archive = Archive.open(settings)
+    store, catalog = archive.store, archive.catalog
+    assert isinstance(store, SegmentStore)
+    ds = make_ct()
+    location = store.put(ds.SOPInstanceUID, blob(ds)).location
+    catalog.store_batch([indexed(store, location)])
+
+    def failing_sync(name: str, value: str) -> None:
+        raise CatalogError("catalog sync failed: [Errno 5] Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(catalog, "checkpoint", failing_sync)
+        with pytest.raises(CatalogError):
+            archive.writer.checkpoint()  # type: ignore[misc]
+    # What the failed sync may have lost, with the checkpoint already past its segment.
+    catalog.delete_instance(ds.SOPInstanceUID)
+    later = make_ct()
+    store.put(later.SOPInstanceUID, blob(later), durable=True)
+    catalog.checkpoint(checkpoint_name(store.writer_id), "w0-99999999.seg")
+    archive.close()  # a clean stop
+    assert (settings.state_dir / "w0.replay-all").exists()
+    archive = Archive.open(settings)
+    try:
+        record = archive.catalog.get_instance(ds.SOPInstanceUID)
+        assert record is not None and record.location == location
+        assert archive.catalog.get_instance(later.SOPInstanceUID) is not None
+        assert not (settings.state_dir / "w0.replay-all").exists()  # done: once
+    finally:
+        archive.close()
