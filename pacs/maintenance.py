@@ -14,8 +14,10 @@ from pacs.errors import DicomFormatError, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import reindex, verify
 from pacs.index.records import InstanceRecord
+from pacs.recovery import checkpoint_name
 from pacs.store.base import BlobStore
 from pacs.store.compaction import CompactReport
+from pacs.store.segment_format import COMPACT_OWNER, parse_segment_name
 from pacs.store.segments import SegmentStore
 
 log = logging.getLogger("pacs.maintenance")
@@ -142,15 +144,32 @@ def compact_segments(
 ) -> CompactReport:
     """Rewrite sealed segments whose dead fraction reached ``min_dead_fraction``.
 
-    Live means: the catalog still points at that very location. ``run_write`` runs the
-    catalog's relocation transaction (in the server: on the catalog writer's thread).
+    Live means: the catalog still points at that very location. A record it does not point at
+    may be a store in flight in another worker (written, not yet committed): it is dead only
+    once its writer's checkpoint has passed its segment (that writer committed, or gave up,
+    everything before it); until then its segment is left alone. A ``compact-*`` segment is
+    no writer's log: its records were indexed when copied, so one the catalog does not point
+    at is dead. The relocation, and what made the old records dead, is synced to disk before
+    any old segment is unlinked (the server's LMDB commits are not durable by themselves, and
+    replay never walks ``compact-*`` segments). ``run_write`` runs the catalog's relocation
+    transaction (in the server: on the catalog writer's thread).
     """
+    # Before any instance lookup: a commit the checkpoint covers is then seen by the lookup.
+    passed = _checkpoints(catalog, store)
     keys = dict(store.iter_records())  # location -> SOP Instance UID
 
-    def is_live(location: str) -> bool:
+    def is_live(location: str) -> bool | None:
         key = keys.get(location)
-        record = catalog.get_instance(key) if key is not None else None
-        return record is not None and record.location == location
+        if key is None:
+            return None  # written since the listing above: may be in flight
+        record = catalog.get_instance(key)
+        if record is not None and record.location == location:
+            return True
+        owner, seq = parse_segment_name(location.split(":", 1)[0]) or ("", 0)
+        if owner == COMPACT_OWNER:
+            return False
+        checkpoint = passed.get(owner)
+        return False if checkpoint is not None and seq < checkpoint else None
 
     def relocate(moves: dict[str, str]) -> None:
         targets = {keys[old]: (old, new) for old, new in moves.items() if old in keys}
@@ -158,7 +177,10 @@ def compact_segments(
         def apply() -> list[str]:
             return catalog.relocate(targets)
 
-        stale = run_write(apply) if run_write is not None else apply()
+        stale: list[str] = []
+        if targets:
+            stale = run_write(apply) if run_write is not None else apply()
+        catalog.sync()  # raises: compaction stops before unlinking anything
         for uid in stale:
             # Deleted or re-sent while being copied: the new copy is garbage, tombstone it.
             try:
@@ -170,6 +192,23 @@ def compact_segments(
                      len(stale))
 
     return store.compact(is_live, relocate, min_dead_fraction)
+
+
+def _checkpoints(catalog: Catalog, store: SegmentStore) -> dict[str, int]:
+    """Writer id -> sequence number of its checkpoint segment, for every writer that has
+    segments under ``store`` and a checkpoint (``pacs.recovery``)."""
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    for name in store.segments():
+        owner = (parse_segment_name(name) or ("", 0))[0]
+        if owner in seen or owner == COMPACT_OWNER:
+            continue
+        seen.add(owner)
+        value = catalog.get_checkpoint(checkpoint_name(owner))
+        parsed = parse_segment_name(value) if value is not None else None
+        if parsed is not None and parsed[0] == owner:
+            out[owner] = parsed[1]
+    return out
 
 
 def compact_command(settings: Settings, min_dead_fraction: float) -> int:

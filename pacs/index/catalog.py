@@ -446,6 +446,14 @@ class Catalog:
         except lmdb.Error as exc:
             raise CatalogError(f"catalog sync failed: {exc}") from exc
 
+    def sync(self) -> None:
+        """Make every commit so far durable (without ``durable_commits`` a commit is not)."""
+        try:
+            with self._gate.shared():  # not while this process remaps a growing map
+                self._env.sync(True)
+        except lmdb.Error as exc:
+            raise CatalogError(f"catalog sync failed: {exc}") from exc
+
     def get_checkpoint(self, name: str) -> str | None:
         """The value of the last durable ``checkpoint(name, ...)``, None when never set."""
         with self._read() as txn:

@@ -989,15 +989,16 @@ class SegmentStore:
 
     def compact(
         self,
-        is_live: Callable[[str], bool],
+        is_live: Callable[[str], bool | None],
         relocate: Callable[[dict[str, str]], None],
         min_dead_fraction: float = 0.5,
     ) -> CompactReport:
         """Rewrite sealed segments whose dead fraction is at least ``min_dead_fraction``.
 
         See ``pacs.store.compaction``: live means not tombstoned and ``is_live(location)`` (the
-        catalog's word); ``relocate`` gets {old: new} for each rewritten group, after the new
-        segment is durable and before the old ones are unlinked.
+        catalog's word; None: undecided, the segment is left alone); ``relocate`` gets
+        {old: new} for each rewritten group, after the new segment is durable and before the
+        old ones are unlinked.
         """
         self._check_open()
         return compact(self, is_live, relocate, min_dead_fraction)
