@@ -1,7 +1,9 @@
 """Removing instances: unindex them first, then remove their blobs (REST DELETE, retention).
 
-The index entry goes first, in batches through the catalog writer, so nothing ever points at a
-missing blob; a crash between the two leaves an orphan blob, which ``pacs verify`` lists.
+The index entry goes first, in batches through the catalog writer, and is synced to disk before
+the blobs go (the server's LMDB commits are not durable by themselves: a power cut would bring
+the entries back, pointing at deleted blobs), so nothing ever points at a missing blob; a crash
+between the two leaves an orphan blob, which ``pacs verify`` lists.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def delete_instances(catalog: Catalog, store: BlobStore, uids: Sequence[str],
             return [r for r in map(catalog.delete_instance, batch) if r is not None]
 
         gone: list[InstanceRecord] = run_write(unindex)
+        if gone:
+            catalog.sync()  # raises: the blobs stay, the instances are unindexed (orphans)
         for record in gone:  # the index no longer points at them: now the blobs go
             try:
                 store.delete(record.location)

@@ -226,7 +226,18 @@ class Ingest:
         obsolete = outcome.obsolete_location
         if obsolete:
             # A kept duplicate's new blob, or the replaced instance's old one.
-            await loop.run_in_executor(self.executor, self._forget_blob, obsolete)
+            forgotten = await loop.run_in_executor(self.executor, self._forget_blob, obsolete)
+            if not forgotten and outcome.kind == "replaced":
+                # The old blob stays readable: after a power cut that took the (not yet
+                # synced) commit, replay would find the old entry readable and keep it. The
+                # replacement is made durable in the catalog before it is acknowledged.
+                try:
+                    await loop.run_in_executor(self.executor, self.catalog.sync)
+                except PacsError as exc:
+                    log.error("cannot make the replacement of %s durable: %s",
+                              record.sop_instance_uid, exc)
+                    raise IngestError(OUT_OF_RESOURCES,
+                                      f"cannot archive the instance: {exc}") from exc
         if outcome.kind != "stored":
             log.info("duplicate SOPInstanceUID %s from %s: %s",
                      record.sop_instance_uid, source_aet, outcome.kind)
@@ -234,8 +245,11 @@ class Ingest:
                               record.attributes["StudyInstanceUID"],
                               record.attributes.get("PatientID", ""))
 
-    def _forget_blob(self, location: str) -> None:
+    def _forget_blob(self, location: str) -> bool:
+        """Delete a blob nothing points at any more; False (logged) when that failed."""
         try:
             self.blobs.delete(location)
         except PacsError as exc:
             log.warning("cannot delete obsolete blob %s: %s", location, exc)
+            return False
+        return True
