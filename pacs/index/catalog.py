@@ -321,9 +321,13 @@ class Catalog:
             map_size=map_size,
             max_dbs=len(_DB_NAMES),
             readonly=self.readonly,
-            # Durable commits: a commit is on disk when it returns. Without them LMDB keeps
-            # its integrity if the file system preserves write order, and loses only the
-            # transactions since the last checkpoint, which the segment log replays.
+            # Durable commits: a commit is on disk when it returns. Without them a process
+            # crash loses nothing (the page cache keeps every commit) and the segment log
+            # replays what an OS crash or power cut lost since the last checkpoint; but
+            # LMDB's documentation says the database itself may then be corrupted (writeback
+            # may write a meta page before the pages it points to, and with a writable map
+            # pages freed after the checkpoint are reused in place): `pacs reindex` rebuilds
+            # it from the segments. Known limitation (README, "Not yet").
             sync=self.durable_commits,
             metasync=self.durable_commits,
             writemap=writemap,
