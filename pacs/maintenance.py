@@ -14,7 +14,7 @@ from pacs.errors import DicomFormatError, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import reindex, verify
 from pacs.index.records import InstanceRecord
-from pacs.recovery import checkpoint_name
+from pacs.recovery import checkpoint_name, must_replay_all
 from pacs.store.base import BlobStore
 from pacs.store.compaction import CompactReport
 from pacs.store.segment_format import COMPACT_OWNER, parse_segment_name
@@ -141,6 +141,7 @@ def compact_segments(
     store: SegmentStore,
     min_dead_fraction: float,
     run_write: Callable[[Callable[[], list[str]]], list[str]] | None = None,
+    state_dir: Path | None = None,
 ) -> CompactReport:
     """Rewrite sealed segments whose dead fraction reached ``min_dead_fraction``.
 
@@ -152,10 +153,14 @@ def compact_segments(
     at is dead. The relocation, and what made the old records dead, is synced to disk before
     any old segment is unlinked (the server's LMDB commits are not durable by themselves, and
     replay never walks ``compact-*`` segments). ``run_write`` runs the catalog's relocation
-    transaction (in the server: on the catalog writer's thread).
+    transaction (in the server: on the catalog writer's thread). A writer whose next start
+    replays its whole log (a ``replay-all`` marker under ``state_dir``: its checkpoint may have
+    passed commits a failed sync lost) has no checkpoint to trust here.
     """
     # Before any instance lookup: a commit the checkpoint covers is then seen by the lookup.
     passed = _checkpoints(catalog, store)
+    if state_dir is not None:
+        passed = {w: seq for w, seq in passed.items() if not must_replay_all(state_dir, w)}
     keys = dict(store.iter_records())  # location -> SOP Instance UID
 
     def is_live(location: str) -> bool | None:
@@ -220,7 +225,8 @@ def compact_command(settings: Settings, min_dead_fraction: float) -> int:
         if not isinstance(store, SegmentStore):
             print("the file store needs no compaction")
             return 0
-        report = compact_segments(catalog, store, min_dead_fraction)
+        report = compact_segments(catalog, store, min_dead_fraction,
+                                  state_dir=settings.state_dir)
     finally:
         catalog.close()
         store.close()

@@ -159,7 +159,7 @@ async def _compact_periodically(archive: Archive) -> None:
                      100 * settings.compact_threshold)
             report = await loop.run_in_executor(
                 archive.executor, compact_segments, archive.catalog, store,
-                settings.compact_threshold, run_write)
+                settings.compact_threshold, run_write, settings.state_dir)
             log.info("compaction moved %d instances and reclaimed %.1f MB", report.moved,
                      report.reclaimed / 1e6)
         except Exception:  # the next round retries; nothing is lost by a failed compaction

@@ -18,7 +18,7 @@ import pytest
 from pacs.errors import BlobNotFound, CatalogError
 from pacs.index.catalog import Catalog
 from pacs.maintenance import compact_segments
-from pacs.recovery import checkpoint_name
+from pacs.recovery import checkpoint_name, drop_replay_all_marker, leave_replay_all_marker
 from pacs.store.segment_format import parse_segment_name, segment_name
 from pacs.store.segments import SegmentStore
 from tests.unit.index._records import make_record
@@ -149,6 +149,25 @@ def test_unindexed_record_behind_the_checkpoint_is_reclaimed(world: World, resen
     if resent:
         assert uid in world.data  # the indexed copy stays
     world.check()
+
+
+def test_a_writer_due_to_replay_its_whole_log_has_no_checkpoint_to_trust(
+        world: World, tmp_path: Path) -> None:
+    """Its checkpoint may have passed commits a failed catalog sync lost (``replay-all``
+    marker): an unindexed record of it may be such an acknowledged instance, which the next
+    start re-indexes. Compaction leaves its segment alone until then."""
+    _uid, location, data = in_flight(world, False)
+    segment = segment_of(location)
+    world.checkpoint(next_segment(segment))
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    leave_replay_all_marker(state_dir, WRITER, "a catalog checkpoint failed (test)")
+    report = compact_segments(world.catalog, world.store, 0.5, state_dir=state_dir)
+    assert segment in report.deferred and segment not in report.removed
+    assert world.store.get(location) == data
+    drop_replay_all_marker(state_dir, WRITER)
+    assert segment in compact_segments(world.catalog, world.store, 0.5,
+                                       state_dir=state_dir).removed
 
 
 def test_unindexed_record_in_a_compacted_segment_is_reclaimed(world: World) -> None:
