@@ -154,6 +154,7 @@ class CatalogWriter:
         # Run by the committer at most every ``checkpoint_interval`` seconds after a commit,
         # and at close: makes non-durable catalog commits durable (see Catalog.checkpoint).
         self.checkpoint = checkpoint
+        self.checkpoint_failures = 0  # checkpoints that raised (their sync may have lost commits)
         self.checkpoint_interval = checkpoint_interval
         self._last_checkpoint = time.monotonic()
         self.batch_size = batch_size
@@ -456,6 +457,7 @@ class CatalogWriter:
         try:
             self.checkpoint()
         except Exception:  # the next one retries; the log still holds everything
+            self.checkpoint_failures += 1
             log.exception("catalog checkpoint failed")
 
     @staticmethod
