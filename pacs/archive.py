@@ -153,7 +153,7 @@ def _recover(settings: Settings, catalog: Catalog, store: SegmentStore) -> None:
         return
     started = time.monotonic()
     try:
-        replayed = replay(catalog, store, everything=everything)
+        replayed = replay(catalog, store, everything=everything, routes=settings.routes)
     except ReplayIncomplete as exc:
         # Serving goes on (what was readable is indexed); the next start tries again.
         leave_replay_all_marker(settings.state_dir, wid, f"replay incomplete: {exc}")

@@ -19,8 +19,10 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+from pacs.config import Route
 from pacs.errors import BlobNotFound, DicomFormatError, PacsError, StorageError
 from pacs.index.catalog import Catalog
 from pacs.index.records import InstanceRecord
@@ -78,7 +80,7 @@ class ReplayIncomplete(PacsError):
 
 
 def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256,
-           everything: bool = False) -> int:
+           everything: bool = False, routes: Sequence[Route] = ()) -> int:
     """Index this writer's records from its checkpoint on (``everything``: from its first
     segment) that the catalog lacks; how many.
 
@@ -86,7 +88,8 @@ def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256,
     indexed blob is gone (replaced, then tombstoned) is indexed again in its place. A torn or
     unparsable record is logged and skipped (never acknowledged: its fdatasync never returned);
     one that could not be read is skipped too, and ``ReplayIncomplete`` raised at the end,
-    after everything readable is indexed.
+    after everything readable is indexed. A replayed instance is queued for forwarding by
+    ``routes`` as at its C-STORE (its queue entry went with the lost commit).
     """
     from pacs.maintenance import read_record
 
@@ -116,16 +119,23 @@ def replay(catalog: Catalog, store: SegmentStore, batch_size: int = 256,
             continue
         batch.append(record)
         if len(batch) >= batch_size:
-            catalog.store_batch(batch, on_duplicate="replace")
+            _index(catalog, batch, routes)
             replayed += len(batch)
             batch = []
     if batch:
-        catalog.store_batch(batch, on_duplicate="replace")
+        _index(catalog, batch, routes)
         replayed += len(batch)
     if unreadable:
         raise ReplayIncomplete(f"{len(unreadable)} records could not be read (first: "
                                f"{unreadable[0]}); {replayed} others were indexed")
     return replayed
+
+
+def _index(catalog: Catalog, batch: list[InstanceRecord], routes: Sequence[Route]) -> None:
+    forwards = [[r.destination for r in routes
+                 if r.matches(record.source_aet, record.attributes.get("Modality", ""))]
+                for record in batch]
+    catalog.store_items([(record, "replace") for record in batch], forwards)
 
 
 class DamagedRecord(StorageError):

@@ -12,7 +12,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from pacs.archive import Archive
-from pacs.config import Settings
+from pacs.config import Route, Settings
 from pacs.dicom import part10
 from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog
@@ -226,3 +226,22 @@ def test_a_failed_checkpoint_makes_the_next_start_replay_the_whole_log(
         assert not (settings.state_dir / "w0.replay-all").exists()  # done: once
     finally:
         archive.close()
+
+
+def test_replayed_instances_are_queued_for_forwarding_again(tmp_path: Path) -> None:
+    """The forward queue entry is written in the instance's commit: when a power cut took the
+    commit, replay queues the instance again by the routes, as its C-STORE did."""
+    store = SegmentStore(tmp_path / "blobs", writer_id="w0")
+    catalog = Catalog(tmp_path / "index", map_size=1 << 26, durable_commits=False)
+    ct, mr = make_ct(), make_ct(modality="MR")
+    indexed_ct = make_ct()
+    for ds in (ct, mr, indexed_ct):
+        store.put(ds.SOPInstanceUID, blob(ds))
+    catalog.store_batch([indexed(store, loc) for loc, key in store.iter_records()
+                         if key == indexed_ct.SOPInstanceUID])
+    routes = [Route("STORESCP", modality="CT"), Route("ARCHIVE2", calling_aet="OTHER")]
+    assert replay(catalog, store, routes=routes) == 2
+    queued = {(f.sop_instance_uid, f.destination) for f in catalog.forward_queue()}
+    assert queued == {(ct.SOPInstanceUID, "STORESCP")}  # MOD sent them; MR not routed
+    catalog.close()
+    store.close()
