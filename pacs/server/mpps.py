@@ -13,7 +13,8 @@ with COMPLETED or DISCONTINUED when it ends. Each step is kept in the LMDB sub-d
 Statuses (PS3.4 F.7.2.1.2, F.7.2.2.2): 0x0111 duplicate SOP instance, 0x0106 invalid attribute
 value (a status other than IN PROGRESS at creation, or an unknown one), 0x0112 no such SOP
 instance (N-SET of an unknown step), 0x0110 with Error ID 0xA710 (a step already COMPLETED or
-DISCONTINUED may no longer be updated), 0x0120 missing attribute.
+DISCONTINUED may no longer be updated; without an Error ID: the step could not be stored
+durably, e.g. a failed catalog sync), 0x0120 missing attribute.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
 
 from pacs.dicom import uids
+from pacs.errors import CatalogError
 from pacs.net import dimse
 from pacs.server.messages import Request, Response
 from pacs.worklist.store import DB_NAME as WORKLIST_DB
@@ -123,8 +125,16 @@ class MppsSCP:
         self.archive = archive
 
     def _write(self, fn: Any) -> Any:
+        """``fn`` in one write transaction, durable on return: the catalog commits without
+        fsync and MPPS steps are in no segment log, so the sync comes before any success."""
         catalog = self.archive.catalog
-        return self.archive.writer.run(lambda: catalog._write(fn)).result()
+        try:
+            result = self.archive.writer.run(lambda: catalog._write(fn)).result()
+            catalog.sync()  # in this thread, not the writer's: an fsync there stalls ingest
+        except CatalogError as exc:
+            log.error("MPPS step not stored durably: %s", exc)
+            raise MppsError(PROCESSING_FAILURE, f"not stored: {exc}") from exc
+        return result
 
     def _apply_order(self, t: Any, record: MppsRecord, status: str, now: float) -> None:
         if not record.order_key:

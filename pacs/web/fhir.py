@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 from pydicom.uid import generate_uid
 
+from pacs.errors import CatalogError
 from pacs.index.query import Query
 from pacs.web.context import WebContext
 from pacs.worklist.store import WorklistItem, WorklistStore
@@ -322,8 +323,13 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         if not _ID.match(resource_id):
             resource_id = uuid.uuid5(uuid.NAMESPACE_OID, key).hex
         loop = asyncio.get_running_loop()
-        item, created = await loop.run_in_executor(
-            archive.executor, _store_order, store, key, values, resource_id)
+        try:
+            item, created = await loop.run_in_executor(
+                archive.executor, _store_order, store, key, values, resource_id)
+        except CatalogError as exc:  # not stored, or not durably (failed sync): never 201
+            log.error("%s: FHIR ServiceRequest %s not stored durably: %s", request.remote,
+                      resource_id, exc)
+            return FhirError(500, "exception", f"order not stored: {exc}").response()
         log.info("%s: FHIR ServiceRequest %s %s (order %s, patient %s, study %s)",
                  request.remote, resource_id, "created" if created else "updated", key,
                  item.patient_id, item.study_instance_uid)

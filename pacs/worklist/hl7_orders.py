@@ -58,9 +58,10 @@ ADT^A40 (merge patient)
 
 ACKs
     ``AA`` accepted; ``AE`` application error (required field missing 101, bad value 102/103,
-    unknown order 204); ``AR`` rejected (not HL7 / MLLP framing 100, unsupported message type 200
-    or event 201). A negative ACK carries MSA-3 and an ERR segment (ERR-2 location, ERR-3 code
-    from HL7 table 0357, ERR-4 severity E, ERR-8 the explanation).
+    unknown order 204; not stored durably, e.g. a failed catalog sync, 207); ``AR`` rejected
+    (not HL7 / MLLP framing 100, unsupported message type 200 or event 201). A negative ACK
+    carries MSA-3 and an ERR segment (ERR-2 location, ERR-3 code from HL7 table 0357, ERR-4
+    severity E, ERR-8 the explanation).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from typing import Any
 import hl7
 from pydicom.uid import generate_uid
 
+from pacs.errors import CatalogError
 from pacs.worklist.store import WorklistItem, WorklistStore
 
 log = logging.getLogger("pacs.hl7")
@@ -469,7 +471,12 @@ class OrderHandler:
             log.warning("HL7 %s from %s: %s %s (%d)", _get(msg, "MSH", 10) if msg else "?",
                         peer, exc.ack_code, exc.text, exc.error_code)
             return make_ack(msg, exc.ack_code, exc, self.application).encode()
-        except Exception as exc:  # a bug or a catalog failure: answer AE, keep serving
+        except CatalogError as exc:  # not stored, or not durably (failed sync): never AA
+            log.error("HL7 %s from %s: not stored durably, answering AE: %s",
+                      _get(msg, "MSH", 10) if msg else "?", peer, exc)
+            error = Hl7Error("AE", INTERNAL_ERROR, f"not stored: {exc}")
+            return make_ack(msg, "AE", error, self.application).encode()
+        except Exception as exc:  # a bug: answer AE, keep serving
             log.exception("HL7 message from %s: internal error", peer)
             error = Hl7Error("AE", INTERNAL_ERROR, f"internal error: {exc!r}")
             return make_ack(msg, "AE", error, self.application).encode()

@@ -8,7 +8,10 @@ The order key is the placer order number (ORC-2, ``id^namespace``), else the fil
 order's history), but only active ones (``ACTIVE_STATUSES``) are offered to modalities.
 
 Writes go through the archive's catalog writer thread (one LMDB writer per process); reads open
-a short read transaction of their own.
+a short read transaction of their own. The server commits without fsync (``durable_commits``
+off) and only instances are replayed from the segment log after a crash, so every write that
+changed an item is made durable with ``Catalog.sync`` before it returns: an order is
+acknowledged only once it survives a power cut (MPPS steps: ``MppsSCP._write`` does the same).
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ class WorklistStore:
         """Read-modify-write one item in one write transaction.
 
         ``change`` gets the stored item (None when absent) and returns the item to store, or
-        anything else (an error description) to store nothing; its result is returned.
+        anything else (an error description) to store nothing; its result is returned. A
+        stored item is durable on return (CatalogError when the commit or its sync fails).
         """
         catalog = self.catalog
 
@@ -137,6 +141,9 @@ class WorklistStore:
             return catalog._write(apply)
 
         result: WorklistItem | T = self._run_write(write)
+        if isinstance(result, WorklistItem):
+            # Here, in the caller's thread: an fsync in the writer thread would stall ingest.
+            catalog.sync()
         return result
 
     def update_where(
@@ -145,7 +152,8 @@ class WorklistStore:
         change: Callable[[WorklistItem], WorklistItem],
     ) -> list[WorklistItem]:
         """Read-modify-write every item ``select`` picks, in one write transaction (ADT
-        patient updates and merges); the items as stored."""
+        patient updates and merges); the items as stored, durable on return (CatalogError
+        when the commit or its sync fails)."""
         catalog = self.catalog
 
         def apply(t: Any) -> list[WorklistItem]:
@@ -164,4 +172,6 @@ class WorklistStore:
             return catalog._write(apply)
 
         result: list[WorklistItem] = self._run_write(write)
+        if result:
+            catalog.sync()
         return result
