@@ -7,8 +7,9 @@ run in up to ``worker_count`` processes, each with its own event loop and its ow
 (``state/importN.lock``): two imports at once take different writers.
 
 Per file: the first 64 KiB are read and the file meta parsed; a file whose SOP Instance UID
-(Media Storage SOP Instance UID) is already indexed is skipped before the rest is read, which
-makes a re-run (after an interruption, even kill -9) cheap and idempotent. The rest is read, the
+(Media Storage SOP Instance UID, confirmed by the data set's own SOPInstanceUID in that head:
+the meta's may be stale) is already indexed is skipped before the rest is read, which makes a
+re-run (after an interruption, even kill -9) cheap and idempotent. The rest is read, the
 data set handed to ``Ingest.store`` (source AE ``IMPORT``); files larger than
 ``spool_memory_limit`` are copied into the worker's spool folder and stored from there, never
 held in memory. Non-DICOM and corrupt files are listed in a report (path and reason) and never
@@ -17,10 +18,11 @@ stop the run. Reads happen on a producer thread, in batches, overlapping with in
 ``--in-place`` indexes files where they lie instead of copying them: the location is
 ``ext:<absolute path>`` (``pacs.store.external``), the size and digest are those of the
 whole file, which retrieve serves as it is (a Part-10 file, like a stored blob). The producer
-thread scans and digests each file; per batch the paths are journaled (one fdatasync) before
-their index entries are submitted, so ``pacs reindex`` rebuilds them from the files. Files
-without a Part-10 header are rejected as in a copying import (they could not be served as
-they are); zip members cannot be indexed in place and are copied into the blob store.
+thread scans, digests and fsyncs each file (and its folder); per batch the paths are journaled
+(one fdatasync) before their index entries are submitted, so ``pacs reindex`` rebuilds them
+from the files. Files without a Part-10 header are rejected as in a copying import (they could
+not be served as they are); zip members cannot be indexed in place and are copied into the
+blob store.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -59,6 +61,7 @@ HEADER_READ = 64 * 1024
 BATCH = 64  # files per hand-over from the reader thread to the event loop
 CONCURRENCY = 256  # Ingest.store calls in flight per worker (the writer batches them)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SOP_INSTANCE_UID = 0x00080018  # the tag
 SOURCE_AET = "IMPORT"
 MAX_WRITERS = 64
 MIN_FILES_PER_PROCESS = 1000  # below, one process: spawning costs more than it saves
@@ -74,6 +77,9 @@ class WorkerResult:
     writer_id: str = ""
     interrupted: bool = False
     disk_full: bool = False  # stopped at the free-space watermark (min_free_space)
+    # Catalog checkpoints that failed (their LMDB sync may have lost commits): the import is
+    # not durably indexed; the writer's replay-all marker makes its next open replay its log.
+    checkpoint_failures: int = 0
 
 
 @dataclass(slots=True)
@@ -135,6 +141,7 @@ class _Reader:
         self.spool_limit = spool_limit
         self.in_place = in_place
         self._spooled = 0
+        self._synced_folders: set[str] = set()
 
     def items(self, paths: Iterable[str], stop: threading.Event) -> Iterator[_Item]:
         for path in paths:
@@ -193,14 +200,26 @@ class _Reader:
             return _Item(name, size, "rejected", "no TransferSyntaxUID in the file meta")
         uid = meta.get("MediaStorageSOPInstanceUID", "")
         if uid and self.catalog.has_instance(uid):
-            return _Item(name, size, "duplicate")
+            # The data set is stored under its own SOPInstanceUID, and the file meta's may be
+            # stale (an anonymiser that changed the data set only): skipped only when the data
+            # set's own UID is archived, else a new instance would be reported skipped.
+            own = _head_sop_instance_uid(head, syntax, offset)
+            if own == uid or (own and self.catalog.has_instance(own)):
+                return _Item(name, size, "duplicate")
         if offset >= len(head) and len(head) < HEADER_READ:
             return _Item(name, size, "rejected", "no data set after the file meta")
         item = _Item(name, size, transfer_syntax=syntax, sop_class=sop_class)
         if in_place:
             if "\n" in name:  # the in-place journal is one path per line
                 return _Item(name, size, "rejected", "a newline in the path: cannot index in place")
-            return _in_place(item, fh, head, offset)
+            item = _in_place(item, fh, head, offset)
+            if item.record is not None:
+                try:
+                    self._sync_in_place(name, fh)
+                except OSError as exc:
+                    return _Item(name, size, "rejected",
+                                 f"cannot sync to disk: {exc.strerror or exc}")
+            return item
         if size > self.spool_limit:
             item.dataset = self._spool(head[offset:], fh)
         elif len(head) < HEADER_READ:
@@ -209,6 +228,18 @@ class _Reader:
             item.dataset = head[offset:] + fh.read()
         return item
 
+    def _sync_in_place(self, name: str, fh: IO[bytes]) -> None:
+        """fsync a file indexed in place, and its folder (once per run), before it is journaled
+        and indexed: a file just copied there may be in the page cache only, and after a power
+        cut the index would hold an entry whose bytes (or directory entry) are gone."""
+        from pacs.store.files import fsync_dir
+
+        os.fsync(fh.fileno())
+        folder = os.path.dirname(os.path.abspath(name))
+        if folder not in self._synced_folders:
+            fsync_dir(Path(folder))
+            self._synced_folders.add(folder)
+
     def _spool(self, start: bytes, fh: IO[bytes]) -> Path:
         self._spooled += 1
         target = self.spool_dir / f"spool-import-{self._spooled}"
@@ -216,6 +247,19 @@ class _Reader:
             out.write(start)
             shutil.copyfileobj(fh, out, 1 << 20)
         return target
+
+
+def _head_sop_instance_uid(head: bytes, transfer_syntax: str, offset: int) -> str:
+    """The data set's own SOPInstanceUID from the first bytes of a file (it comes early: group
+    0008); "" when the head does not reach it or cannot be parsed (the whole file then is)."""
+    from pacs.dicom.scan import read_index_attributes
+
+    try:
+        attributes = read_index_attributes(head, transfer_syntax, stop_tag=SOP_INSTANCE_UID + 1,
+                                           offset=offset)
+    except (DicomFormatError, ValueError):
+        return ""
+    return attributes.get("SOPInstanceUID", "")
 
 
 def _in_place(item: _Item, fh: IO[bytes], head: bytes, offset: int) -> _Item:
@@ -268,21 +312,30 @@ def _lock_writer(settings: Settings, first: int) -> tuple[str, int]:
     raise PacsError(f"every import writer (import0..import{MAX_WRITERS - 1}) is busy")
 
 
-def recover_stale_writers(settings: Settings) -> list[str]:
-    """Replay the segments of import writers stopped uncleanly (killed) and not running now,
-    whichever writer this run will use: their stored instances get indexed, none stays orphaned.
+def recover_stale_writers(settings: Settings, prefix: str = "import",
+                          skip: Collection[str] = ()) -> list[str]:
+    """Replay the segments of writers named ``<prefix><N>`` (import writers by default) that
+    are not running now and were stopped uncleanly (killed), or cleanly after a failed catalog
+    checkpoint (a replay-all marker: ``Archive.open`` then replays the whole log and drops it);
+    their stored instances get indexed, none stays orphaned. Writers in ``skip`` (exact ids,
+    e.g. the ``pacs serve`` supervisor's own ``w0``..``w{n-1}``) are left to their owner. A
+    writer whose ``state/<writer>.lock`` is held is running: left alone. The replayed writers.
     """
     from pacs.archive import Archive
-    from pacs.recovery import clean_marker
+    from pacs.recovery import clean_marker, must_replay_all
     from pacs.store.segment_format import parse_segment_name
 
     if settings.store_backend != "segments" or not settings.blob_dir.is_dir():
         return []
-    owners = {parsed[0] for name in os.listdir(settings.blob_dir)
-              if (parsed := parse_segment_name(name)) and parsed[0].startswith("import")}
+    # Only <prefix><digits>: with prefix "w", an owner like "wal" or "compact" is not a worker.
+    owners = {owner for name in os.listdir(settings.blob_dir)
+              if (parsed := parse_segment_name(name))
+              and (owner := parsed[0]).startswith(prefix) and owner[len(prefix):].isdigit()
+              and owner not in skip}
     recovered = []
-    for writer in sorted(owners):
-        if clean_marker(settings.state_dir, writer).exists():
+    for writer in sorted(owners, key=lambda owner: int(owner[len(prefix):])):
+        if (clean_marker(settings.state_dir, writer).exists()
+                and not must_replay_all(settings.state_dir, writer)):
             continue
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(settings.state_dir / f"{writer}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -290,7 +343,7 @@ def recover_stale_writers(settings: Settings) -> list[str]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                continue  # another import is running with it
+                continue  # running (another import, or a live process with that writer)
             Archive.open(settings, writer_id=writer).close()
             recovered.append(writer)
         finally:
@@ -494,6 +547,8 @@ def run_worker(
         finally:
             archive.close()
         result.writer_id = writer
+        # Read after close: its last checkpoint (the one making the whole run durable) counts.
+        result.checkpoint_failures = archive.writer.checkpoint_failures
         return result
     finally:
         os.close(lock_fd)
@@ -554,11 +609,19 @@ class Progress:
         self.stream.flush()
 
 
+def _checkpoint_error(writer: str, failures: int) -> str:
+    return (f"writer {writer}: {failures} catalog checkpoint(s) failed: the index of this run "
+            "may not be durable (an OS crash could lose entries); the next pacs import replays "
+            "the writer's whole segment log")
+
+
 def import_command(settings: Settings, paths: list[Path], report: Path | None = None,
                    jobs: int | None = None, in_place: bool = False) -> int:
     """Import ``paths``; 0 when every file was imported (or already archived), 1 when some
-    were rejected (listed in the report), 130 when interrupted. ``in_place``: index the files
-    where they lie (``ext:`` locations) instead of copying them into the blob store."""
+    were rejected (listed in the report), 130 when interrupted, 2 on an error (among them a
+    failed catalog checkpoint: the run's index entries are then not known durable).
+    ``in_place``: index the files where they lie (``ext:`` locations) instead of copying them
+    into the blob store."""
     settings = dataclasses.replace(settings, on_duplicate="keep")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -581,6 +644,7 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
     progress = Progress(counters, jobs, len(files))
     rejected: list[tuple[str, str]] = list(missing)
     interrupted = disk_full = False
+    failed_checkpoints: dict[str, int] = {}  # writer → catalog checkpoints that failed
     if jobs == 1:
         try:
             result = run_worker(settings, files, counters, 0, progress.tick, in_place)
@@ -590,6 +654,8 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
         rejected += result.rejected
         interrupted = result.interrupted
         disk_full = result.disk_full
+        if result.checkpoint_failures:
+            failed_checkpoints[result.writer_id] = result.checkpoint_failures
     else:
         results = context.Queue()
         shares = [files[i::jobs] for i in range(jobs)]
@@ -627,6 +693,8 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
             rejected += got[slot].rejected
             interrupted = interrupted or got[slot].interrupted
             disk_full = disk_full or got[slot].disk_full
+            if got[slot].checkpoint_failures:
+                failed_checkpoints[got[slot].writer_id] = got[slot].checkpoint_failures
     progress.done()
     totals = progress.sums()
     elapsed = time.monotonic() - started
@@ -641,6 +709,8 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
             out.write(f"# pacs import into {settings.data_dir}: {summary}\n")
             if interrupted:
                 out.write("# interrupted: run the same command again to resume\n")
+            for writer, n in sorted(failed_checkpoints.items()):
+                out.write(f"# error: {_checkpoint_error(writer, n)}\n")
             out.write("# rejected files: path<TAB>reason\n")
             for name, reason in rejected:
                 out.write(f"{name}\t{reason}\n")
@@ -653,9 +723,14 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
         print(f"... and {len(rejected) - shown} more")
     print(summary)
     print(f"report: {report_path}")
+    # Not a success: the index may lack what this run reported imported until that replay.
+    for writer, n in sorted(failed_checkpoints.items()):
+        print(f"pacs: error: {_checkpoint_error(writer, n)}", file=sys.stderr)
     if disk_full:
         print(f"pacs: error: stopped: {BELOW_WATERMARK} (min_free_space {settings.min_free_space}"
               " bytes); free space and run the same command again to resume", file=sys.stderr)
+        return 2
+    if failed_checkpoints:
         return 2
     if interrupted:
         print("interrupted: run the same command again to resume", file=sys.stderr)

@@ -14,6 +14,7 @@ small, clean interpreter, and, unlike multiprocessing's "spawn", no resource tra
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -198,9 +199,41 @@ def run(settings: Settings) -> int:
     from pacs.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir(settings)
+    _recover_other_writers(settings)
     if settings.worker_count == 1:
         return _run_worker(settings, 0, None)
     return _supervise(settings)
+
+
+def _hold_writer_lock(settings: Settings, worker_id: int) -> None:
+    """Lock ``state/w<N>.lock`` for this process's life (the descriptor stays open): another
+    server on the same data folder, or a recovery of writers not running, then keeps its hands
+    off this worker's segments (``pacs.importer.recover_stale_writers`` takes the same lock)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.state_dir / f"w{worker_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise OSError(exc.errno, f"writer w{worker_id} of {settings.data_dir} is in use by "
+                                 "another process (another pacs serve?)") from exc
+
+
+def _recover_other_writers(settings: Settings) -> None:
+    """Before any worker starts: replay the logs of writers this run will not start (workers
+    of an earlier run with more of them, imports killed with the machine), so what they
+    acknowledged is indexed now, not when (if ever) that writer runs again."""
+    if settings.store_backend != "segments":
+        return
+    from pacs.importer import recover_stale_writers
+
+    ours = {f"w{i}" for i in range(settings.worker_count)}
+    recovered = recover_stale_writers(settings, prefix="w", skip=ours)
+    recovered += recover_stale_writers(settings)  # import writers not running now
+    if recovered:
+        log.info("replayed the segment logs of writers not started by this run: %s",
+                 ", ".join(recovered))
 
 
 def _run_worker(
@@ -214,6 +247,12 @@ def _run_worker(
     from pacs.server.malloc import tune_for_ingest
 
     tune_for_ingest()
+    try:
+        _hold_writer_lock(settings, worker_id)
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        print(f"pacs: error: cannot serve: {exc}", file=sys.stderr)
+        return 2
     if settings.metrics:
         from pacs.metrics import start_worker
 
