@@ -544,6 +544,7 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
           f"{skipped} studies already here, {len(todo)} to move", file=sys.stderr)
     progress = Progress(len(todo), sum(s.source_count for s in todo))
     move_started = time.monotonic()
+    checkpoint_failures = 0
     if todo and not dry_run:
         work: queue.Queue[Study | None] = queue.Queue()
         for study in todo:
@@ -583,6 +584,9 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
             receiver.close()
             receiver.archive.close()
             os.close(lock_fd)
+            # Its last checkpoint made the run's index durable: a failed one is not a success
+            # (the writer's replay-all marker makes the next run replay its log).
+            checkpoint_failures = receiver.archive.writer.checkpoint_failures
         progress.finish()
     move_seconds = time.monotonic() - move_started
     moved_instances = progress.moved_instances
@@ -636,4 +640,9 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
         print(f"... and {len(missing) - shown} more")
     print(summary[0])
     print(f"report: {report_path}")
+    if checkpoint_failures:
+        print(f"pacs: error: {checkpoint_failures} catalog checkpoint(s) failed: the index of "
+              "this run may not be durable; the next run replays its writer's log",
+              file=sys.stderr)
+        return 2
     return 1 if missing else 0
