@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -220,15 +221,32 @@ def _hold_writer_lock(settings: Settings, worker_id: int) -> None:
                                  "another process (another pacs serve?)") from exc
 
 
+def _others_to_recover(settings: Settings, ours: set[str]) -> bool:
+    """Whether a worker or import writer this run does not start may need a replay: it has
+    segments and no clean marker, or a replay-all marker (``pacs.recovery``'s file names)."""
+    from pacs.store.segment_format import parse_segment_name
+
+    try:
+        names = os.listdir(settings.blob_dir)
+    except FileNotFoundError:
+        return False
+    owners = {parsed[0] for name in names if (parsed := parse_segment_name(name))}
+    state = settings.state_dir
+    return any(re.fullmatch(r"(?:w|import)\d+", owner)
+               and (not (state / f"{owner}.clean").exists()
+                    or (state / f"{owner}.replay-all").exists())
+               for owner in owners - ours)
+
+
 def _recover_other_writers(settings: Settings) -> None:
     """Before any worker starts: replay the logs of writers this run will not start (workers
     of an earlier run with more of them, imports killed with the machine), so what they
     acknowledged is indexed now, not when (if ever) that writer runs again."""
-    if settings.store_backend != "segments":
-        return
+    ours = {f"w{i}" for i in range(settings.worker_count)}
+    if settings.store_backend != "segments" or not _others_to_recover(settings, ours):
+        return  # the usual case: the supervisor stays lean (no asyncio, no LMDB)
     from pacs.importer import recover_stale_writers
 
-    ours = {f"w{i}" for i in range(settings.worker_count)}
     recovered = recover_stale_writers(settings, prefix="w", skip=ours)
     recovered += recover_stale_writers(settings)  # import writers not running now
     if recovered:

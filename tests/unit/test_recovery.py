@@ -250,14 +250,16 @@ def test_replayed_instances_are_queued_for_forwarding_again(tmp_path: Path) -> N
 def test_a_restart_with_fewer_workers_replays_the_others_logs(tmp_path: Path) -> None:
     """Two workers, a power cut, a restart with one: worker w1's acknowledged stores since its
     checkpoint must be indexed by the new run, though no w1 runs any more."""
-    from pacs.server.app import _recover_other_writers
+    from pacs.server.app import _others_to_recover, _recover_other_writers
 
     settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=1 << 28, workers=1)
     w1 = SegmentStore(settings.blob_dir, writer_id="w1")
     lost = make_ct()  # durable in w1's log, its commit lost with the power cut
     location = w1.put(lost.SOPInstanceUID, blob(lost)).location
     w1.close()  # no clean marker: w1 stopped uncleanly
+    assert _others_to_recover(settings, {"w0"})
     _recover_other_writers(settings)
+    assert not _others_to_recover(settings, {"w0"})  # the next start: nothing to load for it
     archive = Archive.open(settings)
     try:
         record = archive.catalog.get_instance(lost.SOPInstanceUID)
