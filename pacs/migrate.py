@@ -10,8 +10,11 @@ source sends the instances to it as C-MOVE sub-operations, and we ask it (C-FIND
    NumberOfStudyRelatedInstances. Studies without a StudyDate match no range: ``--undated``
    adds one unsliced query keeping only those.
 2. **Our side.** C-FIND against our archive, StudyInstanceUID lists in batches: a study whose
-   instance count here already reaches the source's is skipped (resumable, even after kill -9).
-   Done studies are also kept in ``data_dir/state/migrate-<AET>.json``.
+   instance count here already reaches the source's is skipped (resumable, even after kill -9),
+   once its instances are the source's: a study this tool did not move (sent here directly,
+   e.g. after go-live) is compared SOP Instance UID by UID (SERIES, then IMAGE-level C-FINDs on
+   both sides), since instances of its own could make up the count with one of the source's
+   missing. Done studies are also kept in ``data_dir/state/migrate-<AET>.json``.
 3. **Transfer.** C-MOVE per study (destination: our AE title) over ``--parallel`` associations
    (one thread each). The source must know our AE title as a move destination (host and port);
    for Orthanc that is a ``DicomModalities`` entry, which must also allow our calling AE title
@@ -26,7 +29,8 @@ source sends the instances to it as C-MOVE sub-operations, and we ask it (C-FIND
 4. **Reconciliation.** Counts queried again on both sides; the report (a table per study, then
    the missing ones) goes to ``migrate-report-<AET>-<timestamp>.txt`` (or ``--report``), the
    totals to stdout. Exit 0 when every study of the source is complete here, 1 otherwise, 2 on
-   bad usage or when a peer cannot be reached.
+   bad usage, when a peer cannot be reached, or when the C-GET writer's catalog checkpoint
+   failed.
 """
 
 from __future__ import annotations
@@ -104,10 +108,14 @@ class Study:
     our_count: int = 0
     moved: bool = False
     error: str = ""
+    # The source's SOP Instance UIDs, for a study found here by count but not moved by this
+    # tool (see ``verify_present``); how many of them are not here.
+    source_uids: frozenset[str] | None = None
+    absent: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.our_count >= self.source_count
+        return self.our_count >= self.source_count and not self.absent
 
 
 # -- DIMSE helpers ----------------------------------------------------------------------------
@@ -166,6 +174,41 @@ def study_query(date: str = "", uids: str = "") -> Dataset:
     query.PatientID = ""
     query.NumberOfStudyRelatedInstances = ""
     return query
+
+
+def instance_uids(assoc: Association, study_uid: str) -> set[str]:
+    """Every SOP Instance UID of a study (a SERIES-level C-FIND, then IMAGE-level per series:
+    the hierarchical model needs each level's unique key)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = ""
+    series = {str(i.get("SeriesInstanceUID", "")).strip() for i in find(assoc, query)}
+    found: set[str] = set()
+    for series_uid in sorted(series - {""}):
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = series_uid
+        query.SOPInstanceUID = ""
+        found.update(str(i.get("SOPInstanceUID", "")).strip() for i in find(assoc, query))
+    found.discard("")
+    return found
+
+
+def verify_present(src: Association, dst: Association, studies: Iterable[Study]) -> None:
+    """For studies that hold as many instances here as at the source but were not moved by
+    this tool: are they the same instances? (Instances sent here directly, e.g. after
+    go-live, can make up the count while one of the source's is missing.)"""
+    for study in studies:
+        study.source_uids = frozenset(instance_uids(src, study.uid))
+        study.absent = len(study.source_uids - instance_uids(dst, study.uid))
+
+
+def recheck_absent(dst: Association, study: Study) -> None:
+    """After a move: which of the source's instances (as listed before) are here now."""
+    if study.source_uids is not None:
+        study.absent = len(study.source_uids - instance_uids(dst, study.uid))
 
 
 def _count(identifier: Dataset) -> int:
@@ -450,6 +493,7 @@ def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
                                else move_study(src, study, destination))
                 study.moved = True
                 study.our_count = counts(dst, [study.uid])[study.uid]
+                recheck_absent(dst, study)
             except MigrateError as exc:
                 study.error = str(exc)
             except Exception as exc:  # a worker never dies silently
@@ -459,7 +503,9 @@ def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
                 study.error = ""
                 state.mark(study.uid, study.our_count)
             elif not study.error:
-                study.error = (f"{study.our_count} of {study.source_count} instances arrived")
+                study.error = (f"{study.absent} of the source's instances are not here"
+                               if study.absent else
+                               f"{study.our_count} of {study.source_count} instances arrived")
             progress.add(study.our_count if study.complete else 0, not study.complete)
     finally:
         for assoc in (src, dst):
@@ -482,7 +528,8 @@ def write_report(path: Path, source: Peer, ours: Peer, studies: list[Study],
             out.write(f"# {line}\n")
         out.write("# StudyInstanceUID\tStudyDate\tPatientID\tsource\tours\tstatus\n")
         for s in studies:
-            status = "ok" if s.complete else f"MISSING {s.source_count - s.our_count}"
+            missing = max(s.source_count - s.our_count, s.absent)
+            status = "ok" if s.complete else f"MISSING {missing}"
             if s.error and not s.complete:
                 status += f" ({s.error})"
             out.write(f"{s.uid}\t{s.date}\t{s.patient_id}\t{s.source_count}\t{s.our_count}\t"
@@ -524,6 +571,11 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
         uids = sorted(studies, key=lambda u: (studies[u].date, u))
         for uid, n in counts(dst, uids).items():
             studies[uid].our_count = n
+        # Complete by count, yet not moved here by an earlier run of this tool (which moves
+        # whole studies): compare the instances themselves.
+        verify_present(src, dst, [studies[u] for u in uids
+                                  if 0 < studies[u].source_count <= studies[u].our_count
+                                  and u not in state.done])
     except MigrateError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)
         return 2
@@ -598,6 +650,8 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
                 studies[uid].source_count = max(studies[uid].source_count, n)
             for uid, n in counts(dst, uids).items():
                 studies[uid].our_count = n
+            for study in studies.values():
+                recheck_absent(dst, study)
         finally:
             for assoc in (src, dst):
                 if assoc.is_established:
@@ -607,7 +661,7 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
     ordered = [studies[u] for u in uids]
     missing = [s for s in ordered if not s.complete]
     src_total = sum(s.source_count for s in ordered)
-    our_total = sum(min(s.our_count, s.source_count) for s in ordered)
+    our_total = sum(max(0, min(s.our_count, s.source_count) - s.absent) for s in ordered)
     rate = moved_instances / move_seconds if move_seconds > 0 else 0.0
     elapsed = time.monotonic() - started
     table = [
@@ -635,6 +689,7 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
     for s in missing[:shown]:
         print(f"missing: study {s.uid} ({s.date or 'no date'}, PatientID {s.patient_id}): "
               f"{s.our_count} of {s.source_count} instances here"
+              + (f" ({s.absent} of the source's are not)" if s.absent else "")
               + (f": {s.error}" if s.error else ""))
     if len(missing) > shown:
         print(f"... and {len(missing) - shown} more")

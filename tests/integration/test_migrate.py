@@ -211,3 +211,36 @@ def test_migrate_get_needs_no_move_destination(archive_factory, tmp_path: Path) 
 def pacs_verify(data_dir: Path) -> int:
     return subprocess.run([sys.executable, "-m", "pacs", "verify", "--data-dir", str(data_dir)],
                           capture_output=True, text=True, timeout=120, cwd=REPO).returncode
+
+
+def test_a_study_complete_by_count_is_checked_instance_by_instance(
+        archive_factory, tmp_path: Path) -> None:
+    """The source holds A, B, C of a study; this archive A, B and a D sent here directly (after
+    go-live): the counts match, yet C must be migrated."""
+    require_orthanc()
+    first = make_ct(patient_id="MIGX")
+    instances = [make_ct(patient_id="MIGX", study_uid=first.StudyInstanceUID,
+                         series_uid=first.SeriesInstanceUID, instance_number=i, rows=32,
+                         columns=32) for i in range(4)]
+    for ds in instances:
+        ds.StudyDate = "20230101"
+    paths = [write(ds, tmp_path / f"x{i}.dcm") for i, ds in enumerate(instances)]
+    source_files, here_files = paths[:3], [paths[0], paths[1], paths[3]]
+    archive = archive_factory()
+    store_here = subprocess.run([require_tool("storescu"), "-aec", archive.aet, "127.0.0.1",
+                                 str(archive.port), *map(str, here_files)],
+                                capture_output=True, text=True, timeout=60)
+    assert store_here.returncode == 0, store_here.stderr
+    absent = instances[2].SOPInstanceUID
+    assert stored_instance(archive.data_dir, absent) is None
+    with orthanc_mod.Orthanc(tmp_path / "orthanc", destinations={archive.aet: archive.port}) as o:
+        stock_orthanc(o, source_files)
+        report = tmp_path / "report.txt"
+        proc = run_migrate(archive, o, report)
+        assert proc.returncode == 0, proc.stdout + proc.stderr + o.log_tail()
+        assert moved_studies(proc.stdout) == 1
+        assert stored_instance(archive.data_dir, absent) is not None
+        assert report_rows(report)[first.StudyInstanceUID] == (3, 4, "ok")
+        # Verified and remembered: the next run moves nothing.
+        again = run_migrate(archive, o, tmp_path / "report2.txt")
+        assert again.returncode == 0 and moved_studies(again.stdout) == 0, again.stdout
