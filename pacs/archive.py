@@ -12,6 +12,7 @@ from pathlib import Path
 from pacs.audit import AuditTrail
 from pacs.config import Settings
 from pacs.errors import CatalogError, ConfigError
+from pacs.index import integrity
 from pacs.index.catalog import Catalog
 from pacs.index.query import QueryEngine
 from pacs.index.writer import CatalogWriter
@@ -25,6 +26,7 @@ from pacs.recovery import (
     leave_replay_all_marker,
     must_replay_all,
     replay,
+    swap_boot_id,
     take_clean_marker,
 )
 from pacs.store.base import BlobStore
@@ -149,7 +151,22 @@ def _recover(settings: Settings, catalog: Catalog, store: SegmentStore) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     wid = store.writer_id
     everything = must_replay_all(settings.state_dir, wid)
-    if take_clean_marker(settings.state_dir, wid) and not everything:
+    previous_boot, boot = swap_boot_id(settings.state_dir, wid)
+    clean = take_clean_marker(settings.state_dir, wid)
+    if not clean and previous_boot and previous_boot != boot:
+        # The machine went down with this writer running: LMDB's pages written since the
+        # last checkpoint may have reached the disk out of order (no fsyncs, writable map).
+        log.warning("writer %s: the machine stopped (an OS crash or power cut?) while it ran: "
+                    "checking the index", wid)
+        try:
+            entries = integrity.check(settings.index_dir)
+        except CatalogError as exc:
+            raise CatalogError(
+                f"the index at {settings.index_dir} is damaged ({exc}); the segments hold every "
+                "instance: stop the archive, move that folder aside and run `pacs reindex` "
+                "(orders, MPPS steps and queued forwards live only in the index)") from exc
+        log.info("writer %s: index checked, %d entries", wid, entries)
+    if clean and not everything:
         return
     started = time.monotonic()
     try:

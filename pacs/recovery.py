@@ -173,6 +173,34 @@ def take_clean_marker(state_dir: Path, writer_id: str) -> bool:
     return True
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def swap_boot_id(state_dir: Path, writer_id: str) -> tuple[str, str]:
+    """(the boot this writer last started in, this one): after an unclean stop, a different
+    boot means the machine itself went down (an OS crash or power cut), not just the process,
+    and the catalog's unsynced LMDB pages may not have reached the disk in order. ("", "")
+    where the kernel does not say."""
+    try:
+        current = BOOT_ID.read_text().strip()
+    except OSError:
+        return "", ""
+    path = state_dir / f"{writer_id}.boot"
+    try:
+        previous = path.read_text().strip()
+    except OSError:
+        previous = ""
+    if previous != current:
+        tmp = path.with_suffix(".boot.tmp")
+        with open(tmp, "w") as fh:
+            fh.write(current + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(state_dir)
+    return previous, current
+
+
 def replay_all_marker(state_dir: Path, writer_id: str) -> Path:
     return state_dir / f"{writer_id}.replay-all"
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacs.config import Settings
-from pacs.errors import ConfigError
+from pacs.errors import ConfigError, PacsError
 
 if TYPE_CHECKING:
     import asyncio
@@ -286,6 +286,10 @@ def _run_worker(
     except ConfigError as exc:  # a certificate replaced since the supervisor checked it
         log.error("cannot serve: %s", exc)
         print(f"pacs: error: {exc}", file=sys.stderr)
+        return 2
+    except PacsError as exc:  # the archive cannot be opened (e.g. a damaged index)
+        log.error("cannot serve: %s", exc)
+        print(f"pacs: error: cannot serve: {exc}", file=sys.stderr)
         return 2
     return 0
 

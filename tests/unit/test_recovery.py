@@ -15,6 +15,7 @@ from pacs.archive import Archive
 from pacs.config import Route, Settings
 from pacs.dicom import part10
 from pacs.errors import CatalogError, StorageError
+from pacs.index import integrity
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import blob_digest
 from pacs.maintenance import read_record
@@ -267,3 +268,65 @@ def test_a_restart_with_fewer_workers_replays_the_others_logs(tmp_path: Path) ->
     finally:
         archive.close()
     assert (settings.state_dir / "w1.clean").exists()  # replayed once, not at every start
+
+
+def _damage_page_holding(index_dir: Path, needle: bytes) -> None:
+    data = index_dir / "data.mdb"
+    content = data.read_bytes()
+    at = content.rfind(needle)
+    assert at > 2 * 4096, "the key should sit in a data page, past the two meta pages"
+    with open(data, "r+b") as fh:
+        fh.seek(at // 4096 * 4096)
+        fh.write(bytes(4096))
+
+
+def test_check_integrity_walks_every_database(tmp_path: Path) -> None:
+    from tests.unit.index._records import make_record
+
+    catalog = Catalog(tmp_path / "index", map_size=1 << 26, durable_commits=False)
+    catalog.store_batch([make_record("P1", "1.2.9", "1.2.9.1", f"1.2.9.1.{i:06d}")
+                         for i in range(2000)])
+    assert catalog.check_integrity() >= 4000  # instances and their series links at least
+    catalog.sync()
+    catalog.close()
+    assert integrity.check(tmp_path / "index") >= 4000
+    _damage_page_holding(tmp_path / "index", b"1.2.9.1.001999")
+    # In a child: LMDB aborts the process on some damage (a non-leaf page where a leaf is due).
+    with pytest.raises(CatalogError, match=r"the walk (died|failed)"):
+        integrity.check(tmp_path / "index")
+
+
+def test_the_start_after_an_os_crash_checks_the_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an unclean stop in an earlier boot (the machine went down, not only the process),
+    the catalog's unsynced pages may have reached the disk out of order: the start walks the
+    index, and refuses to serve a damaged one, saying how to rebuild it."""
+    settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=1 << 28)
+    Archive.open(settings).close()
+    boot_file = settings.state_dir / "w0.boot"
+    assert boot_file.read_text() == Path("/proc/sys/kernel/random/boot_id").read_text()
+    checks: list[int] = []
+    real_check = integrity.check
+
+    def check(index_dir: Path) -> int:
+        checks.append(1)
+        return real_check(index_dir)
+
+    monkeypatch.setattr(integrity, "check", check)
+    (settings.state_dir / "w0.clean").unlink()  # a process crash: same boot, no check
+    Archive.open(settings).close()
+    assert checks == []
+    (settings.state_dir / "w0.clean").unlink()  # an OS crash: another boot
+    boot_file.write_text("00000000-0000-0000-0000-000000000000\n")
+    archive = Archive.open(settings)
+    assert checks == [1]
+    ds = make_ct()
+    location = archive.store.put(ds.SOPInstanceUID, blob(ds)).location
+    archive.catalog.store_batch([indexed(archive.store, location)])  # type: ignore[arg-type]
+    archive.catalog.sync()
+    archive.store.close()  # the machine goes down again, the index damaged this time
+    archive.catalog.close()
+    _damage_page_holding(settings.index_dir, ds.SOPInstanceUID.encode())
+    boot_file.write_text("00000000-0000-0000-0000-000000000001\n")
+    with pytest.raises(CatalogError, match="pacs reindex"):
+        Archive.open(settings)
