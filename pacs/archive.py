@@ -17,21 +17,18 @@ from pacs.index.catalog import Catalog
 from pacs.index.query import QueryEngine
 from pacs.index.writer import CatalogWriter
 from pacs.ingest import Ingest
-from pacs.recovery import (
-    InflightSegments,
-    ReplayIncomplete,
-    checkpoint_name,
+from pacs.recovery import InflightSegments, ReplayIncomplete, checkpoint_name, replay
+from pacs.store.base import BlobStore
+from pacs.store.files import FileStore
+from pacs.store.segments import SegmentStore
+from pacs.writers import (
     drop_replay_all_marker,
     leave_clean_marker,
     leave_replay_all_marker,
     must_replay_all,
-    replay,
     swap_boot_id,
     take_clean_marker,
 )
-from pacs.store.base import BlobStore
-from pacs.store.files import FileStore
-from pacs.store.segments import SegmentStore
 
 log = logging.getLogger("pacs.archive")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -51,6 +50,7 @@ from pacs.errors import DicomFormatError, IngestError, PacsError
 from pacs.index.records import InstanceRecord
 from pacs.store import digest as blob_digest
 from pacs.store import external
+from pacs.writers import lock_writer, stale_writers
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -299,16 +299,11 @@ def _in_place(item: _Item, fh: IO[bytes], head: bytes, offset: int) -> _Item:
 
 def _lock_writer(settings: Settings, first: int) -> tuple[str, int]:
     """A free import writer name (``importN``) and the descriptor holding its lock."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     for step in range(MAX_WRITERS):
         writer = f"import{(first + step) % MAX_WRITERS}"
-        fd = os.open(settings.state_dir / f"{writer}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        return writer, fd
+        fd = lock_writer(settings.state_dir, writer)
+        if fd is not None:
+            return writer, fd
     raise PacsError(f"every import writer (import0..import{MAX_WRITERS - 1}) is busy")
 
 
@@ -322,28 +317,15 @@ def recover_stale_writers(settings: Settings, prefix: str = "import",
     writer whose ``state/<writer>.lock`` is held is running: left alone. The replayed writers.
     """
     from pacs.archive import Archive
-    from pacs.recovery import clean_marker, must_replay_all
-    from pacs.store.segment_format import parse_segment_name
 
-    if settings.store_backend != "segments" or not settings.blob_dir.is_dir():
+    if settings.store_backend != "segments":
         return []
-    # Only <prefix><digits>: with prefix "w", an owner like "wal" or "compact" is not a worker.
-    owners = {owner for name in os.listdir(settings.blob_dir)
-              if (parsed := parse_segment_name(name))
-              and (owner := parsed[0]).startswith(prefix) and owner[len(prefix):].isdigit()
-              and owner not in skip}
     recovered = []
-    for writer in sorted(owners, key=lambda owner: int(owner[len(prefix):])):
-        if (clean_marker(settings.state_dir, writer).exists()
-                and not must_replay_all(settings.state_dir, writer)):
-            continue
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(settings.state_dir / f"{writer}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    for writer in stale_writers(settings.blob_dir, settings.state_dir, prefix, skip):
+        fd = lock_writer(settings.state_dir, writer)
+        if fd is None:
+            continue  # running (another import, or a live process with that writer)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # running (another import, or a live process with that writer)
             Archive.open(settings, writer_id=writer).close()
             recovered.append(writer)
         finally:

@@ -14,11 +14,12 @@ from pacs.errors import DicomFormatError, PacsError
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import reindex, verify
 from pacs.index.records import InstanceRecord
-from pacs.recovery import checkpoint_name, must_replay_all
+from pacs.recovery import checkpoint_name
 from pacs.store.base import BlobStore
 from pacs.store.compaction import CompactReport
 from pacs.store.segment_format import COMPACT_OWNER, parse_segment_name
 from pacs.store.segments import SegmentStore
+from pacs.writers import must_replay_all
 
 log = logging.getLogger("pacs.maintenance")
 

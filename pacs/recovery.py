@@ -16,19 +16,16 @@ replays the writer's whole log, whatever the checkpoint says, and removes it onc
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from pacs.config import Route
 from pacs.errors import BlobNotFound, DicomFormatError, PacsError, StorageError
 from pacs.index.catalog import Catalog
+from pacs.index.maintenance import blob_digest
 from pacs.index.records import InstanceRecord
-from pacs.store import digest as digests
 from pacs.store.crc import crc32
-from pacs.store.files import fsync_dir
 from pacs.store.segment_format import parse_segment_name
 from pacs.store.segments import SegmentStore
 
@@ -147,92 +144,13 @@ def checked_digest(store: SegmentStore, location: str) -> tuple[int, str]:
     power cut tore (never acknowledged: its fdatasync did not return) is not indexed, even in a
     segment whose seal says nothing of it."""
     expected = store.data_crc(location)
-    digest = digests.new()
-    size = crc = 0
-    for chunk in store.iter_chunks(location):
-        digest.update(chunk)
+    crc = 0
+
+    def add(chunk: bytes) -> None:
+        nonlocal crc
         crc = crc32(chunk, crc)
-        size += len(chunk)
+
+    size, digest = blob_digest(store, location, also=add)
     if expected is not None and crc != expected:
         raise DamagedRecord(f"{location}: its bytes do not match their checksum (torn or damaged)")
-    return size, digest.hexdigest()
-
-
-def clean_marker(state_dir: Path, writer_id: str) -> Path:
-    return state_dir / f"{writer_id}.clean"
-
-
-def take_clean_marker(state_dir: Path, writer_id: str) -> bool:
-    """True when the last stop of this writer was clean; from now on it is 'running'."""
-    marker = clean_marker(state_dir, writer_id)
-    try:
-        marker.unlink()
-    except FileNotFoundError:
-        return False
-    fsync_dir(state_dir)
-    return True
-
-
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-def swap_boot_id(state_dir: Path, writer_id: str) -> tuple[str, str]:
-    """(the boot this writer last started in, this one): after an unclean stop, a different
-    boot means the machine itself went down (an OS crash or power cut), not just the process,
-    and the catalog's unsynced LMDB pages may not have reached the disk in order. ("", "")
-    where the kernel does not say."""
-    try:
-        current = BOOT_ID.read_text().strip()
-    except OSError:
-        return "", ""
-    path = state_dir / f"{writer_id}.boot"
-    try:
-        previous = path.read_text().strip()
-    except OSError:
-        previous = ""
-    if previous != current:
-        tmp = path.with_suffix(".boot.tmp")
-        with open(tmp, "w") as fh:
-            fh.write(current + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(state_dir)
-    return previous, current
-
-
-def replay_all_marker(state_dir: Path, writer_id: str) -> Path:
-    return state_dir / f"{writer_id}.replay-all"
-
-
-def must_replay_all(state_dir: Path, writer_id: str) -> bool:
-    return replay_all_marker(state_dir, writer_id).exists()
-
-
-def leave_replay_all_marker(state_dir: Path, writer_id: str, why: str) -> None:
-    """From now on, starts of this writer replay its whole log (until one succeeds)."""
-    marker = replay_all_marker(state_dir, writer_id)
-    if marker.exists():
-        return
-    log.error("writer %s: %s; its next start replays its whole segment log", writer_id, why)
-    with open(marker, "w") as fh:
-        fh.write(why + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    fsync_dir(state_dir)
-
-
-def drop_replay_all_marker(state_dir: Path, writer_id: str) -> None:
-    try:
-        replay_all_marker(state_dir, writer_id).unlink()
-    except FileNotFoundError:
-        return
-    fsync_dir(state_dir)
-
-
-def leave_clean_marker(state_dir: Path, writer_id: str) -> None:
-    marker = clean_marker(state_dir, writer_id)
-    with open(marker, "wb") as fh:
-        os.fsync(fh.fileno())
-    fsync_dir(state_dir)
-
+    return size, digest

@@ -446,10 +446,7 @@ class Catalog:
             t.txn.put(meta_key, value.encode(), db=self._dbs["meta"])
 
         self._write(apply)
-        try:
-            self._env.sync(True)
-        except lmdb.Error as exc:
-            raise CatalogError(f"catalog sync failed: {exc}") from exc
+        self.sync()
 
     def sync(self) -> None:
         """Make every commit so far durable (without ``durable_commits`` a commit is not)."""

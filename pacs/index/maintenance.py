@@ -57,13 +57,17 @@ class VerifyReport:
         )
 
 
-def blob_digest(store: BlobStore, location: str, like: str = "") -> tuple[int, str]:
+def blob_digest(store: BlobStore, location: str, like: str = "",
+                also: Callable[[bytes], None] | None = None) -> tuple[int, str]:
     """Size and hex digest of a stored blob, streamed: with the algorithm of ``like`` (a
-    recorded digest), else the one new blobs get (``pacs.store.digest``)."""
+    recorded digest), else the one new blobs get (``pacs.store.digest``); ``also`` sees every
+    chunk too (e.g. a checksum over the same single read)."""
     digest = digests.like(like) if like else digests.new()
     size = 0
     for chunk in store.iter_chunks(location):
         digest.update(chunk)
+        if also is not None:
+            also(chunk)
         size += len(chunk)
     return size, digest.hexdigest()
 

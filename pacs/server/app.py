@@ -14,10 +14,9 @@ small, clean interpreter, and, unlike multiprocessing's "spawn", no resource tra
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -210,40 +209,23 @@ def _hold_writer_lock(settings: Settings, worker_id: int) -> None:
     """Lock ``state/w<N>.lock`` for this process's life (the descriptor stays open): another
     server on the same data folder, or a recovery of writers not running, then keeps its hands
     off this worker's segments (``pacs.importer.recover_stale_writers`` takes the same lock)."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(settings.state_dir / f"w{worker_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise OSError(exc.errno, f"writer w{worker_id} of {settings.data_dir} is in use by "
-                                 "another process (another pacs serve?)") from exc
+    from pacs.writers import lock_writer
 
-
-def _others_to_recover(settings: Settings, ours: set[str]) -> bool:
-    """Whether a worker or import writer this run does not start may need a replay: it has
-    segments and no clean marker, or a replay-all marker (``pacs.recovery``'s file names)."""
-    from pacs.store.segment_format import parse_segment_name
-
-    try:
-        names = os.listdir(settings.blob_dir)
-    except FileNotFoundError:
-        return False
-    owners = {parsed[0] for name in names if (parsed := parse_segment_name(name))}
-    state = settings.state_dir
-    return any(re.fullmatch(r"(?:w|import)\d+", owner)
-               and (not (state / f"{owner}.clean").exists()
-                    or (state / f"{owner}.replay-all").exists())
-               for owner in owners - ours)
+    if lock_writer(settings.state_dir, f"w{worker_id}") is None:
+        raise OSError(errno.EBUSY, f"writer w{worker_id} of {settings.data_dir} is in use by "
+                                   "another process (another pacs serve?)")
 
 
 def _recover_other_writers(settings: Settings) -> None:
     """Before any worker starts: replay the logs of writers this run will not start (workers
     of an earlier run with more of them, imports killed with the machine), so what they
     acknowledged is indexed now, not when (if ever) that writer runs again."""
+    from pacs.writers import stale_writers
+
     ours = {f"w{i}" for i in range(settings.worker_count)}
-    if settings.store_backend != "segments" or not _others_to_recover(settings, ours):
+    if settings.store_backend != "segments" or not any(
+            stale_writers(settings.blob_dir, settings.state_dir, prefix, ours)
+            for prefix in ("w", "import")):
         return  # the usual case: the supervisor stays lean (no asyncio, no LMDB)
     from pacs.importer import recover_stale_writers
 

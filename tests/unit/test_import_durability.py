@@ -22,8 +22,8 @@ from pacs.errors import CatalogError
 from pacs.importer import import_command, recover_stale_writers
 from pacs.index.catalog import Catalog
 from pacs.index.writer import CatalogWriter
-from pacs.recovery import clean_marker, leave_clean_marker, replay_all_marker
 from pacs.store.segments import SegmentStore
+from pacs.writers import clean_marker, leave_clean_marker, replay_all_marker
 from tests.dicomgen import make_ct
 from tests.integration.archive_check import statistics, stored_instance
 from tests.integration.test_import import summary

@@ -19,15 +19,9 @@ from pacs.index import integrity
 from pacs.index.catalog import Catalog
 from pacs.index.maintenance import blob_digest
 from pacs.maintenance import read_record
-from pacs.recovery import (
-    InflightSegments,
-    ReplayIncomplete,
-    checkpoint_name,
-    leave_clean_marker,
-    replay,
-    take_clean_marker,
-)
+from pacs.recovery import InflightSegments, ReplayIncomplete, checkpoint_name, replay
 from pacs.store.segments import SegmentStore
+from pacs.writers import leave_clean_marker, take_clean_marker
 from tests.dicomgen import make_ct
 
 
@@ -251,16 +245,18 @@ def test_replayed_instances_are_queued_for_forwarding_again(tmp_path: Path) -> N
 def test_a_restart_with_fewer_workers_replays_the_others_logs(tmp_path: Path) -> None:
     """Two workers, a power cut, a restart with one: worker w1's acknowledged stores since its
     checkpoint must be indexed by the new run, though no w1 runs any more."""
-    from pacs.server.app import _others_to_recover, _recover_other_writers
+    from pacs.server.app import _recover_other_writers
+    from pacs.writers import stale_writers
 
     settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=1 << 28, workers=1)
     w1 = SegmentStore(settings.blob_dir, writer_id="w1")
     lost = make_ct()  # durable in w1's log, its commit lost with the power cut
     location = w1.put(lost.SOPInstanceUID, blob(lost)).location
     w1.close()  # no clean marker: w1 stopped uncleanly
-    assert _others_to_recover(settings, {"w0"})
+    assert stale_writers(settings.blob_dir, settings.state_dir, "w", {"w0"}) == ["w1"]
     _recover_other_writers(settings)
-    assert not _others_to_recover(settings, {"w0"})  # the next start: nothing to load for it
+    # The next start: nothing to load for it.
+    assert stale_writers(settings.blob_dir, settings.state_dir, "w", {"w0"}) == []
     archive = Archive.open(settings)
     try:
         record = archive.catalog.get_instance(lost.SOPInstanceUID)

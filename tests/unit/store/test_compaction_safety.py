@@ -18,9 +18,10 @@ import pytest
 from pacs.errors import BlobNotFound, CatalogError
 from pacs.index.catalog import Catalog
 from pacs.maintenance import compact_segments
-from pacs.recovery import checkpoint_name, drop_replay_all_marker, leave_replay_all_marker
+from pacs.recovery import checkpoint_name
 from pacs.store.segment_format import parse_segment_name, segment_name
 from pacs.store.segments import SegmentStore
+from pacs.writers import drop_replay_all_marker, leave_replay_all_marker
 from tests.unit.index._records import make_record
 
 SIZE = 8192  # about ten records per segment
