@@ -25,7 +25,7 @@ from pacs.config import DuplicatePolicy, Route
 from pacs.dicom import part10
 from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, IngestError, PacsError
-from pacs.index.catalog import Catalog
+from pacs.index.catalog import Catalog, StoreOutcome
 from pacs.index.records import InstanceRecord
 from pacs.index.writer import CatalogWriter
 from pacs.recovery import InflightSegments
@@ -183,6 +183,7 @@ class Ingest:
         spooled one is scanned and written on the executor, off the loop.
         """
         loop = asyncio.get_running_loop()
+        in_memory = isinstance(dataset, (bytes, bytearray))
         inline = isinstance(dataset, (bytes, bytearray)) and len(dataset) <= INLINE_LIMIT
         # From before the blob write until its index commit, its segment is "in flight": the
         # catalog's checkpoint must not pass it (pacs.recovery).
@@ -191,7 +192,8 @@ class Ingest:
         try:
             args = (dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet)
             epoch: int | None = None
-            if inline:
+            direct = in_memory and not inline and self.writer.direct_possible
+            if inline or direct:
                 prepared = self._prepare(*args)
             else:
                 # Scanned and written in one trip to the executor: each trip is two thread
@@ -206,10 +208,19 @@ class Ingest:
                 modality = record.attributes.get("Modality", "")
                 forwards = [r.destination for r in self.routes
                             if r.matches(source_aet, modality)]
+            future: asyncio.Future[StoreOutcome] | None = None
             if inline:
                 future = self.writer.submit_async(record, self.on_duplicate,
                                                   blob=[meta, dataset], forwards=forwards)
-            else:
+            elif direct:
+                # Laid out on the loop, its middle written by the loop's sync thread.
+                assert isinstance(dataset, (bytes, bytearray))
+                future = self.writer.submit_direct_async(record, meta, dataset,
+                                                         self.on_duplicate, forwards)
+                if future is None:  # the blocking way after all (a roll, a busy lock...)
+                    epoch = await loop.run_in_executor(self.executor, self._write_large,
+                                                       record, meta, dataset)
+            if future is None:
                 future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards,
                                                   epoch=epoch)
             try:

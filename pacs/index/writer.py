@@ -29,6 +29,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
 from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobPart, BlobStore
-from pacs.store.syncer import Syncer
+from pacs.store.syncer import WRITE, WRITE_BUFFERED, Syncer
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,36 @@ class CatalogWriter:
                 return future
         self._put(store)
         return future
+
+    @property
+    def direct_possible(self) -> bool:
+        """Whether ``submit_direct_async`` may take large data sets (blob store and setting)."""
+        return self._loop_writes and getattr(self.blob_store, "direct_min", 0) > 0 and hasattr(
+            self.blob_store, "reserve_direct")
+
+    def submit_direct_async(
+        self,
+        record: InstanceRecord,
+        meta: bytes,
+        dataset: bytes | bytearray,
+        on_duplicate: OnDuplicate = "keep",
+        forwards: Sequence[str] = (),
+    ) -> asyncio.Future[StoreOutcome] | None:
+        """``submit_async`` of a large data set in memory that the event loop lays out and its
+        sync thread writes (``SegmentStore.reserve_direct``): no I/O thread, no GIL handed
+        back and forth. None (nothing written) when it must go the blocking way: the caller
+        then writes the blob itself and submits it with ``epoch``."""
+        if not self.direct_possible:
+            return None
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._new_group(loop)
+            if group is None:
+                return None
+        future: asyncio.Future[StoreOutcome] = loop.create_future()
+        store = _Store(record, on_duplicate, future, None, forwards, loop)
+        return future if group.add_direct(store, meta, dataset) else None
 
     def _new_group(self, loop: asyncio.AbstractEventLoop) -> _LoopGroup | None:
         with self._lock:
@@ -518,6 +549,7 @@ class CatalogWriter:
 
 
 LOOP_WRITE_LIMIT = 64 * 1024  # blobs up to this size are appended by their event loop
+_WRITE_TAGS = frozenset((WRITE, WRITE_BUFFERED))
 
 
 def _fits_loop(blob: Sequence[BlobPart]) -> bool:
@@ -551,6 +583,9 @@ class _LoopGroup:
         self._closed = False
         self._lock = threading.Lock()  # close() may run in another thread
         self.syncer = Syncer(name="catalog-writer-sync")
+        # The data sets whose middles the sync thread is writing, in request order: kept
+        # alive (and unresizable) until their write is answered, whatever becomes of the store.
+        self._writing: deque[memoryview] = deque()
         loop.add_reader(self.syncer.done_fd, self._synced)
 
     def add(self, store: _Store) -> bool:
@@ -569,6 +604,32 @@ class _LoopGroup:
         store.blob = None
         record.location, record.size, record.digest = info.location, info.size, info.digest
         return self.add_written(store)
+
+    def add_direct(self, store: _Store, meta: bytes, dataset: bytes | bytearray) -> bool:
+        """On the loop: lay out a large blob and queue its middle to the sync thread, then
+        wait for the next fdatasync like the others (asked after the write, so it covers
+        it); False (nothing written) when the segment store says it must go the blocking way."""
+        record = store.record
+        store.epoch = self.store.failures  # type: ignore[union-attr]
+        pin = memoryview(dataset)
+        try:
+            info = self.store.reserve_direct(  # type: ignore[union-attr]
+                record.sop_instance_uid, meta, dataset, self.syncer)
+        except Exception as exc:
+            _resolve_on_loop([_write_failed(store, exc)])
+            return True
+        if info is None:
+            return False
+        self._writing.append(pin)
+        record.location, record.size, record.digest = info.location, info.size, info.digest
+        return self.add_written(store)
+
+    def _written(self, tag: int, answer: int) -> None:
+        """A large record's middle was written (or not): release its data set."""
+        if self._writing:
+            self._writing.popleft()
+        if answer or tag == WRITE_BUFFERED:
+            self.store.direct_answered(answer, tag == WRITE_BUFFERED)  # type: ignore[union-attr]
 
     def add_written(self, store: _Store) -> bool:
         """On the loop: a store whose blob is written (before this call), to make durable with
@@ -616,14 +677,18 @@ class _LoopGroup:
 
     def _synced(self) -> None:
         """Reader callback: the fdatasync in flight answered."""
-        answers = self.syncer.answers()
-        if not answers:
+        code: int | None = None
+        for tag, answer in self.syncer.answers():
+            if tag in _WRITE_TAGS:
+                self._written(tag, answer)
+            else:
+                code = answer  # one fdatasync in flight at a time: the batch's
+        if code is None:
             return
         with self._lock:
             batch, self.syncing = self.syncing, None
             if self._closed or batch is None:
                 return
-        code = answers[-1][1]
         if code:
             error = OSError(code, os.strerror(code))
             self.store.note_sync_failure(error)  # type: ignore[union-attr]
@@ -656,7 +721,9 @@ class _LoopGroup:
         # reused at once); the thread answers the fdatasync in flight before it stops. A loop
         # too busy to confirm within 5 s keeps its descriptors (a leak, not a reuse).
         detached = self._detach()
-        self.syncer.close(close_fds=detached)
+        for tag, answer in self.syncer.close(close_fds=detached):
+            if tag in _WRITE_TAGS:  # answered after the loop's last read
+                self._written(tag, answer)
         if self._target is not None and detached:
             os.close(self._target[1])
             self._target = None

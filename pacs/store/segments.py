@@ -36,6 +36,7 @@ tombstone at open; a delete made by another process after that is seen by ``loca
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import mmap
@@ -46,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 from pacs.errors import BlobNotFound, StorageError
 from pacs.store import digest as blob_digest
@@ -69,6 +70,27 @@ _DIRECT_CHUNK = 2 << 20  # the aligned buffer a direct write copies through
 # What a file system answers when it does not take O_DIRECT (or our alignment).
 _DIRECT_REFUSED = frozenset((errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP))
 _ZEROS = bytes(1 << 20)
+
+
+class DirectQueue(Protocol):
+    """Who writes the middles of ``reserve_direct`` records, in order (``Syncer``)."""
+
+    @property
+    def writes_asked(self) -> int: ...
+
+    @property
+    def writes_done(self) -> int: ...
+
+    def request_write(self, fd: int, dfd: int, address: int, length: int,
+                      offset: int) -> None: ...
+
+
+def _address(view: memoryview) -> int:
+    """The address of ``view``'s first byte (bytes or bytearray: read only is fine)."""
+    if view.readonly:
+        assert type(view.obj) is bytes and view.nbytes == len(view.obj)
+        return ctypes.cast(ctypes.c_char_p(view.obj), ctypes.c_void_p).value or 0
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 class _ReadHandle:
@@ -122,6 +144,13 @@ class SegmentStore:
         # file system that refuses O_DIRECT.
         self.direct_min = max(0, direct_min)
         self._dfd = -1  # an O_DIRECT descriptor of the active segment, opened at first use
+        # Records laid out by ``reserve_direct`` whose middle a queue (an event loop's Syncer
+        # thread) writes after the write lock is released: every path that fdatasyncs, seals,
+        # cuts or closes the segment first waits until the queue has written them
+        # (``_await_direct``); after a failed one the segment takes no more records (a roll).
+        self._direct_queue: DirectQueue | None = None
+        self._direct_asked = 0  # the queue's ``writes_asked`` after our last request
+        self._direct_broken = False
         self._dbuf: mmap.mmap | None = None  # page-aligned, reused: its pages stay mapped
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
         self._dead: set[str] = set()  # tombstoned locations known to this process
@@ -290,6 +319,7 @@ class SegmentStore:
             raise
         self._switch_to(fd, name, 0, sync_fds, rolling)
         self._close_direct()
+        self._direct_broken = False
         self._zeroed_end = 0
         self._index = bytearray()
         self._n_records = 0
@@ -347,6 +377,7 @@ class SegmentStore:
 
     def _roll(self) -> None:
         """Start the next segment, then seal the old one (see the module docstring)."""
+        self._await_direct()  # its records complete before it is cut, synced and sealed
         self._stop_fill()  # no filler writes into the segment we leave
         old_fd, old_tail = self._wfd, self._tail
         if self._zeroed_end > old_tail:
@@ -435,6 +466,95 @@ class SegmentStore:
             self._wlock.release()
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
 
+    def reserve_direct(self, key: str, meta: bytes, dataset: bytes | bytearray,
+                       queue: DirectQueue) -> BlobInfo | None:
+        """On an event loop: lay out a large record and write all of it but its block-aligned
+        middle (header, Part-10 header and the partial first and last blocks, through the page
+        cache), then ask ``queue`` to write the middle (``O_DIRECT``) after the lock is
+        released: the loop never waits for the disk. None (nothing written) when this must go
+        the blocking way (``put``): lock busy, a roll or a fill in the way, direct writes off,
+        or another queue's writes still outstanding.
+
+        Not durable (nor complete) on return: an fdatasync asked of ``queue`` after this call
+        covers it (the queue serves requests in order). ``dataset`` must not change until the
+        queue has answered the write."""
+        if not self.direct_min or self._closed or type(dataset) not in (bytes, bytearray):
+            return None
+        size = len(meta) + len(dataset)
+        total = fmt.HEADER_SIZE + size
+        if total < self.direct_min:
+            return None
+        kb = fmt.key_bytes(key)
+        digest = blob_digest.new()
+        digest.update(meta)
+        digest.update(dataset)
+        crc = crc32(dataset, crc32(meta))
+        header = fmt.pack_header(fmt.KIND_BLOB, kb, size, crc)
+        if not self._wlock.acquire(False):
+            return None
+        try:
+            if self._closed or (self._direct_queue is not None and self._direct_queue is not queue
+                                and self._direct_queue.writes_done < self._direct_asked):
+                return None
+            if not self._make_room(total, False):
+                return None
+            start = self._tail
+            end = start + total
+            # The middle starts inside the data set: one source range for the queue.
+            skip = start + fmt.HEADER_SIZE + len(meta)
+            first = -(-skip // _BLOCK) * _BLOCK
+            last = end // _BLOCK * _BLOCK
+            if last - first < _BLOCK:
+                return None
+            dfd = self._direct_fd()
+            if dfd < 0:
+                return None
+            view = memoryview(dataset)
+            try:
+                _pwrite_small(self._wfd, [memoryview(header), memoryview(meta),
+                                          view[:first - skip]], start)
+                _pwrite_small(self._wfd, [view[last - skip:]], last)
+                self._tail = end
+                self._direct_queue = queue
+                queue.request_write(self._wfd, dfd, _address(view) + (first - skip),
+                                    last - first, first)
+                self._direct_asked = queue.writes_asked
+            except OSError as exc:
+                self._undo(start)  # under the lock: nobody appended after us
+                raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+            location = self._record(kb, size)
+            self._dirty = True
+        finally:
+            self._wlock.release()
+        return BlobInfo(location=location, size=size, digest=digest.hexdigest())
+
+    def direct_answered(self, code: int, buffered: bool) -> None:
+        """On the loop, for each answer of its queue to a ``reserve_direct`` write: a failed
+        one leaves a torn record, so the segment takes no more (the next put rolls) and the
+        failure is counted (every store written before it is refused); ``buffered``: the
+        file system refused ``O_DIRECT`` (the queue wrote through the page cache)."""
+        if buffered:
+            log.warning("segment store %s: direct writes refused; writing through the page "
+                        "cache", self.root)
+            self.direct_min = 0
+        if code:
+            with self._wlock:
+                self._direct_broken = True
+            self.note_sync_failure(OSError(code, os.strerror(code)), "direct write")
+
+    def _await_direct(self, timeout: float = 60.0) -> None:
+        """Wait until the queue has written every record ``reserve_direct`` laid out (before
+        an fdatasync, cut, seal or close of the segment: a record torn in the middle of the
+        log, behind a synced one, would read as damage, not as a torn tail)."""
+        queue = self._direct_queue
+        if queue is None or queue.writes_done >= self._direct_asked:
+            return
+        deadline = time.monotonic() + timeout
+        while queue.writes_done < self._direct_asked:
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, "queued direct writes did not complete")
+            time.sleep(0.0002)
+
     def sync_target(self) -> tuple[str, int]:
         """The segment to fdatasync and a new descriptor of it (the caller closes it): the
         active one, whose fdatasync makes every earlier non-durable put durable since a roll
@@ -520,8 +640,10 @@ class SegmentStore:
     def _make_room(self, record_size: int, blocking: bool = True) -> bool:
         """Under the write lock, before an append: roll if the record does not fit, and stop a
         running fill it would reach (False instead of waiting when not ``blocking``)."""
-        # A record bigger than a whole segment goes alone into one.
-        roll = self._tail > 0 and self._tail + record_size > self.segment_size
+        # A record bigger than a whole segment goes alone into one; a segment where a queued
+        # direct write failed has a torn record in it: nothing more may follow it there.
+        roll = ((self._tail > 0 and self._tail + record_size > self.segment_size)
+                or self._direct_broken)
         if roll and not blocking:
             return False  # a roll creates, syncs and seals files: not on an event loop
         if self._fill_lock.locked() and (roll or self._tail + record_size > self._fill_start):
@@ -705,6 +827,7 @@ class SegmentStore:
 
     def _sync(self, durable: bool) -> None:
         if durable:
+            self._await_direct()
             try:
                 os.fdatasync(self._wfd)
             except OSError as exc:
@@ -742,6 +865,7 @@ class SegmentStore:
                 raise StorageError(f"earlier puts may be lost: {exc}") from exc
             if not self._dirty:
                 return
+            self._await_direct()
             fd = os.dup(self._flush_sync_fd)
             segment = self._active
             self._dirty = False
@@ -1018,6 +1142,7 @@ class SegmentStore:
             return
         with self._wlock:
             try:
+                self._await_direct()
                 self._stop_fill()
                 if self._wfd >= 0 and self._zeroed_end > self._tail:
                     os.ftruncate(self._wfd, self._tail)  # the zeros are of no use to anyone

@@ -13,11 +13,24 @@ Twins: :func:`serve_pure` is the same loop in Python (``PACS_NO_EXTENSIONS=1``, 
 module); :data:`IMPLEMENTATION` says which one runs. Both read 8-byte requests (a signed
 descriptor, little endian; a negative one stops the loop) and write 16-byte answers
 (descriptor, errno), and both stop when the request pipe is closed.
+
+Large records: ``request_write`` queues the block-aligned middle of a record the loop has laid
+out (``SegmentStore.reserve_direct``): the thread copies it through an aligned buffer into an
+``O_DIRECT`` write (the page cache and the GIL stay out of it) and answers it like an
+fdatasync. One thread serves writes and fdatasyncs in the order asked, so an fdatasync asked
+after a write covers it. ``writes_done`` counts the writes answered, for threads that must wait
+for them without the loop (``SegmentStore.await_direct``).
+
+The twins also agree on writes: a ``WRITE`` word (-2**62) followed by five words (buffered
+descriptor, direct descriptor or -1, source address, length, offset) is answered
+(``WRITE`` or ``WRITE_BUFFERED`` when the direct descriptor refused it, errno).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno as errno_codes
+import mmap
 import os
 import struct
 import threading
@@ -26,36 +39,100 @@ from collections.abc import Callable
 from pacs.extensions import compiled
 
 _REQUEST = struct.Struct("<q")
+_WRITE_ARGS = struct.Struct("<qqqqq")  # buffered fd, direct fd, source address, length, offset
 _ANSWER = struct.Struct("<qq")
 REQUEST_SIZE = _REQUEST.size
+WRITE_REQUEST_SIZE = REQUEST_SIZE + _WRITE_ARGS.size
 ANSWER_SIZE = _ANSWER.size
+WRITE = -(1 << 62)  # a write request follows (also the tag of its answer)
+WRITE_BUFFERED = WRITE + 1  # answer tag: written, but the direct descriptor refused it
+DIRECT_CHUNK = 2 << 20  # the aligned bounce buffer a direct write copies through
+_DIRECT_REFUSED = frozenset((errno_codes.EINVAL, errno_codes.EOPNOTSUPP))
 
 
-def serve_pure(request_fd: int, answer_fd: int) -> None:
-    """Answer fdatasync requests until a negative descriptor or the end of the request pipe."""
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        if n == 0:
+            raise OSError(errno_codes.EIO, "pwrite wrote nothing")
+        data, offset = data[n:], offset + n
+
+
+def _direct_write(fd: int, dfd: int, source: memoryview, offset: int,
+                  bounce: list[mmap.mmap]) -> tuple[int, bool]:
+    """Write ``source`` at ``offset`` as the compiled twin does; (errno or 0, refused)."""
+    refused = False
+    pos = 0
+    try:
+        while pos < len(source):
+            chunk = source[pos:pos + DIRECT_CHUNK]
+            written = 0
+            if dfd >= 0 and not refused:
+                if not bounce:
+                    bounce.append(mmap.mmap(-1, DIRECT_CHUNK, flags=mmap.MAP_PRIVATE))
+                view = memoryview(bounce[0])
+                try:
+                    view[:len(chunk)] = chunk
+                    written = os.pwrite(dfd, view[:len(chunk)], offset + pos)
+                except OSError as exc:
+                    if exc.errno not in _DIRECT_REFUSED:
+                        raise
+                    refused = True
+                finally:
+                    view.release()
+            if written < len(chunk):
+                _pwrite_all(fd, chunk[written:], offset + pos + written)
+            pos += len(chunk)
+    except OSError as exc:
+        return exc.errno or errno_codes.EIO, refused
+    return 0, refused
+
+
+def serve_pure(request_fd: int, answer_fd: int, counter: bytearray | None = None) -> None:
+    """Answer requests until a stop word or the end of the request pipe; ``counter``: its
+    first int64 counts the writes answered."""
     pending = b""
-    while True:
-        try:
-            chunk = os.read(request_fd, 4096)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries already
-            continue
-        if not chunk:
-            return
-        pending += chunk
-        while len(pending) >= REQUEST_SIZE:
-            (fd,) = _REQUEST.unpack_from(pending)
-            pending = pending[REQUEST_SIZE:]
-            if fd < 0:
-                return
+    bounce: list[mmap.mmap] = []
+    count = memoryview(counter).cast("B")[:8].cast("q") if counter is not None else None
+    try:
+        while True:
             try:
-                os.fdatasync(fd)
-                code = 0
-            except OSError as exc:
-                code = exc.errno or errno_codes.EIO
-            os.write(answer_fd, _ANSWER.pack(fd, code))
+                chunk = os.read(request_fd, 4096)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+            if not chunk:
+                return
+            pending += chunk
+            while len(pending) >= REQUEST_SIZE:
+                (word,) = _REQUEST.unpack_from(pending)
+                if word == WRITE:
+                    if len(pending) < WRITE_REQUEST_SIZE:
+                        break  # the rest of the request is still on its way
+                    fd, dfd, address, length, offset = _WRITE_ARGS.unpack_from(
+                        pending, REQUEST_SIZE)
+                    pending = pending[WRITE_REQUEST_SIZE:]
+                    source = memoryview((ctypes.c_char * length).from_address(address)).cast("B")
+                    code, refused = _direct_write(fd, dfd, source, offset, bounce)
+                    answer = _ANSWER.pack(WRITE_BUFFERED if refused else WRITE, code)
+                    if count is not None:
+                        count[0] += 1
+                else:
+                    pending = pending[REQUEST_SIZE:]
+                    if word < 0:
+                        return
+                    try:
+                        os.fdatasync(word)
+                        code = 0
+                    except OSError as exc:
+                        code = exc.errno or errno_codes.EIO
+                    answer = _ANSWER.pack(word, code)
+                os.write(answer_fd, answer)
+    finally:
+        for buffer in bounce:
+            buffer.close()
 
 
-def _choose() -> tuple[Callable[[int, int], None], str]:
+def _choose() -> tuple[Callable[[int, int, bytearray | None], None], str]:
     module = compiled("pacs.store._csync")
     if module is not None:
         return module.serve, "cython"
@@ -66,18 +143,22 @@ _SERVE, IMPLEMENTATION = _choose()
 
 
 class Syncer:
-    """One thread answering fdatasync requests in order; ``request`` and ``answers`` are for
-    one thread (the event loop), ``close`` for any."""
+    """One thread answering fdatasync and write requests in order; ``request``,
+    ``request_write`` and ``answers`` are for one thread (the event loop), ``close`` and
+    ``writes_done`` for any."""
 
     def __init__(self, name: str = "syncer",
-                 serve: Callable[[int, int], None] | None = None) -> None:
+                 serve: Callable[[int, int, bytearray | None], None] | None = None) -> None:
         self._request_r, self._request_w = os.pipe2(os.O_CLOEXEC)
         self._answer_r, self._answer_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._buffer = b""
         self._closed = False
+        self._counter = bytearray(8)  # the thread's count of writes answered (native int64)
+        self._count = memoryview(self._counter).cast("q")
+        self.writes_asked = 0
         self._thread = threading.Thread(
-            target=serve or _SERVE, args=(self._request_r, self._answer_w), name=name,
-            daemon=True)
+            target=serve or _SERVE, args=(self._request_r, self._answer_w, self._counter),
+            name=name, daemon=True)
         self._thread.start()
 
     @property
@@ -85,12 +166,26 @@ class Syncer:
         """Readable when answers are waiting (for ``loop.add_reader``)."""
         return self._answer_r
 
+    @property
+    def writes_done(self) -> int:
+        """How many of the writes asked were answered so far (any thread)."""
+        return int(self._count[0])  # one aligned 8-byte load: never torn
+
     def request(self, fd: int) -> None:
         """Ask for ``fdatasync(fd)``; ``fd`` must stay open until its answer arrives."""
         os.write(self._request_w, _REQUEST.pack(fd))
 
+    def request_write(self, fd: int, dfd: int, address: int, length: int, offset: int) -> None:
+        """Ask to write ``length`` bytes at ``address`` to offset ``offset``: through ``dfd``
+        (``O_DIRECT``; -1: none) a bounce buffer at a time, else through ``fd``. The memory
+        and both descriptors must stay valid until the answer arrives."""
+        os.write(self._request_w, _REQUEST.pack(WRITE)
+                 + _WRITE_ARGS.pack(fd, dfd, address, length, offset))  # atomic: < PIPE_BUF
+        self.writes_asked += 1
+
     def answers(self) -> list[tuple[int, int]]:
-        """The answers arrived so far: (descriptor, errno or 0), in request order."""
+        """The answers arrived so far, in request order: (descriptor, errno or 0) for an
+        fdatasync, (``WRITE`` or ``WRITE_BUFFERED``, errno or 0) for a write."""
         try:
             self._buffer += os.read(self._answer_r, 4096)
         except BlockingIOError:
@@ -100,14 +195,19 @@ class Syncer:
         self._buffer = self._buffer[n * ANSWER_SIZE:]
         return out
 
-    def close(self, close_fds: bool = True) -> None:
+    def close(self, close_fds: bool = True) -> list[tuple[int, int]]:
         """Stop the thread once the requests made so far are answered; close the pipes
-        (unless ``close_fds`` is false: someone may still watch ``done_fd``)."""
+        (unless ``close_fds`` is false: someone may still watch ``done_fd``). The answers not
+        read yet, when it closed the pipes."""
         if self._closed:
-            return
+            return []
         self._closed = True
         os.write(self._request_w, _REQUEST.pack(-1))
         self._thread.join()
+        left: list[tuple[int, int]] = []
         if close_fds:
+            while got := self.answers():
+                left += got
             for fd in (self._request_r, self._request_w, self._answer_r, self._answer_w):
                 os.close(fd)
+        return left

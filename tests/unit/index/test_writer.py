@@ -367,7 +367,7 @@ def test_failed_fdatasync_refuses_the_group_and_indexes_nothing(
 
     answers = iter([errno.EIO])
 
-    def failing_once(request_fd: int, answer_fd: int) -> None:
+    def failing_once(request_fd: int, answer_fd: int, counter: object = None) -> None:
         while True:
             raw = os.read(request_fd, 8)
             if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
@@ -545,3 +545,93 @@ def test_a_loop_that_ended_gives_its_sync_thread_back(
     writer.close()
     assert sync_threads() == before
     assert catalog.statistics()["instances"] == 4
+
+
+def test_large_stores_laid_out_on_the_loop_are_indexed_and_readable(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """submit_direct_async: the loop lays the record out, its sync thread writes the middle,
+    then one fdatasync covers it; stored, indexed, readable byte for byte."""
+    import asyncio
+    import os
+
+    records = hierarchy(1, 1, 2, 3)
+    datasets = {r.sop_instance_uid: bytearray(os.urandom(300_000 + 4097 * i))
+                for i, r in enumerate(records)}
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    assert writer.direct_possible
+
+    async def main() -> list[StoreOutcome]:
+        futures = [writer.submit_direct_async(r, b"META", datasets[r.sop_instance_uid])
+                   for r in records]
+        assert all(f is not None for f in futures)
+        return list(await asyncio.gather(*futures))  # type: ignore[arg-type]
+
+    outcomes = asyncio.run(main())
+    writer.close()
+    assert [o.kind for o in outcomes] == ["stored"] * len(records)
+    for record in records:
+        stored = catalog.get_instance(record.sop_instance_uid)
+        assert stored is not None
+        assert segments.get(stored.location) == b"META" + datasets[record.sop_instance_uid]
+    assert segments._direct_queue is not None and segments._direct_queue.writes_done == len(
+        records)
+
+
+def test_a_failed_direct_write_refuses_its_store_and_the_writer_goes_on(
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync thread answers a large record's write with EIO: that store fails with a
+    StorageError and is not indexed; the next one goes into a new segment and is stored."""
+    import asyncio
+    import errno
+    import os
+    import struct
+
+    from pacs.store import syncer
+
+    real = syncer._SERVE
+    failed = threading.Event()
+
+    def failing_first_write(request_fd: int, answer_fd: int, counter: bytearray) -> None:
+        # Let the real thread serve, but turn the first write's answer into EIO.
+        inner_r, inner_w = os.pipe()
+        def serve() -> None:
+            real(request_fd, inner_w, counter)
+            os.close(inner_w)  # ends the relay below
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        pending = b""
+        while chunk := os.read(inner_r, 4096):
+            pending += chunk
+            while len(pending) >= 16:
+                tag, code = struct.unpack_from("<qq", pending)
+                pending = pending[16:]
+                if tag == syncer.WRITE and not failed.is_set():
+                    failed.set()
+                    code = errno.EIO
+                os.write(answer_fd, struct.pack("<qq", tag, code))
+        thread.join()
+        os.close(inner_r)
+
+    monkeypatch.setattr(syncer, "_SERVE", failing_first_write)
+    first, second = hierarchy(1, 1, 1, 2)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+
+    async def main() -> list[object]:
+        refused = writer.submit_direct_async(first, b"M", bytearray(os.urandom(400_000)))
+        assert refused is not None
+        results: list[object] = list(await asyncio.gather(refused, return_exceptions=True))
+        kept = writer.submit_direct_async(second, b"M", bytearray(400_000))
+        if kept is None:  # the segment with the torn record takes no more: the blocking way
+            kept = writer.submit_async(second, blob=[b"M", bytes(400_000)])
+        results.append(await kept)
+        return results
+
+    results = asyncio.run(main())
+    writer.close()
+    assert isinstance(results[0], StorageError)
+    assert getattr(results[1], "kind", None) == "stored"
+    assert not catalog.has_instance(first.sop_instance_uid)
+    stored = catalog.get_instance(second.sop_instance_uid)
+    assert stored is not None and segments.get(stored.location) == b"M" + bytes(400_000)
+    assert segments.failures == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import struct
@@ -13,7 +14,7 @@ import pytest
 
 from pacs.store import syncer
 
-TWINS: list[tuple[str, Callable[[int, int], None]]] = [("python", syncer.serve_pure)]
+TWINS: list[tuple[str, Callable[..., None]]] = [("python", syncer.serve_pure)]
 try:
     from pacs.store import _csync  # type: ignore[attr-defined]
 except ImportError:  # built without extensions: the pure twin alone
@@ -23,7 +24,7 @@ else:
 
 
 @pytest.fixture(params=TWINS, ids=[name for name, _ in TWINS])
-def serve(request: pytest.FixtureRequest) -> Callable[[int, int], None]:
+def serve(request: pytest.FixtureRequest) -> Callable[..., None]:
     return request.param[1]  # type: ignore[no-any-return]
 
 
@@ -35,11 +36,12 @@ def target(tmp_path: Path) -> Iterator[int]:
     os.close(fd)
 
 
-def run(serve: Callable[[int, int], None], requests: list[bytes], close: bool) -> bytes:
+def run(serve: Callable[..., None], requests: list[bytes], close: bool,
+        counter: bytearray | None = None) -> bytes:
     """Feed ``requests`` (raw writes) to ``serve`` in a thread; the answer bytes it wrote."""
     request_r, request_w = os.pipe()
     answer_r, answer_w = os.pipe()
-    thread = threading.Thread(target=serve, args=(request_r, answer_w))
+    thread = threading.Thread(target=serve, args=(request_r, answer_w, counter))
     thread.start()
     for chunk in requests:
         os.write(request_w, chunk)
@@ -127,3 +129,105 @@ def test_implementation_is_named() -> None:
     assert syncer.IMPLEMENTATION in {"cython", "python"}
     if len(TWINS) == 2 and os.environ.get("PACS_NO_EXTENSIONS", "") not in ("1", "true", "yes"):
         assert syncer.IMPLEMENTATION == "cython"
+
+
+# -- writes of large records' middles -----------------------------------------------------
+
+BLOCK = 4096
+
+
+def write_request(fd: int, dfd: int, source: bytearray, length: int, offset: int) -> bytes:
+    address = ctypes.addressof(ctypes.c_char.from_buffer(source))
+    return q(syncer.WRITE) + struct.pack("<qqqqq", fd, dfd, address, length, offset)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A segment-like file: a buffered descriptor and an O_DIRECT one (-1 where refused)."""
+    path = tmp_path / "segment"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        dfd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except OSError:
+        dfd = -1
+    yield fd, dfd
+    os.close(fd)
+    if dfd >= 0:
+        os.close(dfd)
+
+
+def read_file(fd: int) -> bytes:
+    return os.pread(fd, os.fstat(fd).st_size, 0)
+
+
+@pytest.mark.parametrize("length", [BLOCK, 3 * 1024 * 1024])  # one chunk, and two
+def test_a_write_lands_where_asked_and_is_counted(
+        serve: Callable[..., None], files: tuple[int, int], length: int) -> None:
+    fd, dfd = files
+    source = bytearray(os.urandom(length))
+    counter = bytearray(8)
+    raw = run(serve, [write_request(fd, dfd, source, length, BLOCK), q(fd)], close=True,
+              counter=counter)
+    assert answers(raw) == [(syncer.WRITE, 0), (fd, 0)]  # in order: the sync after the write
+    assert read_file(fd) == bytes(BLOCK) + source
+    assert struct.unpack("<q", counter)[0] == 1
+
+
+def test_a_refused_direct_write_goes_through_the_page_cache(
+        serve: Callable[..., None], files: tuple[int, int]) -> None:
+    fd, dfd = files
+    if dfd < 0:
+        pytest.skip("no O_DIRECT on this file system")
+    source = bytearray(os.urandom(2 * BLOCK))
+    # An offset O_DIRECT cannot take (not block-aligned): EINVAL, written buffered instead.
+    raw = run(serve, [write_request(fd, dfd, source, len(source), 100)], close=True)
+    assert answers(raw) == [(syncer.WRITE_BUFFERED, 0)]
+    assert read_file(fd) == bytes(100) + source
+
+
+def test_a_failed_write_answers_its_errno_and_is_counted(serve: Callable[..., None]) -> None:
+    source = bytearray(BLOCK)
+    counter = bytearray(8)
+    bad = 1_000_000  # not an open descriptor
+    raw = run(serve, [write_request(bad, -1, source, BLOCK, 0), q(-1)], close=False,
+              counter=counter)
+    assert answers(raw) == [(syncer.WRITE, errno.EBADF)]
+    assert struct.unpack("<q", counter)[0] == 1
+
+
+def test_a_write_request_split_across_pipe_writes(serve: Callable[..., None],
+                                                  files: tuple[int, int]) -> None:
+    fd, dfd = files
+    source = bytearray(os.urandom(BLOCK))
+    request = write_request(fd, dfd, source, BLOCK, 0)
+    torn = write_request(fd, dfd, source, BLOCK, BLOCK)[:30]  # never completed: ignored
+    raw = run(serve, [request[:5], request[5:20], request[20:], torn], close=True)
+    assert answers(raw) == [(syncer.WRITE, 0)]
+    assert read_file(fd) == bytes(source)
+
+
+def test_syncer_counts_the_writes_it_answered(files: tuple[int, int]) -> None:
+    fd, dfd = files
+    source = bytearray(os.urandom(2 * BLOCK))
+    s = syncer.Syncer()
+    try:
+        s.request_write(fd, dfd, ctypes.addressof(ctypes.c_char.from_buffer(source)),
+                        len(source), 0)
+        s.request(fd)
+        got: list[tuple[int, int]] = []
+        while len(got) < 2:
+            got += wait(s)
+        assert got == [(syncer.WRITE, 0), (fd, 0)]
+        assert (s.writes_asked, s.writes_done) == (1, 1)
+    finally:
+        assert s.close() == []
+    assert read_file(fd) == bytes(source)
+
+
+def test_syncer_close_returns_the_answers_not_read(files: tuple[int, int]) -> None:
+    fd, dfd = files
+    source = bytearray(BLOCK)
+    s = syncer.Syncer()
+    s.request_write(fd, dfd, ctypes.addressof(ctypes.c_char.from_buffer(source)), BLOCK, 0)
+    s.request(fd)
+    assert s.close() == [(syncer.WRITE, 0), (fd, 0)]

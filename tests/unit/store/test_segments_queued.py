@@ -1,0 +1,206 @@
+"""SegmentStore.reserve_direct: large records laid out on the event loop, their middles written
+by a queue (the loop's Syncer thread) after the write lock is released."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import select
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pacs.store.segments import SegmentStore
+from pacs.store.syncer import WRITE, Syncer
+
+from .test_segments import LARGE_SIZES, direct_io_here
+
+NAME = "w0-00000001.seg"
+
+
+@pytest.fixture(autouse=True)
+def _direct_io(tmp_path: Path) -> None:
+    if not direct_io_here(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+
+
+class HeldQueue:
+    """A queue that writes nothing until told to (``release``): what a busy sync thread is."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, int, int, int, int]] = []
+        self.writes_done = 0
+
+    @property
+    def writes_asked(self) -> int:
+        return len(self.requests)
+
+    def request_write(self, fd: int, dfd: int, address: int, length: int, offset: int) -> None:
+        self.requests.append((fd, dfd, address, length, offset))
+
+    def release(self) -> None:
+        for fd, _dfd, address, length, offset in self.requests[self.writes_done:]:
+            os.pwrite(fd, ctypes.string_at(address, length), offset)
+        self.writes_done = len(self.requests)
+
+
+def answers(syncer: Syncer, n: int) -> list[tuple[int, int]]:
+    got: list[tuple[int, int]] = []
+    while len(got) < n:
+        select.select([syncer.done_fd], [], [], 1.0)
+        got += syncer.answers()
+    return got
+
+
+def data_of(i: int, size: int) -> bytes:
+    return hashlib.sha256(f"Q.{i}".encode()).digest() * (size // 32)
+
+
+def test_queued_records_equal_buffered_ones(tmp_path: Path) -> None:
+    """The same records laid out by reserve_direct (bytearray and read-only bytes data sets)
+    and by put give byte-identical segments, every one readable."""
+    queued = SegmentStore(tmp_path / "queued", prefill=0)
+    buffered = SegmentStore(tmp_path / "buffered", prefill=0, direct_min=0)
+    syncer = Syncer()
+    written: dict[str, bytes] = {}
+    try:
+        for i, size in enumerate(LARGE_SIZES):
+            small = bytes([i]) * (333 + 1000 * i)
+            meta = b"M" * (128 + i)
+            data = data_of(i, size)
+            dataset = bytearray(data) if i % 2 else data
+            for store in (queued, buffered):
+                store.put(f"Q.s{i}", [small], durable=False)
+            info = queued.reserve_direct(f"Q.{i}", meta, dataset, syncer)
+            assert info is not None
+            assert buffered.put(f"Q.{i}", [meta, data], durable=False) == info
+            written[info.location] = meta + data
+        syncer.request(queued.sync_target()[1])
+        assert [tag for tag, _ in answers(syncer, len(LARGE_SIZES) + 1)][:-1] == [WRITE] * len(
+            LARGE_SIZES)
+        assert syncer.writes_done == len(LARGE_SIZES)
+        for location, data in written.items():
+            assert queued.get(location) == data
+    finally:
+        syncer.close()
+    queued.close()
+    buffered.close()
+    assert (tmp_path / "queued" / NAME).read_bytes() == (tmp_path / "buffered" / NAME).read_bytes()
+
+
+def test_reserve_direct_declines_what_must_go_the_blocking_way(tmp_path: Path) -> None:
+    """None, and nothing written, for a small record, with direct writes off, while another
+    thread holds the write lock, when the record needs a roll, or while another queue's
+    writes are outstanding."""
+    store = SegmentStore(tmp_path / "s", prefill=0, segment_size=8 << 20)
+    queue = HeldQueue()
+    big = data_of(0, 600_000)
+
+    def declined(call: Callable[[], object]) -> None:
+        tail = store._tail
+        assert call() is None
+        assert store._tail == tail and queue.writes_asked == 0
+
+    declined(lambda: store.reserve_direct("a", b"M", b"x" * 1000, queue))
+    off = SegmentStore(tmp_path / "off", prefill=0, direct_min=0)
+    assert off.reserve_direct("a", b"M", big, queue) is None
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._wlock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    declined(lambda: store.reserve_direct("a", b"M", big, queue))
+    release.set()
+    holder.join()
+    store.put("filler", [bytes(7_900_000)], durable=False)
+    declined(lambda: store.reserve_direct("a", b"M", big, queue))  # would need a roll
+    store.put("rolled", [bytes(600_000)])  # the blocking way rolls: a new segment with room
+    assert store.reserve_direct("a", b"M", big, queue) is not None
+    other = HeldQueue()
+    assert store.reserve_direct("b", b"M", big, other) is None  # ``queue`` still owes a write
+    queue.release()
+    assert store.reserve_direct("b", b"M", big, other) is not None
+    other.release()
+    store.close()
+    off.close()
+
+
+@pytest.mark.parametrize("action", ["flush", "durable put", "roll", "delete", "close"])
+def test_what_syncs_or_seals_waits_for_queued_writes(tmp_path: Path, action: str) -> None:
+    """A record whose middle is still queued must not end up torn behind one made durable (or
+    a seal): flush, a durable put, a roll, a tombstone and close wait for the queue."""
+    store = SegmentStore(tmp_path, prefill=0, segment_size=2 << 20)
+    queue = HeldQueue()
+    data = data_of(1, 1_000_000)
+    kept = store.put("kept", [b"k" * 5000], durable=False)
+    info = store.reserve_direct("q", b"M" * 200, data, queue)
+    assert info is not None
+    actions: dict[str, Callable[[], object]] = {
+        "flush": store.flush,
+        "durable put": lambda: store.put("d", [b"d" * 100]),
+        "roll": lambda: store.put("big", [bytes(1_500_000)], durable=False),
+        "delete": lambda: store.delete(kept.location),
+        "close": store.close,
+    }
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (actions[action](), done.set()))
+    runner.start()
+    assert not done.wait(0.3), f"{action} did not wait for the queued write"
+    queue.release()
+    assert done.wait(10)
+    runner.join()
+    if action == "close":
+        store = SegmentStore(tmp_path, prefill=0, segment_size=2 << 20)
+    assert store.get(info.location) == b"M" * 200 + data
+    store.close()
+
+
+def test_a_failed_queued_write_is_counted_and_the_segment_takes_no_more(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, prefill=0)
+    queue = HeldQueue()
+    info = store.reserve_direct("q", b"M", data_of(2, 600_000), queue)
+    assert info is not None
+    queue.writes_done = 1  # answered: failed, nothing written
+    failures = store.failures
+    store.direct_answered(errno.EIO, False)
+    assert store.failures == failures + 1
+    assert store.reserve_direct("r", b"M", data_of(3, 600_000), queue) is None  # needs a roll
+    after = store.put("after", [b"a" * 100])
+    assert after.location.split(":")[0] != info.location.split(":")[0]
+    assert store.get(after.location) == b"a" * 100
+    store.close()
+
+
+def test_a_refused_direct_write_turns_direct_writes_off(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, prefill=0)
+    store.direct_answered(0, True)
+    assert store.direct_min == 0
+    assert store.reserve_direct("q", b"M", data_of(4, 600_000), HeldQueue()) is None
+    store.close()
+
+
+def test_a_record_laid_out_but_never_written_is_a_torn_tail(tmp_path: Path) -> None:
+    """The process dies before the queue wrote the middle: the next start cuts the record off
+    (its header and partial blocks are there, its middle is not) and keeps what came before."""
+    store = SegmentStore(tmp_path, prefill=0)
+    before = store.put("before", [b"b" * 3000])
+    queue = HeldQueue()
+    assert store.reserve_direct("q", b"M", data_of(5, 600_000), queue) is not None
+    os.fdatasync(store._wfd)  # the laid-out parts reach the disk; the middle never does
+    os.close(store._wfd)  # a crash: no seal, no close
+    store._wfd = -1
+    reopened = SegmentStore(tmp_path, prefill=0)
+    assert reopened.get(before.location) == b"b" * 3000
+    assert [key for _, key in reopened.iter_records()] == ["before"]
+    assert reopened._tail == int(before.location.split(":")[1]) + 3000
+    assert os.path.getsize(tmp_path / NAME) == reopened._tail
+    reopened.close()
