@@ -130,8 +130,9 @@ def scanner_checks() -> list[Check]:
 
 @register
 def ingest_checks() -> list[Check | RatioCheck]:
-    """Durable small-instance ingest as a fraction of dcmtk's ``storescp --ignore`` (which
-    writes nothing) under the same 4 storescu associations: the issue's goal is 0.7."""
+    """Durable ingest as a fraction of dcmtk's ``storescp --ignore`` (which writes nothing)
+    under the same 4 storescu associations: small instances (the issue's goal is 0.7) and
+    512x512 CT ones (the large-record path: laid out on the loop, written by its sync thread)."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -141,20 +142,26 @@ def ingest_checks() -> list[Check | RatioCheck]:
     if shutil.which("storescu") is None or shutil.which("storescp") is None:
         raise Unavailable("dcmtk is not installed (make system-deps)")
 
-    def ratio() -> float:
-        with tempfile.TemporaryDirectory(prefix="pacs-guard-") as tmp:
-            work = Path(tmp)
-            dirs = ingest.generate(work / "files", 800, 64, 4, ingest.STUDY_SIZE)
-            ratios = []
-            for _ in range(3):
-                ceiling = ingest.run_receiver("storescp", work, dirs)
-                ours = ingest.run_receiver("pacs", work, dirs)
-                ratios.append(ceiling / ours)
-            return statistics.median(ratios)
+    def ratio(count: int, size: int) -> Callable[[], float]:
+        def measure() -> float:
+            with tempfile.TemporaryDirectory(prefix="pacs-guard-") as tmp:
+                work = Path(tmp)
+                dirs = ingest.generate(work / "files", count, size, 4, ingest.STUDY_SIZE)
+                ratios = []
+                for _ in range(3):
+                    ceiling = ingest.run_receiver("storescp", work, dirs)
+                    ours = ingest.run_receiver("pacs", work, dirs)
+                    ratios.append(ceiling / ours)
+                return statistics.median(ratios)
+
+        return measure
 
     # Median of 3: 0.37-0.46 before the loop's group commit (session 3), 0.57 after it.
+    # Large: 0.35-0.40 with the I/O-thread writes, ~0.46 once laid out on the loop (session 8).
     return [RatioCheck("durable ingest, 800 x 9 KiB, 4 assoc.", "storescp --ignore (ceiling)",
-                       ratio, 0.25)]
+                       ratio(800, 64), 0.25),
+            RatioCheck("durable ingest, 300 x 513 KiB, 4 assoc.", "storescp --ignore (ceiling)",
+                       ratio(300, 512), 0.2)]
 
 
 # -- C-FIND query engine ----------------------------------------------------------------------

@@ -179,8 +179,11 @@ class Ingest:
 
         A small data set (bytes up to ``INLINE_LIMIT``) is scanned right here on the event loop
         (a few µs with the compiled scanner) and its blob written by the catalog writer's flush
-        stage in the same batch as its neighbours: one thread hop out and one back. A large or
-        spooled one is scanned and written on the executor, off the loop.
+        stage in the same batch as its neighbours: one thread hop out and one back. A large one
+        in memory is scanned and laid out on the loop too, its middle written by the loop's sync
+        thread (``CatalogWriter.submit_direct_async``): an executor trip cost the loop more than
+        the scan and the digest. A spooled one (a file), or one the segment store cannot take
+        without waiting, is written on the executor.
         """
         loop = asyncio.get_running_loop()
         in_memory = isinstance(dataset, (bytes, bytearray))

@@ -27,6 +27,16 @@ zero-filled space), and a roll or a clean close cuts them off first. A fill writ
 past the tail chosen under the write lock; a put that would reach that point while the fill
 runs waits for it (``try_put`` returns None instead), so zeros never land on a record.
 
+Large records of an event loop (``reserve_direct``): the loop lays the record out under the
+write lock without waiting (header, Part-10 header and the partial first and last blocks through
+the page cache) and hands the block-aligned middle to its sync thread (``pacs.store.syncer``),
+which writes it with ``O_DIRECT`` and fdatasyncs in the order asked: an fdatasync asked after a
+write covers it. So a record may be laid out but not yet written while later ones are appended;
+every other path that fdatasyncs, seals, cuts or closes the segment first waits for the queued
+writes (``_await_direct``), so no synced record ever sits behind a torn one, and after a
+failed write the segment takes no more records (the next put rolls). A crash before the write
+leaves a torn tail, cut at the next open like any other.
+
 Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
 recomputed from the segments: sealed ones carry their index (records and tombstones) in the
 seal record, unsealed ones (one per writer) are walked header by header. Each store loads every
