@@ -92,7 +92,7 @@ class Settings:
     store_backend: StoreBackend = "segments"
     segment_size: int = 1 << 30
     segment_prefill: int = 8 << 20  # zero-filled bytes kept ahead of the tail; 0: none
-    segment_direct_min: int = 256 << 10  # records this large skip the page cache; 0: never
+    segment_direct_min: int = 64 << 10  # records this large skip the page cache; 0: never
     compact_threshold: float = 0.5  # dead fraction that triggers automatic compaction; 0: never
     compact_check_interval: float = 600.0
     on_duplicate: DuplicatePolicy = "keep"

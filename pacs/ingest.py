@@ -27,7 +27,7 @@ from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, IngestError, PacsError
 from pacs.index.catalog import Catalog, StoreOutcome
 from pacs.index.records import InstanceRecord
-from pacs.index.writer import CatalogWriter
+from pacs.index.writer import LOOP_WRITE_LIMIT, CatalogWriter
 from pacs.recovery import InflightSegments
 from pacs.store.base import BlobStore
 
@@ -186,8 +186,10 @@ class Ingest:
         without waiting, is written on the executor.
         """
         loop = asyncio.get_running_loop()
-        in_memory = isinstance(dataset, (bytes, bytearray))
         inline = isinstance(dataset, (bytes, bytearray)) and len(dataset) <= INLINE_LIMIT
+        # Past what the loop appends through the page cache itself, a data set in memory is
+        # laid out by the loop and its middle written by the loop's sync thread (O_DIRECT).
+        direct = isinstance(dataset, (bytes, bytearray)) and self.writer.direct_possible
         # From before the blob write until its index commit, its segment is "in flight": the
         # catalog's checkpoint must not pass it (pacs.recovery).
         inflight = self.inflight
@@ -195,8 +197,7 @@ class Ingest:
         try:
             args = (dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet)
             epoch: int | None = None
-            direct = in_memory and not inline and self.writer.direct_possible
-            if inline or direct:
+            if inline or direct:  # scanned on the loop
                 prepared = self._prepare(*args)
             else:
                 # Scanned and written in one trip to the executor: each trip is two thread
@@ -212,17 +213,17 @@ class Ingest:
                 forwards = [r.destination for r in self.routes
                             if r.matches(source_aet, modality)]
             future: asyncio.Future[StoreOutcome] | None = None
-            if inline:
-                future = self.writer.submit_async(record, self.on_duplicate,
-                                                  blob=[meta, dataset], forwards=forwards)
-            elif direct:
-                # Laid out on the loop, its middle written by the loop's sync thread.
-                assert isinstance(dataset, (bytes, bytearray))
+            if direct and isinstance(dataset, (bytes, bytearray)) and (
+                    len(meta) + len(dataset) > LOOP_WRITE_LIMIT):
                 future = self.writer.submit_direct_async(record, meta, dataset,
                                                          self.on_duplicate, forwards)
-                if future is None:  # the blocking way after all (a roll, a busy lock...)
-                    epoch = await loop.run_in_executor(self.executor, self._write_large,
-                                                       record, meta, dataset)
+            if future is None and inline:  # (or the blocking way after all: a roll, a busy lock)
+                future = self.writer.submit_async(record, self.on_duplicate,
+                                                  blob=[meta, dataset], forwards=forwards)
+            elif future is None and direct:  # scanned on the loop, not written yet
+                assert isinstance(dataset, (bytes, bytearray))
+                epoch = await loop.run_in_executor(self.executor, self._write_large,
+                                                   record, meta, dataset)
             if future is None:
                 future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards,
                                                   epoch=epoch)

@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 _MAX_READ_FDS = 256  # cached read descriptors (one per segment); older ones are closed
 PREFILL = 8 << 20  # zero-filled bytes kept ahead of the tail for small puts
-DIRECT_MIN = 256 << 10  # records at least this large bypass the page cache (O_DIRECT)
+DIRECT_MIN = 64 << 10  # records at least this large bypass the page cache (O_DIRECT)
 # O_DIRECT alignment of offsets, lengths and buffer: any device's block divides it, and a page:
 # with 64 KiB pages a smaller block would share a cached page with the buffered head or tail.
 _BLOCK = max(4096, mmap.PAGESIZE)

@@ -68,7 +68,7 @@ def test_queued_records_equal_buffered_ones(tmp_path: Path) -> None:
     syncer = Syncer()
     written: dict[str, bytes] = {}
     try:
-        for i, size in enumerate(LARGE_SIZES):
+        for i, size in enumerate([100_000, *LARGE_SIZES]):  # from segment_direct_min up
             small = bytes([i]) * (333 + 1000 * i)
             meta = b"M" * (128 + i)
             data = data_of(i, size)
@@ -80,9 +80,9 @@ def test_queued_records_equal_buffered_ones(tmp_path: Path) -> None:
             assert buffered.put(f"Q.{i}", [meta, data], durable=False) == info
             written[info.location] = meta + data
         syncer.request(queued.sync_target()[1])
-        assert [tag for tag, _ in answers(syncer, len(LARGE_SIZES) + 1)][:-1] == [WRITE] * len(
-            LARGE_SIZES)
-        assert syncer.writes_done == len(LARGE_SIZES)
+        n = len(LARGE_SIZES) + 1
+        assert [tag for tag, _ in answers(syncer, n + 1)][:-1] == [WRITE] * n
+        assert syncer.writes_done == n
         for location, data in written.items():
             assert queued.get(location) == data
     finally:
