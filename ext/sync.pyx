@@ -5,7 +5,8 @@ Requests are 8-byte signed words (little endian): a descriptor to fdatasync; ``W
 by five words (buffered descriptor, direct descriptor, source address, length, file offset) to
 write a large record's block-aligned middle; any other negative word stops. Answers are 16
 bytes: (descriptor, errno or 0) for an fdatasync, (``WRITE`` or ``WRITE_BUFFERED``, errno or 0)
-for a write. After each write, done or failed, the thread adds one to the int64 ``counter``.
+for a write. ``counter`` (int64s): after each write the thread adds one to the second when it
+failed, then one to the first (writes answered), so a reader of the first sees the second.
 The thread never takes the GIL while it waits, writes or syncs, so the event loop that asks
 never has to hand the GIL over.
 """
@@ -114,14 +115,14 @@ cdef int64_t _direct_write(int64_t fd, int64_t dfd, const char *src, int64_t len
 
 def serve(int request_fd, int answer_fd, counter=None):
     """Answer requests until a stop word or the end of the request pipe; ``counter``: a
-    writable buffer of at least 8 bytes whose first int64 counts the writes answered."""
+    writable buffer of two int64s: the writes answered, the writes that failed."""
     cdef Py_buffer view
     cdef int64_t *count = NULL
     if counter is not None:
         PyObject_GetBuffer(counter, &view, PyBUF_WRITABLE)
-        if view.len < 8:
+        if view.len < 16:
             PyBuffer_Release(&view)
-            raise ValueError("counter must hold an int64")
+            raise ValueError("counter must hold two int64s")
         count = <int64_t *>view.buf
     try:
         with nogil:
@@ -164,6 +165,8 @@ cdef void _serve(int request_fd, int answer_fd, int64_t *count) noexcept nogil:
                                           args[4], &bounce, &refused)
                 answer[0] = _WRITE_BUFFERED if refused else _WRITE
                 if count != NULL:
+                    if answer[1]:
+                        pacs_count_one(count + 1)
                     pacs_count_one(count)
             else:
                 pos += 8

@@ -91,6 +91,9 @@ class DirectQueue(Protocol):
     @property
     def writes_done(self) -> int: ...
 
+    @property
+    def writes_failed(self) -> int: ...
+
     def request_write(self, fd: int, dfd: int, address: int, length: int,
                       offset: int) -> None: ...
 
@@ -160,6 +163,7 @@ class SegmentStore:
         # (``_await_direct``); after a failed one the segment takes no more records (a roll).
         self._direct_queue: DirectQueue | None = None
         self._direct_asked = 0  # the queue's ``writes_asked`` after our last request
+        self._direct_failed = 0  # the queue's ``writes_failed`` counted so far
         self._direct_broken = False
         self._dbuf: mmap.mmap | None = None  # page-aligned, reused: its pages stay mapped
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
@@ -525,7 +529,8 @@ class SegmentStore:
                                           view[:first - skip]], start)
                 _pwrite_small(self._wfd, [view[last - skip:]], last)
                 self._tail = end
-                self._direct_queue = queue
+                if self._direct_queue is not queue:
+                    self._direct_queue, self._direct_failed = queue, queue.writes_failed
                 queue.request_write(self._wfd, dfd, _address(view) + (first - skip),
                                     last - first, first)
                 self._direct_asked = queue.writes_asked
@@ -539,31 +544,48 @@ class SegmentStore:
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
 
     def direct_answered(self, code: int, buffered: bool) -> None:
-        """On the loop, for each answer of its queue to a ``reserve_direct`` write: a failed
-        one leaves a torn record, so the segment takes no more (the next put rolls) and the
-        failure is counted (every store written before it is refused); ``buffered``: the
-        file system refused ``O_DIRECT`` (the queue wrote through the page cache)."""
+        """On the loop, for each answer of its queue to a ``reserve_direct`` write (before
+        the answers after it): ``buffered``, the file system refused ``O_DIRECT`` (the queue
+        wrote through the page cache); a failure is counted (``_count_direct_failures``)."""
         if buffered:
             log.warning("segment store %s: direct writes refused; writing through the page "
                         "cache", self.root)
             self.direct_min = 0
         if code:
-            with self._wlock:
-                self._direct_broken = True
-            self.note_sync_failure(OSError(code, os.strerror(code)), "direct write")
+            self._count_direct_failures(OSError(code, os.strerror(code)))
+
+    def _count_direct_failures(self, exc: OSError | None = None) -> None:
+        """Count the queue's failed writes not counted yet, once whoever sees them first (the
+        loop reading the answers, or a path in ``_await_direct``): a failed write leaves a
+        torn record, so every store written before it is refused (``failures``) and the
+        segment takes no more (the next put rolls)."""
+        queue = self._direct_queue
+        if queue is None:
+            return
+        with self._wlock:
+            new = queue.writes_failed - self._direct_failed
+            if new <= 0:
+                return
+            self._direct_failed += new
+            self._direct_broken = True
+        for _ in range(new):
+            self.note_sync_failure(exc or OSError(errno.EIO, "a queued direct write failed"),
+                                   "direct write")
 
     def _await_direct(self, timeout: float = 60.0) -> None:
         """Wait until the queue has written every record ``reserve_direct`` laid out (before
         an fdatasync, cut, seal or close of the segment: a record torn in the middle of the
         log, behind a synced one, would read as damage, not as a torn tail)."""
         queue = self._direct_queue
-        if queue is None or queue.writes_done >= self._direct_asked:
+        if queue is None:
             return
         deadline = time.monotonic() + timeout
         while queue.writes_done < self._direct_asked:
             if time.monotonic() > deadline:
                 raise OSError(errno.ETIMEDOUT, "queued direct writes did not complete")
             time.sleep(0.0002)
+        # Heard here first when the loop has not read the answers (yet, or any more).
+        self._count_direct_failures()
 
     def sync_target(self) -> tuple[str, int]:
         """The segment to fdatasync and a new descriptor of it (the caller closes it): the

@@ -18,8 +18,9 @@ Large records: ``request_write`` queues the block-aligned middle of a record the
 out (``SegmentStore.reserve_direct``): the thread copies it through an aligned buffer into an
 ``O_DIRECT`` write (the page cache and the GIL stay out of it) and answers it like an
 fdatasync. One thread serves writes and fdatasyncs in the order asked, so an fdatasync asked
-after a write covers it. ``writes_done`` counts the writes answered, for threads that must wait
-for them without the loop (``SegmentStore.await_direct``).
+after a write covers it. ``writes_done`` counts the writes answered, and ``writes_failed``
+those that failed, for threads that must wait for them without the loop
+(``SegmentStore._await_direct``).
 
 The twins also agree on writes: a ``WRITE`` word (-2**62) followed by five words (buffered
 descriptor, direct descriptor or -1, source address, length, offset) is answered
@@ -89,11 +90,13 @@ def _direct_write(fd: int, dfd: int, source: memoryview, offset: int,
 
 
 def serve_pure(request_fd: int, answer_fd: int, counter: bytearray | None = None) -> None:
-    """Answer requests until a stop word or the end of the request pipe; ``counter``: its
-    first int64 counts the writes answered."""
+    """Answer requests until a stop word or the end of the request pipe; ``counter``: two
+    int64s, the writes answered and the writes that failed."""
     pending = b""
     bounce: list[mmap.mmap] = []
-    count = memoryview(counter).cast("B")[:8].cast("q") if counter is not None else None
+    if counter is not None and len(counter) < 16:
+        raise ValueError("counter must hold two int64s")
+    count = memoryview(counter).cast("B")[:16].cast("q") if counter is not None else None
     try:
         while True:
             try:
@@ -115,6 +118,8 @@ def serve_pure(request_fd: int, answer_fd: int, counter: bytearray | None = None
                     code, refused = _direct_write(fd, dfd, source, offset, bounce)
                     answer = _ANSWER.pack(WRITE_BUFFERED if refused else WRITE, code)
                     if count is not None:
+                        if code:
+                            count[1] += 1  # before the answered count, as the compiled twin
                         count[0] += 1
                 else:
                     pending = pending[REQUEST_SIZE:]
@@ -153,7 +158,7 @@ class Syncer:
         self._answer_r, self._answer_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._buffer = b""
         self._closed = False
-        self._counter = bytearray(8)  # the thread's count of writes answered (native int64)
+        self._counter = bytearray(16)  # the thread's counts: writes answered, writes failed
         self._count = memoryview(self._counter).cast("q")
         self.writes_asked = 0
         self._thread = threading.Thread(
@@ -170,6 +175,11 @@ class Syncer:
     def writes_done(self) -> int:
         """How many of the writes asked were answered so far (any thread)."""
         return int(self._count[0])  # one aligned 8-byte load: never torn
+
+    @property
+    def writes_failed(self) -> int:
+        """How many of the writes answered failed (counted before ``writes_done``)."""
+        return int(self._count[1])
 
     def request(self, fd: int) -> None:
         """Ask for ``fdatasync(fd)``; ``fd`` must stay open until its answer arrives."""

@@ -608,7 +608,8 @@ def test_a_failed_direct_write_refuses_its_store_and_the_writer_goes_on(
                 pending = pending[16:]
                 if tag == syncer.WRITE and not failed.is_set():
                     failed.set()
-                    code = errno.EIO
+                    code = errno.EIO  # and counted as the thread counts its failures
+                    struct.pack_into("<q", counter, 8, struct.unpack_from("<q", counter, 8)[0] + 1)
                 os.write(answer_fd, struct.pack("<qq", tag, code))
         thread.join()
         os.close(inner_r)

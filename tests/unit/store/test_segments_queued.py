@@ -34,6 +34,7 @@ class HeldQueue:
     def __init__(self) -> None:
         self.requests: list[tuple[int, int, int, int, int]] = []
         self.writes_done = 0
+        self.writes_failed = 0
 
     @property
     def writes_asked(self) -> int:
@@ -169,9 +170,10 @@ def test_a_failed_queued_write_is_counted_and_the_segment_takes_no_more(tmp_path
     queue = HeldQueue()
     info = store.reserve_direct("q", b"M", data_of(2, 600_000), queue)
     assert info is not None
-    queue.writes_done = 1  # answered: failed, nothing written
+    queue.writes_failed = queue.writes_done = 1  # answered: failed, nothing written
     failures = store.failures
     store.direct_answered(errno.EIO, False)
+    store.direct_answered(errno.EIO, False)  # told twice (the loop, then close): counted once
     assert store.failures == failures + 1
     assert store.reserve_direct("r", b"M", data_of(3, 600_000), queue) is None  # needs a roll
     after = store.put("after", [b"a" * 100])
@@ -204,3 +206,19 @@ def test_a_record_laid_out_but_never_written_is_a_torn_tail(tmp_path: Path) -> N
     assert reopened._tail == int(before.location.split(":")[1]) + 3000
     assert os.path.getsize(tmp_path / NAME) == reopened._tail
     reopened.close()
+
+
+def test_a_failed_write_nobody_read_the_answer_of_is_counted_before_a_flush(
+        tmp_path: Path) -> None:
+    """The loop never read the failed write's answer (it stopped, or was too busy at close):
+    the flush that waits for the queue hears of the failure from the queue's own count, so
+    the stores it makes durable are refused and the segment takes no more."""
+    store = SegmentStore(tmp_path, prefill=0)
+    queue = HeldQueue()
+    assert store.reserve_direct("q", b"M", data_of(6, 600_000), queue) is not None
+    queue.writes_failed = queue.writes_done = 1  # failed; its answer is never read
+    failures = store.failures
+    store.flush()
+    assert store.failures == failures + 1
+    assert store.reserve_direct("r", b"M", data_of(7, 600_000), queue) is None  # needs a roll
+    store.close()

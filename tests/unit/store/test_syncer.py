@@ -165,12 +165,12 @@ def test_a_write_lands_where_asked_and_is_counted(
         serve: Callable[..., None], files: tuple[int, int], length: int) -> None:
     fd, dfd = files
     source = bytearray(os.urandom(length))
-    counter = bytearray(8)
+    counter = bytearray(16)
     raw = run(serve, [write_request(fd, dfd, source, length, BLOCK), q(fd)], close=True,
               counter=counter)
     assert answers(raw) == [(syncer.WRITE, 0), (fd, 0)]  # in order: the sync after the write
     assert read_file(fd) == bytes(BLOCK) + source
-    assert struct.unpack("<q", counter)[0] == 1
+    assert struct.unpack("<qq", counter) == (1, 0)  # answered, failed
 
 
 def test_a_refused_direct_write_goes_through_the_page_cache(
@@ -187,12 +187,12 @@ def test_a_refused_direct_write_goes_through_the_page_cache(
 
 def test_a_failed_write_answers_its_errno_and_is_counted(serve: Callable[..., None]) -> None:
     source = bytearray(BLOCK)
-    counter = bytearray(8)
+    counter = bytearray(16)
     bad = 1_000_000  # not an open descriptor
     raw = run(serve, [write_request(bad, -1, source, BLOCK, 0), q(-1)], close=False,
               counter=counter)
     assert answers(raw) == [(syncer.WRITE, errno.EBADF)]
-    assert struct.unpack("<q", counter)[0] == 1
+    assert struct.unpack("<qq", counter) == (1, 1)
 
 
 def test_a_write_request_split_across_pipe_writes(serve: Callable[..., None],
@@ -218,7 +218,7 @@ def test_syncer_counts_the_writes_it_answered(files: tuple[int, int]) -> None:
         while len(got) < 2:
             got += wait(s)
         assert got == [(syncer.WRITE, 0), (fd, 0)]
-        assert (s.writes_asked, s.writes_done) == (1, 1)
+        assert (s.writes_asked, s.writes_done, s.writes_failed) == (1, 1, 0)
     finally:
         assert s.close() == []
     assert read_file(fd) == bytes(source)
