@@ -21,11 +21,10 @@ from collections import Counter
 from collections.abc import Sequence
 
 from pacs.config import Route
-from pacs.errors import BlobNotFound, DicomFormatError, PacsError, StorageError
+from pacs.errors import BlobNotFound, DicomFormatError, PacsError
 from pacs.index.catalog import Catalog
-from pacs.index.maintenance import blob_digest
+from pacs.index.maintenance import DamagedRecord, checked_digest
 from pacs.index.records import InstanceRecord
-from pacs.store.crc import crc32
 from pacs.store.segment_format import parse_segment_name
 from pacs.store.segments import SegmentStore
 
@@ -135,22 +134,3 @@ def _index(catalog: Catalog, batch: list[InstanceRecord], routes: Sequence[Route
     catalog.store_items([(record, "replace") for record in batch], forwards)
 
 
-class DamagedRecord(StorageError):
-    """A record whose bytes do not match its CRC-32."""
-
-
-def checked_digest(store: SegmentStore, location: str) -> tuple[int, str]:
-    """Size and digest of a blob read whole, checked against its record's CRC-32: a record a
-    power cut tore (never acknowledged: its fdatasync did not return) is not indexed, even in a
-    segment whose seal says nothing of it."""
-    expected = store.data_crc(location)
-    crc = 0
-
-    def add(chunk: bytes) -> None:
-        nonlocal crc
-        crc = crc32(chunk, crc)
-
-    size, digest = blob_digest(store, location, also=add)
-    if expected is not None and crc != expected:
-        raise DamagedRecord(f"{location}: its bytes do not match their checksum (torn or damaged)")
-    return size, digest

@@ -10,11 +10,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from pacs.errors import BlobNotFound, PacsError
+from pacs.errors import BlobNotFound, PacsError, StorageError
 from pacs.index.catalog import Catalog
 from pacs.index.records import InstanceRecord
 from pacs.store import digest as digests
 from pacs.store.base import BlobStore
+from pacs.store.crc import crc32
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,28 @@ def blob_digest(store: BlobStore, location: str, like: str = "",
     return size, digest.hexdigest()
 
 
+class DamagedRecord(StorageError):
+    """A record whose bytes do not match its CRC-32."""
+
+
+def checked_digest(store: BlobStore, location: str) -> tuple[int, str]:
+    """Size and digest of a blob read whole, checked against its record's CRC-32 where the
+    store keeps one (``data_crc``: the segment store): a record a power cut or a failed write
+    tore (never acknowledged) is not indexed, even in a segment whose seal lists it."""
+    data_crc = getattr(store, "data_crc", None)
+    expected: int | None = data_crc(location) if data_crc is not None else None
+    crc = 0
+
+    def add(chunk: bytes) -> None:
+        nonlocal crc
+        crc = crc32(chunk, crc)
+
+    size, digest = blob_digest(store, location, also=add if expected is not None else None)
+    if expected is not None and crc != expected:
+        raise DamagedRecord(f"{location}: its bytes do not match their checksum (torn or damaged)")
+    return size, digest
+
+
 def reindex(
     catalog: Catalog,
     store: BlobStore,
@@ -102,7 +125,7 @@ def reindex(
             if not record.size:
                 record.size = store.size(location)
             if compute_digest and not record.digest:
-                record.size, record.digest = blob_digest(store, location)
+                record.size, record.digest = checked_digest(store, location)
             if not record.attributes.get("SOPInstanceUID"):
                 raise ValueError("no SOPInstanceUID")
         except Exception as exc:  # the caller's reader may raise anything: one bad blob is noted

@@ -34,8 +34,11 @@ which writes it with ``O_DIRECT`` and fdatasyncs in the order asked: an fdatasyn
 write covers it. So a record may be laid out but not yet written while later ones are appended;
 every other path that fdatasyncs, seals, cuts or closes the segment first waits for the queued
 writes (``_await_direct``), so no synced record ever sits behind a torn one, and after a
-failed write the segment takes no more records (the next put rolls). A crash before the write
-leaves a torn tail, cut at the next open like any other.
+failed write the segment takes no more records (the next put rolls; its torn record stays
+listed, unindexed, and replay and reindex check every record's CRC-32). A crash before the
+write leaves a torn record: a torn tail, cut at the next open, or, when the loop had appended
+small records after it (none of them acknowledged: their fdatasync comes after the write), a
+damaged range that recovery logs and keeps, indexing the intact records around it.
 
 Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
 recomputed from the segments: sealed ones carry their index (records and tombstones) in the
@@ -507,9 +510,14 @@ class SegmentStore:
         if not self._wlock.acquire(False):
             return None
         try:
-            if self._closed or (self._direct_queue is not None and self._direct_queue is not queue
-                                and self._direct_queue.writes_done < self._direct_asked):
+            previous = self._direct_queue
+            if self._closed or (previous is not None and previous is not queue
+                                and previous.writes_done < self._direct_asked):
                 return None
+            if previous is not None and previous is not queue:
+                # Its writes are all answered: count its failures now (its loop may not have
+                # read them yet), before this record could follow a torn one.
+                self._count_direct_failures()
             if not self._make_room(total, False):
                 return None
             start = self._tail
@@ -529,7 +537,7 @@ class SegmentStore:
                                           view[:first - skip]], start)
                 _pwrite_small(self._wfd, [view[last - skip:]], last)
                 self._tail = end
-                if self._direct_queue is not queue:
+                if previous is not queue:
                     self._direct_queue, self._direct_failed = queue, queue.writes_failed
                 queue.request_write(self._wfd, dfd, _address(view) + (first - skip),
                                     last - first, first)
@@ -572,10 +580,11 @@ class SegmentStore:
             self.note_sync_failure(exc or OSError(errno.EIO, "a queued direct write failed"),
                                    "direct write")
 
-    def _await_direct(self, timeout: float = 60.0) -> None:
+    def _await_direct(self, timeout: float = 600.0) -> None:
         """Wait until the queue has written every record ``reserve_direct`` laid out (before
-        an fdatasync, cut, seal or close of the segment: a record torn in the middle of the
-        log, behind a synced one, would read as damage, not as a torn tail)."""
+        an fdatasync, cut, seal or close of the segment, or a close of the descriptors the
+        queue writes through: no synced record may sit behind one still being written).
+        ETIMEDOUT after ``timeout`` (a dead sync thread): the caller fails."""
         queue = self._direct_queue
         if queue is None:
             return
@@ -823,6 +832,7 @@ class SegmentStore:
                     log.warning("segment store %s: direct writes refused (%s); writing "
                                 "through the page cache", self.root, exc)
                     self.direct_min = 0
+                    self._await_direct()  # queued writes still use the descriptor
                     self._close_direct()
                     dfd = -1
             if done < n:  # a short direct write (a nearly full disk): the rest buffered
@@ -1175,6 +1185,12 @@ class SegmentStore:
         with self._wlock:
             try:
                 self._await_direct()
+            except OSError as exc:
+                # Never close descriptors a queued write may still use: leaked instead.
+                self._closed = True
+                raise StorageError(f"segment store {self.root}: queued writes did not "
+                                   f"complete ({exc}); its descriptors stay open") from exc
+            try:
                 self._stop_fill()
                 if self._wfd >= 0 and self._zeroed_end > self._tail:
                     os.ftruncate(self._wfd, self._tail)  # the zeros are of no use to anyone

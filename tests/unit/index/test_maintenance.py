@@ -160,3 +160,31 @@ def test_verify_checks_digests_of_earlier_versions(store: FileStore, catalog: Ca
                                                                           older.digest)
     report = verify(catalog, store)
     assert report.digest_mismatch == [("1.9.1", locations["1.9.1"])]
+
+
+def test_reindex_leaves_out_a_torn_segment_record(tmp_path: Path, catalog: Catalog) -> None:
+    """A record a failed (or never done) write tore may stay listed in its segment's seal: its
+    bytes do not match its CRC-32, so reindex reports it instead of indexing damaged pixels."""
+    import os
+
+    from pacs.store.segments import SegmentStore
+
+    segments = SegmentStore(tmp_path / "segments", prefill=0, direct_min=0)
+    good = segments.put("1.9.1", [part10("P1", "1.1", "1.1.1", "1.9.1")]).location
+    blob = part10("P1", "1.1", "1.1.1", "1.9.2")
+    torn = segments.put("1.9.2", [blob]).location
+    name, offset, _ = torn.split(":")
+    fd = os.open(tmp_path / "segments" / name, os.O_WRONLY)
+    try:  # still a readable data set, but not the bytes that were written
+        os.pwrite(fd, b"Doe^X1", int(offset) + blob.index(b"Doe^P1"))
+    finally:
+        os.close(fd)
+    try:
+        report = reindex(catalog, segments, read_record)
+    finally:
+        segments.close()
+    assert report.indexed == 1
+    assert [loc for loc, _ in report.failed] == [torn]
+    assert "checksum" in report.failed[0][1]
+    assert catalog.get_instance("1.9.1") is not None and catalog.get_instance("1.9.2") is None
+    assert good != torn

@@ -222,3 +222,21 @@ def test_a_failed_write_nobody_read_the_answer_of_is_counted_before_a_flush(
     assert store.failures == failures + 1
     assert store.reserve_direct("r", b"M", data_of(7, 600_000), queue) is None  # needs a roll
     store.close()
+
+
+def test_a_failure_of_the_previous_queue_is_counted_when_another_takes_over(
+        tmp_path: Path) -> None:
+    """Two loops on one store: the first one's write failed and it has not read the answer
+    when the second lays out a record; the failure is counted then, not lost with the switch."""
+    store = SegmentStore(tmp_path, prefill=0)
+    first, second = HeldQueue(), HeldQueue()
+    assert store.reserve_direct("q", b"M", data_of(8, 600_000), first) is not None
+    first.writes_failed = first.writes_done = 1
+    failures = store.failures
+    # Counted before laying out: the segment with the torn record takes no more.
+    assert store.reserve_direct("r", b"M", data_of(9, 600_000), second) is None
+    assert store.failures == failures + 1
+    store.direct_answered(errno.EIO, False)  # the first loop's late answer: not twice
+    assert store.failures == failures + 1
+    second.release()
+    store.close()
