@@ -680,13 +680,25 @@ class _LoopGroup:
     def _synced(self) -> None:
         """Reader callback: the fdatasync in flight (or a large record's write) answered."""
         code: int | None = None
+        later: list[tuple[int, int]] = []  # writes answered after the fdatasync
         for tag, answer in self.syncer.answers():
-            if tag in _WRITE_TAGS:
+            if tag not in _WRITE_TAGS:
+                code = answer  # one fdatasync in flight at a time: the batch's
+            elif code is None:
                 self._written(tag, answer)
             else:
-                code = answer  # one fdatasync in flight at a time: the batch's
+                later.append((tag, answer))
         if code is None:
             return
+        try:
+            self._sync_answered(code)
+        finally:
+            # In answer order: a write failed after the fdatasync refuses the stores written
+            # before it, not the batch that fdatasync already made durable.
+            for tag, answer in later:
+                self._written(tag, answer)
+
+    def _sync_answered(self, code: int) -> None:
         with self._lock:
             batch, self.syncing = self.syncing, None
             if self._closed or batch is None:
