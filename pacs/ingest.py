@@ -186,10 +186,10 @@ class Ingest:
         without waiting, is written on the executor.
         """
         loop = asyncio.get_running_loop()
-        inline = isinstance(dataset, (bytes, bytearray)) and len(dataset) <= INLINE_LIMIT
-        # Past what the loop appends through the page cache itself, a data set in memory is
-        # laid out by the loop and its middle written by the loop's sync thread (O_DIRECT).
-        direct = isinstance(dataset, (bytes, bytearray)) and self.writer.direct_possible
+        in_memory = dataset if isinstance(dataset, (bytes, bytearray)) else None
+        inline = in_memory is not None and len(in_memory) <= INLINE_LIMIT
+        # A large one in memory is scanned on the loop too when the loop can lay it out.
+        on_loop = inline or (in_memory is not None and self.writer.direct_possible)
         # From before the blob write until its index commit, its segment is "in flight": the
         # catalog's checkpoint must not pass it (pacs.recovery).
         inflight = self.inflight
@@ -197,7 +197,7 @@ class Ingest:
         try:
             args = (dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_aet)
             epoch: int | None = None
-            if inline or direct:  # scanned on the loop
+            if on_loop:
                 prepared = self._prepare(*args)
             else:
                 # Scanned and written in one trip to the executor: each trip is two thread
@@ -213,18 +213,19 @@ class Ingest:
                 forwards = [r.destination for r in self.routes
                             if r.matches(source_aet, modality)]
             future: asyncio.Future[StoreOutcome] | None = None
-            if direct and isinstance(dataset, (bytes, bytearray)) and (
-                    len(meta) + len(dataset) > LOOP_WRITE_LIMIT):
-                future = self.writer.submit_direct_async(record, meta, dataset,
+            if on_loop and in_memory is not None and len(meta) + len(in_memory) > LOOP_WRITE_LIMIT:
+                # Past what the loop appends through the page cache itself: laid out by the
+                # loop, its middle written by the loop's sync thread (O_DIRECT); None when it
+                # must go the blocking way (a roll due, the lock busy, direct writes off).
+                future = self.writer.submit_direct_async(record, meta, in_memory,
                                                          self.on_duplicate, forwards)
-            if future is None and inline:  # (or the blocking way after all: a roll, a busy lock)
+            if future is None and inline:
                 future = self.writer.submit_async(record, self.on_duplicate,
                                                   blob=[meta, dataset], forwards=forwards)
-            elif future is None and direct:  # scanned on the loop, not written yet
-                assert isinstance(dataset, (bytes, bytearray))
-                epoch = await loop.run_in_executor(self.executor, self._write_large,
-                                                   record, meta, dataset)
-            if future is None:
+            elif future is None:
+                if on_loop:  # scanned here, not written yet
+                    epoch = await loop.run_in_executor(self.executor, self._write_large,
+                                                       record, meta, dataset)
                 future = self.writer.submit_async(record, self.on_duplicate, forwards=forwards,
                                                   epoch=epoch)
             try:

@@ -42,7 +42,7 @@ from pacs import metrics
 from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
 from pacs.index.records import InstanceRecord
-from pacs.store.base import BlobPart, BlobStore
+from pacs.store.base import BlobInfo, BlobPart, BlobStore
 from pacs.store.syncer import WRITE, WRITE_BUFFERED, Syncer
 
 log = logging.getLogger(__name__)
@@ -592,37 +592,40 @@ class _LoopGroup:
 
     def add(self, store: _Store) -> bool:
         """On the loop: append the store's blob; False when the caller must queue it instead."""
-        record = store.record
-        assert store.blob is not None
-        store.epoch = self.store.failures  # type: ignore[union-attr]
-        try:
-            info = self.store.try_put(record.sop_instance_uid, store.blob)  # type: ignore[union-attr]
-        except Exception as exc:
-            _resolve_on_loop([_write_failed(store, exc)])
-            return True
-        if info is None:
-            store.epoch = None  # the flush stage writes it, and reads the count then
-            return False  # a large put holds the segment: the flush thread waits for it
-        store.blob = None
-        record.location, record.size, record.digest = info.location, info.size, info.digest
-        return self.add_written(store)
+        blob = store.blob
+        assert blob is not None
+        return self._put_on_loop(
+            store, lambda: self.store.try_put(store.record.sop_instance_uid, blob))  # type: ignore[union-attr]
 
     def add_direct(self, store: _Store, meta: bytes, dataset: bytes | bytearray) -> bool:
         """On the loop: lay out a large blob and queue its middle to the sync thread, then
         wait for the next fdatasync like the others (asked after the write, so it covers
         it); False (nothing written) when the segment store says it must go the blocking way."""
-        record = store.record
-        store.epoch = self.store.failures  # type: ignore[union-attr]
         pin = memoryview(dataset)
+
+        def reserve() -> BlobInfo | None:
+            info: BlobInfo | None = self.store.reserve_direct(  # type: ignore[union-attr]
+                store.record.sop_instance_uid, meta, dataset, self.syncer)
+            if info is not None:
+                self._writing.append(pin)  # in request order, as the answers come
+            return info
+
+        return self._put_on_loop(store, reserve)
+
+    def _put_on_loop(self, store: _Store, put: Callable[[], BlobInfo | None]) -> bool:
+        """Write the store's blob with ``put`` (never waiting) and wait for the next fdatasync;
+        False when ``put`` declined (None: the caller takes it the blocking way)."""
+        store.epoch = self.store.failures  # type: ignore[union-attr]
         try:
-            info = self.store.reserve_direct(  # type: ignore[union-attr]
-                record.sop_instance_uid, meta, dataset, self.syncer)
+            info = put()
         except Exception as exc:
             _resolve_on_loop([_write_failed(store, exc)])
             return True
         if info is None:
-            return False
-        self._writing.append(pin)
+            store.epoch = None  # the blocking way writes it, and reads the count then
+            return False  # e.g. a large put holds the segment: the flush thread waits for it
+        store.blob = None
+        record = store.record
         record.location, record.size, record.digest = info.location, info.size, info.digest
         return self.add_written(store)
 

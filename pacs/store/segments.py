@@ -70,6 +70,7 @@ from pacs.store.base import BlobInfo, BlobPart
 from pacs.store.compaction import CompactReport, compact
 from pacs.store.crc import crc32
 from pacs.store.files import _copy_file, fsync_dir
+from pacs.store.syncer import DIRECT_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ DIRECT_MIN = 64 << 10  # records at least this large bypass the page cache (O_DI
 # with 64 KiB pages a smaller block would share a cached page with the buffered head or tail.
 _BLOCK = max(4096, mmap.PAGESIZE)
 _DIRECT_CHUNK = 2 << 20  # the aligned buffer a direct write copies through
-# What a file system answers when it does not take O_DIRECT (or our alignment).
-_DIRECT_REFUSED = frozenset((errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP))
 _ZEROS = bytes(1 << 20)
 
 
@@ -524,10 +523,10 @@ class SegmentStore:
             end = start + total
             # The middle starts inside the data set: one source range for the queue.
             skip = start + fmt.HEADER_SIZE + len(meta)
-            first = -(-skip // _BLOCK) * _BLOCK
-            last = end // _BLOCK * _BLOCK
-            if last - first < _BLOCK:
+            span = _direct_span(skip, end)
+            if span is None:
                 return None
+            first, last = span
             dfd = self._direct_fd()
             if dfd < 0:
                 return None
@@ -806,10 +805,10 @@ class SegmentStore:
         # The record's header always goes through the page cache with the records before it:
         # a direct block reaches the disk at once, and a header found intact after a power cut
         # behind earlier records' unwritten pages would read as corruption, not a torn tail.
-        first = -(-(start + fmt.HEADER_SIZE) // _BLOCK) * _BLOCK
-        last = end // _BLOCK * _BLOCK
-        if last - first < _BLOCK:
+        span = _direct_span(start + fmt.HEADER_SIZE, end)
+        if span is None:
             return False
+        first, last = span
         dfd = self._direct_fd()
         if dfd < 0:
             return False
@@ -825,7 +824,7 @@ class SegmentStore:
                 try:
                     done = os.pwrite(dfd, buf[:n], pos)
                 except OSError as exc:
-                    if exc.errno not in _DIRECT_REFUSED:
+                    if exc.errno not in DIRECT_REFUSED:
                         raise
                     # Alignment (or direct I/O) this file system does not take: buffered
                     # from here on.
@@ -853,7 +852,7 @@ class SegmentStore:
                 self._dfd = os.open(self.root / self._active,
                                     os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
             except OSError as exc:
-                if exc.errno in _DIRECT_REFUSED:
+                if exc.errno in DIRECT_REFUSED:
                     log.info("segment store %s: no direct I/O here (%s); large records go "
                              "through the page cache", self.root, exc)
                     self.direct_min = 0
@@ -1265,6 +1264,15 @@ class _Reading:
 
 
 _Piece = memoryview | tuple[int, int]  # bytes, or a spooled file: (descriptor, length)
+
+
+def _direct_span(head_end: int, end: int) -> tuple[int, int] | None:
+    """The whole blocks of a record written with ``O_DIRECT``: from the first block boundary
+    at or after ``head_end`` (what must go through the page cache) to the last one at or
+    before ``end``; None when that is not even one block."""
+    first = -(-head_end // _BLOCK) * _BLOCK
+    last = end // _BLOCK * _BLOCK
+    return (first, last) if last - first >= _BLOCK else None
 
 
 def _piece_len(piece: _Piece) -> int:

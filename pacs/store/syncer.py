@@ -38,6 +38,7 @@ import threading
 from collections.abc import Callable
 
 from pacs.extensions import compiled
+from pacs.store.segment_format import pwrite_all
 
 _REQUEST = struct.Struct("<q")
 _WRITE_ARGS = struct.Struct("<qqqqq")  # buffered fd, direct fd, source address, length, offset
@@ -48,15 +49,8 @@ ANSWER_SIZE = _ANSWER.size
 WRITE = -(1 << 62)  # a write request follows (also the tag of its answer)
 WRITE_BUFFERED = WRITE + 1  # answer tag: written, but the direct descriptor refused it
 DIRECT_CHUNK = 2 << 20  # the aligned bounce buffer a direct write copies through
-_DIRECT_REFUSED = frozenset((errno_codes.EINVAL, errno_codes.EOPNOTSUPP))
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        if n == 0:
-            raise OSError(errno_codes.EIO, "pwrite wrote nothing")
-        data, offset = data[n:], offset + n
+# What a file system answers when it does not take O_DIRECT (or our alignment).
+DIRECT_REFUSED = frozenset((errno_codes.EINVAL, errno_codes.EOPNOTSUPP, errno_codes.ENOTSUP))
 
 
 def _direct_write(fd: int, dfd: int, source: memoryview, offset: int,
@@ -76,13 +70,13 @@ def _direct_write(fd: int, dfd: int, source: memoryview, offset: int,
                     view[:len(chunk)] = chunk
                     written = os.pwrite(dfd, view[:len(chunk)], offset + pos)
                 except OSError as exc:
-                    if exc.errno not in _DIRECT_REFUSED:
+                    if exc.errno not in DIRECT_REFUSED:
                         raise
                     refused = True
                 finally:
                     view.release()
             if written < len(chunk):
-                _pwrite_all(fd, chunk[written:], offset + pos + written)
+                pwrite_all(fd, [chunk[written:]], offset + pos + written)
             pos += len(chunk)
     except OSError as exc:
         return exc.errno or errno_codes.EIO, refused
