@@ -568,8 +568,9 @@ class _LoopGroup:
     """Group commit for the small stores of one event loop, without a Python thread.
 
     The loop appends each blob to the active segment itself (``try_put``: a few µs for a small
-    instance), then asks the :class:`Syncer` for one fdatasync covering everything appended so
-    far; stores arriving meanwhile wait for the next one. When the answer comes (a reader on
+    instance), then, at the end of the loop iteration, asks the :class:`Syncer` for one
+    fdatasync covering everything appended so far; stores arriving meanwhile wait for the next
+    one. When the answer comes (a reader on
     the loop), the loop asks for the next fdatasync at once and commits the synced batch to
     LMDB, then answers it: blob durable, index committed, response, as before. The only other
     thread involved never takes the GIL, so the loop no longer trades it with a flush thread.
@@ -588,6 +589,7 @@ class _LoopGroup:
         # The data sets whose middles the sync thread is writing, in request order: kept
         # alive (and unresizable) until their write is answered, whatever becomes of the store.
         self._writing: deque[memoryview] = deque()
+        self._sync_soon = False  # _start_sync_soon is scheduled
         loop.add_reader(self.syncer.done_fd, self._synced)
 
     def add(self, store: _Store) -> bool:
@@ -643,8 +645,17 @@ class _LoopGroup:
             if self._closed:
                 raise CatalogError("catalog writer is closed")
             self.pending.append(store)
-        self._start_sync()
+        if not self._sync_soon:
+            # Asked at the end of this loop iteration, not now: every store the loop takes in
+            # this iteration (several associations' data sets often arrive together) shares
+            # that fdatasync instead of the first one syncing alone (w2: -13% CPU a store).
+            self._sync_soon = True
+            self.loop.call_soon(self._start_sync_soon)
         return True
+
+    def _start_sync_soon(self) -> None:
+        self._sync_soon = False
+        self._start_sync()
 
     def kick(self) -> None:
         """From any thread (resume): start an fdatasync if stores wait for one."""
