@@ -38,7 +38,8 @@ failed write the segment takes no more records (the next put rolls; its torn rec
 listed, unindexed, and replay and reindex check every record's CRC-32). A crash before the
 write leaves a torn record: a torn tail, cut at the next open, or, when the loop had appended
 small records after it (none of them acknowledged: their fdatasync comes after the write), a
-damaged range that recovery logs and keeps, indexing the intact records around it.
+range that recovery keeps, indexing the intact records around it; one whose middle is all zero
+is logged as such a leftover (WARNING), not as damage (ERROR).
 
 Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
 recomputed from the segments: sealed ones carry their index (records and tombstones) in the
@@ -257,9 +258,18 @@ class SegmentStore:
             return fmt.Validation(sealed=True, good_end=size)
         state = fmt.validate(fd, size)
         for start, end in state.corrupt:
-            log.error(
-                "segment %s: %d corrupt bytes at %d kept as they are", name, end - start, start
-            )
+            if _unwritten_middle(fd, start, end):
+                # An ordinary crash, not damage: nothing after it was acknowledged either.
+                log.warning(
+                    "segment %s: the record at %d (%d bytes) was laid out but its middle never "
+                    "written (a crash first; never acknowledged): kept as it is, not indexed",
+                    name, start, end - start,
+                )
+            else:
+                log.error(
+                    "segment %s: %d corrupt bytes at %d kept as they are", name, end - start,
+                    start,
+                )
         if state.sealed:
             # The seal record is whole but its footer is not: write the footer again.
             seal = state.records[-1]
@@ -1331,6 +1341,30 @@ def _read_into(buf: memoryview, pieces: Sequence[_Piece], lo: int, hi: int) -> N
                               "expected)")
             at += got
             offset += got
+
+
+def _unwritten_middle(fd: int, start: int, end: int) -> bool:
+    """Whether the corrupt range [start, end) is one blob record whose block-aligned middle
+    is all zero: one an event loop laid out (``reserve_direct``) and a crash kept its sync
+    thread from writing. Never acknowledged (its fdatasync is asked after the write), unlike
+    damage to written bytes."""
+    head = fmt.read_header(fd, start)
+    if head is None or head.kind != fmt.KIND_BLOB or head.end != end:
+        return False
+    # The loop writes the Part-10 header through the page cache: the middle starts at the
+    # first block boundary after it (after the record's header if it cannot be read).
+    span = _direct_span(head.data_offset + _part10_header_len(fd, head.data_offset), end)
+    return span is not None and _all_zero(fd, *span)
+
+
+def _part10_header_len(fd: int, offset: int) -> int:
+    """The length of the Part-10 header (preamble, DICM, group 2) of the blob at ``offset``;
+    0 when it does not start with one."""
+    head = os.pread(fd, 144, offset)
+    # 128-byte preamble, b"DICM", then (0002,0000) UL with the group's length.
+    if len(head) < 144 or head[128:136] != b"DICM\x02\x00\x00\x00" or head[136:140] != b"UL\x04\x00":
+        return 0
+    return 144 + int.from_bytes(head[140:144], "little")
 
 
 def _all_zero(fd: int, start: int, end: int) -> bool:

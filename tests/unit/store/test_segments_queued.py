@@ -208,6 +208,44 @@ def test_a_record_laid_out_but_never_written_is_a_torn_tail(tmp_path: Path) -> N
     reopened.close()
 
 
+@pytest.mark.parametrize("middle", ["never written", "damaged"])
+def test_a_record_never_written_between_others_is_kept_and_told_apart_from_damage(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, middle: str) -> None:
+    """The loop appended a small record after one whose middle its queue never wrote, then
+    the process died: both neighbours are kept and readable, and the unwritten record is
+    logged as a crash's leftover (WARNING), not as damage (ERROR), which written bytes that
+    fail their checksum still are."""
+    import logging
+
+    from pacs.dicom import part10
+
+    store = SegmentStore(tmp_path, prefill=0)
+    before = store.put("before", [b"b" * 3000])
+    meta = part10.file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1", "Q")
+    info = store.reserve_direct("q", meta, data_of(6, 600_000), HeldQueue())
+    assert info is not None
+    after = store.try_put("after", [b"a" * 3000])
+    assert after is not None
+    if middle == "damaged":  # written, then a block of it lost
+        offset = int(info.location.split(":")[1]) + 300_000
+        os.pwrite(store._wfd, b"x" * 4096, offset)
+    os.fdatasync(store._wfd)
+    os.close(store._wfd)  # a crash: no seal, no close
+    store._wfd = -1
+    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
+        reopened = SegmentStore(tmp_path, prefill=0)
+    assert reopened.get(before.location) == b"b" * 3000
+    assert reopened.get(after.location) == b"a" * 3000
+    assert [key for _, key in reopened.iter_records()] == ["before", "after"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    unwritten = [r for r in caplog.records if "never written" in r.getMessage()]
+    if middle == "never written":
+        assert not errors and [r.levelno for r in unwritten] == [logging.WARNING]
+    else:
+        assert not unwritten and ["corrupt bytes" in r.getMessage() for r in errors] == [True]
+    reopened.close()
+
+
 def test_a_failed_write_nobody_read_the_answer_of_is_counted_before_a_flush(
         tmp_path: Path) -> None:
     """The loop never read the failed write's answer (it stopped, or was too busy at close):
