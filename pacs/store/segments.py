@@ -1362,7 +1362,7 @@ def _part10_header_len(fd: int, offset: int) -> int:
     0 when it does not start with one."""
     head = os.pread(fd, 144, offset)
     # 128-byte preamble, b"DICM", then (0002,0000) UL with the group's length.
-    if len(head) < 144 or head[128:136] != b"DICM\x02\x00\x00\x00" or head[136:140] != b"UL\x04\x00":
+    if len(head) < 144 or head[128:140] != b"DICM\x02\x00\x00\x00UL\x04\x00":
         return 0
     return 144 + int.from_bytes(head[140:144], "little")
 
