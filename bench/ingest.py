@@ -88,10 +88,11 @@ def push(dirs: list[Path], port: int, aet: str, calling: str = "BENCH") -> float
         )
         for d in dirs
     ]
-    failed = [p.communicate()[1].decode() for p in procs if p.wait() != 0]
+    failed = [f"exit status {p.returncode}: {err.decode()[-2000:]}"
+              for p in procs for _, err in [p.communicate()] if p.returncode != 0]
     elapsed = time.perf_counter() - start
     if failed:
-        raise RuntimeError(f"storescu failed: {failed[0][-2000:]}")
+        raise RuntimeError(f"storescu failed ({len(failed)} of {len(procs)}): {failed[0]}")
     return elapsed
 
 
