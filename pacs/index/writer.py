@@ -31,7 +31,6 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -585,10 +584,9 @@ class _LoopGroup:
         self._target: tuple[str, int] | None = None  # the segment synced, our descriptor
         self._closed = False
         self._lock = threading.Lock()  # close() may run in another thread
+        # It keeps the data sets of the writes it was asked alive (and unresizable) until
+        # their answers are read, whatever becomes of the stores.
         self.syncer = Syncer(name="catalog-writer-sync")
-        # The data sets whose middles the sync thread is writing, in request order: kept
-        # alive (and unresizable) until their write is answered, whatever becomes of the store.
-        self._writing: deque[memoryview] = deque()
         self._sync_soon = False  # _start_sync_soon is scheduled
         loop.add_reader(self.syncer.done_fd, self._synced)
 
@@ -597,22 +595,15 @@ class _LoopGroup:
         blob = store.blob
         assert blob is not None
         return self._put_on_loop(
-            store, lambda: self.store.try_put(store.record.sop_instance_uid, blob))  # type: ignore[union-attr]
+            store, lambda: self.store.try_put(  # type: ignore[union-attr]
+                store.record.sop_instance_uid, blob, self.syncer))
 
     def add_direct(self, store: _Store, meta: bytes, dataset: bytes | bytearray) -> bool:
-        """On the loop: lay out a large blob and queue its middle to the sync thread, then
-        wait for the next fdatasync like the others (asked after the write, so it covers
-        it); False (nothing written) when the segment store says it must go the blocking way."""
-        pin = memoryview(dataset)
-
-        def reserve() -> BlobInfo | None:
-            info: BlobInfo | None = self.store.reserve_direct(  # type: ignore[union-attr]
-                store.record.sop_instance_uid, meta, dataset, self.syncer)
-            if info is not None:
-                self._writing.append(pin)  # in request order, as the answers come
-            return info
-
-        return self._put_on_loop(store, reserve)
+        """On the loop: lay out a large blob and queue its writes to the sync thread, then
+        wait for the next fdatasync like the others (asked after the writes, so it covers
+        them); False (nothing written) when the segment store says it must go the blocking way."""
+        return self._put_on_loop(store, lambda: self.store.reserve_direct(  # type: ignore[union-attr]
+            store.record.sop_instance_uid, meta, dataset, self.syncer))
 
     def _put_on_loop(self, store: _Store, put: Callable[[], BlobInfo | None]) -> bool:
         """Write the store's blob with ``put`` (never waiting) and wait for the next fdatasync;
@@ -632,9 +623,7 @@ class _LoopGroup:
         return self.add_written(store)
 
     def _written(self, tag: int, answer: int) -> None:
-        """A large record's middle was written (or not): release its data set."""
-        if self._writing:
-            self._writing.popleft()
+        """A part of a large record was written (or not)."""
         if answer or tag == WRITE_BUFFERED:
             self.store.direct_answered(answer, tag == WRITE_BUFFERED)  # type: ignore[union-attr]
 

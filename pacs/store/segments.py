@@ -28,18 +28,21 @@ past the tail chosen under the write lock; a put that would reach that point whi
 runs waits for it (``try_put`` returns None instead), so zeros never land on a record.
 
 Large records of an event loop (``reserve_direct``): the loop lays the record out under the
-write lock without waiting (header, Part-10 header and the partial first and last blocks through
-the page cache) and hands the block-aligned middle to its sync thread (``pacs.store.syncer``),
-which writes it with ``O_DIRECT`` and fdatasyncs in the order asked: an fdatasync asked after a
-write covers it. So a record may be laid out but not yet written while later ones are appended;
-every other path that fdatasyncs, seals, cuts or closes the segment first waits for the queued
-writes (``_await_direct``), so no synced record ever sits behind a torn one, and after a
-failed write the segment takes no more records (the next put rolls; its torn record stays
-listed, unindexed, and replay and reindex check every record's CRC-32). A crash before the
-write leaves a torn record: a torn tail, cut at the next open, or, when the loop had appended
-small records after it (none of them acknowledged: their fdatasync comes after the write), a
-range that recovery keeps, indexing the intact records around it; one whose middle is all zero
-is logged as such a leftover (WARNING), not as damage (ERROR).
+write lock without waiting and hands all its writes to its sync thread (``pacs.store.syncer``):
+the header, Part-10 header and partial first and last blocks through the page cache, the
+block-aligned middle with ``O_DIRECT``; the thread writes and fdatasyncs in the order asked, so
+an fdatasync asked after a write covers it. While such writes are outstanding the loop's small
+records are queued behind them too (``try_put`` with the queue): a page-cache write from the
+loop would wait for the file's lock, which a direct write holds until the disk is done with it
+(0.3-1.2 ms measured). So a record may be laid out but not yet written while later ones are
+appended; every other path that fdatasyncs, seals, cuts or closes the segment first waits
+for the queued writes (``_await_direct``), so no synced record ever sits behind a torn one,
+and after a failed write the segment takes no more records (the next put rolls; its torn
+record stays listed, unindexed, and replay and reindex check every record's CRC-32). A crash
+before the writes leaves a torn record: a torn tail, cut at the next open, or, when the loop
+had appended small records after it (none of them acknowledged: their fdatasync comes after
+the writes), a range that recovery keeps, indexing the intact records around it; one all
+zero, or whose middle is, is logged as such a leftover (WARNING), not as damage (ERROR).
 
 Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
 recomputed from the segments: sealed ones carry their index (records and tombstones) in the
@@ -86,7 +89,8 @@ _ZEROS = bytes(1 << 20)
 
 
 class DirectQueue(Protocol):
-    """Who writes the middles of ``reserve_direct`` records, in order (``Syncer``)."""
+    """Who writes ``reserve_direct`` records, in order (``Syncer``), keeping ``keep`` (what
+    the write reads from) alive until then."""
 
     @property
     def writes_asked(self) -> int: ...
@@ -98,7 +102,7 @@ class DirectQueue(Protocol):
     def writes_failed(self) -> int: ...
 
     def request_write(self, fd: int, dfd: int, address: int, length: int,
-                      offset: int) -> None: ...
+                      offset: int, keep: object = None) -> None: ...
 
 
 def _address(view: memoryview) -> int:
@@ -160,9 +164,10 @@ class SegmentStore:
         # file system that refuses O_DIRECT.
         self.direct_min = max(0, direct_min)
         self._dfd = -1  # an O_DIRECT descriptor of the active segment, opened at first use
-        # Records laid out by ``reserve_direct`` whose middle a queue (an event loop's Syncer
-        # thread) writes after the write lock is released: every path that fdatasyncs, seals,
-        # cuts or closes the segment first waits until the queue has written them
+        # Records laid out by ``reserve_direct`` (and small ones queued behind them) that a
+        # queue (an event loop's Syncer thread) writes after the write lock is released:
+        # every path that fdatasyncs, seals, cuts or closes the segment first waits until the
+        # queue has written them
         # (``_await_direct``); after a failed one the segment takes no more records (a roll).
         self._direct_queue: DirectQueue | None = None
         self._direct_asked = 0  # the queue's ``writes_asked`` after our last request
@@ -258,12 +263,12 @@ class SegmentStore:
             return fmt.Validation(sealed=True, good_end=size)
         state = fmt.validate(fd, size)
         for start, end in state.corrupt:
-            if _unwritten_middle(fd, start, end):
+            if _never_written(fd, start, end):
                 # An ordinary crash, not damage: nothing after it was acknowledged either.
                 log.warning(
-                    "segment %s: the record at %d (%d bytes) was laid out but its middle never "
-                    "written (a crash first; never acknowledged): kept as it is, not indexed",
-                    name, start, end - start,
+                    "segment %s: %d bytes at %d were laid out for a record but never written "
+                    "(a crash first; never acknowledged): kept as they are, not indexed",
+                    name, end - start, start,
                 )
             else:
                 log.error(
@@ -445,16 +450,20 @@ class SegmentStore:
         assert info is not None
         return info
 
-    def try_put(self, key: str, parts: Sequence[BlobPart]) -> BlobInfo | None:
+    def try_put(self, key: str, parts: Sequence[BlobPart],
+                queue: DirectQueue | None = None) -> BlobInfo | None:
         """``put(durable=False)`` unless it would have to wait (another thread appending or
         flushing, a running fill in the way) or roll the segment: None then, at once. For an
-        event loop, which must never block on the write lock."""
+        event loop, which must never block on the write lock. With ``queue`` (the loop's, as
+        for ``reserve_direct``): while it still has writes to make, the record is queued
+        behind them instead of written here (not durable before an fdatasync asked of it)."""
         for part in parts:
             if type(part) is not bytes and type(part) is not bytearray:
                 return self._put(key, parts, False, blocking=False)
-        return self._try_put_bytes(key, cast("Sequence[bytes | bytearray]", parts))
+        return self._try_put_bytes(key, cast("Sequence[bytes | bytearray]", parts), queue)
 
-    def _try_put_bytes(self, key: str, parts: Sequence[bytes | bytearray]) -> BlobInfo | None:
+    def _try_put_bytes(self, key: str, parts: Sequence[bytes | bytearray],
+                       queue: DirectQueue | None = None) -> BlobInfo | None:
         """``try_put`` of parts in memory (every small C-STORE): the record ``_put`` writes,
         in one pwritev, with a third of its Python (~8 -> ~3 us a call)."""
         if self._closed:
@@ -476,14 +485,29 @@ class SegmentStore:
             if not self._make_room(total, False):
                 return None
             start = self._tail
-            try:
-                n = os.pwritev(self._wfd, [header, *parts], start)
-                if n < total:  # short write (a signal, a nearly full disk): write the rest
-                    rest = memoryview(b"".join([header, *parts]))[n:]
-                    fmt.pwrite_all(self._wfd, [rest], start + n)
-            except OSError as exc:
-                self._undo(start)  # under the lock: nobody appended after us
-                raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+            if (queue is not None and queue is self._direct_queue
+                    and queue.writes_done < self._direct_asked):
+                # Its direct write in flight holds the file's lock: a write from here would
+                # stall the loop until the disk is done with it (0.3-1.2 ms). Queued behind it.
+                record = b"".join([header, *parts])
+                try:
+                    queue.request_write(self._wfd, -1, _address(memoryview(record)), total,
+                                        start, record)
+                except OSError as exc:  # the queue is gone (its pipe): the segment takes no more
+                    self._direct_broken = True
+                    raise StorageError(f"cannot queue blob {key!r} under {self.root}: {exc}"
+                                       ) from exc
+                self._direct_asked = queue.writes_asked
+            else:
+                try:
+                    n = os.pwritev(self._wfd, [header, *parts], start)
+                    if n < total:  # short write (a signal, a nearly full disk): write the rest
+                        rest = memoryview(b"".join([header, *parts]))[n:]
+                        fmt.pwrite_all(self._wfd, [rest], start + n)
+                except OSError as exc:
+                    self._undo(start)  # under the lock: nobody appended after us
+                    raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}"
+                                       ) from exc
             self._tail = start + total
             self._dirty = True
             location = self._record(kb, size)
@@ -494,16 +518,16 @@ class SegmentStore:
 
     def reserve_direct(self, key: str, meta: bytes, dataset: bytes | bytearray,
                        queue: DirectQueue) -> BlobInfo | None:
-        """On an event loop: lay out a large record and write all of it but its block-aligned
-        middle (header, Part-10 header and the partial first and last blocks, through the page
-        cache), then ask ``queue`` to write the middle (``O_DIRECT``) after the lock is
-        released: the loop never waits for the disk. None (nothing written) when this must go
+        """On an event loop: lay out a large record and ask ``queue`` to write it (header,
+        Part-10 header and the partial first and last blocks through the page cache, the
+        block-aligned middle with ``O_DIRECT``): the loop never waits for the disk, nor for the
+        file's lock a direct write holds. None (nothing written) when this must go
         the blocking way (``put``): lock busy, a roll or a fill in the way, direct writes off,
         or another queue's writes still outstanding.
 
         Not durable (nor complete) on return: an fdatasync asked of ``queue`` after this call
         covers it (the queue serves requests in order). ``dataset`` must not change until the
-        queue has answered the write."""
+        queue has answered its writes (the queue keeps a view of it until then)."""
         if not self.direct_min or self._closed or type(dataset) not in (bytes, bytearray):
             return None
         size = len(meta) + len(dataset)
@@ -541,19 +565,25 @@ class SegmentStore:
             if dfd < 0:
                 return None
             view = memoryview(dataset)
+            head = b"".join([header, meta, view[:first - skip]])
+            base = _address(view) - skip
+            if previous is not queue:
+                self._direct_queue, self._direct_failed = queue, queue.writes_failed
+            # Every part goes through the queue, in order, the partial blocks through the page
+            # cache: a page-cache write from here would wait for the file's lock while the
+            # queue's direct write of the record before holds it (~0.3 ms, the loop stalled).
             try:
-                _pwrite_small(self._wfd, [memoryview(header), memoryview(meta),
-                                          view[:first - skip]], start)
-                _pwrite_small(self._wfd, [view[last - skip:]], last)
-                self._tail = end
-                if previous is not queue:
-                    self._direct_queue, self._direct_failed = queue, queue.writes_failed
-                queue.request_write(self._wfd, dfd, _address(view) + (first - skip),
-                                    last - first, first)
+                queue.request_write(self._wfd, -1, _address(memoryview(head)), len(head), start,
+                                    head)
+                queue.request_write(self._wfd, dfd, base + first, last - first, first, view)
+                if end > last:
+                    queue.request_write(self._wfd, -1, base + last, end - last, last, view)
+            except OSError as exc:  # the queue is gone (its pipe): the segment takes no more
                 self._direct_asked = queue.writes_asked
-            except OSError as exc:
-                self._undo(start)  # under the lock: nobody appended after us
-                raise StorageError(f"cannot write blob {key!r} under {self.root}: {exc}") from exc
+                self._direct_broken = True
+                raise StorageError(f"cannot queue blob {key!r} under {self.root}: {exc}") from exc
+            self._tail = end
+            self._direct_asked = queue.writes_asked
             location = self._record(kb, size)
             self._dirty = True
         finally:
@@ -1343,11 +1373,13 @@ def _read_into(buf: memoryview, pieces: Sequence[_Piece], lo: int, hi: int) -> N
             offset += got
 
 
-def _unwritten_middle(fd: int, start: int, end: int) -> bool:
-    """Whether the corrupt range [start, end) is one blob record whose block-aligned middle
-    is all zero: one an event loop laid out (``reserve_direct``) and a crash kept its sync
-    thread from writing. Never acknowledged (its fdatasync is asked after the write), unlike
-    damage to written bytes."""
+def _never_written(fd: int, start: int, end: int) -> bool:
+    """Whether the corrupt range [start, end) is a record an event loop laid out
+    (``reserve_direct``) whose queued writes a crash kept its sync thread from making: all
+    zero, or its header there and its block-aligned middle all zero. Never acknowledged (its
+    fdatasync is asked after the writes), unlike damage to written bytes."""
+    if _all_zero(fd, start, end):
+        return True
     head = fmt.read_header(fd, start)
     if head is None or head.kind != fmt.KIND_BLOB or head.end != end:
         return False

@@ -35,6 +35,7 @@ import mmap
 import os
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from pacs.extensions import compiled
@@ -155,6 +156,9 @@ class Syncer:
         self._counter = bytearray(16)  # the thread's counts: writes answered, writes failed
         self._count = memoryview(self._counter).cast("q")
         self.writes_asked = 0
+        # What each write asked reads from, in request order: kept alive (and, for a bytearray
+        # through a memoryview, unresizable) until its answer is read.
+        self._kept: deque[object] = deque()
         self._thread = threading.Thread(
             target=serve or _SERVE, args=(self._request_r, self._answer_w, self._counter),
             name=name, daemon=True)
@@ -179,13 +183,16 @@ class Syncer:
         """Ask for ``fdatasync(fd)``; ``fd`` must stay open until its answer arrives."""
         os.write(self._request_w, _REQUEST.pack(fd))
 
-    def request_write(self, fd: int, dfd: int, address: int, length: int, offset: int) -> None:
+    def request_write(self, fd: int, dfd: int, address: int, length: int, offset: int,
+                      keep: object = None) -> None:
         """Ask to write ``length`` bytes at ``address`` to offset ``offset``: through ``dfd``
-        (``O_DIRECT``; -1: none) a bounce buffer at a time, else through ``fd``. The memory
-        and both descriptors must stay valid until the answer arrives."""
+        (``O_DIRECT``; -1: none) a bounce buffer at a time, else through ``fd``. ``keep`` (the
+        object owning that memory) is held until the answer is read; both descriptors must
+        stay open until then."""
         os.write(self._request_w, _REQUEST.pack(WRITE)
                  + _WRITE_ARGS.pack(fd, dfd, address, length, offset))  # atomic: < PIPE_BUF
         self.writes_asked += 1
+        self._kept.append(keep)
 
     def answers(self) -> list[tuple[int, int]]:
         """The answers arrived so far, in request order: (descriptor, errno or 0) for an
@@ -197,6 +204,9 @@ class Syncer:
         n = len(self._buffer) // ANSWER_SIZE
         out = [_ANSWER.unpack_from(self._buffer, i * ANSWER_SIZE) for i in range(n)]
         self._buffer = self._buffer[n * ANSWER_SIZE:]
+        for tag, _ in out:
+            if tag in (WRITE, WRITE_BUFFERED) and self._kept:
+                self._kept.popleft()  # written: its memory may go
         return out
 
     def close(self, close_fds: bool = True) -> list[tuple[int, int]]:
@@ -208,6 +218,7 @@ class Syncer:
         self._closed = True
         os.write(self._request_w, _REQUEST.pack(-1))
         self._thread.join()
+        self._kept.clear()  # the thread is gone: nothing reads that memory any more
         left: list[tuple[int, int]] = []
         if close_fds:
             while got := self.answers():

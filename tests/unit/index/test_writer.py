@@ -573,8 +573,10 @@ def test_large_stores_laid_out_on_the_loop_are_indexed_and_readable(
         stored = catalog.get_instance(record.sop_instance_uid)
         assert stored is not None
         assert segments.get(stored.location) == b"META" + datasets[record.sop_instance_uid]
-    assert segments._direct_queue is not None and segments._direct_queue.writes_done == len(
-        records)
+    queue = segments._direct_queue
+    # Two or three writes a record (head, middle, tail), all answered, their memory let go.
+    assert queue is not None and 2 * len(records) <= queue.writes_done <= 3 * len(records)
+    assert queue.writes_done == queue.writes_asked and not queue._kept
 
 
 def test_a_failed_direct_write_refuses_its_store_and_the_writer_goes_on(

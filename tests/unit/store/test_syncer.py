@@ -185,6 +185,17 @@ def test_a_refused_direct_write_goes_through_the_page_cache(
     assert read_file(fd) == bytes(100) + source
 
 
+def test_a_buffered_write_lands_where_asked(
+        serve: Callable[..., None], files: tuple[int, int]) -> None:
+    """No direct descriptor (-1): a record's head or a small record, at any offset and length,
+    through the page cache; answered as a plain write, not as a refused direct one."""
+    fd, _dfd = files
+    source = bytearray(os.urandom(700))
+    raw = run(serve, [write_request(fd, -1, source, len(source), 333), q(fd)], close=True)
+    assert answers(raw) == [(syncer.WRITE, 0), (fd, 0)]
+    assert read_file(fd) == bytes(333) + source
+
+
 def test_a_failed_write_answers_its_errno_and_is_counted(serve: Callable[..., None]) -> None:
     source = bytearray(BLOCK)
     counter = bytearray(16)
@@ -231,3 +242,34 @@ def test_syncer_close_returns_the_answers_not_read(files: tuple[int, int]) -> No
     s.request_write(fd, dfd, ctypes.addressof(ctypes.c_char.from_buffer(source)), BLOCK, 0)
     s.request(fd)
     assert s.close() == [(syncer.WRITE, 0), (fd, 0)]
+
+
+def test_syncer_keeps_what_a_write_reads_from_until_its_answer_is_read(
+        files: tuple[int, int]) -> None:
+    import gc
+    import weakref
+
+    class Owner:
+        def __init__(self) -> None:
+            self.data = bytearray(os.urandom(BLOCK))
+
+    fd, _dfd = files
+    owner = Owner()
+    gone = weakref.ref(owner)
+    s = syncer.Syncer()
+    try:
+        s.request_write(fd, -1, ctypes.addressof(ctypes.c_char.from_buffer(owner.data)), BLOCK,
+                        0, owner)
+        data = bytes(owner.data)
+        del owner
+        gc.collect()
+        assert gone() is not None  # written or not, nobody read the answer yet
+        got: list[tuple[int, int]] = []
+        while not got:
+            got += wait(s)
+        assert got == [(syncer.WRITE, 0)]
+        gc.collect()
+        assert gone() is None
+    finally:
+        s.close()
+    assert read_file(fd) == data
