@@ -36,9 +36,10 @@ records are queued behind them too (``try_put`` with the queue): a page-cache wr
 loop would wait for the file's lock, which a direct write holds until the disk is done with it
 (0.3-1.2 ms measured). So a record may be laid out but not yet written while later ones are
 appended; every other path that fdatasyncs, seals, cuts or closes the segment first waits
-for the queued writes (``_await_direct``), so no synced record ever sits behind a torn one,
-and after a failed write the segment takes no more records (the next put rolls; its torn
-record stays listed, unindexed, and replay and reindex check every record's CRC-32). A crash
+for the queued writes (``_await_direct``), so (one event loop per store, as ``pacs serve``
+runs) no synced record ever sits behind a torn one, and after a failed write the segment
+takes no more records (the next put rolls; its torn record stays listed, unindexed, and
+replay and reindex check every record's CRC-32). A crash
 before the writes leaves a torn record: a torn tail, cut at the next open, or, when the loop
 had appended small records after it (none of them acknowledged: their fdatasync comes after
 the writes), a range that recovery keeps, indexing the intact records around it; one all
@@ -264,11 +265,11 @@ class SegmentStore:
         state = fmt.validate(fd, size)
         for start, end in state.corrupt:
             if _never_written(fd, start, end):
-                # An ordinary crash, not damage: nothing after it was acknowledged either.
+                # What an ordinary crash leaves of a record still queued, not damage.
                 log.warning(
-                    "segment %s: %d bytes at %d were laid out for a record but never written "
-                    "(a crash first; never acknowledged): kept as they are, not indexed",
-                    name, end - start, start,
+                    "segment %s: %d bytes at %d were never written (all zero, or a record's "
+                    "middle: what a crash leaves of a record whose writes were still queued): "
+                    "kept as they are, not indexed", name, end - start, start,
                 )
             else:
                 log.error(
@@ -945,11 +946,21 @@ class SegmentStore:
             if exc is not None:
                 raise StorageError(f"earlier puts may be lost: {exc}") from exc
             if not self._dirty:
-                return
-            self._await_direct()
-            fd = os.dup(self._flush_sync_fd)
-            segment = self._active
-            self._dirty = False
+                failures = self._failures
+                fd = -1
+            else:
+                self._await_direct()
+                fd = os.dup(self._flush_sync_fd)
+                segment = self._active
+                self._dirty = False
+        if fd < 0:
+            # Nothing new, but another flush may still be syncing what was appended before
+            # this call: it is durable only once that fdatasync returned, and did not fail.
+            with self._flush_lock:
+                pass
+            if self._failures != failures:
+                raise StorageError(f"an fdatasync of segment {self._active} failed")
+            return
         try:
             with self._flush_lock:  # noted before another flush of this open file may return
                 try:
@@ -1376,8 +1387,9 @@ def _read_into(buf: memoryview, pieces: Sequence[_Piece], lo: int, hi: int) -> N
 def _never_written(fd: int, start: int, end: int) -> bool:
     """Whether the corrupt range [start, end) is a record an event loop laid out
     (``reserve_direct``) whose queued writes a crash kept its sync thread from making: all
-    zero, or its header there and its block-aligned middle all zero. Never acknowledged (its
-    fdatasync is asked after the writes), unlike damage to written bytes."""
+    zero, or its header there and its block-aligned middle all zero. Such a record was never
+    acknowledged (its fdatasync is asked after the writes); a disk that lost writes it had
+    confirmed would look the same, so the log says what the bytes show, not more."""
     if _all_zero(fd, start, end):
         return True
     head = fmt.read_header(fd, start)

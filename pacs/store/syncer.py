@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_codes
+import fcntl
 import mmap
 import os
 import struct
@@ -50,6 +51,7 @@ ANSWER_SIZE = _ANSWER.size
 WRITE = -(1 << 62)  # a write request follows (also the tag of its answer)
 WRITE_BUFFERED = WRITE + 1  # answer tag: written, but the direct descriptor refused it
 DIRECT_CHUNK = 2 << 20  # the aligned bounce buffer a direct write copies through
+PIPE_SIZE = 1 << 20  # of each pipe (the default maximum for an unprivileged process)
 # What a file system answers when it does not take O_DIRECT (or our alignment).
 DIRECT_REFUSED = frozenset((errno_codes.EINVAL, errno_codes.EOPNOTSUPP, errno_codes.ENOTSUP))
 
@@ -151,8 +153,19 @@ class Syncer:
                  serve: Callable[[int, int, bytearray | None], None] | None = None) -> None:
         self._request_r, self._request_w = os.pipe2(os.O_CLOEXEC)
         self._answer_r, self._answer_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # The thread stops if its answers ever fill the pipe (the loop is not reading them),
+        # and the loop waits when its requests fill the other: room for ~20,000 of either
+        # instead of ~1,300 (64 KiB), as many writes as a few thousand associations' records.
+        for fd in (self._request_w, self._answer_w):
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:  # above /proc/sys/fs/pipe-max-size: the default then
+                pass
         self._buffer = b""
         self._closed = False
+        # Requests and close from different threads: no request after the stop word (it would
+        # never be answered) nor into a closed, maybe reused, descriptor.
+        self._lock = threading.Lock()
         self._counter = bytearray(16)  # the thread's counts: writes answered, writes failed
         self._count = memoryview(self._counter).cast("q")
         self.writes_asked = 0
@@ -181,7 +194,13 @@ class Syncer:
 
     def request(self, fd: int) -> None:
         """Ask for ``fdatasync(fd)``; ``fd`` must stay open until its answer arrives."""
-        os.write(self._request_w, _REQUEST.pack(fd))
+        self._send(_REQUEST.pack(fd))
+
+    def _send(self, request: bytes) -> None:
+        with self._lock:
+            if self._closed:
+                raise OSError(errno_codes.EBADF, "the sync thread is closed")
+            os.write(self._request_w, request)
 
     def request_write(self, fd: int, dfd: int, address: int, length: int, offset: int,
                       keep: object = None) -> None:
@@ -189,34 +208,42 @@ class Syncer:
         (``O_DIRECT``; -1: none) a bounce buffer at a time, else through ``fd``. ``keep`` (the
         object owning that memory) is held until the answer is read; both descriptors must
         stay open until then."""
-        os.write(self._request_w, _REQUEST.pack(WRITE)
-                 + _WRITE_ARGS.pack(fd, dfd, address, length, offset))  # atomic: < PIPE_BUF
+        self._send(_REQUEST.pack(WRITE)
+                   + _WRITE_ARGS.pack(fd, dfd, address, length, offset))  # atomic: < PIPE_BUF
         self.writes_asked += 1
         self._kept.append(keep)
 
     def answers(self) -> list[tuple[int, int]]:
         """The answers arrived so far, in request order: (descriptor, errno or 0) for an
         fdatasync, (``WRITE`` or ``WRITE_BUFFERED``, errno or 0) for a write."""
-        try:
-            self._buffer += os.read(self._answer_r, 4096)
-        except BlockingIOError:
-            pass
+        while True:  # everything there: level-triggered, but one read took 256 answers
+            try:
+                got = os.read(self._answer_r, 65536)
+            except BlockingIOError:
+                break
+            self._buffer += got
+            if len(got) < 65536:
+                break
         n = len(self._buffer) // ANSWER_SIZE
         out = [_ANSWER.unpack_from(self._buffer, i * ANSWER_SIZE) for i in range(n)]
         self._buffer = self._buffer[n * ANSWER_SIZE:]
         for tag, _ in out:
-            if tag in (WRITE, WRITE_BUFFERED) and self._kept:
-                self._kept.popleft()  # written: its memory may go
+            if tag in (WRITE, WRITE_BUFFERED):
+                try:
+                    self._kept.popleft()  # written: its memory may go
+                except IndexError:  # cleared by close meanwhile
+                    pass
         return out
 
     def close(self, close_fds: bool = True) -> list[tuple[int, int]]:
         """Stop the thread once the requests made so far are answered; close the pipes
         (unless ``close_fds`` is false: someone may still watch ``done_fd``). The answers not
         read yet, when it closed the pipes."""
-        if self._closed:
-            return []
-        self._closed = True
-        os.write(self._request_w, _REQUEST.pack(-1))
+        with self._lock:
+            if self._closed:
+                return []
+            self._closed = True
+            os.write(self._request_w, _REQUEST.pack(-1))
         self._thread.join()
         self._kept.clear()  # the thread is gone: nothing reads that memory any more
         left: list[tuple[int, int]] = []

@@ -491,6 +491,53 @@ def test_puts_go_on_while_a_flush_waits_for_the_disk(
     reopened.close()
 
 
+def test_a_flush_with_nothing_new_waits_for_the_flush_still_syncing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put made before a flush that is inside its fdatasync is durable only when that
+    fdatasync returns: a second flush (nothing new to sync) waits for it, and fails with it."""
+    store = SegmentStore(tmp_path, prefill=0)
+    store.put("1.2.1", [b"a" * 1000], durable=False)
+    entered, release = threading.Event(), threading.Event()
+
+    def failing_disk(fd: int) -> None:
+        entered.set()
+        assert release.wait(30)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_disk)
+    first_errors: list[BaseException] = []
+
+    def first_flush() -> None:
+        try:
+            store.flush()
+        except StorageError as exc:
+            first_errors.append(exc)
+
+    flusher = threading.Thread(target=first_flush)
+    flusher.start()
+    assert entered.wait(30)
+    second_done = threading.Event()
+    second_errors: list[BaseException] = []
+
+    def second_flush() -> None:
+        try:
+            store.flush()
+        except StorageError as exc:
+            second_errors.append(exc)
+        second_done.set()
+
+    second = threading.Thread(target=second_flush)
+    second.start()
+    assert not second_done.wait(0.3), "the second flush did not wait for the first one's sync"
+    release.set()
+    flusher.join(30)
+    second.join(30)
+    assert first_errors and second_errors
+    monkeypatch.undo()
+    store.close()
+
+
 def test_try_put_never_rolls(tmp_path: Path) -> None:
     store = SegmentStore(tmp_path, segment_size=8192, prefill=0)
     assert store.try_put("a", [b"a" * 5000]) is not None

@@ -7,6 +7,7 @@ import errno
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -273,3 +274,46 @@ def test_syncer_keeps_what_a_write_reads_from_until_its_answer_is_read(
     finally:
         s.close()
     assert read_file(fd) == data
+
+
+def test_a_request_after_close_is_refused(files: tuple[int, int], tmp_path: Path) -> None:
+    """Never written after the stop word (nobody would answer it), nor into the closed pipes'
+    descriptor numbers, which the next files opened take."""
+    fd, _dfd = files
+    s = syncer.Syncer()
+    assert s.close() == []
+    others = [os.open(tmp_path / f"other{i}", os.O_RDWR | os.O_CREAT, 0o644) for i in range(4)]
+    try:
+        source = bytearray(BLOCK)
+        with pytest.raises(OSError):
+            s.request(fd)
+        with pytest.raises(OSError):
+            s.request_write(fd, -1, ctypes.addressof(ctypes.c_char.from_buffer(source)), BLOCK,
+                            0)
+        assert s.writes_asked == 0 and not s._kept
+        assert all(os.fstat(other).st_size == 0 for other in others)
+    finally:
+        for other in others:
+            os.close(other)
+
+
+def test_thousands_of_answers_wait_for_a_loop_that_does_not_read(
+        files: tuple[int, int]) -> None:
+    """5,000 writes answered while nobody reads (a busy loop): the thread goes on (a 64 KiB
+    answer pipe held 4,096 answers, then the thread stopped), and one read gets them all."""
+    fd, _dfd = files
+    source = bytearray(b"x")
+    address = ctypes.addressof(ctypes.c_char.from_buffer(source))
+    s = syncer.Syncer()
+    try:
+        for i in range(5000):
+            s.request_write(fd, -1, address, 1, i)
+        deadline = time.monotonic() + 30
+        while s.writes_done < 5000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.writes_done == 5000
+        assert s.answers() == [(syncer.WRITE, 0)] * 5000
+        assert not s._kept
+    finally:
+        s.close()
+    assert read_file(fd) == b"x" * 5000
