@@ -569,9 +569,9 @@ class _LoopGroup:
     The loop appends each blob to the active segment itself (``try_put``: a few µs for a small
     instance), then, at the end of the loop iteration, asks the :class:`Syncer` for one
     fdatasync covering everything appended so far; stores arriving meanwhile wait for the next
-    one. When the answer comes (a reader on
-    the loop), the loop asks for the next fdatasync at once and commits the synced batch to
-    LMDB, then answers it: blob durable, index committed, response, as before. The only other
+    one. When the answer comes (a reader on the loop), the loop asks for the next fdatasync at
+    once and commits the synced batch to LMDB, then answers it: blob durable, index committed,
+    response, as before. The only other
     thread involved never takes the GIL, so the loop no longer trades it with a flush thread.
     """
 

@@ -39,11 +39,11 @@ appended; every other path that fdatasyncs, seals, cuts or closes the segment fi
 for the queued writes (``_await_direct``), so (one event loop per store, as ``pacs serve``
 runs) no synced record ever sits behind a torn one, and after a failed write the segment
 takes no more records (the next put rolls; its torn record stays listed, unindexed, and
-replay and reindex check every record's CRC-32). A crash
-before the writes leaves a torn record: a torn tail, cut at the next open, or, when the loop
-had appended small records after it (none of them acknowledged: their fdatasync comes after
-the writes), a range that recovery keeps, indexing the intact records around it; one all
-zero, or whose middle is, is logged as such a leftover (WARNING), not as damage (ERROR).
+replay and reindex check every record's CRC-32). A crash before the writes leaves a torn
+record: a torn tail, cut at the next open, or, when the loop had appended small records after
+it (none of them acknowledged: their fdatasync comes after the writes), a range that recovery
+keeps, indexing the intact records around it; one all zero, or whose middle is, is logged as
+such a leftover (WARNING), not as damage (ERROR).
 
 Deletes append a fdatasync'd tombstone. Live/dead accounting survives restarts because it is
 recomputed from the segments: sealed ones carry their index (records and tombstones) in the
