@@ -491,14 +491,8 @@ class SegmentStore:
                 # Its direct write in flight holds the file's lock: a write from here would
                 # stall the loop until the disk is done with it (0.3-1.2 ms). Queued behind it.
                 record = b"".join([header, *parts])
-                try:
-                    queue.request_write(self._wfd, -1, _address(memoryview(record)), total,
-                                        start, record)
-                except OSError as exc:  # the queue is gone (its pipe): the segment takes no more
-                    self._direct_broken = True
-                    raise StorageError(f"cannot queue blob {key!r} under {self.root}: {exc}"
-                                       ) from exc
-                self._direct_asked = queue.writes_asked
+                self._queue_writes(key, queue, [
+                    (-1, _address(memoryview(record)), total, start, record)])
             else:
                 try:
                     n = os.pwritev(self._wfd, [header, *parts], start)
@@ -573,23 +567,30 @@ class SegmentStore:
             # Every part goes through the queue, in order, the partial blocks through the page
             # cache: a page-cache write from here would wait for the file's lock while the
             # queue's direct write of the record before holds it (~0.3 ms, the loop stalled).
-            try:
-                queue.request_write(self._wfd, -1, _address(memoryview(head)), len(head), start,
-                                    head)
-                queue.request_write(self._wfd, dfd, base + first, last - first, first, view)
-                if end > last:
-                    queue.request_write(self._wfd, -1, base + last, end - last, last, view)
-            except OSError as exc:  # the queue is gone (its pipe): the segment takes no more
-                self._direct_asked = queue.writes_asked
-                self._direct_broken = True
-                raise StorageError(f"cannot queue blob {key!r} under {self.root}: {exc}") from exc
+            writes = [(-1, _address(memoryview(head)), len(head), start, head),
+                      (dfd, base + first, last - first, first, view)]
+            if end > last:
+                writes.append((-1, base + last, end - last, last, view))
+            self._queue_writes(key, queue, writes)
             self._tail = end
-            self._direct_asked = queue.writes_asked
             location = self._record(kb, size)
             self._dirty = True
         finally:
             self._wlock.release()
         return BlobInfo(location=location, size=size, digest=digest.hexdigest())
+
+    def _queue_writes(self, key: str, queue: DirectQueue,
+                      writes: Sequence[tuple[int, int, int, int, object]]) -> None:
+        """Under the write lock: ask ``queue`` for ``writes`` (direct descriptor or -1,
+        address, length, offset, what to keep alive), in order, through this segment."""
+        try:
+            for dfd, address, length, offset, keep in writes:
+                queue.request_write(self._wfd, dfd, address, length, offset, keep)
+        except OSError as exc:  # the queue is gone (its pipe): the segment takes no more
+            self._direct_broken = True
+            raise StorageError(f"cannot queue blob {key!r} under {self.root}: {exc}") from exc
+        finally:
+            self._direct_asked = queue.writes_asked
 
     def direct_answered(self, code: int, buffered: bool) -> None:
         """On the loop, for each answer of its queue to a ``reserve_direct`` write (before

@@ -506,29 +506,25 @@ def test_a_flush_with_nothing_new_waits_for_the_flush_still_syncing(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", failing_disk)
+
+    def flush_in_thread(errors: list[BaseException], done: threading.Event) -> threading.Thread:
+        def run() -> None:
+            try:
+                store.flush()
+            except StorageError as exc:
+                errors.append(exc)
+            done.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
     first_errors: list[BaseException] = []
-
-    def first_flush() -> None:
-        try:
-            store.flush()
-        except StorageError as exc:
-            first_errors.append(exc)
-
-    flusher = threading.Thread(target=first_flush)
-    flusher.start()
+    flusher = flush_in_thread(first_errors, threading.Event())
     assert entered.wait(30)
     second_done = threading.Event()
     second_errors: list[BaseException] = []
-
-    def second_flush() -> None:
-        try:
-            store.flush()
-        except StorageError as exc:
-            second_errors.append(exc)
-        second_done.set()
-
-    second = threading.Thread(target=second_flush)
-    second.start()
+    second = flush_in_thread(second_errors, second_done)
     assert not second_done.wait(0.3), "the second flush did not wait for the first one's sync"
     release.set()
     flusher.join(30)
