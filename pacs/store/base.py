@@ -23,7 +23,7 @@ class BlobInfo:
 
     location: str
     size: int
-    digest: str  # digest of the whole blob (pacs.store.digest: b3:<BLAKE3 hex>)
+    digest: str  # digest of the whole blob (pacs.store.digest: x3:<XXH3-128 hex>)
 
 
 class BlobStore(Protocol):

@@ -1,11 +1,14 @@
 """The content digest kept with every stored blob (``InstanceRecord.digest``).
 
-New blobs get BLAKE3 (256 bits, written ``b3:`` + 64 hex digits; the reference implementation's
-binding, SIMD and without the GIL): ~6 GB/s here against ~1.8 GB/s for SHA-256 with the CPU's
-SHA instructions, so a 513 KiB CT instance costs its digest ~83 instead of ~290 us of a core on
-the write path (8 KiB: 3.5 instead of 5.5 us). Digests written by earlier versions stay valid:
-:func:`like` recomputes with the algorithm a stored digest was made with (``b3:`` prefix:
-BLAKE3; 64 hex digits: SHA-256; 32: BLAKE2b-128).
+New blobs get XXH3-128 (written ``x3:`` + 32 hex digits; the reference implementation through
+the ``xxhash`` binding): 13 us for a 513 KiB CT instance here against 107 us for BLAKE3 and
+~290 us for SHA-256 (9 KiB: 0.3 against 3.2 us). The digest is what ``pacs verify`` and storage
+commitment check a blob against: it must catch bytes that changed since ingest (a 128-bit
+hash misses a random change with probability 2^-128), not resist a forger, who could as well
+rewrite the index next to it; segment records carry a CRC-32 of their own besides.
+Digests written by earlier versions stay valid: :func:`like` recomputes with the algorithm a
+stored digest was made with (``x3:`` prefix: XXH3-128; ``b3:``: BLAKE3; 64 hex digits:
+SHA-256; 32: BLAKE2b-128).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import hashlib
 from typing import Protocol
 
 import blake3
+import xxhash
 
+XXH3_PREFIX = "x3:"
 BLAKE3_PREFIX = "b3:"
 
 
@@ -22,6 +27,21 @@ class Digest(Protocol):
     def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
     def hexdigest(self) -> str: ...
+
+
+class _Xxh3:
+    """XXH3-128 with its ``x3:`` tag (what tells it from a BLAKE2b-128 of the same length)."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self) -> None:
+        self._hash = xxhash.xxh3_128()
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return XXH3_PREFIX + self._hash.hexdigest()
 
 
 class _Blake3:
@@ -41,11 +61,13 @@ class _Blake3:
 
 def new() -> Digest:
     """The digest new blobs are recorded with."""
-    return _Blake3()
+    return _Xxh3()
 
 
 def like(stored: str) -> Digest:
     """A digest of the algorithm ``stored`` (a recorded digest) was computed with."""
+    if stored.startswith(XXH3_PREFIX):
+        return _Xxh3()
     if stored.startswith(BLAKE3_PREFIX):
         return _Blake3()
     if len(stored) == 32:

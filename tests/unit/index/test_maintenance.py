@@ -137,19 +137,20 @@ def test_verify_finds_damage(store: FileStore, catalog: Catalog, tmp_path: Path)
 
 
 def test_verify_checks_digests_of_earlier_versions(store: FileStore, catalog: Catalog) -> None:
-    """Blobs indexed with SHA-256 or BLAKE2b-128 (earlier versions) are verified with their
-    own algorithm: right ones pass, a wrong one is reported; new digests are BLAKE3."""
+    """Blobs indexed with BLAKE3, SHA-256 or BLAKE2b-128 (earlier versions) are verified with
+    their own algorithm: right ones pass, wrong ones are reported; new digests are XXH3-128."""
     import hashlib
 
     import blake3
+    import xxhash
 
     locations = fill(store)
     reindex(catalog, store, read_record)
     records = {r.sop_instance_uid: r for r in catalog.iter_instances()}
     old, older = records["1.9.0"], records["1.9.2"]
     blob, blob2 = store.get(locations["1.9.0"]), store.get(locations["1.9.2"])
-    assert old.digest == "b3:" + blake3.blake3(blob).hexdigest()
-    assert all(r.digest.startswith("b3:") and len(r.digest) == 67 for r in records.values())
+    assert old.digest == "x3:" + xxhash.xxh3_128(blob).hexdigest()
+    assert all(r.digest.startswith("x3:") and len(r.digest) == 35 for r in records.values())
     old.digest = hashlib.sha256(blob).hexdigest()
     older.digest = hashlib.blake2b(blob2, digest_size=16).hexdigest()
     wrong = records["1.9.1"]
@@ -160,6 +161,15 @@ def test_verify_checks_digests_of_earlier_versions(store: FileStore, catalog: Ca
                                                                           older.digest)
     report = verify(catalog, store)
     assert report.digest_mismatch == [("1.9.1", locations["1.9.1"])]
+    # BLAKE3 (new blobs' digest from session 6 until XXH3-128): the right one passes, a BLAKE3
+    # of other bytes is reported.
+    old.digest = "b3:" + blake3.blake3(blob).hexdigest()
+    older.digest = "b3:" + blake3.blake3(b"other bytes").hexdigest()
+    wrong.digest = "x3:" + xxhash.xxh3_128(store.get(locations["1.9.1"])).hexdigest()
+    catalog.store_batch([old, older, wrong], on_duplicate="replace")
+    assert blob_digest(store, locations["1.9.0"], like=old.digest) == (len(blob), old.digest)
+    report = verify(catalog, store)
+    assert report.digest_mismatch == [("1.9.2", locations["1.9.2"])]
 
 
 def test_reindex_leaves_out_a_torn_segment_record(tmp_path: Path, catalog: Catalog) -> None:

@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import blake3
 import pytest
+import xxhash
 
 from pacs.errors import BlobNotFound, StorageError
 from pacs.store.base import BlobPart, BlobStore
@@ -45,9 +45,9 @@ def store(open_store: Callable[[], BlobStore]) -> BlobStore:
     return open_store()
 
 
-def blake(data: bytes) -> str:
-    """The digest new blobs must carry: BLAKE3, tagged (computed here without pacs)."""
-    return "b3:" + blake3.blake3(data).hexdigest()
+def content_digest(data: bytes) -> str:
+    """The digest new blobs must carry: XXH3-128, tagged (computed here without pacs)."""
+    return "x3:" + xxhash.xxh3_128(data).hexdigest()
 
 
 def spool(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -62,7 +62,7 @@ PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes, every byte value
 def test_put_bytes(store: BlobStore) -> None:
     info = store.put("1.2.3", [PAYLOAD])
     assert info.size == len(PAYLOAD)
-    assert info.digest == blake(PAYLOAD)
+    assert info.digest == content_digest(PAYLOAD)
     assert store.get(info.location) == PAYLOAD
     assert store.size(info.location) == len(PAYLOAD)
 
@@ -70,14 +70,14 @@ def test_put_bytes(store: BlobStore) -> None:
 def test_put_memoryview_and_bytearray(store: BlobStore) -> None:
     info = store.put("1.2.4", [memoryview(PAYLOAD)[10:20], bytearray(b"abc")])
     assert store.get(info.location) == PAYLOAD[10:20] + b"abc"
-    assert info.digest == blake(PAYLOAD[10:20] + b"abc")
+    assert info.digest == content_digest(PAYLOAD[10:20] + b"abc")
 
 
 def test_put_path_parts(store: BlobStore, tmp_path: Path) -> None:
     big = bytes(range(251)) * 12_000  # ~3 MiB: more than one copy / digest chunk
     info = store.put("1.2.5", [spool(tmp_path, "a", big), spool(tmp_path, "b", b"tail")])
     assert info.size == len(big) + 4
-    assert info.digest == blake(big + b"tail")
+    assert info.digest == content_digest(big + b"tail")
     assert store.get(info.location) == big + b"tail"
 
 
@@ -91,7 +91,7 @@ def test_put_mixed_parts(store: BlobStore, tmp_path: Path) -> None:
     info = store.put("1.2.6", parts)
     expected = b"DICM" + PAYLOAD + b"xyz"
     assert store.get(info.location) == expected
-    assert (info.size, info.digest) == (len(expected), blake(expected))
+    assert (info.size, info.digest) == (len(expected), content_digest(expected))
 
 
 def test_put_empty(store: BlobStore) -> None:
