@@ -29,47 +29,34 @@ class Digest(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class _Xxh3:
-    """XXH3-128 with its ``x3:`` tag (what tells it from a BLAKE2b-128 of the same length)."""
+class _Tagged:
+    """A hash whose hex digest carries its algorithm's prefix (``x3:`` tells XXH3-128 from a
+    BLAKE2b-128 of the same length, ``b3:`` BLAKE3 from a SHA-256)."""
 
-    __slots__ = ("_hash",)
+    __slots__ = ("_hash", "_prefix")
 
-    def __init__(self) -> None:
-        self._hash = xxhash.xxh3_128()
-
-    def update(self, data: bytes | bytearray | memoryview, /) -> None:
-        self._hash.update(data)
-
-    def hexdigest(self) -> str:
-        return XXH3_PREFIX + self._hash.hexdigest()
-
-
-class _Blake3:
-    """BLAKE3 with its ``b3:`` tag (what tells it from a SHA-256 of the same length)."""
-
-    __slots__ = ("_hash",)
-
-    def __init__(self) -> None:
-        self._hash = blake3.blake3()
+    def __init__(self, hash_: Digest, prefix: str) -> None:
+        self._hash = hash_
+        self._prefix = prefix
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None:
         self._hash.update(data)
 
     def hexdigest(self) -> str:
-        return BLAKE3_PREFIX + self._hash.hexdigest()
+        return self._prefix + self._hash.hexdigest()
 
 
 def new() -> Digest:
     """The digest new blobs are recorded with."""
-    return _Xxh3()
+    return _Tagged(xxhash.xxh3_128(), XXH3_PREFIX)
 
 
 def like(stored: str) -> Digest:
     """A digest of the algorithm ``stored`` (a recorded digest) was computed with."""
     if stored.startswith(XXH3_PREFIX):
-        return _Xxh3()
+        return new()
     if stored.startswith(BLAKE3_PREFIX):
-        return _Blake3()
+        return _Tagged(blake3.blake3(), BLAKE3_PREFIX)
     if len(stored) == 32:
         return hashlib.blake2b(digest_size=16)
     return hashlib.sha256()
