@@ -24,7 +24,7 @@ BLAKE3_PREFIX = "b3:"
 
 
 class Digest(Protocol):
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...  # BLAKE3's: self
 
     def hexdigest(self) -> str: ...
 
