@@ -75,7 +75,7 @@ def _pollute(buffer: bytearray, junk: list[Any]) -> None:
 
 
 def run(folder: Path, all_records: list[InstanceRecord], batch: int, polluted: bool) -> float:
-    """Thread CPU seconds of committing ``all_records`` in transactions of ``batch``."""
+    """Thread CPU seconds a transaction, committing ``all_records`` ``batch`` at a time."""
     catalog = Catalog(folder, durable_commits=False)
     try:
         batches = [all_records[i:i + batch] for i in range(0, len(all_records), batch)]
