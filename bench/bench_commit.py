@@ -38,12 +38,10 @@ POLLUTION = 8 << 20  # bytes touched between transactions in the polluted runs
 
 def records(n: int) -> list[InstanceRecord]:
     """``n`` records as ingest makes them: the data set scanned, located, sized, digested."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
     from pydicom.uid import generate_uid
 
     from pacs.ingest import read_attributes
-    from tests.dicomgen import make_ct
+    from tests.dicomgen import dataset_bytes, make_ct
 
     out = []
     study = series = ""
@@ -54,10 +52,7 @@ def records(n: int) -> list[InstanceRecord]:
             series = generate_uid()
         ds = make_ct(patient_id=f"P{i // STUDY_SIZE}", study_uid=study, series_uid=series,
                      instance_number=i % SERIES_SIZE + 1)
-        buffer = DicomBytesIO()
-        buffer.is_little_endian, buffer.is_implicit_VR = True, False
-        write_dataset(buffer, ds)
-        attributes = read_attributes(buffer.getvalue(), EXPLICIT, None)
+        attributes = read_attributes(dataset_bytes(ds), EXPLICIT, None)
         record = InstanceRecord.from_attributes(attributes, EXPLICIT, source_aet="BENCH",
                                                 received_at=time.time())
         record.location = f"w0-00000001.seg:{i * 9_000}:9000"

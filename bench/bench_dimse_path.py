@@ -34,15 +34,9 @@ UID_PREFIX = "1.2.826.0.1.3680043.8.498.2991305011604630427638777876766"  # 58 c
 
 def _dataset() -> bytes:
     """A 64x64 16-bit CT data set as storescu sends it (Explicit VR Little Endian, no meta)."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
+    from tests.dicomgen import dataset_bytes, make_ct
 
-    from tests.dicomgen import make_ct
-
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
-    write_dataset(out, make_ct(rows=64, columns=64))
-    return out.getvalue()
+    return dataset_bytes(make_ct(rows=64, columns=64))
 
 
 def _reads(count: int, context_id: int) -> list[bytes]:

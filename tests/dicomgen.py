@@ -68,6 +68,17 @@ def make_ct(
     return ds
 
 
+def dataset_bytes(ds: Dataset) -> bytes:
+    """``ds`` as a C-STORE carries it: Explicit VR Little Endian, no preamble nor file meta."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
 def write(ds: Dataset, path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
     """Write ``ds`` as a Part-10 file in ``transfer_syntax`` (a native one)."""
     meta = FileMetaDataset()

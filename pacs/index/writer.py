@@ -42,7 +42,7 @@ from pacs.errors import CatalogError, StorageError
 from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
 from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobInfo, BlobPart, BlobStore
-from pacs.store.syncer import WRITE, WRITE_BUFFERED, Syncer
+from pacs.store.syncer import WRITE_BUFFERED, WRITE_TAGS, Syncer
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +550,6 @@ class CatalogWriter:
 
 
 LOOP_WRITE_LIMIT = 64 * 1024  # blobs up to this size are appended by their event loop
-_WRITE_TAGS = frozenset((WRITE, WRITE_BUFFERED))
 
 
 def _fits_loop(blob: Sequence[BlobPart]) -> bool:
@@ -685,7 +684,7 @@ class _LoopGroup:
         code: int | None = None
         later: list[tuple[int, int]] = []  # writes answered after the fdatasync
         for tag, answer in self.syncer.answers():
-            if tag not in _WRITE_TAGS:
+            if tag not in WRITE_TAGS:
                 code = answer  # one fdatasync in flight at a time: the batch's
             elif code is None:
                 self._written(tag, answer)
@@ -739,7 +738,7 @@ class _LoopGroup:
         # too busy to confirm within 5 s keeps its descriptors (a leak, not a reuse).
         detached = self._detach()
         for tag, answer in self.syncer.close(close_fds=detached):
-            if tag in _WRITE_TAGS:  # answered after the loop's last read
+            if tag in WRITE_TAGS:  # answered after the loop's last read
                 self._written(tag, answer)
         if self._target is not None and detached:
             os.close(self._target[1])

@@ -50,6 +50,7 @@ WRITE_REQUEST_SIZE = REQUEST_SIZE + _WRITE_ARGS.size
 ANSWER_SIZE = _ANSWER.size
 WRITE = -(1 << 62)  # a write request follows (also the tag of its answer)
 WRITE_BUFFERED = WRITE + 1  # answer tag: written, but the direct descriptor refused it
+WRITE_TAGS = frozenset((WRITE, WRITE_BUFFERED))  # the tags of a write's answer
 DIRECT_CHUNK = 2 << 20  # the aligned bounce buffer a direct write copies through
 PIPE_SIZE = 1 << 20  # of each pipe (the default maximum for an unprivileged process)
 # What a file system answers when it does not take O_DIRECT (or our alignment).
@@ -228,7 +229,7 @@ class Syncer:
         out = [_ANSWER.unpack_from(self._buffer, i * ANSWER_SIZE) for i in range(n)]
         self._buffer = self._buffer[n * ANSWER_SIZE:]
         for tag, _ in out:
-            if tag in (WRITE, WRITE_BUFFERED):
+            if tag in WRITE_TAGS:
                 try:
                     self._kept.popleft()  # written: its memory may go
                 except IndexError:  # cleared by close meanwhile
