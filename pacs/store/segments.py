@@ -75,7 +75,7 @@ from pacs.store.base import BlobInfo, BlobPart
 from pacs.store.compaction import CompactReport, compact
 from pacs.store.crc import crc32
 from pacs.store.files import _copy_file, fsync_dir
-from pacs.store.syncer import DIRECT_REFUSED
+from pacs.store.syncer import DIRECT_CHUNK, DIRECT_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ DIRECT_MIN = 64 << 10  # records at least this large bypass the page cache (O_DI
 # O_DIRECT alignment of offsets, lengths and buffer: any device's block divides it, and a page:
 # with 64 KiB pages a smaller block would share a cached page with the buffered head or tail.
 _BLOCK = max(4096, mmap.PAGESIZE)
-_DIRECT_CHUNK = 2 << 20  # the aligned buffer a direct write copies through
+_DIRECT_CHUNK = DIRECT_CHUNK  # the aligned buffer a direct write copies through
 _ZEROS = bytes(1 << 20)
 
 
@@ -1387,10 +1387,12 @@ def _read_into(buf: memoryview, pieces: Sequence[_Piece], lo: int, hi: int) -> N
 
 def _never_written(fd: int, start: int, end: int) -> bool:
     """Whether the corrupt range [start, end) is a record an event loop laid out
-    (``reserve_direct``) whose queued writes a crash kept its sync thread from making: all
-    zero, or its header there and its block-aligned middle all zero. Such a record was never
-    acknowledged (its fdatasync is asked after the writes); a disk that lost writes it had
-    confirmed would look the same, so the log says what the bytes show, not more."""
+    (``reserve_direct``) whose queued writes a crash kept its sync thread from making, or from
+    finishing: all zero, or its header there and its block-aligned middle all zero from the
+    start of one of the chunks the sync thread writes it in, in order (``DIRECT_CHUNK``), to
+    the record's end (the partial block after the middle is written last). Such a record was
+    never acknowledged (its fdatasync is asked after the writes); a disk that lost writes it
+    had confirmed would look the same, so the log says what the bytes show, not more."""
     if _all_zero(fd, start, end):
         return True
     head = fmt.read_header(fd, start)
@@ -1399,7 +1401,12 @@ def _never_written(fd: int, start: int, end: int) -> bool:
     # The loop writes the Part-10 header through the page cache: the middle starts at the
     # first block boundary after it (after the record's header if it cannot be read).
     span = _direct_span(head.data_offset + _part10_header_len(fd, head.data_offset), end)
-    return span is not None and _all_zero(fd, *span)
+    if span is None:
+        return False
+    first, last = span
+    # Zero from an earlier chunk on means zero from the last one on: that one is checked.
+    last_chunk = first + (last - first - 1) // DIRECT_CHUNK * DIRECT_CHUNK
+    return _all_zero(fd, last_chunk, end)
 
 
 def _part10_header_len(fd: int, offset: int) -> int:

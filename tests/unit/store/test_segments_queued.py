@@ -292,6 +292,54 @@ def test_a_record_never_written_between_others_is_kept_and_told_apart_from_damag
     reopened.close()
 
 
+@pytest.mark.parametrize("left", ["the last of three chunks", "a block of the last chunk"])
+def test_a_large_record_whose_chunks_stopped_is_a_crash_leftover_not_damage(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, left: str) -> None:
+    """The sync thread writes a middle over 2 MiB in chunks of ``DIRECT_CHUNK``, in order, and
+    the partial block after it last: a crash between two chunks leaves the record zero from a
+    chunk's start to its end, logged as never written (WARNING) like a record none of whose
+    middle was written. Zeros from anywhere else in the last chunk are damage (ERROR)."""
+    import logging
+
+    from pacs.dicom import part10
+    from pacs.store.syncer import DIRECT_CHUNK
+
+    store = SegmentStore(tmp_path, prefill=0)
+    before = store.put("before", [b"b" * 3000])
+    meta = part10.file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1", "Q")
+    data = data_of(8, 5 * DIRECT_CHUNK // 2 + 1000)  # a middle of three chunks, then a tail
+    queue = HeldQueue()
+    info = store.reserve_direct("q", meta, data, queue)
+    assert info is not None
+    after = store.try_put("after", [b"a" * 3000])
+    assert after is not None
+    queue.release()  # all of it written, then what the crash did not write is zeroed
+    _, offset, size = info.location.split(":")
+    end = int(offset) + int(size)
+    first = -(-(int(offset) + len(meta)) // 4096) * 4096  # where the direct middle starts
+    last_chunk = first + 2 * DIRECT_CHUNK
+    assert last_chunk < end // 4096 * 4096 < end
+    if left == "the last of three chunks":
+        os.pwrite(store._wfd, bytes(end - last_chunk), last_chunk)
+    else:
+        os.pwrite(store._wfd, bytes(4096), last_chunk + 4096)
+    os.fdatasync(store._wfd)
+    os.close(store._wfd)  # a crash: no seal, no close
+    store._wfd = -1
+    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
+        reopened = SegmentStore(tmp_path, prefill=0)
+    assert reopened.get(before.location) == b"b" * 3000
+    assert reopened.get(after.location) == b"a" * 3000
+    assert [key for _, key in reopened.iter_records()] == ["before", "after"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    unwritten = [r for r in caplog.records if "never written" in r.getMessage()]
+    if left == "the last of three chunks":
+        assert not errors and [r.levelno for r in unwritten] == [logging.WARNING]
+    else:
+        assert not unwritten and ["corrupt bytes" in r.getMessage() for r in errors] == [True]
+    reopened.close()
+
+
 def test_a_failed_write_nobody_read_the_answer_of_is_counted_before_a_flush(
         tmp_path: Path) -> None:
     """The loop never read the failed write's answer (it stopped, or was too busy at close):
