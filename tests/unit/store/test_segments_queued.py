@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import logging
 import os
 import select
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pacs.store.base import BlobInfo
 from pacs.store.segments import SegmentStore
 from pacs.store.syncer import WRITE, Syncer
 
@@ -250,6 +252,28 @@ def test_a_small_put_waits_in_the_queue_behind_its_writes(tmp_path: Path) -> Non
     reopened.close()
 
 
+def _crash_and_reopen(tmp_path: Path, store: SegmentStore, caplog: pytest.LogCaptureFixture,
+                      before: BlobInfo, after: BlobInfo, leftover: bool) -> None:
+    """Crash (no seal, no close) and start again: the records ``before`` and ``after`` the
+    unfinished one are kept and readable, and it is logged as a crash's leftover (WARNING,
+    ``leftover``) or as damage (ERROR)."""
+    os.fdatasync(store._wfd)
+    os.close(store._wfd)
+    store._wfd = -1
+    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
+        reopened = SegmentStore(tmp_path, prefill=0)
+    assert reopened.get(before.location) == b"b" * 3000
+    assert reopened.get(after.location) == b"a" * 3000
+    assert [key for _, key in reopened.iter_records()] == ["before", "after"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    unwritten = [r for r in caplog.records if "never written" in r.getMessage()]
+    if leftover:
+        assert not errors and [r.levelno for r in unwritten] == [logging.WARNING]
+    else:
+        assert not unwritten and ["corrupt bytes" in r.getMessage() for r in errors] == [True]
+    reopened.close()
+
+
 @pytest.mark.parametrize("written", ["nothing", "head", "all, then damaged"])
 def test_a_record_never_written_between_others_is_kept_and_told_apart_from_damage(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, written: str) -> None:
@@ -257,8 +281,6 @@ def test_a_record_never_written_between_others_is_kept_and_told_apart_from_damag
     the first, its header), then the process died: both neighbours are kept and readable, and
     the unwritten record is logged as a crash's leftover (WARNING), not as damage (ERROR),
     which written bytes that fail their checksum still are."""
-    import logging
-
     from pacs.dicom import part10
 
     store = SegmentStore(tmp_path, prefill=0)
@@ -275,21 +297,8 @@ def test_a_record_never_written_between_others_is_kept_and_told_apart_from_damag
         queue.release()
         offset = int(info.location.split(":")[1]) + 300_000
         os.pwrite(store._wfd, b"x" * 4096, offset)
-    os.fdatasync(store._wfd)
-    os.close(store._wfd)  # a crash: no seal, no close
-    store._wfd = -1
-    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
-        reopened = SegmentStore(tmp_path, prefill=0)
-    assert reopened.get(before.location) == b"b" * 3000
-    assert reopened.get(after.location) == b"a" * 3000
-    assert [key for _, key in reopened.iter_records()] == ["before", "after"]
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    unwritten = [r for r in caplog.records if "never written" in r.getMessage()]
-    if written != "all, then damaged":
-        assert not errors and [r.levelno for r in unwritten] == [logging.WARNING]
-    else:
-        assert not unwritten and ["corrupt bytes" in r.getMessage() for r in errors] == [True]
-    reopened.close()
+    _crash_and_reopen(tmp_path, store, caplog, before, after,
+                      leftover=written != "all, then damaged")
 
 
 @pytest.mark.parametrize("left", ["the last of three chunks", "a block of the last chunk"])
@@ -299,8 +308,6 @@ def test_a_large_record_whose_chunks_stopped_is_a_crash_leftover_not_damage(
     the partial block after it last: a crash between two chunks leaves the record zero from a
     chunk's start to its end, logged as never written (WARNING) like a record none of whose
     middle was written. Zeros from anywhere else in the last chunk are damage (ERROR)."""
-    import logging
-
     from pacs.dicom import part10
     from pacs.store.syncer import DIRECT_CHUNK
 
@@ -323,21 +330,8 @@ def test_a_large_record_whose_chunks_stopped_is_a_crash_leftover_not_damage(
         os.pwrite(store._wfd, bytes(end - last_chunk), last_chunk)
     else:
         os.pwrite(store._wfd, bytes(4096), last_chunk + 4096)
-    os.fdatasync(store._wfd)
-    os.close(store._wfd)  # a crash: no seal, no close
-    store._wfd = -1
-    with caplog.at_level(logging.INFO, logger="pacs.store.segments"):
-        reopened = SegmentStore(tmp_path, prefill=0)
-    assert reopened.get(before.location) == b"b" * 3000
-    assert reopened.get(after.location) == b"a" * 3000
-    assert [key for _, key in reopened.iter_records()] == ["before", "after"]
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    unwritten = [r for r in caplog.records if "never written" in r.getMessage()]
-    if left == "the last of three chunks":
-        assert not errors and [r.levelno for r in unwritten] == [logging.WARNING]
-    else:
-        assert not unwritten and ["corrupt bytes" in r.getMessage() for r in errors] == [True]
-    reopened.close()
+    _crash_and_reopen(tmp_path, store, caplog, before, after,
+                      leftover=left == "the last of three chunks")
 
 
 def test_a_failed_write_nobody_read_the_answer_of_is_counted_before_a_flush(
