@@ -68,13 +68,14 @@ def make_ct(
     return ds
 
 
-def dataset_bytes(ds: Dataset) -> bytes:
-    """``ds`` as a C-STORE carries it: Explicit VR Little Endian, no preamble nor file meta."""
+def dataset_bytes(ds: Dataset, implicit: bool = False) -> bytes:
+    """``ds`` as a C-STORE carries it: Explicit (or, ``implicit``, Implicit) VR Little Endian,
+    no preamble nor file meta."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
     out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
+    out.is_little_endian, out.is_implicit_VR = True, implicit
     write_dataset(out, ds)
     return out.getvalue()
 

@@ -85,7 +85,6 @@ DIRECT_MIN = 64 << 10  # records at least this large bypass the page cache (O_DI
 # O_DIRECT alignment of offsets, lengths and buffer: any device's block divides it, and a page:
 # with 64 KiB pages a smaller block would share a cached page with the buffered head or tail.
 _BLOCK = max(4096, mmap.PAGESIZE)
-_DIRECT_CHUNK = DIRECT_CHUNK  # the aligned buffer a direct write copies through
 _ZEROS = bytes(1 << 20)
 
 
@@ -890,7 +889,7 @@ class SegmentStore:
             try:
                 if self._dbuf is None:
                     # Private: a process forked later must not share the bytes in flight.
-                    self._dbuf = mmap.mmap(-1, _DIRECT_CHUNK, flags=mmap.MAP_PRIVATE)
+                    self._dbuf = mmap.mmap(-1, DIRECT_CHUNK, flags=mmap.MAP_PRIVATE)
                 self._dfd = os.open(self.root / self._active,
                                     os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
             except OSError as exc:

@@ -13,25 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import xxhash
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 
 from pacs.dicom import uids
 from pacs.net import AssociateAccepted, AssociateRejected, Association, Role, propose
-from tests.dicomgen import make_ct
+from tests.dicomgen import dataset_bytes, make_ct
 from tests.integration.archive_check import open_blob_store, statistics, stored_instance
 from tests.netclient import Client
 
 pytestmark = pytest.mark.integration
-
-
-def encode(ds, implicit: bool = False) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = implicit
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -42,7 +32,7 @@ def seeded(archive) -> Iterator[tuple[object, dict[str, str]]]:
         client.associate()
         for i in range(3):
             ds = make_ct(instance_number=i)
-            rsp = client.store(encode(ds), ds.SOPInstanceUID)
+            rsp = client.store(dataset_bytes(ds), ds.SOPInstanceUID)
             assert rsp.status == 0
             record, _ = stored_instance(archive.data_dir, ds.SOPInstanceUID)
             digests[ds.SOPInstanceUID] = record.digest
@@ -115,7 +105,7 @@ def test_max_length_sub_item_of_4gb_is_capped(seeded) -> None:
     with Client(archive.port, announce_max_pdu=0xFFFFFFFF) as client:
         assert isinstance(client.associate(), AssociateAccepted)
         ds = make_ct(rows=512, columns=512)  # 512 KiB of pixels
-        assert client.store(encode(ds), ds.SOPInstanceUID).status == 0
+        assert client.store(dataset_bytes(ds), ds.SOPInstanceUID).status == 0
         client.release()
     assert_still_serving(archive, digests)
 
@@ -158,7 +148,7 @@ def store_expecting_failure(archive, dataset: bytes, uid: str) -> tuple[int, str
 def test_truncated_dataset(seeded) -> None:
     archive, digests = seeded
     ds = make_ct()
-    data = encode(ds)
+    data = dataset_bytes(ds)
     status, _comment = store_expecting_failure(archive, data[: len(data) - 1000],
                                                ds.SOPInstanceUID)
     assert status & 0xF000 == 0xC000
@@ -169,7 +159,7 @@ def test_truncated_dataset(seeded) -> None:
 def test_element_length_beyond_end(seeded) -> None:
     archive, digests = seeded
     ds = make_ct()
-    data = bytearray(encode(ds))
+    data = bytearray(dataset_bytes(ds))
     # StudyDescription (0008,1030) LO: make its 2-byte length claim far more than is there.
     at = data.index(b"\x08\x00\x30\x10LO")
     data[at + 6 : at + 8] = struct.pack("<H", 0xFFF0)
@@ -184,7 +174,7 @@ def test_dataset_without_sop_instance_uid(seeded) -> None:
     ds = make_ct()
     uid = ds.SOPInstanceUID
     del ds.SOPInstanceUID
-    status, comment = store_expecting_failure(archive, encode(ds), uid)
+    status, comment = store_expecting_failure(archive, dataset_bytes(ds), uid)
     assert status == 0xA900
     assert "SOPInstanceUID" in comment
     assert_still_serving(archive, digests)
@@ -194,7 +184,7 @@ def test_mismatched_sop_instance_uid(seeded) -> None:
     archive, digests = seeded
     ds = make_ct()
     other = generate_uid()
-    status, comment = store_expecting_failure(archive, encode(ds), other)
+    status, comment = store_expecting_failure(archive, dataset_bytes(ds), other)
     assert status == 0xA900
     assert "differs" in comment
     assert stored_instance(archive.data_dir, ds.SOPInstanceUID) is None
@@ -207,7 +197,7 @@ def test_disconnect_in_the_middle_of_a_store(seeded) -> None:
     before = statistics(archive.data_dir)
     blobs_before = live_blobs(archive.data_dir)
     ds = make_ct(rows=256, columns=256)
-    data = encode(ds)
+    data = dataset_bytes(ds)
     client = Client(archive.port)
     client.associate()
     client.send_store(data[: len(data) // 2], ds.SOPInstanceUID, last=False)
@@ -271,7 +261,7 @@ def test_stalled_associations_do_not_delay_others_and_are_dropped(seeded) -> Non
             assert isinstance(client.associate(), AssociateAccepted)
             assert client.echo() == 0
             ds = make_ct()
-            assert client.store(encode(ds), ds.SOPInstanceUID).status == 0
+            assert client.store(dataset_bytes(ds), ds.SOPInstanceUID).status == 0
             client.release()
         # ARTIM (2 s) drops the silent and trickling ones, the idle timeout (3 s) the quiet.
         for sock in silent + trickling + [c.sock for c in quiet]:

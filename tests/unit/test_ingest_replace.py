@@ -9,23 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 
 from pacs.archive import Archive
 from pacs.config import Settings
 from pacs.errors import CatalogError, IngestError, StorageError
 from pacs.ingest import OUT_OF_RESOURCES, StoredInstance
-from tests.dicomgen import make_ct
+from tests.dicomgen import dataset_bytes, make_ct
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
-
-def encoded(ds) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
 def store(archive: Archive, ds) -> StoredInstance:
     async def run() -> StoredInstance:
         return await archive.ingest.store(
-            encoded(ds), transfer_syntax_uid=EXPLICIT_LE, sop_class_uid=ds.SOPClassUID,
+            dataset_bytes(ds), transfer_syntax_uid=EXPLICIT_LE, sop_class_uid=ds.SOPClassUID,
             sop_instance_uid=ds.SOPInstanceUID, source_aet="MOD")
 
     return asyncio.run(run())

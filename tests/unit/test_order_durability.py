@@ -23,8 +23,6 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 
 from pacs.archive import Archive
@@ -39,6 +37,7 @@ from pacs.web.app import build_app
 from pacs.web.context import WebContext
 from pacs.worklist.hl7_orders import INTERNAL_ERROR, OrderHandler
 from pacs.worklist.store import WorklistStore
+from tests.dicomgen import dataset_bytes
 from tests.integration.test_fhir import order as fhir_order
 from tests.integration.test_worklist import orm
 
@@ -186,9 +185,7 @@ def mpps_request(field: int, uid: str, status: str, study_uid: str = "") -> Requ
         ds.ScheduledStepAttributesSequence = [step]
         ds.PatientID = "PAT1"
         ds.Modality = "CT"
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    write_dataset(fp, ds)
+    encoded = dataset_bytes(ds, implicit=True)
     uid_tag = (dimse.AFFECTED_SOP_INSTANCE_UID if field == dimse.N_CREATE_RQ
                else dimse.REQUESTED_SOP_INSTANCE_UID)
     class_tag = (dimse.AFFECTED_SOP_CLASS_UID if field == dimse.N_CREATE_RQ
@@ -196,7 +193,7 @@ def mpps_request(field: int, uid: str, status: str, study_uid: str = "") -> Requ
     command = dimse.Command({dimse.COMMAND_FIELD: field, dimse.MESSAGE_ID: 7,
                              class_tag: MPPS_SOP_CLASS, uid_tag: uid,
                              dimse.COMMAND_DATA_SET_TYPE: 0x0000})
-    return Request(command, fp.getvalue(), 1, MPPS_SOP_CLASS, uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    return Request(command, encoded, 1, MPPS_SOP_CLASS, uids.IMPLICIT_VR_LITTLE_ENDIAN,
                    "MODALITY1", "127.0.0.1:104")
 
 

@@ -59,8 +59,8 @@ def test_c_store_rsp_padding_and_error_comment():
 
 def test_pydicom_written_command_decodes():
     from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
+
+    from tests.dicomgen import dataset_bytes
 
     ds = Dataset()
     ds.CommandGroupLength = 0  # value ignored on decode
@@ -70,10 +70,7 @@ def test_pydicom_written_command_decodes():
     ds.CommandDataSetType = 0x0101
     ds.Status = 0
     ds.OffendingElement = [0x00100010, 0x00100020]
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, True
-    write_dataset(buffer, ds)
-    command = D.Command.decode(buffer.getvalue())
+    command = D.Command.decode(dataset_bytes(ds, implicit=True))
     assert command.command_field == D.C_ECHO_RSP
     assert command[D.OFFENDING_ELEMENT] == (0x00100010, 0x00100020)
     assert command.message_id_being_responded_to == 5 and command.status == 0
