@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pacs.net import AssociateAccepted, AssociateRejected
-from tests.dicomgen import make_ct
+from tests.dicomgen import dataset_bytes, make_ct
 from tests.integration.archive_check import read_blob, same_dataset, stored_instance
-from tests.integration.test_bad_input import encode
 from tests.netclient import Client
 
 pytestmark = pytest.mark.integration
@@ -42,7 +41,7 @@ def test_large_data_set_spools_to_disk_and_is_stored_whole(archive_factory) -> N
     ds = make_ct(rows=1024, columns=1024)  # 2 MiB of pixels, 32 spool-limits' worth
     with Client(archive.port, max_pdu=32768) as client:
         client.associate()
-        assert client.store(encode(ds), ds.SOPInstanceUID).status == 0
+        assert client.store(dataset_bytes(ds), ds.SOPInstanceUID).status == 0
         client.release()
     found = stored_instance(archive.data_dir, ds.SOPInstanceUID)
     assert found is not None
