@@ -261,8 +261,29 @@ def _validate(values: dict[str, Any]) -> None:
     for name in ("tls_cert", "tls_key", "tls_ca"):
         if values[name] and not Path(values[name]).is_file():
             raise ConfigError(f"{name}: {values[name]!r} is not a readable file")
-    if values["tls_port"] and values["tls_port"] == values["port"]:
-        raise ConfigError("tls_port: must differ from port")
+    _check_listeners(values)
+
+
+# Each listening port and the host setting it binds on.
+_LISTENERS = (("port", "host"), ("tls_port", "host"), ("http_port", "http_host"),
+              ("hl7_port", "hl7_host"))
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _check_listeners(values: dict[str, Any]) -> None:
+    """Refuse two listeners on one port: with several workers both would bind it with
+    SO_REUSEPORT and the kernel would hand each one half the other's connections."""
+    seen: list[tuple[str, str, int]] = []
+    for name, host_name in _LISTENERS:
+        port, host = values[name], values[host_name]
+        if not port:
+            continue
+        for other, other_host, other_port in seen:
+            if port == other_port and (host == other_host or host in _WILDCARD_HOSTS
+                                       or other_host in _WILDCARD_HOSTS):
+                raise ConfigError(f"{name}: {port} is also {other}; each listener needs a "
+                                  "port of its own")
+        seen.append((name, host, port))
 
 
 def _remotes(table: Any) -> dict[str, RemoteAE]:

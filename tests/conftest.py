@@ -24,10 +24,20 @@ os.environ.setdefault("TCP_NODELAY", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, never one this test run handed out before: the kernel may
+    give the same free port twice in a row, and a server told to listen twice on one port
+    (DICOM and HTTP) with SO_REUSEPORT would split its connections between the two."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def require_tool(name: str) -> str:

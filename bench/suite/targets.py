@@ -21,6 +21,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.conftest import free_port
+
 _SPEC = re.compile(r"^(?P<name>[\w.-]+)=(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)"
                    r"(?:,web=(?P<web>\S+))?$")
 ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -41,12 +43,6 @@ class Target:
             raise ValueError(f"target {spec!r}: expected NAME=AET@HOST:PORT[,web=URL]")
         return cls(match["name"], match["aet"], match["host"], int(match["port"]),
                    (match["web"] or "").rstrip("/"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:

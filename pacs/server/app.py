@@ -332,16 +332,47 @@ def _concrete_port(settings: Settings) -> Settings:
     DICOM port and the HTTP port)."""
     import dataclasses
 
-    def free(host: str) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
+    def free(host: str, taken: int) -> int:
+        while True:  # the kernel may hand out the same free port twice in a row
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port != taken:
+                return port
 
     if settings.port == 0:
-        settings = dataclasses.replace(settings, port=free(settings.host))
+        settings = dataclasses.replace(settings, port=free(settings.host, settings.http_port))
     if settings.http_port == 0:
-        settings = dataclasses.replace(settings, http_port=free(settings.http_host))
+        settings = dataclasses.replace(settings, http_port=free(settings.http_host,
+                                                                settings.port))
     return settings
+
+
+def _ports_in_use(settings: Settings) -> list[str]:
+    """The listening ports another process already listens on. Workers bind with SO_REUSEPORT,
+    which would let them join another server's listener (the same user's second archive) and
+    take every other connection from it: a bind without it finds such a listener first."""
+    busy = []
+    for name, host, port in (("DICOM", settings.host, settings.port),
+                             ("DICOM TLS", settings.host, settings.tls_port),
+                             ("HTTP", settings.http_host, settings.http_port)):
+        if not port:
+            continue
+        try:
+            addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+        except socket.gaierror:
+            continue  # the worker's own bind reports it
+        for family, kind, proto, _name, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        busy.append(f"{name} port {port} on {address[0]}")
+                        break
+    return busy
 
 
 def _supervise(settings: Settings) -> int:
@@ -350,6 +381,11 @@ def _supervise(settings: Settings) -> int:
     from pacs.server.balance import Balance
 
     settings = _concrete_port(settings)
+    busy = _ports_in_use(settings)
+    if busy:
+        for what in busy:
+            log.error("%s is in use by another process", what)
+        return 2
     # "fork": the shared arrays are inherited memory and an unnamed semaphore, so no resource
     # tracker process is started (as "spawn" would).
     context = multiprocessing.get_context("fork")

@@ -70,6 +70,11 @@ def test_access_and_retention_tables(tmp_path: Path) -> None:
         ("tls_port = 2762\n", "tls_cert"),
         ("tls_port = 2762\ntls_cert = '/nonexistent'\ntls_key = '/nonexistent'\n", "tls_cert"),
         ("port = ", "config file"),
+        ("port = 4242\nhttp_port = 4242\n", "http_port: 4242 is also port"),
+        ("port = 4242\nhl7_port = 4242\nhl7_host = '127.0.0.2'\n", "hl7_port"),  # host 0.0.0.0
+        ("http_port = 4242\nhl7_port = 4242\n", "hl7_port: 4242 is also http_port"),
+        (f"port = 2762\ntls_port = 2762\ntls_cert = '{__file__}'\ntls_key = '{__file__}'\n",
+         "tls_port: 2762 is also port"),
     ],
 )
 def test_bad_settings(tmp_path: Path, text: str, message: str) -> None:
@@ -100,3 +105,11 @@ def test_cli_version_names_the_scanner() -> None:
     assert proc.returncode == 0
     assert "tag scanner: " in proc.stdout
     assert proc.stdout.split("tag scanner: ")[1].startswith(("cython", "python"))
+
+
+def test_one_port_on_two_distinct_hosts_is_two_listeners(tmp_path: Path) -> None:
+    toml = tmp_path / "pacs.toml"
+    toml.write_text("host = '127.0.0.1'\nport = 4242\nhttp_host = '127.0.0.2'\n"
+                    "http_port = 4242\nhl7_port = 0\n")
+    settings = load_settings(toml, environ={})
+    assert (settings.port, settings.http_port) == (4242, 4242)
