@@ -71,7 +71,8 @@ def test_access_and_retention_tables(tmp_path: Path) -> None:
         ("tls_port = 2762\ntls_cert = '/nonexistent'\ntls_key = '/nonexistent'\n", "tls_cert"),
         ("port = ", "config file"),
         ("port = 4242\nhttp_port = 4242\n", "http_port: 4242 is also port"),
-        ("port = 4242\nhl7_port = 4242\nhl7_host = '127.0.0.2'\n", "hl7_port"),  # host 0.0.0.0
+        # the DICOM port's default host, 0.0.0.0, takes the port on 127.0.0.2 as well
+        ("port = 4242\nhl7_port = 4242\nhl7_host = '127.0.0.2'\n", "hl7_port"),
         ("http_port = 4242\nhl7_port = 4242\n", "hl7_port: 4242 is also http_port"),
         (f"port = 2762\ntls_port = 2762\ntls_cert = '{__file__}'\ntls_key = '{__file__}'\n",
          "tls_port: 2762 is also port"),
