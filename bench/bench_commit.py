@@ -242,5 +242,6 @@ def main() -> None:
                   f"whole), {alone[True] * 1e6:6.1f} us polluted ({alone[True] / dirty:.2f})",
                   flush=True)
 
+
 if __name__ == "__main__":
     main()
