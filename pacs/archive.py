@@ -103,7 +103,7 @@ class Archive:
             writer = CatalogWriter(
                 catalog, batch_size=settings.commit_batch, before_commit=store.flush,
                 checkpoint=_checkpointer(settings, catalog, store, inflight),
-                blob_store=store,
+                blob_store=store, sync_spin=settings.sync_spin,
             )
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
         ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight,

@@ -100,6 +100,7 @@ class Settings:
     max_pending_stores: int = 64
     commit_batch: int = 256
     io_threads: int = 8
+    sync_spin: float = 0.0003  # seconds a worker's loop polls after an fdatasync; 0: sleeps
     lmdb_map_size: int = 64 * 1024**3
     max_find_results: int = 0  # C-FIND responses per query; 0: no cap
     move_associations: int = 2  # parallel associations of a large C-MOVE
@@ -233,6 +234,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "max_pending_stores": (1, 100_000),
     "commit_batch": (1, 100_000),
     "io_threads": (1, 256),
+    "sync_spin": (0, 1),
     "lmdb_map_size": (1 << 20, 1 << 50),
     "max_find_results": (0, 1 << 31),
     "move_associations": (1, 64),

@@ -144,10 +144,13 @@ class CatalogWriter:
         blob_store: BlobStore | None = None,
         checkpoint_interval: float = 1.0,
         loop_writes: bool = True,
+        sync_spin: float = 0.0,
     ) -> None:
         """``before_commit`` runs in the writer thread before each batch's transaction: the
         blob store's ``flush`` goes there, so one fdatasync covers the whole batch's blobs and
-        no index entry ever points at bytes that are not yet on disk."""
+        no index entry ever points at bytes that are not yet on disk. ``sync_spin``: seconds
+        an event loop storing through a :class:`_LoopGroup` keeps polling after its last
+        fdatasync answered (0: it sleeps as usual)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.catalog = catalog
@@ -178,6 +181,7 @@ class CatalogWriter:
         # Event loops that write their small blobs themselves (segment store): see _LoopGroup.
         self._groups: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
         self._loop_writes = loop_writes and hasattr(blob_store, "try_put")
+        self.sync_spin = sync_spin
         self._committer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
         self._committer.start()
         self._thread.start()
@@ -562,6 +566,10 @@ def _fits_loop(blob: Sequence[BlobPart]) -> bool:
     return size <= LOOP_WRITE_LIMIT
 
 
+# The most a loop polls while one fdatasync is in flight (a slow disk: it sleeps after that).
+SPIN_SYNC_CAP = 0.002
+
+
 class _LoopGroup:
     """Group commit for the small stores of one event loop, without a Python thread.
 
@@ -572,6 +580,12 @@ class _LoopGroup:
     once and commits the synced batch to LMDB, then answers it: blob durable, index committed,
     response, as before. The only other
     thread involved never takes the GIL, so the loop no longer trades it with a flush thread.
+
+    With ``writer.sync_spin`` the loop polls instead of sleeping while an fdatasync is in
+    flight and for that long after the last one answered, handing its core to any other
+    runnable thread at each turn (``sched_yield``): on a virtual machine a halted vCPU wakes
+    only through the host, tens of µs, paid for the sync thread's answer and for the clients'
+    next data sets (measured: +5-10% small durable stores over 4 associations, 1 worker).
     """
 
     def __init__(self, writer: CatalogWriter, loop: asyncio.AbstractEventLoop) -> None:
@@ -587,6 +601,10 @@ class _LoopGroup:
         # their answers are read, whatever becomes of the stores.
         self.syncer = Syncer(name="catalog-writer-sync")
         self._sync_soon = False  # _start_sync_soon is scheduled
+        self.spin = writer.sync_spin
+        self.spinning = False  # _spin is scheduled
+        self._sync_asked = 0.0  # perf_counter() of the fdatasync in flight's request
+        self._sync_ended = 0.0  # ... of the last answer
         loop.add_reader(self.syncer.done_fd, self._synced)
 
     def add(self, store: _Store) -> bool:
@@ -641,6 +659,19 @@ class _LoopGroup:
             self.loop.call_soon(self._start_sync_soon)
         return True
 
+    def _spin(self) -> None:
+        """One turn of polling: the loop does not sleep while this stays scheduled."""
+        now = time.perf_counter()
+        if self.syncing is not None:
+            keep = now - self._sync_asked < SPIN_SYNC_CAP
+        else:
+            keep = now - self._sync_ended < self.spin
+        if not keep or self._closed:
+            self.spinning = False
+            return
+        os.sched_yield()  # whatever else is runnable on this core goes first
+        self.loop.call_soon(self._spin)
+
     def _start_sync_soon(self) -> None:
         self._sync_soon = False
         self._start_sync()
@@ -663,6 +694,11 @@ class _LoopGroup:
         try:
             fd = self._sync_fd()
             self.syncer.request(fd)
+            if self.spin > 0:
+                self._sync_asked = time.perf_counter()
+                if not self.spinning:
+                    self.spinning = True
+                    self.loop.call_soon(self._spin)
         except Exception as exc:
             with self._lock:
                 batch, self.syncing = self.syncing, None
@@ -701,6 +737,7 @@ class _LoopGroup:
                 self._written(tag, answer)
 
     def _sync_answered(self, code: int) -> None:
+        self._sync_ended = time.perf_counter()
         with self._lock:
             batch, self.syncing = self.syncing, None
             if self._closed or batch is None:

@@ -24,6 +24,7 @@ def test_later_sources_win(tmp_path: Path) -> None:
     toml.write_text('aet = "FROMFILE"\nport = 2000\nidle_timeout = 5\nlog_level = "debug"\n')
     s = load_settings(toml, environ={"PACS_PORT": "3000"}, overrides={"aet": "FLAG"})
     assert (s.aet, s.port, s.idle_timeout, s.log_level) == ("FLAG", 3000, 5.0, "DEBUG")
+    assert load_settings(environ={"PACS_SYNC_SPIN": "0"}).sync_spin == 0.0
 
 
 def test_remote_tables(tmp_path: Path) -> None:
@@ -60,6 +61,8 @@ def test_access_and_retention_tables(tmp_path: Path) -> None:
         ('aet = "A\\\\B"', "aet"),
         ('on_duplicate = "sometimes"', "on_duplicate"),
         ("max_pdu_size = 10", "max_pdu_size"),
+        ("sync_spin = 2", "sync_spin"),
+        ("sync_spin = -0.001", "sync_spin"),
         ("nonsense = 1", "nonsense"),
         ("[remote.X]\nport = 104\n", "remote.X"),
         ("[remote.X]\nhost = 'h'\nport = -1\n", "remote.X.port"),

@@ -638,3 +638,38 @@ def test_a_failed_direct_write_refuses_its_store_and_the_writer_goes_on(
     stored = catalog.get_instance(second.sop_instance_uid)
     assert stored is not None and segments.get(stored.location) == b"M" + bytes(400_000)
     assert segments.failures == 1
+
+
+@pytest.mark.parametrize("spin", [0.0, 0.2])
+def test_loop_group_polls_after_an_fdatasync_only_with_sync_spin(
+        catalog: Catalog, segments: SegmentStore, spin: float) -> None:
+    """With ``sync_spin`` the loop keeps turning (its thread's CPU time grows while a coroutine
+    sleeps) for that long after an fdatasync answered, then sleeps again; without, it never
+    polls."""
+    import asyncio
+    import time
+
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           sync_spin=spin)
+    record = make_record("P", "1", "1.1", "spin")
+
+    async def cpu_while_sleeping(seconds: float) -> float:
+        start = time.thread_time()
+        await asyncio.sleep(seconds)
+        return time.thread_time() - start
+
+    async def main() -> tuple[bool, float, bool, float]:
+        assert (await writer.submit_async(record, blob=[b"s" * 64])).kind == "stored"
+        group = writer._groups[asyncio.get_running_loop()]
+        polling, busy = group.spinning, await cpu_while_sleeping(0.05)
+        await asyncio.sleep(spin)
+        return polling, busy, group.spinning, await cpu_while_sleeping(0.05)
+
+    polling, busy, still_polling, idle = asyncio.run(main())
+    writer.close()
+    assert catalog.has_instance("spin")
+    assert not still_polling and idle < 0.01
+    if spin:
+        assert polling and busy > 0.01  # of 0.05 s: a sleeping loop takes ~0
+    else:
+        assert not polling and busy < 0.01
