@@ -659,6 +659,11 @@ class _LoopGroup:
             self.loop.call_soon(self._start_sync_soon)
         return True
 
+    def _start_spin(self) -> None:
+        if not self.spinning:
+            self.spinning = True
+            self.loop.call_soon(self._spin)
+
     def _spin(self) -> None:
         """One turn of polling: the loop does not sleep while this stays scheduled."""
         now = time.perf_counter()
@@ -696,9 +701,7 @@ class _LoopGroup:
             self.syncer.request(fd)
             if self.spin > 0:
                 self._sync_asked = time.perf_counter()
-                if not self.spinning:
-                    self.spinning = True
-                    self.loop.call_soon(self._spin)
+                self._start_spin()
         except Exception as exc:
             with self._lock:
                 batch, self.syncing = self.syncing, None
@@ -737,7 +740,9 @@ class _LoopGroup:
                 self._written(tag, answer)
 
     def _sync_answered(self, code: int) -> None:
-        self._sync_ended = time.perf_counter()
+        if self.spin > 0:
+            self._sync_ended = time.perf_counter()
+            self._start_spin()  # again, if a slow fdatasync outlasted SPIN_SYNC_CAP
         with self._lock:
             batch, self.syncing = self.syncing, None
             if self._closed or batch is None:

@@ -642,34 +642,47 @@ def test_a_failed_direct_write_refuses_its_store_and_the_writer_goes_on(
 
 @pytest.mark.parametrize("spin", [0.0, 0.2])
 def test_loop_group_polls_after_an_fdatasync_only_with_sync_spin(
-        catalog: Catalog, segments: SegmentStore, spin: float) -> None:
-    """With ``sync_spin`` the loop keeps turning (its thread's CPU time grows while a coroutine
-    sleeps) for that long after an fdatasync answered, then sleeps again; without, it never
-    polls."""
+        catalog: Catalog, tmp_path: Path, spin: float) -> None:
+    """With ``sync_spin`` the loop keeps turning (its polling callback runs again and again
+    while a coroutine sleeps) for that long after an fdatasync answered, then sleeps again;
+    without, it never polls."""
     import asyncio
-    import time
 
+    # No zero filler: a store arriving while it writes would go the flush thread's way.
+    segments = SegmentStore(tmp_path / "spin-segments", "w0", prefill=0)
     writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
                            sync_spin=spin)
     record = make_record("P", "1", "1.1", "spin")
+    turns = 0
 
-    async def cpu_while_sleeping(seconds: float) -> float:
-        start = time.thread_time()
+    async def turns_while_sleeping(seconds: float) -> int:
+        before = turns
         await asyncio.sleep(seconds)
-        return time.thread_time() - start
+        return turns - before
 
-    async def main() -> tuple[bool, float, bool, float]:
+    async def main() -> tuple[bool, int, bool, int]:
+        nonlocal turns
         assert (await writer.submit_async(record, blob=[b"s" * 64])).kind == "stored"
         group = writer._groups[asyncio.get_running_loop()]
-        polling, busy = group.spinning, await cpu_while_sleeping(0.05)
+        polling = group.spinning
+        turn = group._spin
+
+        def counted() -> None:
+            nonlocal turns
+            turns += 1
+            turn()
+
+        group._spin = counted  # type: ignore[method-assign]  # it schedules self._spin
+        busy = await turns_while_sleeping(0.05)
         await asyncio.sleep(spin)
-        return polling, busy, group.spinning, await cpu_while_sleeping(0.05)
+        return polling, busy, group.spinning, await turns_while_sleeping(0.05)
 
     polling, busy, still_polling, idle = asyncio.run(main())
     writer.close()
+    segments.close()
     assert catalog.has_instance("spin")
-    assert not still_polling and idle < 0.01
+    assert not still_polling and idle == 0
     if spin:
-        assert polling and busy > 0.01  # of 0.05 s: a sleeping loop takes ~0
+        assert polling and busy > 5  # turns in 0.05 s: thousands on an idle machine
     else:
-        assert not polling and busy < 0.01
+        assert not polling and busy == 0
