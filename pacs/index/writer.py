@@ -601,7 +601,6 @@ class _LoopGroup:
         # their answers are read, whatever becomes of the stores.
         self.syncer = Syncer(name="catalog-writer-sync")
         self._sync_soon = False  # _start_sync_soon is scheduled
-        self.spin = writer.sync_spin
         self.spinning = False  # _spin is scheduled
         self._sync_asked = 0.0  # perf_counter() of the fdatasync in flight's request
         self._sync_ended = 0.0  # ... of the last answer
@@ -660,7 +659,7 @@ class _LoopGroup:
         return True
 
     def _start_spin(self) -> None:
-        if not self.spinning:
+        if self.writer.sync_spin > 0 and not self.spinning:
             self.spinning = True
             self.loop.call_soon(self._spin)
 
@@ -670,7 +669,7 @@ class _LoopGroup:
         if self.syncing is not None:
             keep = now - self._sync_asked < SPIN_SYNC_CAP
         else:
-            keep = now - self._sync_ended < self.spin
+            keep = now - self._sync_ended < self.writer.sync_spin
         if not keep or self._closed:
             self.spinning = False
             return
@@ -699,9 +698,8 @@ class _LoopGroup:
         try:
             fd = self._sync_fd()
             self.syncer.request(fd)
-            if self.spin > 0:
-                self._sync_asked = time.perf_counter()
-                self._start_spin()
+            self._sync_asked = time.perf_counter()
+            self._start_spin()
         except Exception as exc:
             with self._lock:
                 batch, self.syncing = self.syncing, None
@@ -740,9 +738,8 @@ class _LoopGroup:
                 self._written(tag, answer)
 
     def _sync_answered(self, code: int) -> None:
-        if self.spin > 0:
-            self._sync_ended = time.perf_counter()
-            self._start_spin()  # again, if a slow fdatasync outlasted SPIN_SYNC_CAP
+        self._sync_ended = time.perf_counter()
+        self._start_spin()  # again, if a slow fdatasync outlasted SPIN_SYNC_CAP
         with self._lock:
             batch, self.syncing = self.syncing, None
             if self._closed or batch is None:
