@@ -4,7 +4,10 @@ In one run the same files go to three receivers, so the figures compare like wit
 
 - ``pacs``: this archive (``pacs serve``, durable: blob fsync + LMDB commit before each response);
 - ``pynetdicom``: a plain pynetdicom storage SCP writing one file per instance (Python baseline);
-- ``storescp --ignore``: dcmtk's C++ SCP discarding the data (the ceiling);
+- ``storescp --ignore``: dcmtk's C++ SCP discarding the data (the ceiling). It serves one
+  association at a time (the others wait for it in the listen backlog), so its figure with 4
+  associations is its one-association rate; ``storescp-fork`` (``--fork``: a child process an
+  association) serves them at once, for information (about 1.9x on this 2-core machine);
 - ``orthanc``: Orthanc (Debian's package, when ``Orthanc`` is on PATH; skipped with a note
   otherwise), a private server per run (``bench/orthanc.py``). Durability: each file is
   fdatasync-ed (Orthanc's default ``SyncStorageArea``) but its SQLite index commits with WAL +
@@ -127,9 +130,12 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
     elif name == "pynetdicom":
         cmd = [sys.executable, "-m", "bench.pynetdicom_scp", str(port), str(out)]
         aet = "BASELINE"
-    else:
-        cmd = ["storescp", "--ignore", "--max-pdu", "131072", str(port)]
+    elif name in ("storescp", "storescp-fork"):
+        fork = ["--fork"] if name == "storescp-fork" else []
+        cmd = ["storescp", "--ignore", "--max-pdu", "131072", *fork, str(port)]
         aet = "ANY-SCP"
+    else:
+        raise ValueError(f"unknown receiver {name!r}")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, TCP_NODELAY="1"))
     try:
@@ -281,7 +287,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
     parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,orthanc,storescp",
                         help="comma-separated: pacs[-wN], pynetdicom, orthanc[-nosync], "
-                             "storescp (Orthanc ones are skipped when it is not installed)")
+                             "storescp, storescp-fork (Orthanc ones are skipped when it is "
+                             "not installed)")
     parser.add_argument("--cpu", action="store_true",
                         help="also print CPU per instance: the receiver's (user, system; its "
                              "child processes included) and the storescu clients'")
@@ -324,7 +331,8 @@ def main() -> None:
             for name, values in rates.items():
                 print(f"  {name:14s} {spread(values)} instances/s")
         for ours in [r for r in rates if r.startswith("pacs")]:
-            for other in ("pynetdicom", "orthanc", "orthanc-nosync", "storescp"):
+            for other in ("pynetdicom", "orthanc", "orthanc-nosync", "storescp",
+                          "storescp-fork"):
                 if other in rates:
                     per_round = [a / b for a, b in zip(rates[ours], rates[other], strict=True)]
                     print(f"  {ours} / {other}: {spread(per_round, '{:.2f}')}x")
