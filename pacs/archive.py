@@ -104,6 +104,7 @@ class Archive:
                 catalog, batch_size=settings.commit_batch, before_commit=store.flush,
                 checkpoint=_checkpointer(settings, catalog, store, inflight),
                 blob_store=store, sync_spin=settings.sync_spin,
+                index_during_sync=settings.index_during_sync,
             )
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
         ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight,

@@ -39,7 +39,7 @@ from typing import Any, TypeVar, cast
 
 from pacs import metrics
 from pacs.errors import CatalogError, StorageError
-from pacs.index.catalog import Catalog, OnDuplicate, StoreOutcome
+from pacs.index.catalog import Catalog, OnDuplicate, PreparedStores, StoreOutcome
 from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobInfo, BlobPart, BlobStore
 from pacs.store.syncer import WRITE_BUFFERED, WRITE_TAGS, Syncer
@@ -145,12 +145,15 @@ class CatalogWriter:
         checkpoint_interval: float = 1.0,
         loop_writes: bool = True,
         sync_spin: float = 0.0,
+        index_during_sync: bool = False,
     ) -> None:
         """``before_commit`` runs in the writer thread before each batch's transaction: the
         blob store's ``flush`` goes there, so one fdatasync covers the whole batch's blobs and
         no index entry ever points at bytes that are not yet on disk. ``sync_spin``: seconds
         an event loop storing through a :class:`_LoopGroup` keeps polling after its last
-        fdatasync answered (0: it sleeps as usual)."""
+        fdatasync answered (0: it sleeps as usual). ``index_during_sync``: such a loop applies
+        each batch's index transaction while the batch's fdatasync is in flight and commits
+        it when that answers (see :class:`_LoopGroup`)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.catalog = catalog
@@ -168,6 +171,7 @@ class CatalogWriter:
         self.largest_batch = 0
         self.flush_seconds = 0.0  # time in before_commit (the blob fdatasync)
         self.commit_seconds = 0.0  # time in LMDB write transactions for stores
+        self.prepared_batches = 0  # of batches_committed: applied during their fdatasync
         self._queue: queue.SimpleQueue[_Store | _Run | object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -182,6 +186,7 @@ class CatalogWriter:
         self._groups: dict[asyncio.AbstractEventLoop, _LoopGroup] = {}
         self._loop_writes = loop_writes and hasattr(blob_store, "try_put")
         self.sync_spin = sync_spin
+        self.index_during_sync = index_during_sync
         self._committer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
         self._committer.start()
         self._thread.start()
@@ -327,11 +332,11 @@ class CatalogWriter:
         self._committer.join(timeout)
         if self.records_committed:
             log.info(
-                "catalog writer: %d instances in %d transactions (%.1f per batch, largest %d); "
-                "%.2f s flushing blobs, %.2f s committing",
+                "catalog writer: %d instances in %d transactions (%.1f per batch, largest %d; "
+                "%d applied during their fdatasync); %.2f s flushing blobs, %.2f s committing",
                 self.records_committed, self.batches_committed,
                 self.records_committed / max(self.batches_committed, 1), self.largest_batch,
-                self.flush_seconds, self.commit_seconds,
+                self.prepared_batches, self.flush_seconds, self.commit_seconds,
             )
 
     def __enter__(self) -> CatalogWriter:
@@ -539,6 +544,14 @@ class CatalogWriter:
         self._count(1)
         return store, outcome, False
 
+    def _committed_prepared(self, batch: list[_Store], outcomes: list[StoreOutcome],
+                            seconds: float) -> _Settled:
+        self.commit_seconds += seconds
+        metrics.COMMIT_SECONDS.observe(seconds)
+        self.prepared_batches += 1
+        self._count(len(batch))
+        return [(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)]
+
     def _count(self, n: int) -> None:
         self.batches_committed += 1
         self.records_committed += n
@@ -586,6 +599,14 @@ class _LoopGroup:
     runnable thread at each turn (``sched_yield``): on a virtual machine a halted vCPU wakes
     only through the host, tens of µs, paid for the sync thread's answer and for the clients'
     next data sets (measured: +5-10% small durable stores over 4 associations, 1 worker).
+
+    With ``writer.index_during_sync`` the batch's index transaction is applied while its
+    fdatasync is in flight (right after the previous batch's answers) and only committed when
+    the fdatasync answers, so the order stays blob durable, index committed, response, and a
+    lone association no longer waits for the index work after each fdatasync (measured: +10-15%
+    small durable stores over 1 association; even over 4). The transaction holds LMDB's writer
+    lock meanwhile: the catalog aborts it if this thread begins any other write (the batch is
+    then indexed the usual way), and a failed fdatasync or a store refused aborts it too.
     """
 
     def __init__(self, writer: CatalogWriter, loop: asyncio.AbstractEventLoop) -> None:
@@ -601,6 +622,7 @@ class _LoopGroup:
         # their answers are read, whatever becomes of the stores.
         self.syncer = Syncer(name="catalog-writer-sync")
         self._sync_soon = False  # _start_sync_soon is scheduled
+        self._prepared: PreparedStores | None = None  # the syncing batch, applied (see above)
         self.spinning = False  # _spin is scheduled
         self._sync_asked = 0.0  # perf_counter() of the fdatasync in flight's request
         self._sync_ended = 0.0  # ... of the last answer
@@ -700,10 +722,26 @@ class _LoopGroup:
             self.syncer.request(fd)
             self._sync_asked = time.perf_counter()
             self._start_spin()
+            batch = self.syncing
+            if self.writer.index_during_sync and len(batch) <= self.writer.batch_size:
+                # After what is ready now, e.g. the tasks answering the batch before.
+                self.loop.call_soon(self._prepare, batch)
         except Exception as exc:
             with self._lock:
                 batch, self.syncing = self.syncing, None
             self._fail(batch or [], exc)
+
+    def _prepare(self, batch: list[_Store]) -> None:
+        """Apply the index transaction of ``batch`` while its fdatasync is in flight."""
+        if self.syncing is not batch or self._prepared is not None or self._closed:
+            return  # answered already, or closing
+        self._prepared = self.writer.catalog.prepare_items(
+            [(s.record, s.on_duplicate) for s in batch], [s.forwards for s in batch])
+
+    def _abort_prepared(self) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            self.writer.catalog.abort_prepared(prepared)
 
     def _sync_fd(self) -> int:
         assert self.store is not None
@@ -742,8 +780,13 @@ class _LoopGroup:
         self._start_spin()  # again, if a slow fdatasync outlasted SPIN_SYNC_CAP
         with self._lock:
             batch, self.syncing = self.syncing, None
-            if self._closed or batch is None:
-                return
+            closed = self._closed
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and (closed or batch is None or code):
+            self.writer.catalog.abort_prepared(prepared)
+            prepared = None
+        if closed or batch is None:
+            return
         if code:
             error = OSError(code, os.strerror(code))
             self.store.note_sync_failure(error)  # type: ignore[union-attr]
@@ -757,9 +800,20 @@ class _LoopGroup:
             return
         # A failed seal, or an fdatasync through another descriptor (flush thread, filler),
         # counted since a store was written: that store is refused (pacs.store.segments).
-        batch = self.writer._durable(batch)
+        durable = self.writer._durable(batch)
+        outcomes = None
+        if prepared is not None:
+            if durable is batch:  # nobody refused: the transaction applied is the batch's
+                outcomes = self.writer.catalog.commit_prepared(prepared)
+            else:
+                self.writer.catalog.abort_prepared(prepared)
         self._start_sync()  # the next batch syncs while this one is committed
-        _resolve_on_loop(self.writer._commit_all(batch))
+        if outcomes is not None:
+            assert prepared is not None
+            settled = self.writer._committed_prepared(batch, outcomes, prepared.seconds)
+        else:
+            settled = self.writer._commit_all(durable)
+        _resolve_on_loop(settled)
         self.writer._checkpoint_soon()
 
     @staticmethod
@@ -797,27 +851,34 @@ class _LoopGroup:
         once it is closed); False when a running loop did not confirm it in time."""
         loop = self.loop
         if loop.is_closed():
+            self._abort_prepared()
             return True
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        # A prepared index transaction is aborted on the loop's thread (LMDB's writer lock is
+        # that thread's), before close() indexes the batch itself.
         if running is loop:
             loop.remove_reader(self.syncer.done_fd)
+            self._abort_prepared()
             return True
         if not loop.is_running():
             # Between runs (nothing else touches it now): removed from here.
             loop.remove_reader(self.syncer.done_fd)
+            self._abort_prepared()
             return True
         done = threading.Event()
 
         def remove() -> None:
             loop.remove_reader(self.syncer.done_fd)
+            self._abort_prepared()
             done.set()
 
         try:
             loop.call_soon_threadsafe(remove)
         except RuntimeError:
+            self._abort_prepared()
             return True  # closed meanwhile
         if done.wait(5):
             return True

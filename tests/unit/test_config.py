@@ -25,6 +25,8 @@ def test_later_sources_win(tmp_path: Path) -> None:
     s = load_settings(toml, environ={"PACS_PORT": "3000"}, overrides={"aet": "FLAG"})
     assert (s.aet, s.port, s.idle_timeout, s.log_level) == ("FLAG", 3000, 5.0, "DEBUG")
     assert load_settings(environ={"PACS_SYNC_SPIN": "0"}).sync_spin == 0.0
+    assert load_settings().index_during_sync is True
+    assert load_settings(environ={"PACS_INDEX_DURING_SYNC": "off"}).index_during_sync is False
 
 
 def test_remote_tables(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -22,6 +23,10 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
     cat = Catalog(tmp_path / "db", map_size=1 << 26)
     yield cat
     cat.close()
+
+
+# The loop group's two ways of indexing a batch: after its fdatasync, or applied during it.
+DURING = pytest.mark.parametrize("during_sync", [False, True], ids=["after_sync", "during_sync"])
 
 
 def hold(writer: CatalogWriter) -> threading.Event:
@@ -257,13 +262,15 @@ def blob_of(record: object) -> bytes:
     return f"DICM data set of {record}".encode() * 20
 
 
+@DURING
 def test_loop_appends_blobs_and_commits_them_in_groups(
-        catalog: Catalog, segments: SegmentStore) -> None:
+        catalog: Catalog, segments: SegmentStore, during_sync: bool) -> None:
     import asyncio
 
     commit_threads = record_commit_threads(catalog)
     records = hierarchy(1, 2, 2, 10)
-    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=during_sync)
 
     async def main() -> list[StoreOutcome]:
         futures = [writer.submit_async(r, blob=[blob_of(r.sop_instance_uid)]) for r in records]
@@ -272,7 +279,9 @@ def test_loop_appends_blobs_and_commits_them_in_groups(
     outcomes = asyncio.run(main())
     writer.close()
     assert [o.kind for o in outcomes] == ["stored"] * len(records)
-    assert set(commit_threads) == {"MainThread"}
+    # Indexed on the loop: applied during the fdatasync, or committed with store_items after.
+    assert set(commit_threads) == (set() if during_sync else {"MainThread"})
+    assert writer.prepared_batches == (1 if during_sync else 0)
     # All 40 were taken in one loop iteration: one fdatasync (asked at its end) for them all.
     assert writer.batches_committed == 1 and writer.largest_batch == len(records)
     for record in records:
@@ -333,11 +342,14 @@ def test_blobs_written_by_the_caller_are_made_durable_by_the_loop_group(
     check_consistent(catalog)
 
 
-def test_loop_group_waits_while_paused(catalog: Catalog, segments: SegmentStore) -> None:
+@DURING
+def test_loop_group_waits_while_paused(
+        catalog: Catalog, segments: SegmentStore, during_sync: bool) -> None:
     import asyncio
 
     records = hierarchy(1, 1, 1, 12)
-    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=during_sync)
 
     async def main() -> None:
         writer.pause()
@@ -354,8 +366,10 @@ def test_loop_group_waits_while_paused(catalog: Catalog, segments: SegmentStore)
     assert (writer.batches_committed, writer.largest_batch) == (1, 12)
 
 
+@DURING
 def test_failed_fdatasync_refuses_the_group_and_indexes_nothing(
-        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch,
+        during_sync: bool) -> None:
     """A disk that fails fdatasync (EIO answered by the sync thread): every store of the group
     fails with a StorageError, nothing of it is indexed, and the writer keeps working."""
     import asyncio
@@ -379,7 +393,8 @@ def test_failed_fdatasync_refuses_the_group_and_indexes_nothing(
             os.write(answer_fd, struct.pack("<qq", fd, code))
 
     monkeypatch.setattr(syncer, "_SERVE", failing_once)
-    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=during_sync)
     first, later = hierarchy(1, 1, 1, 4)[:2], hierarchy(1, 1, 1, 4)[2:]
 
     async def main() -> list[object]:
@@ -433,14 +448,16 @@ def test_busy_segment_sends_the_store_through_the_flush_thread(
     assert stored is not None and segments.get(stored.location) == b"c" * 64
 
 
+@DURING
 def test_close_from_another_thread_finishes_the_loop_groups(
-        catalog: Catalog, segments: SegmentStore) -> None:
+        catalog: Catalog, segments: SegmentStore, during_sync: bool) -> None:
     """Archive.close runs in an executor while the loop still runs: stores appended but not yet
     synced (here: the writer is paused) are made durable, indexed and answered."""
     import asyncio
 
     records = hierarchy(1, 1, 1, 5)
-    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=during_sync)
 
     async def main() -> list[StoreOutcome]:
         writer.pause()
@@ -455,8 +472,10 @@ def test_close_from_another_thread_finishes_the_loop_groups(
         writer.submit(make_record("P", "1", "1.1", "late"))
 
 
+@DURING
 def test_a_failed_seal_refuses_the_loop_stores_written_before_it(
-        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        during_sync: bool) -> None:
     """Loop stores appended to a segment whose seal then fails (EIO, seen by the flush thread's
     put and flush, not by the loop's own later fdatasync of the next segment) are refused: the
     store's failure count moved after they were written. Later stores are accepted."""
@@ -464,7 +483,8 @@ def test_a_failed_seal_refuses_the_loop_stores_written_before_it(
     import errno
 
     segments = SegmentStore(tmp_path / "seg", "w0", segment_size=64 * 1024, prefill=0)
-    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=during_sync)
     records = hierarchy(1, 1, 1, 7)
 
     def failing_seal(fd: int, offset: int, index: bytes) -> int:
@@ -523,11 +543,13 @@ def test_a_failure_counted_between_write_and_flush_refuses_the_batch(
     assert not catalog.has_instance("a") and catalog.has_instance("b")
 
 
+@DURING
 def test_a_loop_that_ended_gives_its_sync_thread_back(
-        catalog: Catalog, segments: SegmentStore) -> None:
+        catalog: Catalog, segments: SegmentStore, during_sync: bool) -> None:
     import asyncio
 
-    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=during_sync)
     records = hierarchy(1, 1, 1, 4)
 
     async def store(part: list[InstanceRecord]) -> None:
@@ -686,3 +708,94 @@ def test_loop_group_polls_after_an_fdatasync_only_with_sync_spin(
         assert polling and busy > 5  # turns in 0.05 s: thousands on an idle machine
     else:
         assert not polling and busy == 0
+
+
+def test_a_batch_applied_during_its_fdatasync_is_committed_only_when_that_answers(
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``index_during_sync``: while the fdatasync is held, the batch's transaction is applied
+    (LMDB's writer lock taken) but nothing of it is visible and no store is answered; once it
+    answers, the batch is committed and answered. The order stays blob durable, index
+    committed, response."""
+    import asyncio
+    import os
+    import struct
+
+    from pacs.store import syncer
+
+    held = threading.Event()  # the sync thread got the first fdatasync request
+    release = threading.Event()
+
+    def held_once(request_fd: int, answer_fd: int, counter: object = None) -> None:
+        while True:
+            raw = os.read(request_fd, 8)
+            if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
+                return
+            fd = struct.unpack("<q", raw)[0]
+            if not held.is_set():
+                held.set()
+                release.wait(10)
+            os.fdatasync(fd)
+            os.write(answer_fd, struct.pack("<qq", fd, 0))
+
+    monkeypatch.setattr(syncer, "_SERVE", held_once)
+    records = hierarchy(1, 1, 2, 3)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=True)
+    seen: dict[str, object] = {}
+
+    def look() -> None:  # another thread, while the fdatasync is held
+        assert held.wait(10)
+        deadline = time.monotonic() + 10
+        while catalog._prepared is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen["prepared"] = catalog._prepared is not None
+        seen["visible"] = [catalog.has_instance(r.sop_instance_uid) for r in records]
+
+    async def main() -> list[StoreOutcome]:
+        futures = [writer.submit_async(r, blob=[blob_of(r.sop_instance_uid)]) for r in records]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, look)
+            await asyncio.sleep(0.05)  # the loop turns while the fdatasync is still held
+            seen["answered early"] = any(f.done() for f in futures)
+        finally:
+            release.set()
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+
+    outcomes = asyncio.run(main())
+    writer.close()
+    assert seen == {"prepared": True, "visible": [False] * len(records), "answered early": False}
+    assert [o.kind for o in outcomes] == ["stored"] * len(records)
+    assert (writer.prepared_batches, writer.batches_committed) == (1, 1)
+    for record in records:
+        stored = catalog.get_instance(record.sop_instance_uid)
+        assert stored is not None
+        assert segments.get(stored.location) == blob_of(record.sop_instance_uid)
+    check_consistent(catalog)
+
+
+def test_a_write_on_the_loop_during_the_fdatasync_sends_the_batch_the_usual_way(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """Another write transaction begun on the loop's thread while the batch's transaction is
+    applied (it would wait for itself) aborts that one: the batch is indexed after its
+    fdatasync as usual, nothing is lost or indexed twice."""
+    import asyncio
+
+    records = hierarchy(1, 1, 1, 4)
+    other = make_record("Q", "2", "2.1", "2.1.1")
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=True)
+
+    async def main() -> list[StoreOutcome]:
+        futures = [writer.submit_async(r, blob=[b"w" * 64]) for r in records]
+        deadline = time.monotonic() + 10
+        while catalog._prepared is None and not all(f.done() for f in futures):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0)  # one loop turn at a time: the fdatasync may still run
+        catalog.store_items([(other, "keep")])  # on the loop's thread
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+
+    outcomes = asyncio.run(main())
+    writer.close()
+    assert [o.kind for o in outcomes] == ["stored"] * len(records)
+    assert catalog.statistics()["instances"] == len(records) + 1
+    check_consistent(catalog)
