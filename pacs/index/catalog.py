@@ -307,6 +307,8 @@ class Catalog:
         self.readonly = readonly
         self._gate = _Gate()
         self._prepared: PreparedStores | None = None  # see prepare_items
+        self._prepare_lock = threading.Lock()  # claims the one prepared transaction
+        self._preparing = False  # claimed, being begun
         self._last_write_id = -1  # LMDB id of this process's last write transaction
         # monotonic() of the last two writes of other processes seen at one of ours
         self._foreign_writes = (-2 * FOREIGN_WRITE_QUIET, -FOREIGN_WRITE_QUIET)
@@ -464,8 +466,14 @@ class Catalog:
             except BaseException:
                 txn.abort()
                 raise
-            txn.commit()
-            self._last_write_id = write_id
+            # Noted while LMDB's writer lock is still ours: a thread of this process waiting
+            # for it must not take this commit for another process's (see prepare_items).
+            previous, self._last_write_id = self._last_write_id, write_id
+            try:
+                txn.commit()
+            except BaseException:
+                self._last_write_id = previous
+                raise
             return result
         finally:
             gate.leave()
@@ -588,6 +596,20 @@ class Catalog:
         """
         if self.readonly or self._prepared is not None or self._other_writer_busy():
             return None
+        with self._prepare_lock:  # one at a time, whichever threads ask
+            if self._prepared is not None or self._preparing:
+                return None
+            self._preparing = True
+        try:
+            return self._prepare(items, forwards)
+        finally:
+            self._preparing = False
+
+    def _prepare(
+        self,
+        items: Sequence[tuple[InstanceRecord, OnDuplicate]],
+        forwards: Sequence[Sequence[str]] | None,
+    ) -> PreparedStores | None:
         started = time.perf_counter()
         gate = self._gate
         gate.enter()
@@ -644,11 +666,11 @@ class Catalog:
         if txn is None or self._prepared is not prepared:
             return None
         started = time.perf_counter()
-        write_id = txn.id()
+        previous, self._last_write_id = self._last_write_id, txn.id()  # see _write_once
         try:
             txn.commit()  # on failure LMDB has aborted it
-            self._last_write_id = write_id
         except lmdb.Error as exc:
+            self._last_write_id = previous
             log.warning("prepared index commit failed (%s): committing the usual way", exc)
             return None
         finally:
@@ -656,28 +678,37 @@ class Catalog:
         prepared.seconds += time.perf_counter() - started
         return prepared.outcomes
 
-    def abort_prepared(self, prepared: PreparedStores) -> None:
-        """Abort a prepared transaction (nothing of it reaches the index); idempotent."""
+    def abort_prepared(self, prepared: PreparedStores) -> bool:
+        """Abort a prepared transaction (nothing of it reaches the index); idempotent. False
+        when it cannot: asked from another thread while the one that began it lives."""
         txn = prepared.txn
-        if txn is None or self._prepared is not prepared:
-            return
+        if txn is None:
+            return True
         if prepared.thread != threading.get_ident():
-            # LMDB's writer lock belongs to the thread that took it; from another thread the
-            # abort may leave it held (process-shared, robust: freed when that thread's
-            # process ends). Only a writer closed after its event loop stopped gets here.
-            log.warning("aborting a prepared index transaction from another thread")
+            # LMDB's writer lock belongs to the thread that took it: from another thread
+            # the unlock fails while that thread lives (every writer then waits forever), and
+            # if that thread ends with the transaction open the environment is unusable. Once
+            # it has ended, an abort from here clears the transaction and the next writer
+            # recovers the lock.
+            if any(t.ident == prepared.thread and t.is_alive() for t in threading.enumerate()):
+                log.error("a prepared index transaction is held by a live thread that cannot "
+                          "end it (its event loop stopped): left to that thread")
+                return False
+            log.warning("aborting the prepared index transaction of a thread that ended")
         try:
             txn.abort()
         finally:
             self._release(prepared)
+        return True
 
     def _release(self, prepared: PreparedStores) -> None:
         prepared.txn = None
-        self._prepared = None
         gate = self._gate
-        with gate._lock:
-            gate.pinned = None
-        gate.leave()
+        if self._prepared is prepared:
+            self._prepared = None
+            with gate._lock:
+                gate.pinned = None
+        gate.leave()  # the entry prepare_items took for it
 
     def _end_prepared_here(self) -> None:
         prepared = self._prepared

@@ -716,15 +716,19 @@ class _LoopGroup:
             if (self.syncing is not None or not self.pending or self._closed
                     or not self.writer._resumed.is_set()):
                 return
-            self.syncing, self.pending = self.pending, []
+            batch, self.pending = self.pending, []
+            self.syncing = batch
         try:
             fd = self._sync_fd()
             self.syncer.request(fd)
             self._sync_asked = time.perf_counter()
             self._start_spin()
-            batch = self.syncing
-            if self.writer.index_during_sync and len(batch) <= self.writer.batch_size:
-                # After what is ready now, e.g. the tasks answering the batch before.
+            if (self.writer.index_during_sync and len(batch) <= self.writer.batch_size
+                    and threading.current_thread() is threading.main_thread()):
+                # After what is ready now, e.g. the tasks answering the batch before. Only a
+                # loop on the main thread (a worker's): LMDB's writer lock can only be given
+                # back by the thread that took it, and a loop run in another thread may stop,
+                # or its thread end, with the transaction open (see Catalog.abort_prepared).
                 self.loop.call_soon(self._prepare, batch)
         except Exception as exc:
             with self._lock:
@@ -738,10 +742,16 @@ class _LoopGroup:
         self._prepared = self.writer.catalog.prepare_items(
             [(s.record, s.on_duplicate) for s in batch], [s.forwards for s in batch])
 
-    def _abort_prepared(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            self.writer.catalog.abort_prepared(prepared)
+    def _abort_prepared(self) -> bool:
+        """Abort the batch's prepared transaction, if any; False when it is held by a live
+        thread that is not this one (see Catalog.abort_prepared)."""
+        prepared = self._prepared
+        if prepared is None:
+            return True
+        if not self.writer.catalog.abort_prepared(prepared):
+            return False
+        self._prepared = None
+        return True
 
     def _sync_fd(self) -> int:
         assert self.store is not None
@@ -837,6 +847,14 @@ class _LoopGroup:
             os.close(self._target[1])
             self._target = None
         if not batch:
+            return
+        if not self._abort_prepared():
+            # Its loop stopped with the batch's transaction open, and that thread lives on:
+            # indexing the batch here would wait for LMDB's writer lock forever. Unanswered,
+            # the stores are indexed from the segments at the next start (pacs.recovery).
+            log.error("%d stores left unindexed: their event loop stopped during their "
+                      "fdatasync", len(batch))
+            _settle(_not_durable(batch, CatalogError("event loop stopped during the store")))
             return
         try:
             assert self.store is not None

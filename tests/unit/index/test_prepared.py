@@ -31,11 +31,13 @@ def dump(catalog: Catalog) -> dict[str, list[tuple[bytes, bytes]]]:
     return out
 
 
-def test_prepared_then_committed_writes_what_store_items_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable_commits", [True, False], ids=["durable", "writemap"])
+def test_prepared_then_committed_writes_what_store_items_writes(
+        tmp_path: Path, durable_commits: bool) -> None:
     records = hierarchy(2, 2, 2, 3)
     batches = [records[:5], records[5:6], records[6:]]
-    a = Catalog(tmp_path / "a", map_size=1 << 26)
-    b = Catalog(tmp_path / "b", map_size=1 << 26)
+    a = Catalog(tmp_path / "a", map_size=1 << 26, durable_commits=durable_commits)
+    b = Catalog(tmp_path / "b", map_size=1 << 26, durable_commits=durable_commits)
     try:
         for batch in batches:
             items = [(r, "keep") for r in batch]
@@ -205,3 +207,45 @@ def test_prepare_declines_while_another_process_writes_too(
     assert prepared_and_committed("1.2.3.5")  # quiet again
     assert catalog.statistics()["instances"] == 7
     check_consistent(catalog)
+
+
+def test_a_full_map_declines_and_store_items_grows_it(tmp_path: Path) -> None:
+    """A batch that does not fit the map (as the workers' writable map, which starts small):
+    nothing is prepared or left held, and the usual way grows the map and stores it."""
+    with Catalog(tmp_path / "db", map_size=1 << 16) as catalog:
+        items = [(r, "keep") for r in hierarchy(2, 5, 5, 10)]
+        assert catalog.prepare_items(items) is None
+        assert len(catalog.store_items(items)) == 500
+        assert catalog.map_size > 1 << 16
+        catalog._grow()  # room for one more: prepared once the map has it
+        more = catalog.prepare_items([(make_record("Z", "9", "9.1", "9.1.1"), "keep")])
+        assert more is not None and catalog.commit_prepared(more) is not None
+        assert catalog.statistics()["instances"] == 501
+
+
+def test_only_the_thread_that_began_it_may_abort_it_while_that_thread_lives(
+        catalog: Catalog) -> None:
+    """LMDB's writer lock can only be given back by its thread: an abort from another thread
+    is refused while that thread lives, and done once it has ended (the next writer then
+    recovers the lock)."""
+    records = hierarchy(1, 1, 1, 3)
+    box: list[object] = []
+    ended = threading.Event()
+    keep_alive = threading.Event()
+
+    def owner() -> None:
+        box.append(catalog.prepare_items([(records[0], "keep")]))
+        ended.set()
+        keep_alive.wait(10)
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    assert ended.wait(10)
+    prepared = box[0]
+    assert prepared is not None
+    assert catalog.abort_prepared(prepared) is False  # type: ignore[arg-type]
+    keep_alive.set()
+    thread.join(10)
+    assert catalog.abort_prepared(prepared) is True  # type: ignore[arg-type]
+    catalog.store_items([(records[1], "keep")])  # the lock is usable again
+    assert [catalog.has_instance(r.sop_instance_uid) for r in records[:2]] == [False, True]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pacs.errors import CatalogError, StorageError
-from pacs.index.catalog import Catalog, StoreOutcome
+from pacs.index.catalog import Catalog, PreparedStores, StoreOutcome
 from pacs.index.records import InstanceRecord
 from pacs.index.writer import CatalogWriter
 from pacs.store.segments import SegmentStore
@@ -773,13 +773,52 @@ def test_a_batch_applied_during_its_fdatasync_is_committed_only_when_that_answer
     check_consistent(catalog)
 
 
+class HeldSync:
+    """A sync thread whose first fdatasync waits until ``release`` (``held`` is set once the
+    request arrived): the window in which a batch's transaction is applied but not committed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import os
+        import struct
+
+        from pacs.store import syncer
+
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+        def serve(request_fd: int, answer_fd: int, counter: object = None) -> None:
+            while True:
+                raw = os.read(request_fd, 8)
+                if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
+                    return
+                fd = struct.unpack("<q", raw)[0]
+                if not self.held.is_set():
+                    self.held.set()
+                    self.release.wait(10)
+                os.fdatasync(fd)
+                os.write(answer_fd, struct.pack("<qq", fd, 0))
+
+        monkeypatch.setattr(syncer, "_SERVE", serve)
+
+
+async def until_prepared(catalog: Catalog) -> None:
+    """Let the loop turn until its batch's transaction is applied (10 s at most)."""
+    import asyncio
+
+    deadline = time.monotonic() + 10
+    while catalog._prepared is None:
+        assert time.monotonic() < deadline, "no transaction was prepared"
+        await asyncio.sleep(0.001)
+
+
 def test_a_write_on_the_loop_during_the_fdatasync_sends_the_batch_the_usual_way(
-        catalog: Catalog, segments: SegmentStore) -> None:
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another write transaction begun on the loop's thread while the batch's transaction is
     applied (it would wait for itself) aborts that one: the batch is indexed after its
     fdatasync as usual, nothing is lost or indexed twice."""
     import asyncio
 
+    sync = HeldSync(monkeypatch)
     records = hierarchy(1, 1, 1, 4)
     other = make_record("Q", "2", "2.1", "2.1.1")
     writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
@@ -787,15 +826,111 @@ def test_a_write_on_the_loop_during_the_fdatasync_sends_the_batch_the_usual_way(
 
     async def main() -> list[StoreOutcome]:
         futures = [writer.submit_async(r, blob=[b"w" * 64]) for r in records]
-        deadline = time.monotonic() + 10
-        while catalog._prepared is None and not all(f.done() for f in futures):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0)  # one loop turn at a time: the fdatasync may still run
-        catalog.store_items([(other, "keep")])  # on the loop's thread
+        try:
+            await until_prepared(catalog)
+            catalog.store_items([(other, "keep")])  # on the loop's thread
+            assert catalog._prepared is None  # aborted, not waited for
+        finally:
+            sync.release.set()
         return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
 
     outcomes = asyncio.run(main())
     writer.close()
     assert [o.kind for o in outcomes] == ["stored"] * len(records)
+    assert (writer.prepared_batches, writer.batches_committed) == (0, 1)
     assert catalog.statistics()["instances"] == len(records) + 1
+    check_consistent(catalog)
+
+
+def test_closing_during_the_fdatasync_aborts_the_transaction_and_indexes_the_batch(
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archive.close in an executor while a batch's transaction is applied and its fdatasync
+    still runs: the loop aborts the transaction, close waits for the fdatasync and indexes
+    the batch itself; every store is answered."""
+    import asyncio
+
+    sync = HeldSync(monkeypatch)
+    records = hierarchy(1, 1, 2, 3)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=True)
+
+    async def main() -> list[StoreOutcome]:
+        futures = [writer.submit_async(r, blob=[b"c" * 64]) for r in records]
+        await until_prepared(catalog)
+        # close() waits for the fdatasync in flight: released a little later.
+        threading.Timer(0.2, sync.release.set).start()
+        await asyncio.get_running_loop().run_in_executor(None, writer.close)
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+
+    outcomes = asyncio.run(main())
+    assert [o.kind for o in outcomes] == ["stored"] * len(records)
+    assert writer.prepared_batches == 0 and catalog._prepared is None
+    assert catalog.statistics()["instances"] == len(records)
+    check_consistent(catalog)
+
+
+def test_a_store_refused_in_a_prepared_batch_aborts_it_and_the_rest_is_indexed(
+        catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One store of the batch is refused (a failed fdatasync was counted after its blob was
+    written) while the batch's transaction was applied with it: that transaction is aborted
+    and the others are indexed the usual way."""
+    import asyncio
+    import errno
+
+    aborted: list[bool] = []
+    real_abort = catalog.abort_prepared
+
+    def spy(prepared: PreparedStores) -> bool:
+        aborted.append(prepared.txn is not None)
+        return real_abort(prepared)
+
+    monkeypatch.setattr(catalog, "abort_prepared", spy)
+    records = hierarchy(1, 1, 1, 3)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=True)
+
+    def write(record: InstanceRecord) -> int:
+        epoch = segments.failures
+        info = segments.put(record.sop_instance_uid, [b"R" * 300], durable=False)
+        record.location, record.size, record.digest = info.location, info.size, info.digest
+        return epoch
+
+    async def main() -> list[object]:
+        epochs = [write(records[0])]
+        segments.note_sync_failure(OSError(errno.EIO, "Input/output error"))  # after the first
+        epochs += [write(r) for r in records[1:]]
+        futures = [writer.submit_async(r, epoch=e) for r, e in zip(records, epochs, strict=True)]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    results = asyncio.run(main())
+    writer.close()
+    assert isinstance(results[0], StorageError)
+    assert [getattr(r, "kind", None) for r in results[1:]] == ["stored", "stored"]
+    assert aborted == [True] and writer.prepared_batches == 0
+    assert [catalog.has_instance(r.sop_instance_uid) for r in records] == [False, True, True]
+    check_consistent(catalog)
+
+
+def test_a_loop_in_another_thread_does_not_prepare(
+        catalog: Catalog, segments: SegmentStore) -> None:
+    """Only a loop on the main thread holds a transaction across its turns: one run in
+    another thread may stop, or its thread end, with it open (LMDB's writer lock is that
+    thread's). Its stores are indexed after their fdatasync."""
+    import asyncio
+
+    records = hierarchy(1, 1, 1, 6)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           index_during_sync=True)
+
+    async def main() -> list[StoreOutcome]:
+        return list(await asyncio.gather(
+            *[writer.submit_async(r, blob=[b"t" * 64]) for r in records]))
+
+    box: list[list[StoreOutcome]] = []
+    thread = threading.Thread(target=lambda: box.append(asyncio.run(main())))
+    thread.start()
+    thread.join(30)
+    writer.close()
+    assert [o.kind for o in box[0]] == ["stored"] * len(records)
+    assert writer.prepared_batches == 0 and writer.batches_committed >= 1
     check_consistent(catalog)
