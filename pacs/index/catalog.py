@@ -458,8 +458,7 @@ class Catalog:
             txn = self._env.begin(write=True)
             try:
                 write_id = txn.id()
-                if write_id != self._last_write_id + 1 and self._last_write_id >= 0:
-                    self._foreign_write_seen()
+                self._note_other_writers(write_id)
                 t = _Txn(txn, self._dbs)
                 result = fn(t)
                 t.flush()
@@ -587,9 +586,10 @@ class Catalog:
         that applies a batch while the fdatasync of its blobs is in flight and commits it
         when that answers. None, with nothing left open, when it cannot (another prepared
         transaction, a map to grow or follow, a bad record, any error) or should not (another
-        process wrote since this one's last write: another worker storing at the same time,
-        whose event loop would wait for the whole fdatasync): the caller then indexes the
-        batch with ``store_items``, which reports what went wrong.
+        process keeps writing: two of its commits within ``FOREIGN_WRITE_QUIET`` seconds,
+        another worker storing at the same time, whose event loop would wait for the whole
+        fdatasync): the caller then indexes the batch with ``store_items``, which reports
+        what went wrong.
 
         Any write transaction or map growth later begun by this thread aborts it first
         (it would wait for itself); ``commit_prepared`` then returns None.
@@ -618,16 +618,13 @@ class Catalog:
         except lmdb.Error:  # e.g. the map resized by another process: store_items follows it
             gate.leave()
             return None
-        write_id = txn.id()
-        if write_id != self._last_write_id + 1 and self._last_write_id >= 0:
-            # Another process wrote since our last write. A lone write (its start-up, a
-            # background task) is no reason to decline; another worker storing is: held open,
-            # this transaction would stall that worker's event loop for a whole fdatasync.
-            self._foreign_write_seen()
-            if self._other_writer_busy():
-                txn.abort()
-                gate.leave()
-                return None
+        self._note_other_writers(txn.id())
+        if self._other_writer_busy():
+            # Another worker storing too: held open, this transaction would stall its event
+            # loop for a whole fdatasync.
+            txn.abort()
+            gate.leave()
+            return None
         try:
             for record, on_duplicate in items:
                 _check(record)
@@ -649,8 +646,12 @@ class Catalog:
         gate.pinned = prepared.thread
         return prepared
 
-    def _foreign_write_seen(self) -> None:
-        self._foreign_writes = (self._foreign_writes[1], time.monotonic())
+    def _note_other_writers(self, write_id: int) -> None:
+        """Under LMDB's writer lock: whether another process committed since our last write
+        (its id is not the next one; a lone one, its start-up or a background task, alone is
+        no reason to decline, see ``_other_writer_busy``)."""
+        if write_id != self._last_write_id + 1 and self._last_write_id >= 0:
+            self._foreign_writes = (self._foreign_writes[1], time.monotonic())
 
     def _other_writer_busy(self) -> bool:
         """Whether another process is writing too: two of its writes seen within

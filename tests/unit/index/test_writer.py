@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -262,6 +262,16 @@ def blob_of(record: object) -> bytes:
     return f"DICM data set of {record}".encode() * 20
 
 
+def assert_indexed_and_readable(
+        catalog: Catalog, segments: SegmentStore, records: list[InstanceRecord]) -> None:
+    """Each record indexed, its blob (``blob_of``) read back whole; the catalog consistent."""
+    for record in records:
+        stored = catalog.get_instance(record.sop_instance_uid)
+        assert stored is not None
+        assert segments.get(stored.location) == blob_of(record.sop_instance_uid)
+    check_consistent(catalog)
+
+
 @DURING
 def test_loop_appends_blobs_and_commits_them_in_groups(
         catalog: Catalog, segments: SegmentStore, during_sync: bool) -> None:
@@ -284,11 +294,7 @@ def test_loop_appends_blobs_and_commits_them_in_groups(
     assert writer.prepared_batches == (1 if during_sync else 0)
     # All 40 were taken in one loop iteration: one fdatasync (asked at its end) for them all.
     assert writer.batches_committed == 1 and writer.largest_batch == len(records)
-    for record in records:
-        stored = catalog.get_instance(record.sop_instance_uid)
-        assert stored is not None
-        assert segments.get(stored.location) == blob_of(record.sop_instance_uid)
-    check_consistent(catalog)
+    assert_indexed_and_readable(catalog, segments, records)
 
 
 def test_blobs_written_by_the_caller_are_made_durable_by_the_loop_group(
@@ -374,25 +380,9 @@ def test_failed_fdatasync_refuses_the_group_and_indexes_nothing(
     fails with a StorageError, nothing of it is indexed, and the writer keeps working."""
     import asyncio
     import errno
-    import os
-    import struct
-
-    from pacs.store import syncer
 
     answers = iter([errno.EIO])
-
-    def failing_once(request_fd: int, answer_fd: int, counter: object = None) -> None:
-        while True:
-            raw = os.read(request_fd, 8)
-            if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
-                return
-            fd = struct.unpack("<q", raw)[0]
-            code = next(answers, 0)
-            if not code:
-                os.fdatasync(fd)
-            os.write(answer_fd, struct.pack("<qq", fd, code))
-
-    monkeypatch.setattr(syncer, "_SERVE", failing_once)
+    fake_sync_thread(monkeypatch, lambda: next(answers, 0))
     writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
                            index_during_sync=during_sync)
     first, later = hierarchy(1, 1, 1, 4)[:2], hierarchy(1, 1, 1, 4)[2:]
@@ -710,6 +700,54 @@ def test_loop_group_polls_after_an_fdatasync_only_with_sync_spin(
         assert not polling and busy == 0
 
 
+def fake_sync_thread(monkeypatch: pytest.MonkeyPatch, answer: Callable[[], int]) -> None:
+    """Replace the sync thread's loop (pure Python): each fdatasync request gets ``answer()``
+    (an errno; 0: the fdatasync is done) before its answer is written."""
+    import os
+    import struct
+
+    from pacs.store import syncer
+
+    def serve(request_fd: int, answer_fd: int, counter: object = None) -> None:
+        while True:
+            raw = os.read(request_fd, 8)
+            if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
+                return
+            fd = struct.unpack("<q", raw)[0]
+            code = answer()
+            if not code:
+                os.fdatasync(fd)
+            os.write(answer_fd, struct.pack("<qq", fd, code))
+
+    monkeypatch.setattr(syncer, "_SERVE", serve)
+
+
+class HeldSync:
+    """A sync thread whose first fdatasync waits until ``release`` (``held`` is set once the
+    request arrived): the window in which a batch's transaction is applied but not committed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.held = threading.Event()
+        self.release = threading.Event()
+        fake_sync_thread(monkeypatch, self._answer)
+
+    def _answer(self) -> int:
+        if not self.held.is_set():
+            self.held.set()
+            self.release.wait(10)
+        return 0
+
+
+async def until_prepared(catalog: Catalog) -> None:
+    """Let the loop turn until its batch's transaction is applied (10 s at most)."""
+    import asyncio
+
+    deadline = time.monotonic() + 10
+    while catalog._prepared is None:
+        assert time.monotonic() < deadline, "no transaction was prepared"
+        await asyncio.sleep(0.001)
+
+
 def test_a_batch_applied_during_its_fdatasync_is_committed_only_when_that_answers(
         catalog: Catalog, segments: SegmentStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """``index_during_sync``: while the fdatasync is held, the batch's transaction is applied
@@ -717,34 +755,15 @@ def test_a_batch_applied_during_its_fdatasync_is_committed_only_when_that_answer
     answers, the batch is committed and answered. The order stays blob durable, index
     committed, response."""
     import asyncio
-    import os
-    import struct
 
-    from pacs.store import syncer
-
-    held = threading.Event()  # the sync thread got the first fdatasync request
-    release = threading.Event()
-
-    def held_once(request_fd: int, answer_fd: int, counter: object = None) -> None:
-        while True:
-            raw = os.read(request_fd, 8)
-            if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
-                return
-            fd = struct.unpack("<q", raw)[0]
-            if not held.is_set():
-                held.set()
-                release.wait(10)
-            os.fdatasync(fd)
-            os.write(answer_fd, struct.pack("<qq", fd, 0))
-
-    monkeypatch.setattr(syncer, "_SERVE", held_once)
+    sync = HeldSync(monkeypatch)
     records = hierarchy(1, 1, 2, 3)
     writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
                            index_during_sync=True)
     seen: dict[str, object] = {}
 
     def look() -> None:  # another thread, while the fdatasync is held
-        assert held.wait(10)
+        assert sync.held.wait(10)
         deadline = time.monotonic() + 10
         while catalog._prepared is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -758,7 +777,7 @@ def test_a_batch_applied_during_its_fdatasync_is_committed_only_when_that_answer
             await asyncio.sleep(0.05)  # the loop turns while the fdatasync is still held
             seen["answered early"] = any(f.done() for f in futures)
         finally:
-            release.set()
+            sync.release.set()
         return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
 
     outcomes = asyncio.run(main())
@@ -766,49 +785,7 @@ def test_a_batch_applied_during_its_fdatasync_is_committed_only_when_that_answer
     assert seen == {"prepared": True, "visible": [False] * len(records), "answered early": False}
     assert [o.kind for o in outcomes] == ["stored"] * len(records)
     assert (writer.prepared_batches, writer.batches_committed) == (1, 1)
-    for record in records:
-        stored = catalog.get_instance(record.sop_instance_uid)
-        assert stored is not None
-        assert segments.get(stored.location) == blob_of(record.sop_instance_uid)
-    check_consistent(catalog)
-
-
-class HeldSync:
-    """A sync thread whose first fdatasync waits until ``release`` (``held`` is set once the
-    request arrived): the window in which a batch's transaction is applied but not committed."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import os
-        import struct
-
-        from pacs.store import syncer
-
-        self.held = threading.Event()
-        self.release = threading.Event()
-
-        def serve(request_fd: int, answer_fd: int, counter: object = None) -> None:
-            while True:
-                raw = os.read(request_fd, 8)
-                if len(raw) < 8 or struct.unpack("<q", raw)[0] < 0:
-                    return
-                fd = struct.unpack("<q", raw)[0]
-                if not self.held.is_set():
-                    self.held.set()
-                    self.release.wait(10)
-                os.fdatasync(fd)
-                os.write(answer_fd, struct.pack("<qq", fd, 0))
-
-        monkeypatch.setattr(syncer, "_SERVE", serve)
-
-
-async def until_prepared(catalog: Catalog) -> None:
-    """Let the loop turn until its batch's transaction is applied (10 s at most)."""
-    import asyncio
-
-    deadline = time.monotonic() + 10
-    while catalog._prepared is None:
-        assert time.monotonic() < deadline, "no transaction was prepared"
-        await asyncio.sleep(0.001)
+    assert_indexed_and_readable(catalog, segments, records)
 
 
 def test_a_write_on_the_loop_during_the_fdatasync_sends_the_batch_the_usual_way(
