@@ -555,11 +555,6 @@ class Catalog:
         ``forwards`` (one list of AE titles per item) queues each newly stored or replaced
         instance for forwarding, in the same transaction (``pacs.index.outbox``).
         """
-        for record, on_duplicate in items:
-            _check(record)
-            if on_duplicate not in ("keep", "replace"):
-                raise CatalogError(f"unknown duplicate policy {on_duplicate!r}")
-
         return self._write(lambda t: self._apply_items(t, items, forwards))
 
     def _apply_items(
@@ -568,6 +563,10 @@ class Catalog:
         items: Sequence[tuple[InstanceRecord, OnDuplicate]],
         forwards: Sequence[Sequence[str]] | None,
     ) -> list[StoreOutcome]:
+        for record, on_duplicate in items:  # all checked before anything is written
+            _check(record)
+            if on_duplicate not in ("keep", "replace"):
+                raise CatalogError(f"unknown duplicate policy {on_duplicate!r}")
         outcomes = [self._store_one(t, record, dup) for record, dup in items]
         for outcome, destinations in zip(outcomes, forwards or (), strict=False):
             if destinations and outcome.kind != "duplicate_kept":
@@ -594,7 +593,7 @@ class Catalog:
         Any write transaction or map growth later begun by this thread aborts it first
         (it would wait for itself); ``commit_prepared`` then returns None.
         """
-        if self.readonly or self._prepared is not None or self._other_writer_busy():
+        if self.readonly or self._other_writer_busy():
             return None
         with self._prepare_lock:  # one at a time, whichever threads ask
             if self._prepared is not None or self._preparing:
@@ -626,10 +625,6 @@ class Catalog:
             gate.leave()
             return None
         try:
-            for record, on_duplicate in items:
-                _check(record)
-                if on_duplicate not in ("keep", "replace"):
-                    raise CatalogError(f"unknown duplicate policy {on_duplicate!r}")
             t = _Txn(txn, self._dbs)
             outcomes = self._apply_items(t, items, forwards)
             t.flush()

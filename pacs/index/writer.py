@@ -517,16 +517,13 @@ class CatalogWriter:
             outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch],
                                                 [s.forwards for s in batch])
             elapsed = time.perf_counter() - started
-            self.commit_seconds += elapsed
-            metrics.COMMIT_SECONDS.observe(elapsed)
         except Exception as exc:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry each in its own transaction.
                 log.warning("catalog batch of %d failed (%s): retrying one by one", len(batch), exc)
                 return [self._commit_one(store) for store in batch]
             return [self._failure(batch[0], exc)]
-        self._count(len(batch))
-        return [(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)]
+        return self._committed(batch, outcomes, elapsed)
 
     def _commit_all(self, batch: list[_Store]) -> _Settled:
         """``_commit`` in transactions of at most ``batch_size`` (a loop group has no bound)."""
@@ -544,11 +541,11 @@ class CatalogWriter:
         self._count(1)
         return store, outcome, False
 
-    def _committed_prepared(self, batch: list[_Store], outcomes: list[StoreOutcome],
-                            seconds: float) -> _Settled:
+    def _committed(self, batch: list[_Store], outcomes: list[StoreOutcome],
+                   seconds: float) -> _Settled:
+        """A batch indexed in one transaction of ``seconds``: counted, paired with outcomes."""
         self.commit_seconds += seconds
         metrics.COMMIT_SECONDS.observe(seconds)
-        self.prepared_batches += 1
         self._count(len(batch))
         return [(store, outcome, False) for store, outcome in zip(batch, outcomes, strict=True)]
 
@@ -820,7 +817,8 @@ class _LoopGroup:
         self._start_sync()  # the next batch syncs while this one is committed
         if outcomes is not None:
             assert prepared is not None
-            settled = self.writer._committed_prepared(batch, outcomes, prepared.seconds)
+            self.writer.prepared_batches += 1
+            settled = self.writer._committed(batch, outcomes, prepared.seconds)
         else:
             settled = self.writer._commit_all(durable)
         _resolve_on_loop(settled)
@@ -869,34 +867,30 @@ class _LoopGroup:
         once it is closed); False when a running loop did not confirm it in time."""
         loop = self.loop
         if loop.is_closed():
-            self._abort_prepared()
             return True
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        # A prepared index transaction is aborted on the loop's thread (LMDB's writer lock is
-        # that thread's), before close() indexes the batch itself.
         if running is loop:
             loop.remove_reader(self.syncer.done_fd)
-            self._abort_prepared()
             return True
         if not loop.is_running():
             # Between runs (nothing else touches it now): removed from here.
             loop.remove_reader(self.syncer.done_fd)
-            self._abort_prepared()
             return True
         done = threading.Event()
 
         def remove() -> None:
             loop.remove_reader(self.syncer.done_fd)
+            # On the loop's thread, whose LMDB writer lock a prepared transaction holds;
+            # close() aborts it itself in the other cases (see _abort_prepared).
             self._abort_prepared()
             done.set()
 
         try:
             loop.call_soon_threadsafe(remove)
         except RuntimeError:
-            self._abort_prepared()
             return True  # closed meanwhile
         if done.wait(5):
             return True
