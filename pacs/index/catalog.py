@@ -169,6 +169,11 @@ class _Gate:
         # wait for forever (the grower waits for that transaction to end).
         self.pinned: int | None = None
 
+    def pin(self, thread: int | None) -> None:
+        """Let ``thread`` (None: nobody) enter while a grower waits (see ``pinned``)."""
+        with self._lock:
+            self.pinned = thread
+
     def enter(self) -> None:
         with self._lock:
             while self._exclusive and self.pinned != threading.get_ident():
@@ -638,7 +643,7 @@ class Catalog:
         prepared = PreparedStores(txn, outcomes, threading.get_ident(),
                                   time.perf_counter() - started)
         self._prepared = prepared
-        gate.pinned = prepared.thread
+        gate.pin(prepared.thread)
         return prepared
 
     def _note_other_writers(self, write_id: int) -> None:
@@ -702,8 +707,7 @@ class Catalog:
         gate = self._gate
         if self._prepared is prepared:
             self._prepared = None
-            with gate._lock:
-                gate.pinned = None
+            gate.pin(None)
         gate.leave()  # the entry prepare_items took for it
 
     def _end_prepared_here(self) -> None:
