@@ -120,9 +120,17 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
     out = work / f"out-{name}"
     if name.startswith("orthanc"):
         return run_orthanc(name, out, dirs)
+    env = dict(os.environ, TCP_NODELAY="1")
     if name.startswith("pacs"):
-        # "pacs" uses the default worker count; "pacs-w1", "pacs-w2" set it.
-        workers = name.partition("-w")[2] or "0"
+        # "pacs" uses the default worker count; "pacs-w1", "pacs-w2" set it. Settings may
+        # follow, for A/B runs in one process: "pacs-w1+sync_spin=0" sets PACS_SYNC_SPIN=0.
+        base, *overrides = name.split("+")
+        for override in overrides:
+            setting, sep, value = override.partition("=")
+            if not sep:
+                raise ValueError(f"receiver {name!r}: {override!r} is not setting=value")
+            env[f"PACS_{setting.upper()}"] = value
+        workers = base.partition("-w")[2] or "0"
         cmd = [sys.executable, "-m", "pacs", "serve", "--data-dir", str(out), "--host",
                "127.0.0.1", "--port", str(port), "--http-port", "0", "--log-level", "WARNING",
                "--workers", workers]
@@ -136,8 +144,7 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
         aet = "ANY-SCP"
     else:
         raise ValueError(f"unknown receiver {name!r}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, TCP_NODELAY="1"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_port(port, proc)
         server_before = tree_cpu(proc.pid)
@@ -286,7 +293,7 @@ def main() -> None:
     parser.add_argument("-k", "--associations", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
     parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,orthanc,storescp",
-                        help="comma-separated: pacs[-wN], pynetdicom, orthanc[-nosync], "
+                        help="comma-separated: pacs[-wN][+setting=value...], pynetdicom, orthanc[-nosync], "
                              "storescp, storescp-fork (Orthanc ones are skipped when it is "
                              "not installed)")
     parser.add_argument("--cpu", action="store_true",
