@@ -293,9 +293,9 @@ def main() -> None:
     parser.add_argument("-k", "--associations", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="rows = columns of each image")
     parser.add_argument("--receivers", default="pacs-w1,pacs-w2,pynetdicom,orthanc,storescp",
-                        help="comma-separated: pacs[-wN][+setting=value...], pynetdicom, orthanc[-nosync], "
-                             "storescp, storescp-fork (Orthanc ones are skipped when it is "
-                             "not installed)")
+                        help="comma-separated: pacs[-wN][+setting=value...], pynetdicom, "
+                             "orthanc[-nosync], storescp, storescp-fork (Orthanc ones are "
+                             "skipped when it is not installed)")
     parser.add_argument("--cpu", action="store_true",
                         help="also print CPU per instance: the receiver's (user, system; its "
                              "child processes included) and the storescu clients'")
