@@ -22,9 +22,11 @@ test: system-deps $(STAMP) lint pytest
 install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
-	@# Debian splits venv (ensurepip) and the C headers the extensions build against off.
-	@$(PYTHON) -c 'import ensurepip, sysconfig, os, sys; \
-	  sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' 2>/dev/null || { \
+	@# Debian ships venv (ensurepip) and the C headers the extensions build against apart.
+	@py=$(BIN)/python; test -x $$py || py=$(PYTHON); \
+	$$py -c 'import os, sys, sysconfig; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  2>/dev/null && { test -x $(BIN)/python || $(PYTHON) -c 'import ensurepip' 2>/dev/null; } || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    python3-venv python3-dev; }
