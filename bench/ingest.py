@@ -115,6 +115,23 @@ def run_orthanc(name: str, out: Path, dirs: list[Path]) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def pacs_receiver(name: str) -> tuple[str, dict[str, str]]:
+    """A ``pacs…`` receiver's ``--workers`` value and the environment it adds: "pacs" uses
+    the default worker count, "pacs-w1", "pacs-w2" set it; settings may follow, for A/B runs
+    in one process ("pacs-w1+sync_spin=0" sets PACS_SYNC_SPIN=0)."""
+    base, *overrides = name.split("+")
+    workers = base.removeprefix("pacs").removeprefix("-w") or "0"
+    if not workers.isdigit():
+        raise ValueError(f"receiver {name!r}: pacs, pacs-wN, then +setting=value")
+    env: dict[str, str] = {}
+    for override in overrides:
+        setting, sep, value = override.partition("=")
+        if not sep or not setting:
+            raise ValueError(f"receiver {name!r}: {override!r} is not setting=value")
+        env[f"PACS_{setting.upper()}"] = value
+    return workers, env
+
+
 def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
     port = free_port()
     out = work / f"out-{name}"
@@ -122,15 +139,8 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
         return run_orthanc(name, out, dirs)
     env = dict(os.environ, TCP_NODELAY="1")
     if name.startswith("pacs"):
-        # "pacs" uses the default worker count; "pacs-w1", "pacs-w2" set it. Settings may
-        # follow, for A/B runs in one process: "pacs-w1+sync_spin=0" sets PACS_SYNC_SPIN=0.
-        base, *overrides = name.split("+")
-        for override in overrides:
-            setting, sep, value = override.partition("=")
-            if not sep:
-                raise ValueError(f"receiver {name!r}: {override!r} is not setting=value")
-            env[f"PACS_{setting.upper()}"] = value
-        workers = base.partition("-w")[2] or "0"
+        workers, overrides = pacs_receiver(name)
+        env.update(overrides)
         cmd = [sys.executable, "-m", "pacs", "serve", "--data-dir", str(out), "--host",
                "127.0.0.1", "--port", str(port), "--http-port", "0", "--log-level", "WARNING",
                "--workers", workers]
