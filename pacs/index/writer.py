@@ -595,7 +595,9 @@ class _LoopGroup:
     flight and for that long after the last one answered, handing its core to any other
     runnable thread at each turn (``sched_yield``): on a virtual machine a halted vCPU wakes
     only through the host, tens of µs, paid for the sync thread's answer and for the clients'
-    next data sets (measured: +5-10% small durable stores over 4 associations, 1 worker).
+    next data sets (measured: +5-10% small durable stores over 4 associations, 1 worker). The
+    turn right after a group is answered does not yield: the coroutines answering it, queued
+    behind that turn, write their responses first.
 
     With ``writer.index_during_sync`` the batch's index transaction is applied while its
     fdatasync is in flight (right after the previous batch's answers) and only committed when
@@ -621,6 +623,7 @@ class _LoopGroup:
         self._sync_soon = False  # _start_sync_soon is scheduled
         self._prepared: PreparedStores | None = None  # the syncing batch, applied (see above)
         self.spinning = False  # _spin is scheduled
+        self._answered = False  # a group was answered since the last turn of _spin
         self._sync_asked = 0.0  # perf_counter() of the fdatasync in flight's request
         self._sync_ended = 0.0  # ... of the last answer
         loop.add_reader(self.syncer.done_fd, self._synced)
@@ -692,7 +695,13 @@ class _LoopGroup:
         if not keep or self._closed:
             self.spinning = False
             return
-        os.sched_yield()  # whatever else is runnable on this core goes first
+        if self._answered:
+            # The coroutines answering the group just committed were queued after this turn:
+            # they run first, this time, and write their responses before any client takes
+            # the core (measured: +5-15% small stores with 2 workers, +1-3% with 1).
+            self._answered = False
+        else:
+            os.sched_yield()  # whatever else is runnable on this core goes first
         self.loop.call_soon(self._spin)
 
     def _start_sync_soon(self) -> None:
@@ -822,6 +831,7 @@ class _LoopGroup:
         else:
             settled = self.writer._commit_all(durable)
         _resolve_on_loop(settled)
+        self._answered = True
         self.writer._checkpoint_soon()
 
     @staticmethod

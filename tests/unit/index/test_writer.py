@@ -700,6 +700,56 @@ def test_loop_group_polls_after_an_fdatasync_only_with_sync_spin(
         assert not polling and busy == 0
 
 
+def test_loop_group_answers_a_group_before_its_polling_yields(
+        catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coroutines waiting for a group run before the polling turn queued ahead of them
+    hands the core away (``sched_yield``): a client would otherwise run before its response
+    is written. The turns after them yield again."""
+    import asyncio
+    import os
+
+    segments = SegmentStore(tmp_path / "yield-segments", "w0", prefill=0)
+    writer = CatalogWriter(catalog, before_commit=segments.flush, blob_store=segments,
+                           sync_spin=0.2)
+    records = [make_record("P", "1", "1.1", f"yield-{i}") for i in range(3)]
+    log: list[str] = []
+    real_yield = os.sched_yield
+
+    def logged_yield() -> None:
+        log.append("yield")
+        real_yield()
+
+    monkeypatch.setattr(os, "sched_yield", logged_yield)
+
+    async def store(record: InstanceRecord) -> None:
+        assert (await writer.submit_async(record, blob=[b"y" * 64])).kind == "stored"
+        log.append("resumed")
+
+    async def main() -> None:
+        await store(records[0])  # makes the loop's group
+        group = writer._groups[asyncio.get_running_loop()]
+        answered = group._sync_answered
+
+        def noted(code: int) -> None:
+            answered(code)
+            log.append("answered")
+
+        group._sync_answered = noted  # type: ignore[method-assign]
+        for record in records[1:]:  # one at a time: each group's answer is awaited alone
+            await store(record)
+        await asyncio.sleep(0.01)  # the polling goes on, yielding, after the last answer
+
+    asyncio.run(main())
+    writer.close()
+    segments.close()
+    assert all(catalog.has_instance(r.sop_instance_uid) for r in records)
+    answers = [i for i, entry in enumerate(log) if entry == "answered"]
+    assert len(answers) == 2  # the first store made the group: its answer was not noted
+    for i in answers:
+        assert log[i + 1] == "resumed", log[i - 3:i + 4]
+    assert "yield" in log[answers[-1]:]
+
+
 def fake_sync_thread(monkeypatch: pytest.MonkeyPatch, answer: Callable[[], int]) -> None:
     """Replace the sync thread's loop (pure Python): each fdatasync request gets ``answer()``
     (an errno; 0: the fdatasync is done) before its answer is written."""
