@@ -698,7 +698,7 @@ class _LoopGroup:
         if self._answered:
             # The coroutines answering the group just committed were queued after this turn:
             # they run first, this time, and write their responses before any client takes
-            # the core (measured: +5-15% small stores with 2 workers, +1-3% with 1).
+            # the core (measured: +5-17% small stores with 2 workers, +1-3% with 1).
             self._answered = False
         else:
             os.sched_yield()  # whatever else is runnable on this core goes first
