@@ -672,7 +672,10 @@ class Catalog:
             txn.commit()  # on failure LMDB has aborted it
         except lmdb.Error as exc:
             self._last_write_id = previous
-            log.warning("prepared index commit failed (%s): committing the usual way", exc)
+            # A writable map starts small and fills up as a matter of course: the usual way
+            # grows it and indexes the batch. Anything else deserves a warning.
+            level = logging.INFO if isinstance(exc, lmdb.MapFullError) else logging.WARNING
+            log.log(level, "prepared index commit failed (%s): committing the usual way", exc)
             return None
         finally:
             self._release(prepared)

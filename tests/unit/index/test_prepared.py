@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from pacs.index.catalog import Catalog
@@ -249,3 +251,46 @@ def test_only_the_thread_that_began_it_may_abort_it_while_that_thread_lives(
     assert catalog.abort_prepared(prepared) is True  # type: ignore[arg-type]
     catalog.store_items([(records[1], "keep")])  # the lock is usable again
     assert [catalog.has_instance(r.sop_instance_uid) for r in records[:2]] == [False, True]
+
+
+class _FailingCommit:
+    """A prepared transaction whose commit fails as LMDB's does (aborted, then raised)."""
+
+    def __init__(self, txn: lmdb.Transaction, error: lmdb.Error) -> None:
+        self.txn = txn
+        self.error = error
+
+    def id(self) -> int:
+        return int(self.txn.id())
+
+    def commit(self) -> None:
+        self.txn.abort()
+        raise self.error
+
+    def abort(self) -> None:
+        self.txn.abort()
+
+
+@pytest.mark.parametrize(("error", "level"), [
+    (lmdb.MapFullError("mdb_txn_commit", "MDB_MAP_FULL: Environment mapsize limit reached"),
+     logging.INFO),
+    (lmdb.DiskError("mdb_txn_commit", "Input/output error"), logging.WARNING),
+], ids=["map-full", "disk-error"])
+def test_a_failed_prepared_commit_leaves_the_batch_to_the_usual_way(
+        catalog: Catalog, caplog: pytest.LogCaptureFixture, error: lmdb.Error,
+        level: int) -> None:
+    """A full writable map is routine (the usual way grows it): logged as information, not
+    as a warning like any other failure; either way nothing of the batch is in the index, the
+    writer's lock is free again, and the usual way stores it."""
+    records = hierarchy(1, 1, 1, 2)
+    items = [(r, "keep") for r in records]
+    prepared = catalog.prepare_items(items)
+    assert prepared is not None
+    prepared.txn = _FailingCommit(prepared.txn, error)  # type: ignore[assignment]
+    with caplog.at_level(logging.INFO, logger="pacs.index.catalog"):
+        assert catalog.commit_prepared(prepared) is None
+    failed = [r for r in caplog.records if "prepared index commit failed" in r.getMessage()]
+    assert [r.levelno for r in failed] == [level]
+    assert catalog.statistics()["instances"] == 0
+    assert [o.kind for o in catalog.store_items(items)] == ["stored", "stored"]
+    check_consistent(catalog)
