@@ -159,12 +159,15 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
         wait_port(port, proc)
         server_before = tree_cpu(proc.pid)
         clients_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        machine_before = machine_cpu()
         seconds = push(dirs, port, aet)
+        machine_after = machine_cpu()
         server_after = tree_cpu(proc.pid)
         clients_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         CPU[name] = (server_after[0] - server_before[0], server_after[1] - server_before[1],
                      clients_after.ru_utime + clients_after.ru_stime
-                     - clients_before.ru_utime - clients_before.ru_stime)
+                     - clients_before.ru_utime - clients_before.ru_stime,
+                     idle_share(machine_before, machine_after))
         return seconds
     finally:
         proc.terminate()
@@ -172,8 +175,29 @@ def run_receiver(name: str, work: Path, dirs: list[Path]) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
-# receiver -> (server user s, server system s, storescu clients s) of its last run
-CPU: dict[str, tuple[float, float, float]] = {}
+# receiver -> (server user s, server system s, storescu clients s, machine idle share) of its
+# last run
+CPU: dict[str, tuple[float, float, float, float]] = {}
+
+
+def machine_cpu(stat: str | None = None) -> tuple[int, int]:
+    """(idle, total) clock ticks of all CPUs since boot, from ``/proc/stat`` (or its text):
+    idle counts idle and iowait; total every state but guest time, already in user."""
+    if stat is None:
+        stat = Path("/proc/stat").read_text()
+    name, *values = stat.partition("\n")[0].split()
+    if name != "cpu" or len(values) < 5:
+        raise ValueError("/proc/stat: no aggregate cpu line first")
+    fields = [int(v) for v in values[:8]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def idle_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The machine's idle share between two :func:`machine_cpu` readings: near 0 when the
+    receiver and its clients used every core (CPU-bound), high when they waited on each other
+    (round-trip bound, as ``storescp --ignore`` serving one association at a time)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def tree_cpu(pid: int) -> tuple[float, float]:
@@ -340,9 +364,11 @@ def main() -> None:
                 print(f"  {name:14s} {args.count / seconds:9.0f} instances/s "
                       f"{total / seconds / 1e6:8.1f} MB/s  ({seconds:.2f} s)", flush=True)
                 if args.cpu and name in CPU:
-                    user, system, clients = (v / args.count * 1e6 for v in CPU[name])
+                    *seconds_used, idle = CPU[name]
+                    user, system, clients = (v / args.count * 1e6 for v in seconds_used)
                     print(f"  {'':14s} CPU per instance: receiver {user:.0f} us user + "
-                          f"{system:.0f} us system, clients {clients:.0f} us")
+                          f"{system:.0f} us system, clients {clients:.0f} us; "
+                          f"machine idle {idle:.0%}")
         if rounds > 1:
             print(f"medians [min-max] over {rounds} rounds")
             for name, values in rates.items():

@@ -1,10 +1,12 @@
-"""The ingest load generator's receiver names (bench/ingest.py)."""
+"""The ingest load generator's receiver names and CPU accounting (bench/ingest.py)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from bench.ingest import pacs_receiver
+from bench.ingest import idle_share, machine_cpu, pacs_receiver
 
 
 @pytest.mark.parametrize(
@@ -27,3 +29,34 @@ def test_pacs_receiver_names(name: str, workers: str, env: dict[str, str]) -> No
 def test_pacs_receiver_bad_names(name: str) -> None:
     with pytest.raises(ValueError, match="receiver"):
         pacs_receiver(name)
+
+
+STAT = """cpu  3670547 7421 990386 5930087 104994 0 81258 2013 0 0
+cpu0 1344734 3297 407519 3581079 29475 0 30085 925 0 0
+intr 1 2 3
+"""
+
+
+def test_machine_cpu_reads_the_aggregate_line() -> None:
+    idle, total = machine_cpu(STAT)
+    assert idle == 5930087 + 104994  # idle + iowait
+    assert total == 3670547 + 7421 + 990386 + 5930087 + 104994 + 0 + 81258 + 2013
+
+
+def test_machine_cpu_of_this_machine_moves_forward() -> None:
+    idle0, total0 = machine_cpu()
+    sum(range(2_000_000))  # some CPU, so the ticks move
+    time.sleep(0.05)
+    idle1, total1 = machine_cpu()
+    assert total1 > total0 and 0 <= idle1 - idle0 <= total1 - total0
+
+
+def test_idle_share() -> None:
+    assert idle_share((100, 1000), (175, 1100)) == pytest.approx(0.75)
+    assert idle_share((100, 1000), (100, 1100)) == 0.0
+    assert idle_share((100, 1000), (100, 1000)) == 0.0  # no tick between the readings
+
+
+def test_machine_cpu_refuses_a_text_without_cpu_line() -> None:
+    with pytest.raises(ValueError, match="cpu line"):
+        machine_cpu("intr 1 2 3\n")
