@@ -80,16 +80,23 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 
 
 def push(dirs: list[Path], port: int, aet: str, calling: str = "BENCH") -> float:
-    """Send every folder with its own storescu at once; return the wall time in seconds."""
+    """Send every folder with its own storescu at once; return the wall time in seconds.
+
+    Each storescu gets its folder's files by name, in order, as a modality sends a series:
+    with ``+sd`` (a folder) it sends them in the order the directory lists them, on ext4 a
+    hash order, which scattered every association's instances over all the studies (the
+    runs before session 19).
+    """
     env = dict(os.environ, TCP_NODELAY="1")
+    lists = [sorted(str(f) for f in d.iterdir()) for d in dirs]
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
             ["storescu", "-aec", aet, "-aet", calling, "--max-pdu", "131072",
-             "+sd", "127.0.0.1", str(port), str(d)],
+             "127.0.0.1", str(port), *files],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        for d in dirs
+        for files in lists
     ]
     failed = [f"exit status {p.returncode}: {err.decode()[-2000:]}"
               for p in procs for _, err in [p.communicate()] if p.returncode != 0]
