@@ -79,24 +79,41 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     raise RuntimeError("receiver did not start")
 
 
+def storescu_commands(dirs: list[Path], port: int, aet: str, calling: str) -> list[list[str]]:
+    """One storescu command a folder, for :func:`push`."""
+    commands = []
+    for d in dirs:
+        files = sorted(str(f) for f in d.iterdir())
+        scan: list[str] = []
+        if sum(len(f) + 1 for f in files) > ARG_LIST_LIMIT:
+            print(f"  note: {len(files)} files are too many for one command line: storescu "
+                  f"sends {d.name} in the directory's order (+sd)")
+            scan, files = ["+sd"], [str(d)]
+        commands.append(["storescu", "-aec", aet, "-aet", calling, "--max-pdu", "131072",
+                         *scan, "127.0.0.1", str(port), *files])
+    return commands
+
+
+# Bytes of file names one storescu command line may take (Linux allows a quarter of the
+# stack limit, 2 MiB by default, for arguments and environment together).
+ARG_LIST_LIMIT = 1 << 20
+
+
 def push(dirs: list[Path], port: int, aet: str, calling: str = "BENCH") -> float:
     """Send every folder with its own storescu at once; return the wall time in seconds.
 
     Each storescu gets its folder's files by name, in order, as a modality sends a series:
     with ``+sd`` (a folder) it sends them in the order the directory lists them, on ext4 a
     hash order, which scattered every association's instances over all the studies (the
-    runs before session 19).
+    runs before session 19). A list too long for a command line (``ARG_LIST_LIMIT``) falls
+    back to the folder.
     """
     env = dict(os.environ, TCP_NODELAY="1")
-    lists = [sorted(str(f) for f in d.iterdir()) for d in dirs]
+    commands = storescu_commands(dirs, port, aet, calling)
     start = time.perf_counter()
     procs = [
-        subprocess.Popen(
-            ["storescu", "-aec", aet, "-aet", calling, "--max-pdu", "131072",
-             "127.0.0.1", str(port), *files],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        for files in lists
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for command in commands
     ]
     failed = [f"exit status {p.returncode}: {err.decode()[-2000:]}"
               for p in procs for _, err in [p.communicate()] if p.returncode != 0]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from bench.ingest import idle_share, machine_cpu, pacs_receiver
+import bench.ingest
+from bench.ingest import idle_share, machine_cpu, pacs_receiver, storescu_commands
 
 
 @pytest.mark.parametrize(
@@ -60,3 +62,31 @@ def test_idle_share() -> None:
 def test_machine_cpu_refuses_a_text_without_cpu_line() -> None:
     with pytest.raises(ValueError, match="cpu line"):
         machine_cpu("intr 1 2 3\n")
+
+
+def _folders(root: Path) -> list[Path]:
+    dirs = [root / "stream0", root / "stream1"]
+    for d in dirs:
+        d.mkdir()
+        for name in ("000009.dcm", "000001.dcm", "000100.dcm", "000042.dcm"):
+            (d / name).write_bytes(b"")
+    return dirs
+
+
+def test_storescu_sends_each_folder_in_name_order(tmp_path: Path) -> None:
+    commands = storescu_commands(_folders(tmp_path), 11112, "PACS", "BENCH")
+    assert len(commands) == 2
+    for command, folder in zip(commands, ("stream0", "stream1"), strict=True):
+        assert command[:8] == ["storescu", "-aec", "PACS", "-aet", "BENCH", "--max-pdu",
+                               "131072", "127.0.0.1"]
+        assert command[8] == "11112"
+        assert command[9:] == [str(tmp_path / folder / n) for n in
+                               ("000001.dcm", "000009.dcm", "000042.dcm", "000100.dcm")]
+
+
+def test_storescu_scans_a_folder_too_long_for_a_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench.ingest, "ARG_LIST_LIMIT", 50)
+    commands = storescu_commands(_folders(tmp_path), 11112, "PACS", "BENCH")
+    assert commands[0][7:] == ["+sd", "127.0.0.1", "11112", str(tmp_path / "stream0")]
