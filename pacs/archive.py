@@ -105,6 +105,7 @@ class Archive:
                 checkpoint=_checkpointer(settings, catalog, store, inflight),
                 blob_store=store, sync_spin=settings.sync_spin,
                 index_during_sync=settings.index_during_sync,
+                defer_index=settings.defer_index,
             )
         executor = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="pacs-io")
         ingest = Ingest(store, catalog, writer, executor, settings.on_duplicate, inflight,

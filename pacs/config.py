@@ -102,6 +102,7 @@ class Settings:
     io_threads: int = 8
     sync_spin: float = 0.0003  # seconds a worker's loop polls after an fdatasync; 0: sleeps
     index_during_sync: bool = True  # apply a batch's index transaction during its fdatasync
+    defer_index: bool = True  # new instances' patient/study/series levels written later, batched
     lmdb_map_size: int = 64 * 1024**3
     max_find_results: int = 0  # C-FIND responses per query; 0: no cap
     move_associations: int = 2  # parallel associations of a large C-MOVE

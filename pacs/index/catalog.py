@@ -13,6 +13,8 @@ Named databases (all keys UTF-8, see :func:`pacs.index.codec.key`)::
     meta              b'total_size' -> ASCII integer (bytes of all indexed blobs)
     sx, sx_counts, sx_log  secondary indexes for queries (pacs.index.secondary), updated by
                       _Txn.flush in the same write transaction as the records
+    pending           write id (8 bytes big endian) -> JSON [SOPInstanceUID, ...]: instances
+                      indexed by a deferring store whose upper levels are not written yet
 
 The patient key is ``PatientID + NUL + IssuerOfPatientID``; when PatientID is empty (anonymised
 data) it is ``NUL + StudyInstanceUID``, so that unrelated anonymous studies are not merged into one
@@ -28,6 +30,15 @@ whose series is known under another study moves that series, with its counts, to
 Reads open their own short read transaction and never wait for the writer. Writes happen in one
 transaction per call; LMDB allows one writer at a time, which :class:`pacs.index.writer.
 CatalogWriter` serialises into group commits.
+
+*Deferred upper levels* (``store_items(..., defer=True)``, the ingest writer's): a new instance's
+transaction writes its record and series link and lists it in ``pending``; the patient, study and
+series records, counts, secondary indexes and total size it changes are written later, for many
+instances at once, by the first transaction that does not defer (every ``DEFER_LIMIT`` deferred
+instances of this process, any other write, a replacement) or by a read of any process that finds
+``pending`` not empty before it reads (it writes them first, then reads): reads see what every
+acknowledged store changed, as without deferral. Measured: a small store's index transaction is
+most of its cost in the upper levels when a group holds one or two stores (2 workers).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import lmdb
+import orjson
 
 from pacs.errors import CatalogError
 from pacs.index import outbox, secondary
@@ -85,8 +97,12 @@ _PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
 # map(attrs.get, keywords, _BLANKS) is attrs.get(k, "") per keyword, without a Python frame.
 _BLANKS = ("",) * max(len(_PATIENT_ATTRS), len(STUDY_KEYWORDS), len(SERIES_KEYWORDS))
 
+PENDING = "pending"
+# Deferred instances of this process before a store transaction writes every pending upper level
+# first (bounds how much a read that finds them has to write).
+DEFER_LIMIT = 64
 _OPTIONAL_DBS = (outbox.DB_NAME, "worklist", "hl7_outbox", "mpps",  # added after the first release
-                 "commitment_outbox")
+                 "commitment_outbox", PENDING)
 _DB_NAMES = (
     "instances",
     "series",
@@ -102,6 +118,7 @@ _DB_NAMES = (
     "hl7_outbox",  # HL7 messages waiting for the RIS (pacs.worklist.outbound)
     "mpps",  # Modality Performed Procedure Steps (pacs.server.mpps)
     "commitment_outbox",  # storage commitment reports not yet delivered (server.commitment)
+    PENDING,  # instances whose upper levels are not written yet (deferred, see above)
 )
 _TOTAL_SIZE = b"total_size"
 
@@ -142,6 +159,7 @@ class PreparedStores:
     outcomes: list[StoreOutcome]
     thread: int  # the thread that began it: LMDB's writer lock is that thread's
     seconds: float  # spent applying (for the commit metrics)
+    deferred: int = 0  # instances whose upper levels it left pending
 
 
 # prepare_items declines while another process writes too: two of its writes (seen at ours)
@@ -217,9 +235,13 @@ class _Txn:
     batch instead of once per instance; ``flush`` writes the dirty records before the commit.
     """
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any], defer: bool = False) -> None:
         self.txn = txn
         self.dbs = dbs
+        # New instances whose upper levels this transaction leaves to a later one (flush lists
+        # them in the pending database); defer goes False once they were written after all.
+        self.defer = defer
+        self.deferred: list[InstanceRecord] = []
         self._cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.size_delta = 0
@@ -262,6 +284,16 @@ class _Txn:
         self.txn.delete(child_key(parent, child), db=self.dbs[index])
 
     def flush(self) -> None:
+        if self.defer:
+            # Still deferring: nothing above instances changed (that would have written
+            # pending first), so no secondary index either. Not even a first build of them
+            # from the records: it would count pending instances their writing counts again.
+            if self.deferred:
+                entry = [_pending_item(r) for r in self.deferred]
+                self.txn.put(self.txn.id().to_bytes(8, "big"), orjson.dumps(entry),
+                             db=self.dbs[PENDING])
+                self.deferred = []
+            return
         changes = []
         for level, uid in self._dirty:
             record = self._cache[(level, uid)]
@@ -285,6 +317,21 @@ class _Txn:
             self.txn.put(_TOTAL_SIZE, str(total).encode(), db=meta)
         self._dirty.clear()
         self.size_delta = 0
+
+
+# What of an instance's attributes its upper levels take (its patient key too).
+_UPPER_KEYS = (*_PATIENT_ATTRS, *STUDY_KEYWORDS, *SERIES_KEYWORDS, "SOPClassUID")
+_UPPER_BLANKS = ("",) * len(_UPPER_KEYS)
+
+
+def _pending_item(record: InstanceRecord) -> list[Any]:
+    """A deferred instance in the pending database: UID, size and upper attributes."""
+    return [record.sop_instance_uid, record.size,
+            *map(record.attributes.get, _UPPER_KEYS, _UPPER_BLANKS)]
+
+
+def _nothing(t: _Txn) -> None:
+    """A write transaction's work when it only writes what is pending (``Catalog._write``)."""
 
 
 def _check(record: InstanceRecord) -> None:
@@ -315,6 +362,8 @@ class Catalog:
         self._prepare_lock = threading.Lock()  # claims the one prepared transaction
         self._preparing = False  # claimed, being begun
         self._last_write_id = -1  # LMDB id of this process's last write transaction
+        self._deferred = 0  # instances this process deferred since it last wrote pending ones
+        self._writing = 0  # ident of the thread inside _write_once (its reads must not write)
         # monotonic() of the last two writes of other processes seen at one of ours
         self._foreign_writes = (-2 * FOREIGN_WRITE_QUIET, -FOREIGN_WRITE_QUIET)
         # A writer without durable commits (the segment store's workers) maps the file
@@ -415,13 +464,18 @@ class Catalog:
 
     @contextmanager
     def _read(self) -> Iterator[lmdb.Transaction]:
-        for _ in range(2):
+        caught_up = False
+        for _ in range(3):
+            pending = False
             with self._gate.shared():
                 try:
                     txn = self._env.begin(buffers=False)
                 except lmdb.MapResizedError:
                     txn = None
-                if txn is not None:
+                if txn is not None and not caught_up and self._pending_to_write(txn):
+                    txn.abort()
+                    pending = True
+                elif txn is not None:
                     try:
                         yield txn
                     except lmdb.Error as exc:
@@ -429,8 +483,27 @@ class Catalog:
                     finally:
                         txn.abort()
                     return
-            self._adopt_map_size()
+            if pending:
+                caught_up = True
+                self._catch_up()
+            else:
+                self._adopt_map_size()
         raise CatalogError("catalog map keeps being resized")
+
+    def _pending_to_write(self, txn: lmdb.Transaction) -> bool:
+        """Whether a read must first write the pending upper levels (module docstring): not
+        read-only, not within this thread's own write transaction (it would wait for itself)."""
+        db = self._dbs.get(PENDING)
+        if db is None or self.readonly or self._writing == threading.get_ident():
+            return False
+        return bool(txn.stat(db)["entries"])
+
+    def _catch_up(self) -> None:
+        """Write the pending upper levels; a failure leaves the read to see them as they are."""
+        try:
+            self._write(_nothing)
+        except CatalogError as exc:
+            log.warning("catalog: cannot write the pending upper levels before a read (%s)", exc)
 
     def _exclusive(self) -> AbstractContextManager[None]:
         """The gate, exclusively; a prepared transaction of this thread is aborted first
@@ -438,8 +511,9 @@ class Catalog:
         self._end_prepared_here()
         return self._gate.exclusive()
 
-    def _write(self, fn: Callable[[_Txn], T]) -> T:
-        """Run ``fn`` in one write transaction, growing the map when it is full."""
+    def _write(self, fn: Callable[[_Txn], T], defer: bool = False) -> T:
+        """Run ``fn`` in one write transaction, growing the map when it is full; unless it
+        ``defer``s, the upper levels pending (module docstring) are written in it first."""
         if self.readonly:
             raise CatalogError("catalog opened read-only")
         # LMDB's writer lock is not recursive: a prepared transaction of this thread would
@@ -447,7 +521,7 @@ class Catalog:
         self._end_prepared_here()
         for _ in range(_MAX_GROWTHS):
             try:
-                return self._write_once(fn)
+                return self._write_once(fn, defer)
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.MapResizedError:
@@ -456,31 +530,75 @@ class Catalog:
                 raise CatalogError(f"catalog write failed: {exc}") from exc
         raise CatalogError(f"catalog map still full after {_MAX_GROWTHS} growths")
 
-    def _write_once(self, fn: Callable[[_Txn], T]) -> T:
+    def _write_once(self, fn: Callable[[_Txn], T], defer: bool = False) -> T:
         gate = self._gate
         gate.enter()
         try:
             txn = self._env.begin(write=True)
+            self._writing = threading.get_ident()
             try:
                 write_id = txn.id()
                 self._note_other_writers(write_id)
-                t = _Txn(txn, self._dbs)
+                t = _Txn(txn, self._dbs, defer)
+                if not defer:
+                    self._write_pending(t)
                 result = fn(t)
+                deferred = len(t.deferred)
                 t.flush()
             except BaseException:
+                self._writing = 0
                 txn.abort()
                 raise
             # Noted while LMDB's writer lock is still ours: a thread of this process waiting
             # for it must not take this commit for another process's (see prepare_items).
             previous, self._last_write_id = self._last_write_id, write_id
+            self._writing = 0
             try:
                 txn.commit()
             except BaseException:
                 self._last_write_id = previous
                 raise
+            self._count_deferred(deferred)
             return result
         finally:
             gate.leave()
+
+    def _count_deferred(self, deferred: int) -> None:
+        """After a commit: ``deferred`` instances more pending, or (-1) none of this process."""
+        self._deferred = 0 if deferred < 0 else self._deferred + deferred
+
+    def _write_pending(self, t: _Txn) -> int:
+        """Write the upper levels of every pending instance (and of those ``t`` deferred so
+        far) in ``t``, which defers no more; how many.
+
+        Instances with the same upper attributes (``_UPPER_KEYS``: most of a series) change
+        the upper levels as one of them does, with all their counts and sizes: each such
+        group is applied once, the groups in the order of their last instance, so the latest
+        instance's attributes win at every level as when applied one by one (the property
+        tests compare both ways)."""
+        items: list[list[Any]] = []  # [SOPInstanceUID, size, *upper values], as indexed
+        db = self._dbs.get(PENDING)
+        if db is not None:
+            for k, value in list(t.txn.cursor(db=db)):  # by write id: in commit order
+                items += orjson.loads(value)
+                t.txn.delete(k, db=db)
+        items += map(_pending_item, t.deferred)
+        t.deferred = []
+        t.defer = False
+        self._count_deferred(-1)  # if it aborts instead, pending is as it was: no harm
+        groups: dict[tuple[Any, ...], list[int]] = {}  # upper values -> [count, size, last]
+        for i, item in enumerate(items):
+            upper = tuple(item[2:])
+            group = groups.get(upper)
+            if group is None:
+                groups[upper] = [1, item[1], i]
+            else:
+                group[0] += 1
+                group[1] += item[1]
+                group[2] = i
+        for upper, (count, size, _) in sorted(groups.items(), key=lambda g: g[1][2]):
+            self._add_upper(t, dict(zip(_UPPER_KEYS, upper, strict=True)), count, size)
+        return len(items)
 
     def _grow(self) -> None:
         with self._exclusive():
@@ -554,13 +672,19 @@ class Catalog:
         self,
         items: Sequence[tuple[InstanceRecord, OnDuplicate]],
         forwards: Sequence[Sequence[str]] | None = None,
+        defer: bool = False,
     ) -> list[StoreOutcome]:
         """Like ``store_batch`` with a duplicate policy per record (used by the writer).
 
         ``forwards`` (one list of AE titles per item) queues each newly stored or replaced
-        instance for forwarding, in the same transaction (``pacs.index.outbox``).
+        instance for forwarding, in the same transaction (``pacs.index.outbox``). ``defer``:
+        new instances leave their upper levels to a later transaction (module docstring).
         """
-        return self._write(lambda t: self._apply_items(t, items, forwards))
+        return self._write(lambda t: self._apply_items(t, items, forwards),
+                           defer=self._may_defer(defer))
+
+    def _may_defer(self, defer: bool) -> bool:
+        return defer and self._deferred < DEFER_LIMIT and PENDING in self._dbs
 
     def _apply_items(
         self,
@@ -583,6 +707,7 @@ class Catalog:
         self,
         items: Sequence[tuple[InstanceRecord, OnDuplicate]],
         forwards: Sequence[Sequence[str]] | None = None,
+        defer: bool = False,
     ) -> PreparedStores | None:
         """``store_items`` up to, not including, the commit: the write transaction stays open
         (LMDB's writer lock held, by this thread) until :meth:`commit_prepared` or
@@ -605,7 +730,7 @@ class Catalog:
                 return None
             self._preparing = True
         try:
-            return self._prepare(items, forwards)
+            return self._prepare(items, forwards, self._may_defer(defer))
         finally:
             self._preparing = False
 
@@ -613,6 +738,7 @@ class Catalog:
         self,
         items: Sequence[tuple[InstanceRecord, OnDuplicate]],
         forwards: Sequence[Sequence[str]] | None,
+        defer: bool,
     ) -> PreparedStores | None:
         started = time.perf_counter()
         gate = self._gate
@@ -630,8 +756,11 @@ class Catalog:
             gate.leave()
             return None
         try:
-            t = _Txn(txn, self._dbs)
+            t = _Txn(txn, self._dbs, defer)
+            if not defer:
+                self._write_pending(t)
             outcomes = self._apply_items(t, items, forwards)
+            deferred = len(t.deferred)
             t.flush()
         except BaseException as exc:
             txn.abort()
@@ -641,7 +770,7 @@ class Catalog:
             log.debug("prepared index transaction abandoned (%s): committing the usual way", exc)
             return None
         prepared = PreparedStores(txn, outcomes, threading.get_ident(),
-                                  time.perf_counter() - started)
+                                  time.perf_counter() - started, deferred)
         self._prepared = prepared
         gate.pin(prepared.thread)
         return prepared
@@ -679,6 +808,7 @@ class Catalog:
             return None
         finally:
             self._release(prepared)
+        self._count_deferred(prepared.deferred)
         prepared.seconds += time.perf_counter() - started
         return prepared.outcomes
 
@@ -754,19 +884,37 @@ class Catalog:
         uid = record.sop_instance_uid
         raw = _bytes(t.txn.get(key(uid), db=self._dbs["instances"]))
         if raw is None:
-            self._add(t, record)
+            if t.defer:
+                self._add_instance(t, record)
+                t.deferred.append(record)
+            else:
+                self._add(t, record)
             return StoreOutcome(uid, "stored", record.location)
         old = decode_instance(raw)
         if on_duplicate == "keep":
             obsolete = None if record.location == old.location else record.location
             return StoreOutcome(uid, "duplicate_kept", old.location, obsolete)
+        if t.defer:
+            self._write_pending(t)  # the old instance's counts must be in before they drop
         self._remove(t, old)
         self._add(t, record)
         obsolete = None if record.location == old.location else old.location
         return StoreOutcome(uid, "replaced", record.location, obsolete)
 
     def _add(self, t: _Txn, record: InstanceRecord) -> None:
-        attrs = record.attributes
+        self._add_upper(t, record.attributes, 1, record.size)
+        self._add_instance(t, record)
+
+    def _add_instance(self, t: _Txn, record: InstanceRecord) -> None:
+        """The instance's own record and its series link."""
+        t.txn.put(key(record.sop_instance_uid), encode_instance(record), db=self._dbs["instances"])
+        t.link("series_instances", record.attributes["SeriesInstanceUID"],
+               record.sop_instance_uid)
+
+    def _add_upper(self, t: _Txn, attrs: dict[str, str], count: int, size: int) -> None:
+        """What ``count`` instances with these upper attributes (``_UPPER_KEYS``), ``size``
+        bytes in all, change above themselves, one after the other: their patient, study and
+        series records and counts, the SOP class counts and the total size."""
         pk = patient_key(attrs)
         study_uid = attrs["StudyInstanceUID"]
         series_uid = attrs["SeriesInstanceUID"]
@@ -798,13 +946,11 @@ class Catalog:
         series.update(zip(SERIES_KEYWORDS, map(attrs.get, SERIES_KEYWORDS, _BLANKS), strict=True))
         t.put("series", series_uid, series)
 
-        series[SERIES_INSTANCES] += 1
-        study[STUDY_INSTANCES] += 1
-        patient[PATIENT_INSTANCES] += 1
-        t.txn.put(key(record.sop_instance_uid), encode_instance(record), db=self._dbs["instances"])
-        t.link("series_instances", series_uid, record.sop_instance_uid)
-        t.instance_deltas.append((series_uid, attrs.get("SOPClassUID", ""), 1))
-        t.size_delta += record.size
+        series[SERIES_INSTANCES] += count
+        study[STUDY_INSTANCES] += count
+        patient[PATIENT_INSTANCES] += count
+        t.instance_deltas.append((series_uid, attrs.get("SOPClassUID", ""), count))
+        t.size_delta += size
 
     def _move_study(self, t: _Txn, study_uid: str, study: dict[str, Any], new_pk: str) -> None:
         """Re-parent a study (with its counts) under another, already stored, patient."""

@@ -146,6 +146,7 @@ class CatalogWriter:
         loop_writes: bool = True,
         sync_spin: float = 0.0,
         index_during_sync: bool = False,
+        defer_index: bool = False,
     ) -> None:
         """``before_commit`` runs in the writer thread before each batch's transaction: the
         blob store's ``flush`` goes there, so one fdatasync covers the whole batch's blobs and
@@ -153,7 +154,8 @@ class CatalogWriter:
         an event loop storing through a :class:`_LoopGroup` keeps polling after its last
         fdatasync answered (0: it sleeps as usual). ``index_during_sync``: such a loop applies
         each batch's index transaction while the batch's fdatasync is in flight and commits
-        it when that answers (see :class:`_LoopGroup`)."""
+        it when that answers (see :class:`_LoopGroup`). ``defer_index``: new instances' upper
+        levels are written by a later transaction (``Catalog.store_items``, ``defer``)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.catalog = catalog
@@ -187,6 +189,7 @@ class CatalogWriter:
         self._loop_writes = loop_writes and hasattr(blob_store, "try_put")
         self.sync_spin = sync_spin
         self.index_during_sync = index_during_sync
+        self.defer_index = defer_index
         self._committer = threading.Thread(target=self._commit_loop, name=name, daemon=True)
         self._committer.start()
         self._thread.start()
@@ -515,7 +518,7 @@ class CatalogWriter:
         try:
             started = time.perf_counter()
             outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch],
-                                                [s.forwards for s in batch])
+                                                [s.forwards for s in batch], self.defer_index)
             elapsed = time.perf_counter() - started
         except Exception as exc:
             if len(batch) > 1:
@@ -535,7 +538,7 @@ class CatalogWriter:
     def _commit_one(self, store: _Store) -> tuple[_Store, Any, bool]:
         try:
             (outcome,) = self.catalog.store_items([(store.record, store.on_duplicate)],
-                                                  [store.forwards])
+                                                  [store.forwards], self.defer_index)
         except Exception as exc:
             return self._failure(store, exc)
         self._count(1)
@@ -746,7 +749,8 @@ class _LoopGroup:
         if self.syncing is not batch or self._prepared is not None or self._closed:
             return  # answered already, or closing
         self._prepared = self.writer.catalog.prepare_items(
-            [(s.record, s.on_duplicate) for s in batch], [s.forwards for s in batch])
+            [(s.record, s.on_duplicate) for s in batch], [s.forwards for s in batch],
+            self.writer.defer_index)
 
     def _abort_prepared(self) -> bool:
         """Abort the batch's prepared transaction, if any; False when it is held by a live
