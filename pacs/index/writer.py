@@ -154,8 +154,9 @@ class CatalogWriter:
         an event loop storing through a :class:`_LoopGroup` keeps polling after its last
         fdatasync answered (0: it sleeps as usual). ``index_during_sync``: such a loop applies
         each batch's index transaction while the batch's fdatasync is in flight and commits
-        it when that answers (see :class:`_LoopGroup`). ``defer_index``: new instances' upper
-        levels are written by a later transaction (``Catalog.store_items``, ``defer``)."""
+        it when that answers (see :class:`_LoopGroup`). ``defer_index``: such a loop's stores
+        leave their new instances' upper levels to a later transaction (``Catalog``, deferred
+        upper levels; :meth:`write_deferred`)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.catalog = catalog
@@ -342,6 +343,15 @@ class CatalogWriter:
                 self.prepared_batches, self.flush_seconds, self.commit_seconds,
             )
 
+    def write_deferred(self) -> None:
+        """Write the upper levels this process's stores deferred (an association released:
+        its client's stores then read back complete even by a read-only reader). Logged, not
+        raised, when it fails: any later write or read writes them."""
+        try:
+            self.catalog.write_pending()
+        except CatalogError as exc:
+            log.warning("catalog: cannot write the deferred upper levels (%s)", exc)
+
     def __enter__(self) -> CatalogWriter:
         return self
 
@@ -513,32 +523,33 @@ class CatalogWriter:
         except Exception as exc:
             item.future.set_exception(exc)
 
-    def _commit(self, batch: list[_Store]) -> _Settled:
-        """Index ``batch`` in one transaction; (store, outcome or exception, is exception)."""
+    def _commit(self, batch: list[_Store], defer: bool = False) -> _Settled:
+        """Index ``batch`` in one transaction; (store, outcome or exception, is exception).
+        ``defer``: its new instances' upper levels may be left pending (``Catalog``)."""
         try:
             started = time.perf_counter()
             outcomes = self.catalog.store_items([(s.record, s.on_duplicate) for s in batch],
-                                                [s.forwards for s in batch], self.defer_index)
+                                                [s.forwards for s in batch], defer)
             elapsed = time.perf_counter() - started
         except Exception as exc:
             if len(batch) > 1:
                 # One bad record must not fail its neighbours: retry each in its own transaction.
                 log.warning("catalog batch of %d failed (%s): retrying one by one", len(batch), exc)
-                return [self._commit_one(store) for store in batch]
+                return [self._commit_one(store, defer) for store in batch]
             return [self._failure(batch[0], exc)]
         return self._committed(batch, outcomes, elapsed)
 
-    def _commit_all(self, batch: list[_Store]) -> _Settled:
+    def _commit_all(self, batch: list[_Store], defer: bool = False) -> _Settled:
         """``_commit`` in transactions of at most ``batch_size`` (a loop group has no bound)."""
         settled: _Settled = []
         for i in range(0, len(batch), self.batch_size):
-            settled += self._commit(batch[i:i + self.batch_size])
+            settled += self._commit(batch[i:i + self.batch_size], defer)
         return settled
 
-    def _commit_one(self, store: _Store) -> tuple[_Store, Any, bool]:
+    def _commit_one(self, store: _Store, defer: bool = False) -> tuple[_Store, Any, bool]:
         try:
             (outcome,) = self.catalog.store_items([(store.record, store.on_duplicate)],
-                                                  [store.forwards], self.defer_index)
+                                                  [store.forwards], defer)
         except Exception as exc:
             return self._failure(store, exc)
         self._count(1)
@@ -833,7 +844,7 @@ class _LoopGroup:
             self.writer.prepared_batches += 1
             settled = self.writer._committed(batch, outcomes, prepared.seconds)
         else:
-            settled = self.writer._commit_all(durable)
+            settled = self.writer._commit_all(durable, self.writer.defer_index)
         _resolve_on_loop(settled)
         self._answered = True
         self.writer._checkpoint_soon()

@@ -505,6 +505,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if (self._release_requested and not self._tasks and not self._closed
                 and self.association.release_response_due):
             self._release_requested = False
+            # Its stores' deferred upper levels are written before the A-RELEASE-RP: once the
+            # client has it, any reader (a read-only one too) finds them complete.
+            self.server.archive.writer.write_deferred()
             # The slot is freed before the A-RELEASE-RP goes out: a client that opens its next
             # association on receiving it (maybe in another worker) must find the slot free.
             self._end_association()

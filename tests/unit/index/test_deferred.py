@@ -253,3 +253,29 @@ def test_lmdb_stat_of_pending_is_what_reads_check(tmp_path: Path) -> None:
     with env.begin() as txn:
         assert txn.stat(db)["entries"] == 1
     env.close()
+
+
+def test_a_read_within_a_read_does_not_write(tmp_path: Path) -> None:
+    first, second = hierarchy(1, 1, 1, 2)
+    with Catalog(tmp_path) as catalog:
+        with catalog.reader():  # nothing pending yet: an outer read
+            catalog.store_items([(first, "keep")], defer=True)
+            assert catalog.get_study("1.0.0") is None  # inner: pending left as it is
+            assert _pending_entries(catalog) == 1
+        study = catalog.get_study("1.0.0")  # outermost again: writes it first
+        assert study is not None and study[STUDY_INSTANCES] == 1
+        catalog.store_items([(second, "keep")], defer=True)
+        check_consistent(catalog)
+
+
+def test_write_pending_writes_what_this_process_deferred(tmp_path: Path) -> None:
+    (record,) = hierarchy(1, 1, 1, 1)
+    with Catalog(tmp_path) as catalog:
+        catalog.write_pending()  # nothing deferred: no transaction
+        assert catalog._last_write_id == -1
+        catalog.store_items([(record, "keep")], defer=True)
+        assert _pending_entries(catalog) == 1
+        catalog.write_pending()
+        assert _pending_entries(catalog) == 0
+        with catalog._env.begin() as txn:
+            assert txn.get(b"1.0.0", db=catalog.database("studies")) is not None
