@@ -13,9 +13,9 @@ Named databases (all keys UTF-8, see :func:`pacs.index.codec.key`)::
     meta              b'total_size' -> ASCII integer (bytes of all indexed blobs)
     sx, sx_counts, sx_log  secondary indexes for queries (pacs.index.secondary), updated by
                       _Txn.flush in the same write transaction as the records
-    pending           write id (8 bytes big endian) -> JSON [[SOPInstanceUID, size, upper
-                      attributes...], ...]: instances indexed by a deferring store whose upper
-                      levels are not written yet
+    pending           write id (8 bytes big endian) -> JSON [format, [SOPInstanceUID, size,
+                      upper attributes...], ...]: instances indexed by a deferring store whose
+                      upper levels are not written yet
 
 The patient key is ``PatientID + NUL + IssuerOfPatientID``; when PatientID is empty (anonymised
 data) it is ``NUL + StudyInstanceUID``, so that unrelated anonymous studies are not merged into one
@@ -28,20 +28,24 @@ whose series is known under another study moves that series, with its counts, to
 (and likewise a study to a new patient); emptied parents are removed. Counts (the DICOM
 ``NumberOf...Related...`` keywords) are kept in the same write transaction as the records.
 
-Reads open their own short read transaction and never wait for the writer. Writes happen in one
-transaction per call; LMDB allows one writer at a time, which :class:`pacs.index.writer.
-CatalogWriter` serialises into group commits.
+Reads open their own short read transaction and never wait for the writer, but for a read of
+upper levels that finds some pending (below). Writes happen in one transaction per call; LMDB
+allows one writer at a time, which :class:`pacs.index.writer.CatalogWriter` serialises into group
+commits.
 
 *Deferred upper levels* (``store_items(..., defer=True)``, the ingest writer's): a new instance's
 transaction writes its record and series link and lists it in ``pending``; the patient, study and
 series records, counts, secondary indexes and total size it changes are written later, for many
 instances at once, by the first transaction that does not defer (every ``DEFER_LIMIT`` deferred
 instances of this process, any other write, a replacement) or by a read of any process that finds
-``pending`` not empty before it reads (it writes them first, then reads; a read within another
-read or within a write of its thread does not): reads see what every acknowledged store changed,
-as without deferral. A group of one or two stores (2 workers) rewrote its series, study and
-patient records and their indexes in every transaction: measured, deferring them made small
-stores over 4 associations 5-12% faster with 2 workers, 0-2% with 1 (README, session 19).
+``pending`` not empty before it reads upper levels (it writes them first, then reads; a read
+within another read or within a write of its thread does not, nor a read-only catalog, nor the
+reads of instance records, outboxes and checkpoints, which pollers of idle workers make: their
+writes would count as another process writing, see ``prepare_items``): reads see what every
+acknowledged store changed, as without deferral. A group of one or two stores (2 workers)
+rewrote its series, study and patient records and their indexes in every transaction:
+measured, deferring them made small stores over 4 associations 2-12% faster with 2 workers,
+0-2% with 1 (README, session 19).
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ _PATIENT_ATTRS = (*PATIENT_KEYWORDS, "IssuerOfPatientID")
 _BLANKS = ("",) * max(len(_PATIENT_ATTRS), len(STUDY_KEYWORDS), len(SERIES_KEYWORDS))
 
 PENDING = "pending"
+PENDING_FORMAT = 1  # of an entry's items: [uid, size, *_UPPER_KEYS values]; others are decoded
 # Deferred instances of this process before a store transaction writes every pending upper level
 # first (bounds how much a read that finds them has to write).
 DEFER_LIMIT = 64
@@ -163,6 +168,7 @@ class PreparedStores:
     thread: int  # the thread that began it: LMDB's writer lock is that thread's
     seconds: float  # spent applying (for the commit metrics)
     deferred: int = 0  # instances whose upper levels it left pending
+    wrote_pending: bool = False  # it writes every pending upper level (once committed)
 
 
 # prepare_items declines while another process writes too: two of its writes (seen at ours)
@@ -245,6 +251,7 @@ class _Txn:
         # them in the pending database); defer goes False once they were written after all.
         self.defer = defer
         self.deferred: list[InstanceRecord] = []
+        self.wrote_pending = False  # _write_pending ran in it: once committed, none is left
         self._cache: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.size_delta = 0
@@ -292,7 +299,7 @@ class _Txn:
             # pending first), so no secondary index either. Not even a first build of them
             # from the records: it would count pending instances their writing counts again.
             if self.deferred:
-                entry = [_pending_item(r) for r in self.deferred]
+                entry = [PENDING_FORMAT, *map(_pending_item, self.deferred)]
                 self.txn.put(self.txn.id().to_bytes(8, "big"), orjson.dumps(entry),
                              db=self.dbs[PENDING])
                 self.deferred = []
@@ -331,6 +338,13 @@ def _pending_item(record: InstanceRecord) -> list[Any]:
     """A deferred instance in the pending database: UID, size and upper attributes."""
     return [record.sop_instance_uid, record.size,
             *map(record.attributes.get, _UPPER_KEYS, _UPPER_BLANKS)]
+
+
+def _well_formed(item: Any) -> bool:
+    """Whether a pending item is what ``_pending_item`` makes."""
+    return (isinstance(item, list) and len(item) == 2 + len(_UPPER_KEYS)
+            and isinstance(item[0], str) and isinstance(item[1], int)
+            and all(isinstance(v, str) for v in item[2:]))
 
 
 def _nothing(t: _Txn) -> None:
@@ -467,8 +481,10 @@ class Catalog:
     # -- transactions --------------------------------------------------------------------------
 
     @contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
-        caught_up = False
+    def _read(self, upper: bool = True) -> Iterator[lmdb.Transaction]:
+        """A read transaction; ``upper``: the read may look at upper levels, so pending ones
+        are written first (module docstring)."""
+        caught_up = not upper
         for _ in range(3):
             pending = False
             with self._gate.shared():
@@ -568,7 +584,7 @@ class Catalog:
             except BaseException:
                 self._last_write_id = previous
                 raise
-            self._count_deferred(deferred)
+            self._count_deferred(t, deferred)
             return result
         finally:
             gate.leave()
@@ -579,9 +595,39 @@ class Catalog:
         if self._deferred and not self.readonly:
             self._write(_nothing)
 
-    def _count_deferred(self, deferred: int) -> None:
-        """After a commit: ``deferred`` instances more pending, or (-1) none of this process."""
-        self._deferred = 0 if deferred < 0 else self._deferred + deferred
+    def _pending_items(self, t: _Txn, value: bytes) -> list[list[Any]]:
+        """The items of one pending entry; one of another format (another version wrote it)
+        is rebuilt from its instances' records, which every format lists first."""
+        try:
+            entry = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, list) or not entry:
+            log.error("catalog: an unreadable pending entry dropped: `pacs reindex` rebuilds "
+                      "the upper levels of its instances")
+            return []
+        ours = entry[0] == PENDING_FORMAT
+        items = []
+        for item in entry[1:]:
+            if ours and _well_formed(item):
+                items.append(item)
+                continue
+            # Another version's, or damaged: the instance's own record says the same.
+            uid = item[0] if isinstance(item, list) and item else item
+            raw = _bytes(t.txn.get(key(uid), db=self._dbs["instances"])) if isinstance(
+                uid, str) else None
+            if raw is not None:
+                items.append(_pending_item(decode_instance(raw)))
+            else:
+                log.error("catalog: a pending item without its instance dropped: %.80r", item)
+        return items
+
+    def _count_deferred(self, t: _Txn | None, deferred: int) -> None:
+        """After a commit of ``t``: ``deferred`` instances more pending, none of this process
+        left pending before them if ``t`` wrote them."""
+        if t is not None and t.wrote_pending:
+            self._deferred = 0
+        self._deferred += deferred
 
     def _write_pending(self, t: _Txn) -> int:
         """Write the upper levels of every pending instance (and of those ``t`` deferred so
@@ -596,14 +642,18 @@ class Catalog:
         db = self._dbs.get(PENDING)
         if db is not None:
             for k, value in list(t.txn.cursor(db=db)):  # by write id: in commit order
-                items += orjson.loads(value)
+                items += self._pending_items(t, bytes(value))
                 t.txn.delete(k, db=db)
         items += map(_pending_item, t.deferred)
         t.deferred = []
         t.defer = False
-        self._count_deferred(-1)  # if it aborts instead, pending is as it was: no harm
+        t.wrote_pending = True
         groups: dict[tuple[Any, ...], list[int]] = {}  # upper values -> [count, size, last]
+        seen: set[str] = set()  # an instance is pending once; a damaged entry may repeat it
         for i, item in enumerate(items):
+            if item[0] in seen:
+                continue
+            seen.add(item[0])
             upper = tuple(item[2:])
             group = groups.get(upper)
             if group is None:
@@ -651,7 +701,7 @@ class Catalog:
         that is still well-formed and in order passes."""
         entries = 0
         try:
-            with self._read() as txn:
+            with self._read(upper=False) as txn:
                 for name, db in self._dbs.items():
                     previous: bytes | None = None
                     for raw in txn.cursor(db=db).iternext(keys=True, values=False):
@@ -667,7 +717,7 @@ class Catalog:
 
     def get_checkpoint(self, name: str) -> str | None:
         """The value of the last durable ``checkpoint(name, ...)``, None when never set."""
-        with self._read() as txn:
+        with self._read(upper=False) as txn:
             raw = _bytes(txn.get(b"checkpoint/" + name.encode(), db=self._dbs["meta"]))
         return None if raw is None else raw.decode()
 
@@ -786,7 +836,7 @@ class Catalog:
             log.debug("prepared index transaction abandoned (%s): committing the usual way", exc)
             return None
         prepared = PreparedStores(txn, outcomes, threading.get_ident(),
-                                  time.perf_counter() - started, deferred)
+                                  time.perf_counter() - started, deferred, t.wrote_pending)
         self._prepared = prepared
         gate.pin(prepared.thread)
         return prepared
@@ -824,7 +874,9 @@ class Catalog:
             return None
         finally:
             self._release(prepared)
-        self._count_deferred(prepared.deferred)
+        if prepared.wrote_pending:
+            self._deferred = 0
+        self._count_deferred(None, prepared.deferred)
         prepared.seconds += time.perf_counter() - started
         return prepared.outcomes
 
@@ -869,14 +921,14 @@ class Catalog:
         """Queued forwards due at ``now`` (pacs.index.outbox)."""
         if outbox.DB_NAME not in self._dbs:
             return []
-        with self._read() as txn:
+        with self._read(upper=False) as txn:
             return outbox.due(txn, self._dbs[outbox.DB_NAME], now, limit)
 
     def forward_queue(self) -> list[outbox.Forward]:
         """Every queued forward, by due time."""
         if outbox.DB_NAME not in self._dbs:
             return []
-        with self._read() as txn:
+        with self._read(upper=False) as txn:
             return list(outbox.entries(txn, self._dbs[outbox.DB_NAME]))
 
     def settle_forwards(
@@ -1090,13 +1142,18 @@ class Catalog:
                 if name not in ("worklist", "mpps", "hl7_outbox", "commitment_outbox"):
                     t.txn.drop(db, delete=False)
 
-        self._write(apply)
+        # "Deferring": pending is dropped with the rest, not written first (a reindex must get
+        # past an entry that cannot be written, e.g. in a damaged catalog).
+        self._write(apply, defer=True)
+        self._deferred = 0
 
     # -- reading -------------------------------------------------------------------------------
 
-    def reader(self) -> AbstractContextManager[lmdb.Transaction]:
-        """A short read transaction (for pacs.index.query): close it before yielding rows."""
-        return self._read()
+    def reader(self, upper: bool = True) -> AbstractContextManager[lmdb.Transaction]:
+        """A short read transaction (for pacs.index.query): close it before yielding rows.
+        ``upper=False`` for a read of no patient, study or series level, record, link, count
+        or query index (an outbox, the worklist): it never writes pending upper levels."""
+        return self._read(upper)
 
     def database(self, name: str) -> Any:
         """The handle of one named database (see the module docstring)."""
@@ -1116,7 +1173,7 @@ class Catalog:
             raise CatalogError(f"catalog read failed: {exc}") from exc
         if txn is None:
             gate.leave()
-            with self._read() as fresh:  # adopts the new map size first
+            with self._read(upper=False) as fresh:  # adopts the new map size first
                 return fresh.get(key(uid), db=self._dbs["instances"]) is not None
         try:
             return txn.get(key(uid), db=self._dbs["instances"]) is not None
@@ -1128,7 +1185,7 @@ class Catalog:
 
     def get_instance(self, uid: str) -> InstanceRecord | None:
         """The record of one instance, None when not indexed."""
-        with self._read() as txn:
+        with self._read(upper=False) as txn:
             raw = _bytes(txn.get(key(uid), db=self._dbs["instances"]))
         return None if raw is None else decode_instance(raw)
 
@@ -1166,7 +1223,7 @@ class Catalog:
         transaction (C-MOVE/C-GET resolution, WADO-RS, the REST API)."""
         out: list[InstanceRecord] = []
         index, instances = self._dbs["series_instances"], self._dbs["instances"]
-        with self._read() as txn:
+        with self._read(upper=False) as txn:
             cursor = txn.cursor(db=index)
             for series_uid in series_uids:
                 prefix = child_prefix(series_uid)
@@ -1203,7 +1260,7 @@ class Catalog:
         last = b""
         while True:
             rows: list[bytes] = []
-            with self._read() as txn:
+            with self._read(upper=False) as txn:
                 cursor = txn.cursor(db=self._dbs["instances"])
                 found = cursor.set_range(after) if after is not None else cursor.first()
                 while found and len(rows) < chunk:

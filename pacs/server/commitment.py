@@ -147,7 +147,7 @@ def queue_report(archive: Archive, requester: str, outcome: Outcome, due: float)
 def queued_reports(archive: Archive) -> list[PendingReport]:
     """Every queued report, due first."""
     catalog = archive.catalog
-    with catalog.reader() as txn, txn.cursor(db=catalog.database(DB_NAME)) as cursor:
+    with catalog.reader(upper=False) as txn, txn.cursor(db=catalog.database(DB_NAME)) as cursor:
         return [PendingReport.decode(bytes(value)) for _key, value in cursor]
 
 

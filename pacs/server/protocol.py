@@ -73,6 +73,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._store_command: CommandReceived | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._release_requested = False
+        self._stored = False  # a C-STORE data set was taken in (its index may be deferred)
         self._accepted = False
         self._closed = False
         self._paused = False
@@ -150,7 +151,13 @@ class DicomProtocol(asyncio.BufferedProtocol):
                         self.peer, self.calling_aet)
             self._spool.discard()
             self._spool = None
+        self._write_deferred()  # an association that ended without a release too
         self.server.connection_closed(self)
+
+    def _write_deferred(self) -> None:
+        if self._stored:
+            self._stored = False
+            self.server.archive.writer.write_deferred()
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -273,6 +280,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
                     self._refused = (event, *refusal)
                     return
             self._store_command = event
+            self._stored = self._stored or field == dimse.C_STORE_RQ
             self._spool = Spool(self.settings.spool_memory_limit, self.server.archive.spool_dir)
             return
         self._dispatch(event, None)
@@ -507,7 +515,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._release_requested = False
             # Its stores' deferred upper levels are written before the A-RELEASE-RP: once the
             # client has it, any reader (a read-only one too) finds them complete.
-            self.server.archive.writer.write_deferred()
+            self._write_deferred()
             # The slot is freed before the A-RELEASE-RP goes out: a client that opens its next
             # association on receiving it (maybe in another worker) must find the slot free.
             self._end_association()

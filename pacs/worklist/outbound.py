@@ -121,7 +121,7 @@ def enqueue(txn: Any, db: Any, item: WorklistItem, viewer_url: str, application:
 def queued(archive: Archive) -> list[OutboundMessage]:
     """Every queued message, due first."""
     catalog = archive.catalog
-    with catalog.reader() as txn, txn.cursor(db=catalog.database(DB_NAME)) as cursor:
+    with catalog.reader(upper=False) as txn, txn.cursor(db=catalog.database(DB_NAME)) as cursor:
         return [OutboundMessage.decode(bytes(value)) for _key, value in cursor]
 
 

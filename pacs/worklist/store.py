@@ -105,7 +105,7 @@ class WorklistStore:
         db = self._db()
         if db is None:
             return None
-        with self.catalog.reader() as txn:
+        with self.catalog.reader(upper=False) as txn:
             raw = txn.get(key.encode(), db=db)
         return None if raw is None else WorklistItem.decode(bytes(raw))
 
@@ -114,7 +114,7 @@ class WorklistStore:
         db = self._db()
         if db is None:
             return []
-        with self.catalog.reader() as txn, txn.cursor(db=db) as cursor:
+        with self.catalog.reader(upper=False) as txn, txn.cursor(db=db) as cursor:
             return [WorklistItem.decode(bytes(value)) for _key, value in cursor]
 
     def update(

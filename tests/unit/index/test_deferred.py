@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -279,3 +280,75 @@ def test_write_pending_writes_what_this_process_deferred(tmp_path: Path) -> None
         assert _pending_entries(catalog) == 0
         with catalog._env.begin() as txn:
             assert txn.get(b"1.0.0", db=catalog.database("studies")) is not None
+
+
+def test_an_aborted_prepare_leaves_pending_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalog_module, "DEFER_LIMIT", 2)
+    records = hierarchy(1, 1, 1, 3)
+    with Catalog(tmp_path) as catalog:
+        catalog.store_items([(r, "keep") for r in records[:2]], defer=True)
+        prepared = catalog.prepare_items([(records[2], "keep")], defer=True)  # at the limit
+        assert prepared is not None and prepared.wrote_pending
+        assert catalog.abort_prepared(prepared)
+        assert _pending_entries(catalog) == 1  # as it was
+        catalog.write_pending()  # still known to this process: writes them
+        assert _pending_entries(catalog) == 0
+        with catalog._env.begin() as txn:
+            assert txn.get(b"1.0.0", db=catalog.database("studies")) is not None
+
+
+def test_reads_of_instances_outboxes_and_checkpoints_do_not_write(tmp_path: Path) -> None:
+    (record,) = hierarchy(1, 1, 1, 1)
+    with Catalog(tmp_path) as catalog:
+        catalog.store_items([(record, "keep")], defer=True)
+        written = catalog._last_write_id
+        assert catalog.get_instance(record.sop_instance_uid) is not None
+        assert catalog.instances_in_series(["1.0.0.0"]) == [record]
+        assert catalog.forwards_due(0.0) == []
+        assert catalog.get_checkpoint("x") is None
+        assert [r.sop_instance_uid for r in catalog.iter_instances()] == [record.sop_instance_uid]
+        with catalog.reader(upper=False):
+            pass
+        assert catalog._last_write_id == written and _pending_entries(catalog) == 1
+        assert catalog.get_series("1.0.0.0") is not None  # an upper level: written first
+        assert catalog._last_write_id != written and _pending_entries(catalog) == 0
+
+
+def test_clear_drops_pending_without_writing_it(tmp_path: Path) -> None:
+    (record,) = hierarchy(1, 1, 1, 1)
+    with Catalog(tmp_path) as catalog:
+        catalog.store_items([(record, "keep")], defer=True)
+        catalog.clear()  # what a reindex does first
+        assert _pending_entries(catalog) == 0
+        assert catalog.statistics()["instances"] == 0
+        assert catalog.get_study("1.0.0") is None
+
+
+@pytest.mark.parametrize("entry", [
+    b"not json", b"[]", b'{"a": 1}', b'[1, ["1.0.0.0.0", 1, "a"]]', b'[1, [7]]', b'[1, "x"]',
+])
+def test_a_damaged_pending_entry_does_not_stop_writes(tmp_path: Path, entry: bytes) -> None:
+    first, second = hierarchy(1, 1, 1, 2)
+    with Catalog(tmp_path) as catalog:
+        catalog.store_items([(first, "keep")], defer=True)
+        with catalog._env.begin(write=True) as txn:
+            txn.put(b"\xff" * 8, entry, db=catalog.database(PENDING))
+        catalog.store_items([(second, "keep")])  # writes pending first, the damaged one too
+        assert _pending_entries(catalog) == 0
+        check_consistent(catalog)
+
+
+def test_a_pending_entry_of_another_format_is_read_from_its_instances(tmp_path: Path) -> None:
+    records = hierarchy(1, 1, 1, 2)
+    with Catalog(tmp_path) as catalog:
+        catalog.store_items([(r, "keep") for r in records], defer=True)
+        with catalog._env.begin(write=True) as txn:  # as a later version might write it
+            db = catalog.database(PENDING)
+            ((k, _),) = list(txn.cursor(db=db))
+            uids = [[r.sop_instance_uid, "something else"] for r in records]
+            txn.put(k, orjson.dumps([99, *uids]), db=db)
+        study = catalog.get_study("1.0.0")
+        assert study is not None and study[STUDY_INSTANCES] == 2
+        check_consistent(catalog)
