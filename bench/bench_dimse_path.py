@@ -168,7 +168,10 @@ async def _bench_protocol(count: int, data_dir: Path) -> float:
     server._stopping = False
     server.disk = watermark(settings)
     server.context_policy = ContextPolicy(supported_contexts())
-    server.archive = type("Archive", (), {"spool_dir": data_dir})()  # type: ignore[assignment]
+    # No index here: nothing deferred to write when the association ends.
+    no_index = type("Writer", (), {"write_deferred": lambda self: None})()
+    server.archive = type("Archive", (), {  # type: ignore[assignment]
+        "spool_dir": data_dir, "writer": no_index})()
     services = Services.__new__(Services)
     services.ingest = _Ingest()  # type: ignore[assignment]
     services.handlers = {1: services.c_store}
