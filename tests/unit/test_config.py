@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pacs.config import RemoteAE, load_settings
+from pacs.config import RemoteAE, Settings, load_settings
 from pacs.errors import ConfigError
 
 
@@ -27,6 +27,20 @@ def test_later_sources_win(tmp_path: Path) -> None:
     assert load_settings(environ={"PACS_SYNC_SPIN": "0"}).sync_spin == 0.0
     assert load_settings().index_during_sync is True
     assert load_settings(environ={"PACS_INDEX_DURING_SYNC": "off"}).index_during_sync is False
+    assert load_settings().defer_index is True
+    assert load_settings(environ={"PACS_DEFER_INDEX": "false"}).defer_index is False
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_the_archive_writer_defers_as_set(tmp_path: Path, defer: bool) -> None:
+    from pacs.archive import Archive
+
+    archive = Archive.open(Settings(data_dir=tmp_path / "data", lmdb_map_size=1 << 28,
+                                    defer_index=defer))
+    try:
+        assert archive.writer.defer_index is defer
+    finally:
+        archive.close()
 
 
 def test_remote_tables(tmp_path: Path) -> None:
