@@ -351,6 +351,8 @@ class CatalogWriter:
             self.catalog.write_pending()
         except CatalogError as exc:
             log.warning("catalog: cannot write the deferred upper levels (%s)", exc)
+        except Exception:  # its caller ends an association: that must go on whatever happens
+            log.exception("catalog: writing the deferred upper levels failed")
 
     def __enter__(self) -> CatalogWriter:
         return self

@@ -22,9 +22,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pacs.errors import CatalogError
 from pacs.index import catalog as catalog_module
 from pacs.index.catalog import PENDING, STUDY_INSTANCES, Catalog, OnDuplicate
 from pacs.index.records import InstanceRecord
+from pacs.index.writer import CatalogWriter
 from tests.unit.index._records import check_consistent, hierarchy, make_record
 
 # Databases whose content must not depend on deferral. Not compared: sx_log (one generation per
@@ -352,3 +354,21 @@ def test_a_pending_entry_of_another_format_is_read_from_its_instances(tmp_path: 
         study = catalog.get_study("1.0.0")
         assert study is not None and study[STUDY_INSTANCES] == 2
         check_consistent(catalog)
+
+
+@pytest.mark.parametrize("error", [CatalogError("disk full"), RuntimeError("bug")])
+def test_an_association_ends_whatever_writing_the_deferred_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    error: Exception,
+) -> None:
+    with Catalog(tmp_path) as catalog:
+        writer = CatalogWriter(catalog, defer_index=True)
+        try:
+            def fail() -> None:
+                raise error
+
+            monkeypatch.setattr(catalog, "write_pending", fail)
+            writer.write_deferred()  # logged, not raised
+            assert "deferred upper levels" in caplog.text
+        finally:
+            writer.close()
