@@ -584,7 +584,7 @@ class Catalog:
             except BaseException:
                 self._last_write_id = previous
                 raise
-            self._count_deferred(t, deferred)
+            self._count_deferred(t.wrote_pending, deferred)
             return result
         finally:
             gate.leave()
@@ -614,24 +614,23 @@ class Catalog:
                 continue
             # Another version's, or damaged: the instance's own record says the same.
             uid = item[0] if isinstance(item, list) and item else item
-            raw = _bytes(t.txn.get(key(uid), db=self._dbs["instances"])) if isinstance(
-                uid, str) else None
+            raw = None
+            if isinstance(uid, str):
+                raw = _bytes(t.txn.get(key(uid), db=self._dbs["instances"]))
             if raw is not None:
                 items.append(_pending_item(decode_instance(raw)))
             else:
                 log.error("catalog: a pending item without its instance dropped: %.80r", item)
         return items
 
-    def _count_deferred(self, t: _Txn | None, deferred: int) -> None:
-        """After a commit of ``t``: ``deferred`` instances more pending, none of this process
-        left pending before them if ``t`` wrote them."""
-        if t is not None and t.wrote_pending:
-            self._deferred = 0
-        self._deferred += deferred
+    def _count_deferred(self, wrote_pending: bool, deferred: int) -> None:
+        """After a commit: ``deferred`` instances more pending, none of this process left
+        pending before them if the transaction wrote them."""
+        self._deferred = (0 if wrote_pending else self._deferred) + deferred
 
-    def _write_pending(self, t: _Txn) -> int:
+    def _write_pending(self, t: _Txn) -> None:
         """Write the upper levels of every pending instance (and of those ``t`` deferred so
-        far) in ``t``, which defers no more; how many.
+        far) in ``t``, which defers no more.
 
         Instances with the same upper attributes (``_UPPER_KEYS``: most of a series) change
         the upper levels as one of them does, with all their counts and sizes: each such
@@ -664,7 +663,6 @@ class Catalog:
                 group[2] = i
         for upper, (count, size, _) in sorted(groups.items(), key=lambda g: g[1][2]):
             self._add_upper(t, dict(zip(_UPPER_KEYS, upper, strict=True)), count, size)
-        return len(items)
 
     def _grow(self) -> None:
         with self._exclusive():
@@ -874,9 +872,7 @@ class Catalog:
             return None
         finally:
             self._release(prepared)
-        if prepared.wrote_pending:
-            self._deferred = 0
-        self._count_deferred(None, prepared.deferred)
+        self._count_deferred(prepared.wrote_pending, prepared.deferred)
         prepared.seconds += time.perf_counter() - started
         return prepared.outcomes
 

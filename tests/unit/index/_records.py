@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
+
+from hypothesis import strategies as st
 
 from pacs.index.catalog import (
     PATIENT_INSTANCES,
@@ -104,3 +107,21 @@ def check_consistent(catalog: Catalog) -> None:
         "instances": len(instances),
         "total_size": sum(r.size for r in instances),
     }
+
+
+# Small pools so that duplicates, moves between series/studies/patients and deletes all happen.
+_SOPS = st.sampled_from([f"9.{i}" for i in range(6)])
+DELETE_OP = st.tuples(st.just("delete"), _SOPS)
+
+
+def store_op(*more: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
+    """(policy, patient, study, series, sop, size, *more) of a random store."""
+    return st.tuples(
+        st.sampled_from(["keep", "replace"]),
+        st.sampled_from(["P0", "P1", ""]),
+        st.sampled_from(["1.1", "1.2", "1.3"]),
+        st.sampled_from(["1.1.1", "1.1.2", "1.2.1"]),
+        _SOPS,
+        st.integers(1, 1000),
+        *more,
+    )

@@ -11,20 +11,9 @@ from hypothesis import strategies as st
 
 from pacs.index.catalog import Catalog, OnDuplicate
 from pacs.index.records import InstanceRecord
-from tests.unit.index._records import check_consistent, make_record
+from tests.unit.index._records import DELETE_OP, check_consistent, make_record, store_op
 
-# Small pools so that duplicates, moves between series/studies/patients and deletes all happen.
-_op = st.one_of(
-    st.tuples(
-        st.sampled_from(["keep", "replace"]),
-        st.sampled_from(["P0", "P1", ""]),
-        st.sampled_from(["1.1", "1.2", "1.3"]),
-        st.sampled_from(["1.1.1", "1.1.2", "1.2.1"]),
-        st.sampled_from([f"9.{i}" for i in range(6)]),
-        st.integers(1, 1000),
-    ),
-    st.tuples(st.just("delete"), st.sampled_from([f"9.{i}" for i in range(6)])),
-)
+_op = st.one_of(store_op(), DELETE_OP)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,7 +27,13 @@ from pacs.index import catalog as catalog_module
 from pacs.index.catalog import PENDING, STUDY_INSTANCES, Catalog, OnDuplicate
 from pacs.index.records import InstanceRecord
 from pacs.index.writer import CatalogWriter
-from tests.unit.index._records import check_consistent, hierarchy, make_record
+from tests.unit.index._records import (
+    DELETE_OP,
+    check_consistent,
+    hierarchy,
+    make_record,
+    store_op,
+)
 
 # Databases whose content must not depend on deferral. Not compared: sx_log (one generation per
 # transaction that changed upper levels: fewer when deferred), meta's sx/gen and sx/epoch.
@@ -54,16 +60,8 @@ def _dump(catalog: Catalog) -> dict[str, Any]:
 
 
 _op = st.one_of(
-    st.tuples(
-        st.sampled_from(["keep", "replace"]),
-        st.sampled_from(["P0", "P1", ""]),
-        st.sampled_from(["1.1", "1.2", "1.3"]),
-        st.sampled_from(["1.1.1", "1.1.2", "1.2.1"]),
-        st.sampled_from([f"9.{i}" for i in range(6)]),
-        st.integers(1, 1000),
-        st.sampled_from(["", "HEAD", "CHEST"]),  # a study attribute that may change
-    ),
-    st.tuples(st.just("delete"), st.sampled_from([f"9.{i}" for i in range(6)])),
+    store_op(st.sampled_from(["", "HEAD", "CHEST"])),  # and a study attribute that may change
+    DELETE_OP,
     st.tuples(st.just("read"), st.sampled_from(["1.1", "1.2", "1.3"])),
 )
 
