@@ -1,7 +1,8 @@
 """A small blocking DICOM SCU on our own sans-IO core, for crafting what real clients won't send.
 
 Tests use dcmtk and pynetdicom for the normal paths; this client exists to send truncated data
-sets, mismatched UIDs and half-finished stores on purpose.
+sets, mismatched UIDs and half-finished stores on purpose, and requests with an A-RELEASE-RQ
+right behind them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pacs.net import (
     Role,
     c_echo_rq,
     c_store_rq,
+    dimse,
     propose,
 )
 from pacs.net.dimse import Command
@@ -107,6 +109,36 @@ class Client:
         event = self.wait_for(CommandReceived)
         assert isinstance(event, CommandReceived)
         return event.command
+
+    def n_action_rq(self, sop_class_uid: str, sop_instance_uid: str, action_type_id: int,
+                    action_information: bytes) -> bytes:
+        """An N-ACTION-RQ (PS3.7 10.3.4.1) with its Action Information, encoded, not sent."""
+        context_id, _ = self.context_for(sop_class_uid)
+        self.message_id += 1
+        rq = Command({
+            dimse.REQUESTED_SOP_CLASS_UID: sop_class_uid, dimse.COMMAND_FIELD: dimse.N_ACTION_RQ,
+            dimse.MESSAGE_ID: self.message_id,
+            dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT,
+            dimse.REQUESTED_SOP_INSTANCE_UID: sop_instance_uid,
+            dimse.ACTION_TYPE_ID: action_type_id,
+        })  # fmt: skip
+        return (self.assoc.send_command(context_id, rq, True)
+                + self.assoc.send_dataset(context_id, action_information, last=True))
+
+    def release_after(self, requests: bytes) -> list[CommandReceived]:
+        """Send ``requests`` (encoded messages) and an A-RELEASE-RQ in one write, not waiting
+        for any response in between (PS3.8 leaves the release's timing to the requester;
+        pynetdicom and dcmtk wait). What came back before the A-RELEASE-RP, in order; the
+        connection is closed on return."""
+        self.sock.sendall(requests + self.assoc.release_request())
+        received: list[CommandReceived] = []
+        while True:
+            event = self.wait_for(CommandReceived, ReleaseConfirmed)
+            if isinstance(event, ReleaseConfirmed):
+                self.close()
+                return received
+            assert isinstance(event, CommandReceived)
+            received.append(event)
 
     def _status(self) -> int:
         event = self.wait_for(CommandReceived)

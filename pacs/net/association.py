@@ -152,6 +152,12 @@ class Association:
         return self._fsm.state is State.Sta6
 
     @property
+    def may_send_p_data(self) -> bool:
+        """P-DATA may go out: Sta6, or Sta8 (the peer asked to release; responses to its
+        requests still go out before our A-RELEASE-RP, PS3.8 Table 9-10 AR-7)."""
+        return self._fsm.state in (State.Sta6, State.Sta8)
+
+    @property
     def mid_message(self) -> bool:
         """Part of a PDU, of a command set or of a data set was received and the rest is due
         (the peer is still sending); False between messages."""

@@ -313,7 +313,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
                     "C-STORE" if field == dimse.C_STORE_RQ else f"command {field!r}",
                     command.get(dimse.AFFECTED_SOP_INSTANCE_UID) or "", status, comment)
         response = dimse.failure_rsp(command, status, comment)
-        if not self._closed and self.association.is_established:
+        if not self._closed and self.association.may_send_p_data:
             self._write(self.association.send_command(event.context_id, response, False))
             self._last_progress = self._loop.time()
 
@@ -457,7 +457,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     ) -> None:
         """Write one pending response now; wait while the peer does not read. ``command`` may
         come encoded (C-FIND encodes its pending command once per query)."""
-        if self._closed or not self.association.is_established:
+        if self._closed or not self.association.may_send_p_data:
             raise ConnectionError("association ended")
         if isinstance(command, bytes):
             assert dataset is not None
@@ -475,7 +475,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     ) -> None:
         """Write pending responses sharing one encoded command in one write; wait while the
         peer does not read."""
-        if self._closed or not self.association.is_established:
+        if self._closed or not self.association.may_send_p_data:
             raise ConnectionError("association ended")
         self._write_soon(self.association.send_messages(context_id, command, datasets))
         self._last_progress = self._loop.time()
@@ -500,7 +500,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
             if request.cancel is not None and request.command.message_id is not None:
                 self._cancels.pop(request.command.message_id, None)
             self.server.store_finished()
-        if self._closed or not self.association.is_established:
+        if self._closed or not self.association.may_send_p_data:
             log.info("%s %s: association gone before the response to message %s", self.peer,
                      self.calling_aet, request.command.message_id)
         else:

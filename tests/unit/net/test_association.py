@@ -90,6 +90,23 @@ def test_echo_then_release():
     assert drain(acc) == []
 
 
+def test_response_after_the_peer_asked_to_release():
+    """Sta8 (AR-7): a response still goes out after the A-RELEASE-RQ, before the RP."""
+    req, acc = associate()
+    assert acc.may_send_p_data and req.may_send_p_data
+    acc.receive_data(req.send_command(1, c_echo_rq(7), has_dataset=False)
+                     + req.release_request())
+    assert [type(event) for event in drain(acc)] == [CommandReceived, ReleaseRequested]
+    assert acc.state is State.Sta8 and not acc.is_established and acc.may_send_p_data
+    assert not req.may_send_p_data  # Sta7: the requester only receives
+    req.receive_data(acc.send_command(1, c_echo_rsp(7), has_dataset=False))
+    (response,) = drain(req)
+    assert response.command.message_id_being_responded_to == 7
+    req.receive_data(acc.release_response())
+    assert not acc.may_send_p_data
+    assert drain(req) == [ReleaseConfirmed(), ConnectionClosed()]
+
+
 def _store(req: Association, acc: Association, dataset: bytes) -> list:
     wire = req.send_command(3, c_store_rq(9, CT_IMAGE_STORAGE, "1.2.3.9"), has_dataset=True)
     wire += req.send_dataset(3, dataset[:1000], last=False)
