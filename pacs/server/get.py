@@ -178,7 +178,17 @@ class GetSCP:
                     cancelled = True
                     break
                 record, head = entry
-                status = await self._sub_store(request, record, head, contexts_of)
+                try:
+                    status = await self._sub_store(request, record, head, contexts_of)
+                except ConnectionError as exc:
+                    # The peer asked to release (or left) with sub-operations to go: none of
+                    # them can run; the final response counts them failed, if it can still go.
+                    left = records[len(records) - counts.remaining:]
+                    log.warning("%s: C-GET stopped, %d sub-operations not run: %s",
+                                request.calling_aet, len(left), exc)
+                    for unsent in left:
+                        counts.record(unsent.sop_instance_uid, NOT_SENT)
+                    break
                 counts.record(record.sop_instance_uid, status)
                 if counts.remaining and loop.time() - last_pending >= PENDING_INTERVAL:
                     last_pending = loop.time()

@@ -128,10 +128,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._drain_events()
         return False
 
-    def _fail_awaiting(self) -> None:
+    def _fail_awaiting(self, why: str = "association ended") -> None:
         for future in self._awaiting.values():
             if not future.done():
-                future.set_exception(ConnectionError("association ended"))
+                future.set_exception(ConnectionError(why))
         self._awaiting.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -221,6 +221,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         elif isinstance(event, AssociateRequested):
             self._on_associate(event)
         elif isinstance(event, ReleaseRequested | ReleaseConfirmed):
+            # A requester that asked to release sends no more P-DATA (Sta7): responses to our
+            # requests (C-GET's C-STORE sub-operations, an N-EVENT-REPORT) will not come.
+            self._fail_awaiting("the peer asked to release")
             self._release_requested = True
             self._maybe_release()
         elif isinstance(event, Aborted):
@@ -395,8 +398,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool,
                        head: bytes | None = None) -> None:
         """Write (part of) a data set; ``head`` (its command's PDU) goes first, in the same
-        write."""
-        if self._closed or not self.association.is_established:
+        write. A message begun before the peer asked to release is finished (Sta8)."""
+        if self._closed or not self.association.may_send_p_data:
             raise ConnectionError("association ended")
         parts = self.association.send_dataset_parts(context_id, data, last=last)
         if head is not None:

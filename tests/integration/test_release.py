@@ -1,5 +1,6 @@
 """An A-RELEASE-RQ right behind requests, in the same write (PS3.8 Sta8): every response,
-pending ones included, goes out before the A-RELEASE-RP, and what was stored stays stored."""
+pending ones included, goes out before the A-RELEASE-RP, and what was stored stays stored; a
+C-GET, whose sub-operations the releasing peer can no longer answer, ends with them failed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import pytest
 from pydicom.dataset import Dataset
 
 from pacs.dicom import uids
-from pacs.net import AssociateAccepted, c_echo_rq, c_store_rq, dimse
+from pacs.net import (
+    AssociateAccepted,
+    CommandReceived,
+    RoleSelection,
+    c_echo_rq,
+    c_store_rq,
+    dimse,
+)
 from pacs.net.dimse import Command
+from pacs.net.negotiation import propose
 from tests.dicomgen import dataset_bytes, make_ct
 from tests.integration.archive_check import stored_instance
 from tests.netclient import CT_IMAGE_STORAGE, Client
@@ -16,10 +25,12 @@ from tests.netclient import CT_IMAGE_STORAGE, Client
 pytestmark = pytest.mark.integration
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 CONTEXTS = (
     (uids.VERIFICATION, (uids.IMPLICIT_VR_LITTLE_ENDIAN,)),
     (CT_IMAGE_STORAGE, (uids.EXPLICIT_VR_LITTLE_ENDIAN,)),
     (STUDY_ROOT_FIND, (uids.EXPLICIT_VR_LITTLE_ENDIAN,)),
+    (STUDY_ROOT_GET, (uids.EXPLICIT_VR_LITTLE_ENDIAN,)),
 )
 
 
@@ -48,25 +59,89 @@ def test_stores_and_echo_answered_before_the_release(archive) -> None:
     assert "association gone before the response" not in archive.log()
 
 
+def query(client: Client, sop_class_uid: str, command_field: int, message_id: int,
+          identifier: Dataset) -> bytes:
+    """A C-FIND-RQ or C-GET-RQ with its identifier, encoded, not sent."""
+    context_id, _ = client.context_for(sop_class_uid)
+    rq = Command({
+        dimse.AFFECTED_SOP_CLASS_UID: sop_class_uid, dimse.COMMAND_FIELD: command_field,
+        dimse.MESSAGE_ID: message_id, dimse.PRIORITY: dimse.PRIORITY_MEDIUM,
+    })  # fmt: skip
+    return (client.assoc.send_command(context_id, rq, True)
+            + client.assoc.send_dataset(context_id, dataset_bytes(identifier), last=True))
+
+
 def test_find_matches_answered_before_the_release(archive) -> None:
     with Client(archive.port, contexts=CONTEXTS) as client:
         assert isinstance(client.associate(), AssociateAccepted)
         for i in range(3):
             ds = make_ct(patient_id=f"REL{i}")
             assert client.store(dataset_bytes(ds), ds.SOPInstanceUID).status == dimse.SUCCESS
-        find_context, _ = client.context_for(STUDY_ROOT_FIND)
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = ""
         identifier.PatientID = "REL*"
-        rq = Command({
-            dimse.AFFECTED_SOP_CLASS_UID: STUDY_ROOT_FIND, dimse.COMMAND_FIELD: dimse.C_FIND_RQ,
-            dimse.MESSAGE_ID: 9, dimse.PRIORITY: dimse.PRIORITY_MEDIUM,
-        })  # fmt: skip
-        requests = (client.assoc.send_command(find_context, rq, True)
-                    + client.assoc.send_dataset(find_context, dataset_bytes(identifier),
-                                                last=True))
-        responses = client.release_after(requests)
+        responses = client.release_after(
+            query(client, STUDY_ROOT_FIND, dimse.C_FIND_RQ, 9, identifier))
     assert fields_and_statuses(responses) == (
         [(dimse.C_FIND_RSP, dimse.PENDING)] * 3 + [(dimse.C_FIND_RSP, dimse.SUCCESS)])
     assert {r.command.message_id_being_responded_to for r in responses} == {9}
+
+
+def stored_study(port: int, count: int) -> str:
+    study = make_ct().StudyInstanceUID
+    with Client(port, contexts=CONTEXTS) as client:
+        assert isinstance(client.associate(), AssociateAccepted)
+        for i in range(count):
+            ds = make_ct(patient_id="GETREL", study_uid=study, instance_number=i)
+            assert client.store(dataset_bytes(ds), ds.SOPInstanceUID).status == dimse.SUCCESS
+        client.release()
+    return study
+
+
+def get_client(port: int) -> Client:
+    client = Client(port, contexts=CONTEXTS)
+    # C-GET needs our SCP role for the storage class (PS3.4 C.4.3.1).
+    client.rq = propose("PACS", "TESTSCU", CONTEXTS,
+                        roles=[RoleSelection(CT_IMAGE_STORAGE, False, True)])
+    assert isinstance(client.associate(), AssociateAccepted)
+    return client
+
+
+def study_identifier(study: str) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    return identifier
+
+
+def assert_get_failed(responses, archive, count: int) -> None:
+    assert fields_and_statuses(responses) == [(dimse.C_GET_RSP, 0xA702)]
+    final = responses[0].command
+    assert final.get(dimse.NUMBER_OF_FAILED_SUBOPERATIONS) == count
+    assert final.get(dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS) == 0
+    assert f"C-GET stopped, {count} sub-operations not run" in archive.log()
+
+
+def test_get_ends_with_its_sub_operations_failed(archive) -> None:
+    study = stored_study(archive.port, 2)
+    with get_client(archive.port) as client:
+        responses = client.release_after(
+            query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, 5, study_identifier(study)))
+    # No C-STORE-RQ went out: the peer asked to release before the first could.
+    assert_get_failed(responses, archive, 2)
+
+
+def test_release_during_a_sub_operation_ends_the_get(archive) -> None:
+    """The release comes while our C-STORE-RQ awaits its response, which a requester that
+    asked to release cannot send: the C-GET ends at once, not after the sub-operation's
+    timeout (60 s; the client here waits 10 s at most)."""
+    study = stored_study(archive.port, 2)
+    with get_client(archive.port) as client:
+        client.sock.sendall(
+            query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, 5, study_identifier(study)))
+        sub_store = client.wait_for(CommandReceived)
+        assert isinstance(sub_store, CommandReceived)
+        assert sub_store.command.get(dimse.COMMAND_FIELD) == dimse.C_STORE_RQ
+        responses = client.release_after(b"")
+    assert_get_failed(responses, archive, 2)
