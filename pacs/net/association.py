@@ -158,6 +158,12 @@ class Association:
         return self._fsm.state in (State.Sta6, State.Sta8)
 
     @property
+    def sending_dataset(self) -> bool:
+        """A message of ours announced a data set whose last fragment has not been sent:
+        nothing else may be sent on the association before it."""
+        return self._send_dataset_context is not None
+
+    @property
     def mid_message(self) -> bool:
         """Part of a PDU, of a command set or of a data set was received and the rest is due
         (the peer is still sending); False between messages."""

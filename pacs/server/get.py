@@ -184,7 +184,7 @@ class GetSCP:
                     # The peer asked to release (or left) with sub-operations to go: none of
                     # them can run; the final response counts them failed, if it can still go.
                     left = records[len(records) - counts.remaining:]
-                    log.warning("%s: C-GET stopped, %d sub-operations not run: %s",
+                    log.warning("%s: C-GET stopped, %d sub-operations not completed: %s",
                                 request.calling_aet, len(left), exc)
                     for unsent in left:
                         counts.record(unsent.sop_instance_uid, NOT_SENT)

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from pacs.dicom import part10
 from pacs.dicom.convert import ConversionError, convert_dataset, plan_syntax
-from pacs.errors import PacsError
+from pacs.errors import PacsError, StorageError
 from pacs.index.records import InstanceRecord
 from pacs.store.base import BlobStore
 
@@ -169,8 +169,12 @@ async def instance_payload(
         position = len(known.data)
         while position < known.size:
             length = min(CHUNK, known.size - position)
-            yield await loop.run_in_executor(executor, store.get, record.location, position,
-                                             length)
+            chunk = await loop.run_in_executor(executor, store.get, record.location, position,
+                                               length)
+            if len(chunk) != length:  # a blob shorter than indexed: never send it cut short
+                raise StorageError(f"blob {record.location} ends at {position + len(chunk)} "
+                                   f"bytes, indexed as {known.size}")
+            yield chunk
             position += length
 
     return syntax, chunks()

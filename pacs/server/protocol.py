@@ -138,6 +138,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if self._handed_over:
             return
         self._fail_awaiting()
+        # Whoever waits for the peer to read again (a paused C-GET, pending C-FIND responses)
+        # wakes up and finds the association gone, instead of waiting forever.
+        self._can_write.set()
         if not self.association.is_closed:
             self.association.receive_data(b"")
             self._closed = True  # nothing more may be written; still drain for the log
@@ -363,8 +366,17 @@ class DicomProtocol(asyncio.BufferedProtocol):
             self._write_dataset(context_id, pending or b"", last=True, head=head)
             await self._can_write.wait()
             return await asyncio.wait_for(future, timeout)
+        except Exception as exc:
+            if self.association.sending_dataset and not self._closed:
+                # The data set could not be read to its end: no other message may follow the
+                # part that went out, so the association cannot go on.
+                self._protocol_abort(f"C-STORE sub-operation cut short ({exc})")
+                raise ConnectionError("association aborted: a sub-operation's data set could "
+                                      "not be sent whole") from exc
+            raise
         finally:
             self._awaiting.pop(message_id, None)
+            _retrieve(future)
 
     async def send_request(
         self, context_id: int, command: dimse.Command, dataset: bytes | None, timeout: float
@@ -381,6 +393,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
             return await asyncio.wait_for(future, timeout)
         finally:
             self._awaiting.pop(message_id, None)
+            _retrieve(future)
 
     def _expect_response(
         self, command: dimse.Command
@@ -571,7 +584,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
     def shutdown(self) -> None:
         """Server stopping: in-flight stores have answered; drop the connection."""
         if self.transport is not None and not self._closed:
-            if self.association.is_established:
+            if self.association.may_send_p_data:  # Sta6 or Sta8: an A-ABORT is due
                 self._write(self.association.abort(ABORT_SOURCE_PROVIDER, 0))
             self.transport.close()
 
@@ -615,3 +628,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._idle = self._loop.call_later(wait, self._check_idle)
 
 
+def _retrieve(future: asyncio.Future[dimse.Command]) -> None:
+    """Mark a failed response future's exception as seen: what failed the request (the
+    release, the connection's end) is reported by whoever raised instead."""
+    if future.done() and not future.cancelled():
+        future.exception()

@@ -120,7 +120,7 @@ def assert_get_failed(responses, archive, count: int) -> None:
     final = responses[0].command
     assert final.get(dimse.NUMBER_OF_FAILED_SUBOPERATIONS) == count
     assert final.get(dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS) == 0
-    assert f"C-GET stopped, {count} sub-operations not run" in archive.log()
+    assert f"C-GET stopped, {count} sub-operations not completed" in archive.log()
 
 
 def test_get_ends_with_its_sub_operations_failed(archive) -> None:
