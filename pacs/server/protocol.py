@@ -164,9 +164,11 @@ class DicomProtocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._can_write.clear()
+        self._last_progress = self._loop.time()  # a stalled peer's time counts from here
 
     def resume_writing(self) -> None:
         self._can_write.set()
+        self._last_progress = self._loop.time()  # the peer reads
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._paused and not self._closed:
@@ -617,9 +619,17 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if self._closed:
             return
         idle_for = self._loop.time() - self._last_progress
-        if idle_for >= self.settings.idle_timeout and not self._tasks:
-            log.info("%s %s: idle for %.1f s, aborting", self.peer, self.calling_aet, idle_for)
-            if self.association.is_established:
+        # A request in progress keeps an association open while it works, not while its peer
+        # reads nothing of what it sends (a C-GET or C-FIND would wait for it forever).
+        stalled = not self._can_write.is_set()
+        if idle_for >= self.settings.idle_timeout and (stalled or not self._tasks):
+            if stalled:
+                log.warning("%s %s: the peer read nothing for %.1f s, aborting", self.peer,
+                            self.calling_aet, idle_for)
+            else:
+                log.info("%s %s: idle for %.1f s, aborting", self.peer, self.calling_aet,
+                         idle_for)
+            if self.association.may_send_p_data:
                 self._write(self.association.abort(ABORT_SOURCE_PROVIDER, 0))
             if self.transport is not None:
                 self.transport.abort()

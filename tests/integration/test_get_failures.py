@@ -79,6 +79,19 @@ def test_peer_that_stops_reading_then_leaves(archive) -> None:
     still_serving(archive)
 
 
+def test_peer_that_stops_reading_and_stays(archive) -> None:
+    """Nothing read for `idle_timeout` (3 s here) while the C-GET waits to send: the
+    association is aborted and the C-GET ends, instead of holding its slot forever."""
+    study, _ = store_study(archive.port, 3, 2048)
+    client = get_client(archive.port, study, 5)
+    try:
+        wait_for_log(archive, "the peer read nothing for", seconds=20)
+        wait_for_log(archive, "C-GET stopped, 3 sub-operations not completed")
+    finally:
+        client.close()
+    still_serving(archive)
+
+
 def test_blob_cut_short_while_being_sent_aborts(archive) -> None:
     """The blob is cut (its segment truncated) while its C-STORE-RQ waits for the peer to
     read: the part already sent can be neither completed nor followed, so the association is
