@@ -369,7 +369,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
             await self._can_write.wait()
             return await asyncio.wait_for(future, timeout)
         except Exception as exc:
-            if self.association.sending_dataset and not self._closed:
+            if (self.association.sending_dataset and not self._closed
+                    and self.association.may_send_p_data):
                 # The data set could not be read to its end: no other message may follow the
                 # part that went out, so the association cannot go on.
                 self._protocol_abort(f"C-STORE sub-operation cut short ({exc})")
