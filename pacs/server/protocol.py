@@ -93,6 +93,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         # Sub-operations we send as acceptor (C-GET's C-STORE-RQ): message ID -> its response.
         self._next_message_id = 0
         self._awaiting: dict[int, asyncio.Future[dimse.Command]] = {}
+        # Set while a message of ours goes out in parts with awaits between them (a C-GET's
+        # C-STORE-RQ): other messages wait for it, so that none lands inside its data set.
+        self._partial: asyncio.Event | None = None
 
     # --- asyncio callbacks -------------------------------------------------------------------
 
@@ -171,7 +174,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
         self._last_progress = self._loop.time()  # the peer reads
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self._paused and not self._closed:
+        # Never while the peer owes us a response (a C-GET's C-STORE-RSP): it could not be
+        # read until the request that waits for it ends.
+        if (self.transport is not None and not self._paused and not self._closed
+                and not self._awaiting):
             self._paused = True
             self.transport.pause_reading()
 
@@ -321,8 +327,20 @@ class DicomProtocol(asyncio.BufferedProtocol):
                     "C-STORE" if field == dimse.C_STORE_RQ else f"command {field!r}",
                     command.get(dimse.AFFECTED_SOP_INSTANCE_UID) or "", status, comment)
         response = dimse.failure_rsp(command, status, comment)
+        if self._partial is not None:  # after the message half sent (this runs in a callback)
+            task = self._loop.create_task(self._write_refusal_later(event.context_id, response))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+            return
+        self._write_refusal(event.context_id, response)
+
+    async def _write_refusal_later(self, context_id: int, response: dimse.Command) -> None:
+        await self._whole_messages()
+        self._write_refusal(context_id, response)
+
+    def _write_refusal(self, context_id: int, response: dimse.Command) -> None:
         if not self._closed and self.association.may_send_p_data:
-            self._write(self.association.send_command(event.context_id, response, False))
+            self._write(self.association.send_command(context_id, response, False))
             self._last_progress = self._loop.time()
 
     def _on_response(self, event: CommandReceived) -> None:
@@ -354,7 +372,9 @@ class DicomProtocol(asyncio.BufferedProtocol):
         ``command``'s MessageID is set here. The data set goes out chunk by chunk as P-DATA,
         pausing while the peer does not read; the response must come within ``timeout``.
         """
+        await self._whole_messages()
         message_id, future = self._expect_response(command)
+        partial = self._partial = asyncio.Event()
         try:
             # The command goes out with the first data (one write per small instance).
             head: bytes | None = self.association.send_command(context_id, command, True)
@@ -366,6 +386,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
                     await self._can_write.wait()
                 pending = chunk
             self._write_dataset(context_id, pending or b"", last=True, head=head)
+            self._end_partial(partial)
             await self._can_write.wait()
             return await asyncio.wait_for(future, timeout)
         except Exception as exc:
@@ -378,14 +399,26 @@ class DicomProtocol(asyncio.BufferedProtocol):
                                       "not be sent whole") from exc
             raise
         finally:
+            self._end_partial(partial)
             self._awaiting.pop(message_id, None)
             _retrieve(future)
+
+    def _end_partial(self, partial: asyncio.Event) -> None:
+        if self._partial is partial:
+            self._partial = None
+        partial.set()
+
+    async def _whole_messages(self) -> None:
+        """Wait until no message of ours is half sent (see ``_partial``)."""
+        while self._partial is not None:
+            await self._partial.wait()
 
     async def send_request(
         self, context_id: int, command: dimse.Command, dataset: bytes | None, timeout: float
     ) -> dimse.Command:
         """Send a request (e.g. N-EVENT-REPORT-RQ) with its optional data set on this
         association and wait at most ``timeout`` for its response; MessageID is set here."""
+        await self._whole_messages()
         message_id, future = self._expect_response(command)
         try:
             self._write(self.association.send_command(context_id, command, dataset is not None))
@@ -409,6 +442,7 @@ class DicomProtocol(asyncio.BufferedProtocol):
         command[dimse.MESSAGE_ID] = message_id
         future: asyncio.Future[dimse.Command] = self._loop.create_future()
         self._awaiting[message_id] = future
+        self.resume_reading()  # the response must be read (back-pressure paused us maybe)
         return message_id, future
 
     def _write_dataset(self, context_id: int, data: bytes | memoryview, last: bool,
@@ -444,6 +478,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
         command = event.command
         field = command.get(dimse.COMMAND_FIELD)
         if field == dimse.C_CANCEL_RQ:
+            if spool is not None:  # a C-CANCEL-RQ has no data set (PS3.7 9.3.2.3): dropped
+                spool.discard()
             target = command.message_id_being_responded_to
             flag = self._cancels.get(target) if target is not None else None
             log.info("%s %s: C-CANCEL-RQ for message %s%s", self.peer, self.calling_aet,
@@ -476,6 +512,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
     ) -> None:
         """Write one pending response now; wait while the peer does not read. ``command`` may
         come encoded (C-FIND encodes its pending command once per query)."""
+        if self._partial is not None:
+            await self._whole_messages()
         if self._closed or not self.association.may_send_p_data:
             raise ConnectionError("association ended")
         if isinstance(command, bytes):
@@ -494,6 +532,8 @@ class DicomProtocol(asyncio.BufferedProtocol):
     ) -> None:
         """Write pending responses sharing one encoded command in one write; wait while the
         peer does not read."""
+        if self._partial is not None:
+            await self._whole_messages()
         if self._closed or not self.association.may_send_p_data:
             raise ConnectionError("association ended")
         self._write_soon(self.association.send_messages(context_id, command, datasets))
@@ -519,12 +559,19 @@ class DicomProtocol(asyncio.BufferedProtocol):
             if request.cancel is not None and request.command.message_id is not None:
                 self._cancels.pop(request.command.message_id, None)
             self.server.store_finished()
+        if self._partial is not None:
+            await self._whole_messages()
         if self._closed or not self.association.may_send_p_data:
             log.info("%s %s: association gone before the response to message %s", self.peer,
                      self.calling_aet, request.command.message_id)
-        else:
+        elif response.dataset is None:
             self._write(self.association.send_command(request.context_id, response.command,
                                                       False))
+            self._last_progress = self._loop.time()
+        else:  # e.g. a C-GET's Failed SOP Instance UID List
+            head = self.association.send_command(request.context_id, response.command, True)
+            self._write(head + self.association.send_dataset(request.context_id,
+                                                             response.dataset, last=True))
             self._last_progress = self._loop.time()
 
     def _maybe_release(self) -> None:

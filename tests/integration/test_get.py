@@ -158,6 +158,41 @@ def test_pynetdicom_get_with_counts(stocked) -> None:
     del files
 
 
+def test_refused_sub_operations_listed_in_the_final_response(stocked) -> None:
+    """PS3.4 C.4.3.1.3.1: a final Warning names the failed instances in the identifier's
+    Failed SOP Instance UID List (it was announced in the counts but never sent)."""
+    archive, study, _series, files = stocked
+    refused: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        if event.dataset.InstanceNumber in (1, 3):
+            refused.append(event.dataset.SOPInstanceUID)
+            return 0xA700
+        return 0x0000
+
+    ae = AE(ae_title="PYGET")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="PACS",
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 2)
+    assert identifier is not None
+    listed = identifier.FailedSOPInstanceUIDList
+    assert sorted([listed] if isinstance(listed, str) else listed) == sorted(refused)
+    del files
+
+
 def test_get_of_unknown_study_completes_nothing(stocked, tmp_path: Path) -> None:
     archive, *_ = stocked
     output = getscu(archive.port, tmp_path / "out", "-S", "-k", "QueryRetrieveLevel=STUDY",

@@ -49,7 +49,8 @@ def still_serving(archive) -> None:
         client.release()
 
 
-def get_client(port: int, identifier_study: str, message_id: int) -> Client:
+def get_client(port: int, identifier_study: str,
+               message_id: int) -> tuple[Client, CommandReceived]:
     """A C-GET requester that reads nothing until told: its small receive buffer and the
     archive's socket buffer fill up and the archive's C-GET pauses."""
     client = Client(port, contexts=CONTEXTS)
@@ -65,14 +66,14 @@ def get_client(port: int, identifier_study: str, message_id: int) -> Client:
     assert isinstance(event, CommandReceived)
     assert event.command.get(dimse.COMMAND_FIELD) == dimse.C_STORE_RQ
     time.sleep(1.0)  # unread: the archive's transport fills up and pauses the C-GET
-    return client
+    return client, event
 
 
 def test_peer_that_stops_reading_then_leaves(archive) -> None:
     """Three 8 MiB instances fill the socket buffers of a peer that reads nothing: the C-GET
     waits for it to read; when it resets the connection the C-GET ends (it waited forever)."""
     study, _ = store_study(archive.port, 3, 2048)
-    client = get_client(archive.port, study, 3)
+    client, _ = get_client(archive.port, study, 3)
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()  # a reset
     wait_for_log(archive, "C-GET stopped, 3 sub-operations not completed")
@@ -83,7 +84,7 @@ def test_peer_that_stops_reading_and_stays(archive) -> None:
     """Nothing read for `idle_timeout` (3 s here) while the C-GET waits to send: the
     association is aborted and the C-GET ends, instead of holding its slot forever."""
     study, _ = store_study(archive.port, 3, 2048)
-    client = get_client(archive.port, study, 5)
+    client, _ = get_client(archive.port, study, 5)
     try:
         wait_for_log(archive, "the peer read nothing for", seconds=20)
         wait_for_log(archive, "C-GET stopped, 3 sub-operations not completed")
@@ -100,7 +101,7 @@ def test_blob_cut_short_while_being_sent_aborts(archive) -> None:
     found = stored_instance(archive.data_dir, sop_uid)
     assert found is not None
     name, offset, _length = found[0].location.rsplit(":", 2)
-    client = get_client(archive.port, study, 4)
+    client, _ = get_client(archive.port, study, 4)
     with open(archive.data_dir / "blobs" / name, "r+b") as fh:
         fh.truncate(int(offset) + (16 << 20))  # half the blob left
     with pytest.raises(ConnectionError, match="Aborted"):

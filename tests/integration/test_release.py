@@ -119,6 +119,7 @@ def assert_get_failed(responses, archive, count: int) -> None:
     # Our C-STORE-RQs, if any went out before the release arrived, are not responses.
     responses = [r for r in responses if r.command.get(dimse.COMMAND_FIELD) != dimse.C_STORE_RQ]
     assert fields_and_statuses(responses) == [(dimse.C_GET_RSP, 0xA702)]
+    assert responses[0].has_dataset  # the Failed SOP Instance UID List
     final = responses[0].command
     assert final.get(dimse.NUMBER_OF_FAILED_SUBOPERATIONS) == count
     assert final.get(dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS) == 0
