@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from pacs import metrics
+from pacs.dicom import uids
 from pacs.dicom.identifier import encode_identifier
 from pacs.errors import PacsError
 from pacs.index.records import InstanceRecord
@@ -99,13 +100,33 @@ def retrieve_rsp(request: Request, field_value: int, status: int, counts: Counts
     return command
 
 
+# Explicit VR gives a UI element a 2-byte length: 65,534 bytes, about 1,000 UIDs of 64.
+MAX_SHORT_VALUE = 0xFFFE
+
+
+def failed_list(failed_uids: list[str], transfer_syntax: str) -> str:
+    """The Failed SOP Instance UID List's value: every UID in Implicit VR; in the explicit
+    syntaxes as many whole UIDs as the element's 2-byte length holds (padding included)."""
+    text = "\\".join(failed_uids)
+    if transfer_syntax == uids.IMPLICIT_VR_LITTLE_ENDIAN or len(text) + len(text) % 2 <= (
+            MAX_SHORT_VALUE):
+        return text
+    cut = text.rfind("\\", 0, MAX_SHORT_VALUE)
+    return text[:cut]
+
+
 def final_response(request: Request, field_value: int, counts: Counts,
                    cancelled: bool) -> Response:
     status = counts.final_status(cancelled)
     if counts.failed_uids and status != dimse.SUCCESS:
-        identifier = encode_identifier(
-            {"FailedSOPInstanceUIDList": "\\".join(counts.failed_uids)},
-            request.transfer_syntax)
+        listed = failed_list(counts.failed_uids, request.transfer_syntax)
+        if len(listed) < len("\\".join(counts.failed_uids)):
+            log.warning("%s: the final response lists %d of %d failed instances (the most "
+                        "%s can hold in one element)", request.calling_aet,
+                        listed.count("\\") + 1, len(counts.failed_uids),
+                        request.transfer_syntax)
+        identifier = encode_identifier({"FailedSOPInstanceUIDList": listed},
+                                       request.transfer_syntax)
         return Response(retrieve_rsp(request, field_value, status, counts, True, True),
                         identifier)
     return Response(retrieve_rsp(request, field_value, status, counts, True))

@@ -399,6 +399,11 @@ class DicomProtocol(asyncio.BufferedProtocol):
                                       "not be sent whole") from exc
             raise
         finally:
+            if (self._partial is partial and self.association.sending_dataset
+                    and not self._closed and self.association.may_send_p_data):
+                # Cancelled half sent (nothing cancels it today): nothing may follow the part
+                # that went out.
+                self._protocol_abort("C-STORE sub-operation stopped half sent")
             self._end_partial(partial)
             self._awaiting.pop(message_id, None)
             _retrieve(future)
