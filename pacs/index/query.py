@@ -31,6 +31,7 @@ Every row is checked against every filter, so plans only decide speed, never res
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -327,7 +328,8 @@ class QueryEngine:
             for kw in reversed(q.order_by):
                 materialised.sort(key=_sort_key(kw.lstrip("-")), reverse=kw.startswith("-"))
             rows = materialised
-        stop = None if q.limit is None else q.offset + q.limit
+        # Both below 2**63 each, their sum not: islice takes at most sys.maxsize.
+        stop = None if q.limit is None else min(q.offset + q.limit, sys.maxsize)
         level = q.level
         keys = plan.return_keys
         for row in itertools.islice(rows, q.offset, stop):

@@ -11,7 +11,8 @@ from aiohttp import web
 from pacs.archive import Archive
 from pacs.config import Settings
 
-__all__ = ["DEFAULT_MAX_BODY", "WebContext", "bad_request", "http_error", "too_large"]
+__all__ = ["DEFAULT_MAX_BODY", "WebContext", "bad_request", "headers_only", "http_error",
+           "too_large"]
 
 DEFAULT_MAX_BODY = 4 * 1024**3  # bytes of one STOW-RS request body
 
@@ -40,6 +41,16 @@ def count_param(params: Mapping[str, str], name: str) -> int | None:
     if value >= 2**63:  # larger overflows the C-level slicing of the result
         raise bad_request(f"{name} is too large")
     return value
+
+
+async def headers_only(request: web.Request, response: web.StreamResponse) -> bool:
+    """After ``prepare``: a HEAD request is answered with the headers alone (aiohttp's
+    StreamResponse would send whatever is written next, putting a keep-alive client out of
+    step). True when the response is complete."""
+    if request.method != "HEAD":
+        return False
+    await response.write_eof()
+    return True
 
 
 def bad_request(message: str) -> web.HTTPError:

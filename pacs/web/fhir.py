@@ -40,7 +40,7 @@ from typing import Any
 from aiohttp import web
 from pydicom.uid import generate_uid
 
-from pacs.errors import CatalogError
+from pacs.errors import CatalogError, QueryError
 from pacs.index.query import Query
 from pacs.web.context import WebContext
 from pacs.worklist.store import WorklistItem, WorklistStore
@@ -89,7 +89,7 @@ def _validate(body: bytes) -> Any:
 
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FhirError(400, "invalid", f"body is not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("resourceType") != "ServiceRequest":
         raise FhirError(400, "invalid", "resourceType must be ServiceRequest")
@@ -362,13 +362,17 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         try:
             filters = _search_filters(request.query)
             count = request.query.get("_count")
-            limit = int(count) if count is not None and count.isdigit() else None
+            limit = (int(count) if count is not None and count.isascii() and count.isdigit()
+                     else None)
             if count is not None and (limit is None or limit > 10_000):
                 raise FhirError(400, "value", "_count must be an integer in [0, 10000]")
         except FhirError as exc:
             return exc.response()
         loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(archive.executor, studies, filters, limit)
+        try:
+            rows = await loop.run_in_executor(archive.executor, studies, filters, limit)
+        except QueryError as exc:
+            return FhirError(400, "value", exc.comment).response()
         root = base(request)
         bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(rows),
                   "entry": [{"fullUrl": f"{root}/fhir/ImagingStudy/{row['StudyInstanceUID']}",

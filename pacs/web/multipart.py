@@ -128,6 +128,9 @@ class PartEnd:
 Event = PartStart | PartData | PartEnd
 
 _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _EPILOGUE = range(5)
+# RFC 2046 5.1.1 bchars: digits, letters, '()+_,-./:=? and space (not last)
+_BOUNDARY_CHARS = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 
 
 class MultipartParser:
@@ -136,6 +139,8 @@ class MultipartParser:
     def __init__(self, boundary: str) -> None:
         if not boundary or len(boundary) > 70:
             raise MultipartError("boundary missing or longer than 70 characters")
+        if not all(c in _BOUNDARY_CHARS for c in boundary) or boundary.endswith(" "):
+            raise MultipartError("boundary has characters RFC 2046 does not allow")
         # Every delimiter is CRLF "--" boundary; a body may start with the first one directly,
         # so the input is read as if it began with a CRLF.
         self._delimiter = b"\r\n--" + boundary.encode("latin-1")

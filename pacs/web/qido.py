@@ -28,6 +28,7 @@ from pacs.index.records import (
 )
 from pacs.web import dicomjson
 from pacs.web.context import WebContext, bad_request, count_param
+from pacs.web.wado import require_json
 
 __all__ = ["DEFAULT_KEYS", "build_query", "routes"]
 
@@ -146,6 +147,7 @@ def _retrieve_url(ctx: WebContext, request: web.Request, level: Level, row: dict
 
 async def search(ctx: WebContext, request: web.Request, level: Level,
                  path_keys: dict[str, str]) -> web.StreamResponse:
+    require_json(request, "QIDO-RS")
     query = build_query(level, list(request.query.items()), path_keys,
                         ctx.settings.fuzzy_person_names,
                         ctx.settings.max_find_results or MAX_LIMIT)

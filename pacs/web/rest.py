@@ -41,7 +41,7 @@ from pacs.index.records import (
     InstanceRecord,
 )
 from pacs.web import dicomjson, openapi, rest_modalities
-from pacs.web.context import WebContext, bad_request, count_param, http_error
+from pacs.web.context import WebContext, bad_request, count_param, headers_only, http_error
 from pacs.web.render import PNG, RenderError, render_frame
 
 __all__ = ["Kind", "collect_instances", "details", "routes"]
@@ -281,6 +281,11 @@ async def instance_file(ctx: WebContext, request: web.Request) -> web.StreamResp
                        study_uid=a.get("StudyInstanceUID", ""), operation="REST file",
                        instance_uid=record.sop_instance_uid)
     await response.prepare(request)
+    if await headers_only(request, response):
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # its descriptor now, not at garbage collection
+        return response
     try:
         chunk = first
         while chunk:
@@ -426,7 +431,7 @@ def _find_query(ctx: WebContext, body: Any) -> tuple[Query, bool]:
 async def tools_find(ctx: WebContext, request: web.Request) -> web.Response:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
         raise bad_request("the body must be JSON") from None
     query, expand = _find_query(ctx, body)
     unique = UNIQUE_KEYS[query.level]

@@ -64,6 +64,10 @@ def _remote(aet: str, body: Any) -> RemoteAE:
     if not isinstance(host, str) or not host.strip() or len(host) > 255 or any(
             ord(c) <= 32 for c in host):
         raise bad_request("Host must be a host name or address")
+    try:
+        host.encode("idna")  # what connecting does: empty or over-long labels fail there
+    except UnicodeError:
+        raise bad_request("Host must be a host name or address") from None
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise bad_request("Port must be an integer in [1, 65535]")
     allow = body.get("AllowMove", True)
@@ -103,7 +107,7 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
     async def body_of(request: web.Request) -> Any:
         try:
             return await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
             raise bad_request("the body must be JSON") from None
 
     async def list_all(request: web.Request) -> web.Response:

@@ -46,7 +46,7 @@ from pacs.index.records import (
 from pacs.server.payload import instance_payload
 from pacs.store.base import BlobStore
 from pacs.web import dicomjson, frames
-from pacs.web.context import WebContext, bad_request, http_error
+from pacs.web.context import WebContext, bad_request, headers_only, http_error
 from pacs.web.multipart import closing, parse_media_type, part_header, split_list
 
 __all__ = ["accepted_syntaxes", "frame_plan", "resolve", "routes"]
@@ -174,6 +174,8 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     await response.prepare(request)
+    if await headers_only(request, response):
+        return response
     archive = ctx.archive
     loop = asyncio.get_running_loop()
 
@@ -271,11 +273,16 @@ def _metadata(ctx: WebContext, records: list[InstanceRecord], base: str = "") ->
     return dicomjson.dumps_datasets(out)
 
 
-async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
+def require_json(request: web.Request, what: str) -> None:
+    """406 unless the Accept header (if any) allows DICOM JSON."""
     media = [parse_media_type(m)[0] for m in split_list(request.headers.get("Accept", ""))]
     if media and not any(m in (dicomjson.MEDIA_TYPE, "application/json", "application/*",
                                "*/*") for m in media):
-        raise http_error(web.HTTPNotAcceptable, f"metadata is offered as {dicomjson.MEDIA_TYPE}")
+        raise http_error(web.HTTPNotAcceptable, f"{what} is offered as {dicomjson.MEDIA_TYPE}")
+
+
+async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
+    require_json(request, "metadata")
     records = await _records(ctx, request)
     audit_view(ctx, request, records, "WADO-RS metadata")
     loop = asyncio.get_running_loop()
@@ -361,6 +368,8 @@ async def send_frames(ctx: WebContext, request: web.Request, record: InstanceRec
     response = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{media}"; boundary={boundary}'})
     await response.prepare(request)
+    if await headers_only(request, response):
+        return response
     for index, number in enumerate(numbers):
         try:
             if blob is not None:
@@ -417,12 +426,9 @@ def _attribute(ctx: WebContext, record: InstanceRecord, tag: int) -> tuple[str, 
 
 async def bulkdata(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     raw = request.match_info["tag"].replace(",", "")
-    if len(raw) != 8:
+    if len(raw) != 8 or any(c not in "0123456789abcdefABCDEF" for c in raw):
         raise bad_request("bulk data is addressed by a tag of 8 hex digits (top level only)")
-    try:
-        tag = int(raw, 16)
-    except ValueError:
-        raise bad_request("bulk data is addressed by a tag of 8 hex digits") from None
+    tag = int(raw, 16)
     [record] = await _records(ctx, request)
     if tag == scan.PIXEL_DATA and record.transfer_syntax_uid not in frames.NATIVE_SYNTAXES:
         return await send_frames(ctx, request, record, None, "WADO-RS bulkdata")
