@@ -163,9 +163,8 @@ class Like:
         """The literal characters before the first wildcard."""
         return re.split(r"[*?]", self.pattern, maxsplit=1)[0]
 
-    def regex(self) -> re.Pattern[str]:
-        parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.pattern)
-        return re.compile("".join(parts), re.DOTALL)
+    def matches(self, value: str) -> bool:
+        return wildcard_match(self.pattern, value)
 
     def like(self) -> str:
         out = []
@@ -216,6 +215,35 @@ def _range(vr: str, text: str, keyword: str) -> Range:
     raise fail(f"invalid date-time range {text!r} in {keyword}")
 
 
+# A wildcard value longer than this is refused (0xC000): no matching key needs it, and Arrow's
+# RE2 refuses patterns of about 100 kB (with megabytes of stderr).
+MAX_WILDCARD_VALUE = 1024
+
+
+def wildcard_match(pattern: str, value: str) -> bool:
+    """Whether ``value`` matches the C-FIND wildcard ``pattern`` whole ('*' any run of
+    characters, '?' one; PS3.4 C.2.2.2.4). Greedy with one backtrack point (the last '*'):
+    O(len(pattern) x len(value)) at worst, where a regular expression of '*?*?...' backtracks
+    exponentially (28 characters froze a worker for 23 s)."""
+    p = v = 0
+    star, star_v = -1, 0
+    while v < len(value):
+        if p < len(pattern) and (pattern[p] == "?" or pattern[p] == value[v]):
+            p += 1
+            v += 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, star_v = p, v
+            p += 1
+        elif star >= 0:
+            star_v += 1
+            p, v = star + 1, star_v
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
 def compile_value(keyword: str, vr: str | None, value: str, fold: bool) -> list[Alternative]:
     """The alternatives (OR) of one non-universal query value; raises QueryError."""
     alternatives: list[Alternative] = []
@@ -231,6 +259,8 @@ def compile_value(keyword: str, vr: str | None, value: str, fold: bool) -> list[
         if "*" in part or "?" in part:
             if vr in _NO_WILDCARD:
                 raise fail(f"wildcards are not allowed in {keyword} ({vr})")
+            if len(part) > MAX_WILDCARD_VALUE:
+                raise fail(f"wildcard value of {keyword} longer than {MAX_WILDCARD_VALUE}")
             alternatives.append(Like(part.upper() if vr == "PN" and fold else part))
             continue
         if vr == "DA":
@@ -285,9 +315,6 @@ class ValueFilter(Filter):
         self.norm = normalizer(self.vr, fold)
         self.column = derived_column(keyword, self.vr, fold)
         self.columns = (self.column,)
-        self._regexes = {
-            i: a.regex() for i, a in enumerate(self.alternatives) if isinstance(a, Like)
-        }
 
     # planner hints
     def exact_values(self) -> list[str] | None:
@@ -299,12 +326,12 @@ class ValueFilter(Filter):
     def _one(self, stored: str) -> bool:
         if self.norm is not None:
             stored = self.norm(stored)
-        for i, alt in enumerate(self.alternatives):
+        for alt in self.alternatives:
             if isinstance(alt, Exact):
                 if stored == alt.value:
                     return True
             elif isinstance(alt, Like):
-                if self._regexes[i].fullmatch(stored):
+                if wildcard_match(alt.pattern, stored):
                     return True
             elif (
                 stored

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from pacs.errors import QueryError
+from pacs.index.matching import MAX_WILDCARD_VALUE, wildcard_match
 from pacs.net import dimse
 from pacs.server.find import audit_query, find_rsp
 from pacs.server.messages import UNABLE_TO_PROCESS, Request, Response
@@ -82,8 +82,9 @@ def _text(value: Any) -> str:
 
 
 def _wildcard(pattern: str, value: str, ignore_case: bool) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+    if ignore_case:
+        pattern, value = pattern.lower(), value.lower()
+    return wildcard_match(pattern, value)
 
 
 def matches(key: str, kind: str, value: str, fuzzy_names: bool) -> bool:
@@ -209,10 +210,13 @@ class WorklistFindSCP:
             from pynetdicom.dsutils import decode  # here: all of pynetdicom is ~7 MiB
 
             query = decode(io.BytesIO(data), *syntax)
-            for _elem in query.iterall():  # parse every element now, not lazily later
-                pass
+            values = [elem.value for elem in query.iterall()]  # parsed now, not lazily later
         except Exception as exc:
             raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
+        if any(isinstance(v, str) and len(v) > MAX_WILDCARD_VALUE and ("*" in v or "?" in v)
+               for v in values):
+            raise QueryError(UNABLE_TO_PROCESS,
+                             f"wildcard value longer than {MAX_WILDCARD_VALUE} characters")
         sps = query.get((0x0040, 0x0100))
         if sps is not None and (sps.VR != "SQ" or len(sps.value) > 1):
             raise QueryError(IDENTIFIER_DOES_NOT_MATCH,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import warnings
 from pathlib import Path
 
 import hl7
@@ -375,3 +376,28 @@ def test_adt_updates_and_merges_pending_items(hl7_archive) -> None:
     ack = send(port, adt("A08", "", "X^Y"))
     assert ack_code(ack) == "AE" and "PID-3" in err_text(ack)
     assert "ADT^A08 for patient PA: 2 worklist items updated" in hl7_archive.log()
+
+
+def test_wildcards_neither_freeze_nor_overflow(hl7_archive) -> None:
+    """A short '*?*?...Z' value backtracked for ~23 s as a regular expression (the worker's
+    other associations waited); a wildcard value over the limit is refused (0xC000)."""
+    ack = send(hl7_archive.hl7_port, orm("NW", "WILD1", code=f"X^{'A' * 34}^LOCAL"))
+    assert ack_code(ack) == "AA"
+    query = sps_query()
+    query.RequestedProcedureDescription = "*?" * 14 + "Z"
+    assert pynetdicom_find(hl7_archive.port, query) == []
+    query.RequestedProcedureDescription = "*?" * 14 + "A"
+    assert len(pynetdicom_find(hl7_archive.port, query)) == 1
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", hl7_archive.port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        with warnings.catch_warnings():  # pydicom warns of the LO's length, as it should
+            warnings.simplefilter("ignore", UserWarning)
+            query.RequestedProcedureDescription = "*" + "A" * 2000
+            statuses = [status.Status for status, _ in
+                        assoc.send_c_find(query, ModalityWorklistInformationFind)]
+    finally:
+        assoc.release()
+    assert statuses == [0xC000], statuses
