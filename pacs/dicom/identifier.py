@@ -56,7 +56,11 @@ def decode_identifier(data: bytes, transfer_syntax_uid: str) -> dict[str, str]:
         result: dict[str, str] = {}
         for element in ds:
             keyword = keyword_for_tag(element.tag)
-            if not keyword or element.VR == "SQ" or element.tag.is_private:
+            if not keyword or element.tag.is_private:
+                continue
+            if element.VR == "SQ":
+                if dictionary_VR(element.tag) != "SQ":  # else it would match everything
+                    raise DicomFormatError(f"{keyword} is sent as a sequence")
                 continue
             # UI values are NUL-padded to an even length; text values space-padded.
             result[keyword] = _text(element.value).strip(" \x00")

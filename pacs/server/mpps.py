@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, replace
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import generate_uid
 
@@ -89,11 +89,22 @@ def _parse(data: bytes | None, transfer_syntax: str) -> Dataset:
     try:
         ds = read_dataset(BytesIO(data), transfer_syntax == uids.IMPLICIT_VR_LITTLE_ENDIAN,
                           transfer_syntax != uids.EXPLICIT_VR_BIG_ENDIAN)
-        for _element in ds.iterall():  # decode now: a bad value fails here, not later
-            pass
+        for element in ds.iterall():  # decode now: a bad value fails here, not later
+            if element.VR != "SQ" and dictionary_vr(element.tag) == "SQ":
+                raise MppsError(INVALID_ATTRIBUTE_VALUE,
+                                f"{element.keyword} must be a sequence, not {element.VR}")
         return ds
-    except (InvalidDicomError, ValueError, EOFError, OverflowError, KeyError) as exc:
+    except MppsError:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on garbage (OSError, struct, ...)
         raise MppsError(PROCESSING_FAILURE, f"cannot decode the data set: {exc}") from None
+
+
+def dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:  # private or unknown
+        return ""
 
 
 def _scheduled(ds: Dataset) -> list[tuple[str, str, str]]:
