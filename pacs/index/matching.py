@@ -26,6 +26,7 @@ Malformed values (an invalid date, a wildcard in a UID, ``-`` alone ...) raise
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -192,6 +193,10 @@ Alternative = Exact | Like | Range
 def _check_date(v: str) -> str:
     if not _DA.fullmatch(v):
         raise fail(f"invalid date {v!r}")
+    try:
+        datetime.date(int(v[:4]), int(v[4:6]), int(v[6:]))
+    except ValueError:  # month 13, day 45: it matched nothing, silently
+        raise fail(f"invalid date {v!r}") from None
     return v
 
 

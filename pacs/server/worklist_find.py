@@ -26,7 +26,12 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from pacs.errors import QueryError
-from pacs.index.matching import MAX_WILDCARD_VALUE, wildcard_match
+from pacs.index.matching import (
+    MAX_WILDCARD_VALUE,
+    compile_value,
+    is_universal,
+    wildcard_match,
+)
 from pacs.net import dimse
 from pacs.server.find import audit_query, find_rsp
 from pacs.server.messages import UNABLE_TO_PROCESS, Request, Response
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from pacs.archive import Archive
 
 log = logging.getLogger("pacs.worklist")
+_CHECKED_VRS = frozenset({"DA", "TM", "DT", "UI"})
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
@@ -210,9 +216,14 @@ class WorklistFindSCP:
             from pynetdicom.dsutils import decode  # here: all of pynetdicom is ~7 MiB
 
             query = decode(io.BytesIO(data), *syntax)
-            values = [elem.value for elem in query.iterall()]  # parsed now, not lazily later
+            elements = list(query.iterall())
+            values = [elem.value for elem in elements]  # parsed now, not lazily later
         except Exception as exc:
             raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
+        for elem in elements:  # dates, times and UIDs as the Q/R C-FIND checks them (0xC000)
+            if elem.VR in _CHECKED_VRS and isinstance(elem.value, str) and not is_universal(
+                    elem.value):
+                compile_value(elem.keyword, elem.VR, elem.value, True)
         if any(isinstance(v, str) and len(v) > MAX_WILDCARD_VALUE and ("*" in v or "?" in v)
                for v in values):
             raise QueryError(UNABLE_TO_PROCESS,

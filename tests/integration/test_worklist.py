@@ -401,3 +401,27 @@ def test_wildcards_neither_freeze_nor_overflow(hl7_archive) -> None:
     finally:
         assoc.release()
     assert statuses == [0xC000], statuses
+
+
+def worklist_statuses(port: int, query: Dataset) -> list[int]:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        return [status.Status for status, _ in
+                assoc.send_c_find(query, ModalityWorklistInformationFind)]
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("date", ["-", "2026-", "20261345", "2026*"])
+def test_bad_dates_are_refused_not_matched(hl7_archive, date: str) -> None:
+    """As the Q/R C-FIND does (0xC000): '-' matched every item, '20261345' none, silently."""
+    assert ack_code(send(hl7_archive.hl7_port, orm("NW", "DATE1"))) == "AA"
+    with warnings.catch_warnings():  # pydicom warns of the invalid DA, as it should
+        warnings.simplefilter("ignore", UserWarning)
+        query = sps_query(ScheduledProcedureStepStartDate=date)
+        assert worklist_statuses(hl7_archive.port, query) == [0xC000]
+    assert len(pynetdicom_find(hl7_archive.port, sps_query(
+        ScheduledProcedureStepStartDate="20260301"))) == 1
