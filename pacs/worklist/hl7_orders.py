@@ -193,6 +193,12 @@ def _datetime(value: str, where: str) -> tuple[str, str]:
     digits = value.split("+")[0].split("-")[0].split(".")[0]
     if not re.fullmatch(r"\d{8}(\d{2}(\d{2}(\d{2})?)?)?", digits):
         raise Hl7Error("AE", DATA_TYPE_ERROR, f"{where} {value!r} is not a date/time", where)
+    hour, minute, second = (int(digits[i:i + 2] or 0) for i in (8, 10, 12))
+    try:  # month 13 or hour 99 went on to modalities as DA/TM
+        datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), hour, minute, second)
+    except ValueError:
+        raise Hl7Error("AE", DATA_TYPE_ERROR, f"{where} {value!r} is not a date/time",
+                       where) from None
     return digits[:8], digits[8:14]
 
 

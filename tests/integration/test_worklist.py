@@ -248,6 +248,12 @@ def test_negative_acks(hl7_archive) -> None:
     # bad date -> AE 102
     ack = send(port, orm("NW", "ORD9", when="tomorrow"))
     assert ack_code(ack) == "AE" and "102" in err_text(ack)
+    # impossible dates and times (only the digits were counted: they reached modalities)
+    for when in ("20261345083000", "2026030199"):
+        ack = send(port, orm("NW", "ORD9", when=when))
+        assert ack_code(ack) == "AE" and "102" in err_text(ack), when
+    ack = send(port, orm("NW", "ORD9").replace("||19700215|M", "||20261399|M"))
+    assert ack_code(ack) == "AE" and "PID-7" in err_text(ack)
     # unsupported order control -> AE 103
     ack = send(port, orm("ZZ", "ORD9"))
     assert ack_code(ack) == "AE" and "103" in err_text(ack)
