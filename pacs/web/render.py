@@ -273,6 +273,8 @@ async def rendered(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     if not (raw_frame.isascii() and raw_frame.isdigit() and len(raw_frame) < 10):
         raise bad_request("frame numbers are integers")
     frame = int(raw_frame)
+    if frame < 1:  # as /frames/0 answers (frames count from 1)
+        raise bad_request("frame numbers start at 1")
     loop = asyncio.get_running_loop()
     records = await loop.run_in_executor(ctx.archive.executor, resolve, ctx, info["study"],
                                          info["series"], info["instance"])

@@ -281,12 +281,9 @@ async def instance_file(ctx: WebContext, request: web.Request) -> web.StreamResp
                        study_uid=a.get("StudyInstanceUID", ""), operation="REST file",
                        instance_uid=record.sop_instance_uid)
     await response.prepare(request)
-    if await headers_only(request, response):
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()  # its descriptor now, not at garbage collection
-        return response
     try:
+        if await headers_only(request, response):
+            return response
         chunk = first
         while chunk:
             await response.write(chunk)
@@ -297,6 +294,13 @@ async def instance_file(ctx: WebContext, request: web.Request) -> web.StreamResp
         if request.transport is not None:
             request.transport.abort()
         return response
+    except ConnectionError as exc:  # the client went away: one line, no traceback
+        log.info("%s: REST file cut off by the client (%s)", request.remote, exc)
+        return response
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # its descriptor now, not at garbage collection
     await response.write_eof()
     return response
 

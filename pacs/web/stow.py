@@ -246,6 +246,12 @@ async def _receive(ctx: WebContext, request: web.Request, boundary: str) -> list
         for part in parts:
             part.discard()
         raise bad_request(f"malformed multipart body: {exc}") from None
+    except ConnectionError as exc:  # the client went away mid-upload: one line, no traceback
+        for part in parts:
+            part.discard()
+        log.info("%s: STOW-RS upload cut off after %d bytes (%s); nothing stored",
+                 request.remote, received, exc)
+        raise web.HTTPBadRequest(text="upload cut off") from None
     except BaseException:
         for part in parts:
             part.discard()

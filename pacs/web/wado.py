@@ -224,6 +224,9 @@ async def retrieve(ctx: WebContext, request: web.Request) -> web.StreamResponse:
             if request.transport is not None:
                 request.transport.abort()
             return response
+        except ConnectionError as exc:  # the client went away: one line, no traceback
+            log.info("%s: WADO-RS cut off by the client (%s)", request.remote, exc)
+            return response
     await response.write(closing(boundary))
     await response.write_eof()
     return response
@@ -383,9 +386,13 @@ async def send_frames(ctx: WebContext, request: web.Request, record: InstanceRec
             if request.transport is not None:
                 request.transport.abort()  # as in retrieve(): a truncated body, not a lie
             return response
-        await response.write(part_header(
-            boundary, {"Content-Type": f"{media}; transfer-syntax={syntax}"},
-            first=index == 0) + data)
+        try:
+            await response.write(part_header(
+                boundary, {"Content-Type": f"{media}; transfer-syntax={syntax}"},
+                first=index == 0) + data)
+        except ConnectionError as exc:  # the client went away: one line, no traceback
+            log.info("%s: %s cut off by the client (%s)", request.remote, operation, exc)
+            return response
         metrics.BYTES_SENT.inc((operation,), len(data))
     await response.write(closing(boundary))
     await response.write_eof()

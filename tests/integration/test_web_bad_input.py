@@ -6,6 +6,8 @@ data tags. Each gets a clear 4xx (or, for HEAD, headers alone), never a 500."""
 from __future__ import annotations
 
 import socket
+import struct
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -152,3 +154,58 @@ def test_bulkdata_tag_must_be_eight_hex_digits(stocked) -> None:
         response = httpx.get(f"{instance}/bulkdata/{tag}")
         assert response.status_code == 400, (tag, response.status_code)
     no_server_errors(archive)
+
+
+def test_rendered_frame_zero_is_a_bad_request(stocked) -> None:
+    archive, base, study, sop = stocked
+    series = httpx.get(f"{base}/dicom-web/studies/{study}/series").json()
+    series_uid = series[0]["0020000E"]["Value"][0]
+    instance = f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}"
+    assert httpx.get(f"{instance}/frames/0").status_code == 400
+    assert httpx.get(f"{instance}/frames/0/rendered").status_code == 400
+    assert httpx.get(f"{instance}/frames/1/rendered").status_code == 200
+    no_server_errors(archive)
+
+
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_clients_that_leave_mid_transfer_are_one_log_line(stocked, tmp_path) -> None:
+    """A download or an upload cut off by the client: an INFO line each, no ERROR traceback
+    (aiohttp's "Error handling request"), and the archive goes on serving."""
+    archive, base, *_ = stocked
+    big = make_ct(rows=4096, columns=4096)  # 32 MiB: more than the socket buffers hold
+    data = write(big, tmp_path / "big.dcm").read_bytes()
+    body = b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b0--\r\n"
+    response = httpx.post(f"{base}/dicom-web/studies", content=body, timeout=60, headers={
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=b0'})
+    assert response.status_code == 200, response.text
+    host, port = base.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET /instances/{big.SOPInstanceUID}/file HTTP/1.1\r\n"
+                     f"Host: {host}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        reset(sock)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(f"GET /dicom-web/studies/{big.StudyInstanceUID} HTTP/1.1\r\n"
+                 f"Host: {host}\r\nAccept: multipart/related; type=\"application/dicom\"\r\n"
+                 f"\r\n".encode())
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    reset(sock)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall((f"POST /dicom-web/studies HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Content-Length: {len(body)}\r\nContent-Type: multipart/related; "
+                  f'type="application/dicom"; boundary=b0\r\n\r\n').encode() + body[:1 << 20])
+    time.sleep(0.3)
+    reset(sock)
+
+    deadline = time.monotonic() + 10
+    while (archive.log().count("cut off by the client") < 2
+           or "upload cut off" not in archive.log()):
+        assert time.monotonic() < deadline, archive.log()[-3000:]
+        time.sleep(0.05)
+    no_server_errors(archive)
+    assert httpx.get(f"{base}/system").status_code == 200
