@@ -126,6 +126,27 @@ def test_compressed_instance_is_decompressed_for_an_uncompressed_peer(stocked, t
     assert np.array_equal(copy.pixel_array, original.pixel_array)
 
 
+def pynetdicom_get(port: int, study: str, on_store) -> list[tuple[Dataset, Dataset | None]]:
+    """A Study Root C-GET of ``study`` by pynetdicom taking the SCP role of the first 100
+    storage classes; ``on_store`` answers each sub-operation. The (status, identifier)s."""
+    ae = AE(ae_title="PYGET")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for context in StoragePresentationContexts[:100]:
+        ae.add_requested_context(context.abstract_syntax)
+        roles.append(build_role(context.abstract_syntax, scp_role=True))
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        return list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+
+
 def test_pynetdicom_get_with_counts(stocked) -> None:
     archive, study, _series, files = stocked
     stored: list[Dataset] = []
@@ -134,22 +155,7 @@ def test_pynetdicom_get_with_counts(stocked) -> None:
         stored.append(event.dataset)
         return 0x0000
 
-    ae = AE(ae_title="PYGET")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    roles = []
-    for context in StoragePresentationContexts[:100]:
-        ae.add_requested_context(context.abstract_syntax)
-        roles.append(build_role(context.abstract_syntax, scp_role=True))
-    assoc = ae.associate("127.0.0.1", archive.port, ae_title="PACS", ext_neg=roles,
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    try:
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = study
-        responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
-    finally:
-        assoc.release()
+    responses = pynetdicom_get(archive.port, study, on_store)
     final = responses[-1][0]
     assert final.Status == 0x0000
     assert final.NumberOfCompletedSuboperations == 5
@@ -170,21 +176,7 @@ def test_refused_sub_operations_listed_in_the_final_response(stocked) -> None:
             return 0xA700
         return 0x0000
 
-    ae = AE(ae_title="PYGET")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", archive.port, ae_title="PACS",
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    try:
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = study
-        responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
-    finally:
-        assoc.release()
-    final, identifier = responses[-1]
+    final, identifier = pynetdicom_get(archive.port, study, on_store)[-1]
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 2)
     assert identifier is not None

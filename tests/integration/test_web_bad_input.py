@@ -59,13 +59,16 @@ def raw_exchange(base: str, request: bytes) -> bytes:
     return received
 
 
-def test_head_on_streamed_routes_sends_headers_alone(stocked) -> None:
-    archive, base, study, sop = stocked
+def instance_url(base: str, study: str, sop: str) -> str:
     series = httpx.get(f"{base}/dicom-web/studies/{study}/series").json()
     series_uid = series[0]["0020000E"]["Value"][0]
-    paths = [f"/dicom-web/studies/{study}",
-             f"/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}",
-             f"/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}/frames/1",
+    return f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}"
+
+
+def test_head_on_streamed_routes_sends_headers_alone(stocked) -> None:
+    archive, base, study, sop = stocked
+    instance = instance_url(base, study, sop).removeprefix(base)
+    paths = [f"/dicom-web/studies/{study}", instance, f"{instance}/frames/1",
              f"/instances/{sop}/file"]
     host = base.removeprefix("http://")
     for path in paths:
@@ -147,9 +150,7 @@ def test_qido_honours_accept(stocked) -> None:
 
 def test_bulkdata_tag_must_be_eight_hex_digits(stocked) -> None:
     archive, base, study, sop = stocked
-    series = httpx.get(f"{base}/dicom-web/studies/{study}/series").json()
-    series_uid = series[0]["0020000E"]["Value"][0]
-    instance = f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}"
+    instance = instance_url(base, study, sop)
     for tag in ("-1234567", "+1234567", "0x001000", "1_234567"):
         response = httpx.get(f"{instance}/bulkdata/{tag}")
         assert response.status_code == 400, (tag, response.status_code)
@@ -158,9 +159,7 @@ def test_bulkdata_tag_must_be_eight_hex_digits(stocked) -> None:
 
 def test_rendered_frame_zero_is_a_bad_request(stocked) -> None:
     archive, base, study, sop = stocked
-    series = httpx.get(f"{base}/dicom-web/studies/{study}/series").json()
-    series_uid = series[0]["0020000E"]["Value"][0]
-    instance = f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}"
+    instance = instance_url(base, study, sop)
     assert httpx.get(f"{instance}/frames/0").status_code == 400
     assert httpx.get(f"{instance}/frames/0/rendered").status_code == 400
     assert httpx.get(f"{instance}/frames/1/rendered").status_code == 200
