@@ -336,7 +336,7 @@ class ValueFilter(Filter):
                 if stored == alt.value:
                     return True
             elif isinstance(alt, Like):
-                if wildcard_match(alt.pattern, stored):
+                if alt.matches(stored):
                     return True
             elif (
                 stored
