@@ -120,11 +120,11 @@ def final_response(request: Request, field_value: int, counts: Counts,
     status = counts.final_status(cancelled)
     if counts.failed_uids and status != dimse.SUCCESS:
         listed = failed_list(counts.failed_uids, request.transfer_syntax)
-        if len(listed) < len("\\".join(counts.failed_uids)):
+        kept = listed.count("\\") + 1
+        if kept < len(counts.failed_uids):
             log.warning("%s: the final response lists %d of %d failed instances (the most "
-                        "%s can hold in one element)", request.calling_aet,
-                        listed.count("\\") + 1, len(counts.failed_uids),
-                        request.transfer_syntax)
+                        "%s can hold in one element)", request.calling_aet, kept,
+                        len(counts.failed_uids), request.transfer_syntax)
         identifier = encode_identifier({"FailedSOPInstanceUIDList": listed},
                                        request.transfer_syntax)
         return Response(retrieve_rsp(request, field_value, status, counts, True, True),

@@ -90,7 +90,7 @@ def _parse(data: bytes | None, transfer_syntax: str) -> Dataset:
         ds = read_dataset(BytesIO(data), transfer_syntax == uids.IMPLICIT_VR_LITTLE_ENDIAN,
                           transfer_syntax != uids.EXPLICIT_VR_BIG_ENDIAN)
         for element in ds.iterall():  # decode now: a bad value fails here, not later
-            if element.VR != "SQ" and dictionary_vr(element.tag) == "SQ":
+            if element.VR != "SQ" and _dictionary_vr(element.tag) == "SQ":
                 raise MppsError(INVALID_ATTRIBUTE_VALUE,
                                 f"{element.keyword} must be a sequence, not {element.VR}")
         return ds
@@ -100,7 +100,7 @@ def _parse(data: bytes | None, transfer_syntax: str) -> Dataset:
         raise MppsError(PROCESSING_FAILURE, f"cannot decode the data set: {exc}") from None
 
 
-def dictionary_vr(tag: int) -> str:
+def _dictionary_vr(tag: int) -> str:
     try:
         return str(dictionary_VR(tag))
     except KeyError:  # private or unknown

@@ -216,18 +216,17 @@ class WorklistFindSCP:
             from pynetdicom.dsutils import decode  # here: all of pynetdicom is ~7 MiB
 
             query = decode(io.BytesIO(data), *syntax)
-            elements = list(query.iterall())
-            values = [elem.value for elem in elements]  # parsed now, not lazily later
+            elements = [(elem, elem.value) for elem in query.iterall()]  # parsed now
         except Exception as exc:
             raise QueryError(UNABLE_TO_PROCESS, f"cannot parse identifier: {exc}") from exc
-        for elem in elements:  # dates, times and UIDs as the Q/R C-FIND checks them (0xC000)
-            if elem.VR in _CHECKED_VRS and isinstance(elem.value, str) and not is_universal(
-                    elem.value):
-                compile_value(elem.keyword, elem.VR, elem.value, True)
-        if any(isinstance(v, str) and len(v) > MAX_WILDCARD_VALUE and ("*" in v or "?" in v)
-               for v in values):
-            raise QueryError(UNABLE_TO_PROCESS,
-                             f"wildcard value longer than {MAX_WILDCARD_VALUE} characters")
+        for elem, value in elements:
+            if not isinstance(value, str) or is_universal(value):
+                continue
+            if elem.VR in _CHECKED_VRS:  # dates, times and UIDs as the Q/R C-FIND checks them
+                compile_value(elem.keyword, elem.VR, value, True)
+            elif len(value) > MAX_WILDCARD_VALUE and ("*" in value or "?" in value):
+                raise QueryError(UNABLE_TO_PROCESS,
+                                 f"wildcard value longer than {MAX_WILDCARD_VALUE} characters")
         sps = query.get((0x0040, 0x0100))
         if sps is not None and (sps.VR != "SQ" or len(sps.value) > 1):
             raise QueryError(IDENTIFIER_DOES_NOT_MATCH,

@@ -10,9 +10,11 @@ from aiohttp import web
 
 from pacs.archive import Archive
 from pacs.config import Settings
+from pacs.web.dicomjson import MEDIA_TYPE as DICOM_JSON
+from pacs.web.multipart import parse_media_type, split_list
 
 __all__ = ["DEFAULT_MAX_BODY", "WebContext", "bad_request", "headers_only", "http_error",
-           "too_large"]
+           "require_json", "too_large"]
 
 DEFAULT_MAX_BODY = 4 * 1024**3  # bytes of one STOW-RS request body
 
@@ -51,6 +53,14 @@ async def headers_only(request: web.Request, response: web.StreamResponse) -> bo
         return False
     await response.write_eof()
     return True
+
+
+def require_json(request: web.Request, what: str) -> None:
+    """406 unless the Accept header (if any) allows DICOM JSON."""
+    media = [parse_media_type(m)[0] for m in split_list(request.headers.get("Accept", ""))]
+    if media and not any(m in (DICOM_JSON, "application/json", "application/*", "*/*")
+                         for m in media):
+        raise http_error(web.HTTPNotAcceptable, f"{what} is offered as {DICOM_JSON}")
 
 
 def bad_request(message: str) -> web.HTTPError:

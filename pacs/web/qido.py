@@ -27,8 +27,7 @@ from pacs.index.records import (
     STUDY_KEYWORDS,
 )
 from pacs.web import dicomjson
-from pacs.web.context import WebContext, bad_request, count_param
-from pacs.web.wado import require_json
+from pacs.web.context import WebContext, bad_request, count_param, require_json
 
 __all__ = ["DEFAULT_KEYS", "build_query", "routes"]
 

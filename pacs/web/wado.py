@@ -46,7 +46,13 @@ from pacs.index.records import (
 from pacs.server.payload import instance_payload
 from pacs.store.base import BlobStore
 from pacs.web import dicomjson, frames
-from pacs.web.context import WebContext, bad_request, headers_only, http_error
+from pacs.web.context import (
+    WebContext,
+    bad_request,
+    headers_only,
+    http_error,
+    require_json,
+)
 from pacs.web.multipart import closing, parse_media_type, part_header, split_list
 
 __all__ = ["accepted_syntaxes", "frame_plan", "resolve", "routes"]
@@ -274,14 +280,6 @@ def _metadata(ctx: WebContext, records: list[InstanceRecord], base: str = "") ->
                                "/bulkdata/7FE00010"}))
         out.append((ordered, extra))
     return dicomjson.dumps_datasets(out)
-
-
-def require_json(request: web.Request, what: str) -> None:
-    """406 unless the Accept header (if any) allows DICOM JSON."""
-    media = [parse_media_type(m)[0] for m in split_list(request.headers.get("Accept", ""))]
-    if media and not any(m in (dicomjson.MEDIA_TYPE, "application/json", "application/*",
-                               "*/*") for m in media):
-        raise http_error(web.HTTPNotAcceptable, f"{what} is offered as {dicomjson.MEDIA_TYPE}")
 
 
 async def metadata(ctx: WebContext, request: web.Request) -> web.StreamResponse:

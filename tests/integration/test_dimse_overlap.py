@@ -15,26 +15,24 @@ from pacs.net import (
     AssociateAccepted,
     CommandReceived,
     DatasetFragment,
-    RoleSelection,
     c_echo_rq,
     c_store_rq,
     dimse,
 )
 from pacs.net.dimse import Command
-from pacs.net.negotiation import propose
 from tests.dicomgen import dataset_bytes, make_ct
 from tests.integration.test_get_failures import get_client, store_study
-from tests.integration.test_release import CONTEXTS, STUDY_ROOT_FIND, STUDY_ROOT_GET, query
+from tests.integration.test_release import (
+    CONTEXTS,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    get_requester,
+    query,
+    study_identifier,
+)
 from tests.netclient import CT_IMAGE_STORAGE, Client
 
 pytestmark = pytest.mark.integration
-
-
-def study_identifier(study: str) -> Dataset:
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study
-    return identifier
 
 
 def answer_store(client: Client, event: CommandReceived) -> None:
@@ -141,10 +139,7 @@ def test_get_while_back_pressure_stops_reading(archive_factory) -> None:
     archive = archive_factory("--acse-timeout", "2", "--idle-timeout", "10",
                               env={"PACS_MAX_PENDING_STORES": "1", "PACS_WORKERS": "1"})
     study, _ = store_study(archive.port, 2, 64)
-    with Client(archive.port, contexts=CONTEXTS, timeout=10) as client:
-        client.rq = propose("PACS", "TESTSCU", CONTEXTS,
-                            roles=[RoleSelection(CT_IMAGE_STORAGE, False, True)])
-        assert isinstance(client.associate(), AssociateAccepted)
+    with get_requester(archive.port) as client:
         client.sock.sendall(query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, 7,
                                   study_identifier(study)))
         got = messages_until_get_ends(client)  # the client's 10 s timeout fails it otherwise

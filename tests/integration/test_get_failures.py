@@ -9,14 +9,18 @@ import struct
 import time
 
 import pytest
-from pydicom.dataset import Dataset
 
-from pacs.net import AssociateAccepted, CommandReceived, RoleSelection, dimse
-from pacs.net.negotiation import propose
+from pacs.net import AssociateAccepted, CommandReceived, dimse
 from tests.dicomgen import dataset_bytes, make_ct
 from tests.integration.archive_check import stored_instance
-from tests.integration.test_release import CONTEXTS, STUDY_ROOT_GET, query
-from tests.netclient import CT_IMAGE_STORAGE, Client
+from tests.integration.test_release import (
+    CONTEXTS,
+    STUDY_ROOT_GET,
+    get_requester,
+    query,
+    study_identifier,
+)
+from tests.netclient import Client
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +57,9 @@ def get_client(port: int, identifier_study: str,
                message_id: int) -> tuple[Client, CommandReceived]:
     """A C-GET requester that reads nothing until told: its small receive buffer and the
     archive's socket buffer fill up and the archive's C-GET pauses."""
-    client = Client(port, contexts=CONTEXTS)
-    client.rq = propose("PACS", "TESTSCU", CONTEXTS,
-                        roles=[RoleSelection(CT_IMAGE_STORAGE, False, True)])
-    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    assert isinstance(client.associate(), AssociateAccepted)
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = identifier_study
-    client.sock.sendall(query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, message_id, identifier))
+    client = get_requester(port, receive_buffer=65536)
+    client.sock.sendall(query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, message_id,
+                              study_identifier(identifier_study)))
     event = client.wait_for(CommandReceived)  # the first sub-operation's C-STORE-RQ
     assert isinstance(event, CommandReceived)
     assert event.command.get(dimse.COMMAND_FIELD) == dimse.C_STORE_RQ

@@ -4,6 +4,8 @@ C-GET, whose sub-operations the releasing peer can no longer answer, ends with t
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from pydicom.dataset import Dataset
 
@@ -99,11 +101,14 @@ def stored_study(port: int, count: int) -> str:
     return study
 
 
-def get_client(port: int) -> Client:
+def get_requester(port: int, receive_buffer: int | None = None) -> Client:
+    """An associated client for C-GET: our SCP role for CT storage (PS3.4 C.4.3.1);
+    ``receive_buffer`` sets its socket's SO_RCVBUF (small: the archive's sends pause)."""
     client = Client(port, contexts=CONTEXTS)
-    # C-GET needs our SCP role for the storage class (PS3.4 C.4.3.1).
     client.rq = propose("PACS", "TESTSCU", CONTEXTS,
                         roles=[RoleSelection(CT_IMAGE_STORAGE, False, True)])
+    if receive_buffer is not None:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     assert isinstance(client.associate(), AssociateAccepted)
     return client
 
@@ -128,7 +133,7 @@ def assert_get_failed(responses, archive, count: int) -> None:
 
 def test_get_ends_with_its_sub_operations_failed(archive) -> None:
     study = stored_study(archive.port, 2)
-    with get_client(archive.port) as client:
+    with get_requester(archive.port) as client:
         responses = client.release_after(
             query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, 5, study_identifier(study)))
     # The release arrives with the C-GET (one read, in practice): no sub-operation can start.
@@ -140,7 +145,7 @@ def test_release_during_a_sub_operation_ends_the_get(archive) -> None:
     asked to release cannot send: the C-GET ends at once, not after the sub-operation's
     timeout (60 s; the client here waits 10 s at most)."""
     study = stored_study(archive.port, 2)
-    with get_client(archive.port) as client:
+    with get_requester(archive.port) as client:
         client.sock.sendall(
             query(client, STUDY_ROOT_GET, dimse.C_GET_RQ, 5, study_identifier(study)))
         sub_store = client.wait_for(CommandReceived)
