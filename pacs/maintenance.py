@@ -92,6 +92,9 @@ def verify_command(settings: Settings) -> int:
     for kind in ("missing", "size_mismatch", "digest_mismatch", "unreadable", "orphans"):
         for item in getattr(report, kind):
             print(f"{kind}: {item}")
+    if report.stale_copies:
+        print(f"{len(report.stale_copies)} stale copies of indexed instances (left by an "
+              "interrupted compaction or replacement; `pacs compact` reclaims them)")
     print(f"checked {report.checked} instances: {'OK' if report.ok else 'PROBLEMS FOUND'}")
     return 0 if report.ok else 1
 

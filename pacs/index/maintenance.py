@@ -46,6 +46,9 @@ class VerifyReport:
     digest_mismatch: list[tuple[str, str]] = field(default_factory=list)  # (uid, location)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # uid, location, reason
     orphans: list[str] = field(default_factory=list)  # blobs no instance points to
+    # Blobs of instances indexed at another location: copies a compaction or a replacement
+    # cut short left behind (nothing lost; the next compaction reclaims them), not problems.
+    stale_copies: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -147,9 +150,11 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
     """
     report = VerifyReport()
     indexed: set[str] = set()
+    uids: set[str] = set()
     for record in catalog.iter_instances():
         uid, location = record.sop_instance_uid, record.location
         indexed.add(location)
+        uids.add(uid)
         report.checked += 1
         try:
             if check_digest:
@@ -166,5 +171,12 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
             report.size_mismatch.append((uid, location, record.size, size))
         elif digest != record.digest:
             report.digest_mismatch.append((uid, location))
-    report.orphans = [loc for loc in store.locations() if loc not in indexed]
+    # A segment names each record's key (SOP Instance UID): a record nobody points to whose
+    # instance is indexed elsewhere is a stale copy; without the key it can only be an orphan.
+    iter_records = getattr(store, "iter_records", None)
+    keys: dict[str, str] = dict(iter_records()) if iter_records is not None else {}
+    for location in store.locations():
+        if location not in indexed:
+            stale = keys.get(location) in uids
+            (report.stale_copies if stale else report.orphans).append(location)
     return report

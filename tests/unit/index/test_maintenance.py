@@ -198,3 +198,28 @@ def test_reindex_leaves_out_a_torn_segment_record(tmp_path: Path, catalog: Catal
     assert "checksum" in report.failed[0][1]
     assert catalog.get_instance("1.9.1") is not None and catalog.get_instance("1.9.2") is None
     assert good != torn
+
+
+def test_verify_tells_stale_copies_from_orphans(tmp_path: Path, catalog: Catalog) -> None:
+    """In a segment store a record names its instance: one nobody points to whose instance is
+    indexed at another location (a compaction or replacement cut short) is a stale copy, not
+    a problem; one of an instance the index does not know is an orphan."""
+    from pacs.store.segments import SegmentStore
+
+    segments = SegmentStore(tmp_path / "segments", prefill=0, direct_min=0)
+    try:
+        blob = part10("P1", "1.1", "1.1.1", "1.9.1")
+        copy = segments.put("1.9.1", [blob]).location
+        indexed = segments.put("1.9.1", [blob]).location
+        lost = segments.put("1.9.2", [part10("P1", "1.1", "1.1.1", "1.9.2")]).location
+        size, digest = blob_digest(segments, indexed)
+        record = read_record(segments, indexed)
+        catalog.store_batch([InstanceRecord(record.attributes, record.transfer_syntax_uid,
+                                            location=indexed, size=size, digest=digest)])
+        report = verify(catalog, segments)
+    finally:
+        segments.close()
+    assert report.checked == 1
+    assert report.stale_copies == [copy]
+    assert report.orphans == [lost]
+    assert not report.ok  # the orphan
