@@ -44,6 +44,7 @@ class RemoteAE:
                                              "worklist", "mpps", "commitment"))
     check_host: bool = False  # accept this calling AE only from ``host``
     max_associations: int = 0  # open associations of this calling AE; 0: the global cap
+    tls: bool = False  # our associations to it use DICOM TLS (pacs.server.tls.client_context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +300,7 @@ def _remotes(table: Any) -> dict[str, RemoteAE]:
         if not isinstance(entry, dict) or "host" not in entry:
             raise ConfigError(f"remote.{aet}: needs host (and port, if we connect to it)")
         unknown = set(entry) - {"host", "port", "move_destination", "permissions",
-                                "check_host", "max_associations"}
+                                "check_host", "max_associations", "tls"}
         if unknown:
             raise ConfigError(f"remote.{aet}: unknown key {sorted(unknown)[0]!r}")
         port = entry.get("port", 0)
@@ -311,10 +312,13 @@ def _remotes(table: Any) -> dict[str, RemoteAE]:
         cap = entry.get("max_associations", 0)
         if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= 100_000:
             raise ConfigError(f"remote.{aet}.max_associations: {cap!r} is not a count")
+        tls = entry.get("tls", False)
+        if not isinstance(tls, bool):
+            raise ConfigError(f"remote.{aet}.tls: true or false")
         remotes[aet] = RemoteAE(
             aet, str(entry["host"]), port,
             bool(entry.get("move_destination", True)) and port != 0,
-            frozenset(permissions), bool(entry.get("check_host", False)), cap,
+            frozenset(permissions), bool(entry.get("check_host", False)), cap, tls,
         )
     return remotes
 

@@ -40,8 +40,11 @@ class ConfiguredRemoteError(PacsError):
 
 
 def _encode(remote: RemoteAE) -> dict[str, Any]:
-    return {"host": remote.host, "port": remote.port,
-            "move_destination": remote.move_destination}
+    entry: dict[str, Any] = {"host": remote.host, "port": remote.port,
+                             "move_destination": remote.move_destination}
+    if remote.tls:  # only then: files written before the field read the same
+        entry["tls"] = True
+    return entry
 
 
 def _decode(aet: str, entry: Any) -> RemoteAE:
@@ -51,7 +54,8 @@ def _decode(aet: str, entry: Any) -> RemoteAE:
     if not isinstance(host, str) or not host or not isinstance(port, int) or isinstance(
             port, bool) or not 0 < port <= 65535:
         raise ValueError(f"{aet}: bad host or port")
-    return RemoteAE(aet, host, port, bool(entry.get("move_destination", True)))
+    return RemoteAE(aet, host, port, bool(entry.get("move_destination", True)),
+                    tls=entry.get("tls") is True)
 
 
 class RemoteRegistry:

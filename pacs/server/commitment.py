@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 import warnings
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from pacs.net import (
 from pacs.remotes import RemoteRegistry
 from pacs.server.messages import Request, Response
 from pacs.server.scu import SCUError, StoreSCU
+from pacs.server.tls import remote_tls
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -283,14 +285,15 @@ class ReportSCU(StoreSCU):
 
     @classmethod
     async def open(
-        cls, remote: RemoteAE, calling_aet: str, timeout: float, max_pdu: int
+        cls, remote: RemoteAE, calling_aet: str, timeout: float, max_pdu: int,
+        tls: ssl.SSLContext | None = None,
     ) -> ReportSCU:
         scu = await cls.connect(
             remote.host, remote.port, calling_aet=calling_aet, called_aet=remote.aet,
             contexts=[(STORAGE_COMMITMENT_PUSH_MODEL,
                        (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN))],
             roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, False, True)],
-            timeout=timeout, max_pdu=max_pdu,
+            timeout=timeout, max_pdu=max_pdu, tls=tls,
         )  # fmt: skip
         if not scu.accepted.get(STORAGE_COMMITMENT_PUSH_MODEL):
             scu.abort()
@@ -416,7 +419,8 @@ async def send_report(archive: Archive, remote: RemoteAE, outcome: Outcome) -> i
     aet = archive.settings.aet
     scu: ReportSCU | None = None
     try:
-        scu = await ReportSCU.open(remote, aet, REPORT_TIMEOUT, archive.settings.max_pdu_size)
+        scu = await ReportSCU.open(remote, aet, REPORT_TIMEOUT, archive.settings.max_pdu_size,
+                                   remote_tls(archive.settings, remote))
         return await scu.report(outcome, aet, REPORT_TIMEOUT)
     finally:
         if scu is not None:

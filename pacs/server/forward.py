@@ -18,6 +18,7 @@ from pacs.index.outbox import Forward
 from pacs.net import dimse
 from pacs.remotes import RemoteRegistry
 from pacs.server.scu import send_instances
+from pacs.server.tls import remote_tls
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -80,7 +81,8 @@ async def _send_round(archive: Archive, due: list[Forward], remotes: RemoteRegis
 
         if items:
             await send_instances(archive.store, items, (remote.host, remote.port, remote.aet),
-                                 settings.aet, associations=1, on_result=on_result)
+                                 settings.aet, associations=1, on_result=on_result,
+                                 tls=remote_tls(settings, remote))
         delivered = 0
         for uid, entry in by_uid.items():
             status, comment = outcomes.get(uid, (0xC000, "not attempted"))

@@ -27,6 +27,7 @@ from pacs.server.get import (
 )
 from pacs.server.messages import Request, Response
 from pacs.server.scu import send_instances
+from pacs.server.tls import remote_tls
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -99,6 +100,7 @@ class MoveSCP:
             on_result=on_result,
             move_originator_aet=request.calling_aet,
             move_originator_message_id=request.command.message_id,
+            tls=remote_tls(settings, remote),
         ))  # fmt: skip
         reporter = asyncio.create_task(report())
         cancelled = False

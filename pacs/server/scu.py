@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from pacs.net import (
 from pacs.net.dimse import ERROR_COMMENT
 from pacs.server.payload import Head, ReadAhead
 from pacs.server.tcp import QuickAck
+from pacs.server.tls import tls_reason
 from pacs.store.base import BlobStore
 
 log = logging.getLogger("pacs.scu")
@@ -209,18 +211,26 @@ class StoreSCU:
         timeout: float = 10,
         max_pdu: int = 256 * 1024,
         roles: Sequence[RoleSelection] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> Self:
-        """Open the connection and negotiate; raises :class:`SCUError` (refused, timeout,
-        aborted) or :class:`AssociationRejected`. ``roles`` asks for SCP/SCU roles."""
+        """Open the connection (over TLS with ``tls``) and negotiate; raises
+        :class:`SCUError` (refused, timeout, TLS handshake failed, aborted) or
+        :class:`AssociationRejected`. ``roles`` asks for SCP/SCU roles."""
         loop = asyncio.get_running_loop()
         association = Association(Role.REQUESTOR, max_pdu_length=max_pdu)
         peer = f"{called_aet}@{host}:{port}"
         try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(association), host, port), timeout
-            )
+            if tls is None:
+                connecting = loop.create_connection(lambda: _Protocol(association), host, port)
+            else:
+                connecting = loop.create_connection(
+                    lambda: _Protocol(association), host, port, ssl=tls, server_hostname=host,
+                    ssl_handshake_timeout=timeout)  # fmt: skip
+            _, protocol = await asyncio.wait_for(connecting, timeout)
         except TimeoutError:
             raise SCUError(f"{peer}: no connection within {timeout:g} s") from None
+        except ssl.SSLError as exc:  # before OSError: its subclass
+            raise SCUError(f"{peer}: TLS handshake failed: {tls_reason(exc)}") from exc
         except OSError as exc:
             raise SCUError(f"{peer}: cannot connect: {exc.strerror or exc}") from exc
         assert protocol.transport is not None
@@ -435,6 +445,7 @@ class Destination:
     host: str
     port: int
     aet: str
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -627,7 +638,7 @@ async def _connect_while_needed(
     started = loop.time()
     connecting = asyncio.ensure_future(StoreSCU.connect(
         dest.host, dest.port, calling_aet=calling_aet, called_aet=dest.aet, contexts=contexts,
-        timeout=connect_timeout, max_pdu=max_pdu))  # fmt: skip
+        timeout=connect_timeout, max_pdu=max_pdu, tls=dest.tls))  # fmt: skip
     if not drained.is_set():
         waiting = asyncio.ensure_future(drained.wait())
         try:
@@ -659,7 +670,8 @@ async def _worker(
         try:
             scu = await StoreSCU.connect(dest.host, dest.port, calling_aet=calling_aet,
                                          called_aet=dest.aet, contexts=contexts,
-                                         timeout=connect_timeout, max_pdu=max_pdu)  # fmt: skip
+                                         timeout=connect_timeout, max_pdu=max_pdu,
+                                         tls=dest.tls)  # fmt: skip
         except SCUError as exc:
             return str(exc)
     else:
@@ -703,9 +715,10 @@ async def send_instances(
     max_pdu: int = 256 * 1024,
     move_originator_aet: str | None = None,
     move_originator_message_id: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SendCounts:
     """C-STORE ``items`` — ``(location, SOP class UID, SOP instance UID, stored transfer
-    syntax)`` — from ``store`` to ``dest`` = ``(host, port, AE title)``.
+    syntax)`` — from ``store`` to ``dest`` = ``(host, port, AE title)``, over TLS with ``tls``.
 
     Up to ``associations`` parallel associations take items from one queue; instances go in
     their stored syntax when accepted, else converted (in memory) to Explicit or Implicit VR
@@ -716,7 +729,7 @@ async def send_instances(
     association not yet accepted when every item is under way is given up, and a
     destination seen to accept one association at a time gets one for a while.
     """
-    destination = Destination(*dest)
+    destination = Destination(*dest, tls=tls)
     counts = SendCounts()
     run = _Run(store, counts, on_result, timeout, move_originator_aet,
                move_originator_message_id)  # fmt: skip
@@ -733,6 +746,9 @@ async def send_instances(
             for index in range(workers)
         ))  # fmt: skip
         why = next((r for r in reasons if r), "no association")
-        while queue:  # every association ended early
+        if queue:  # every association ended early; the statuses' comments hold 64 characters
+            log.warning("%d instances not sent to %s@%s:%d: %s", len(queue), destination.aet,
+                        destination.host, destination.port, why)
+        while queue:
             run.result(queue.popleft(), STATUS_CONNECTION_FAILED, why[:64])
     return counts

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pacs.config import Settings
+from pacs.config import RemoteAE, Settings
 from pacs.errors import ConfigError
 
 log = logging.getLogger("pacs.tls")
@@ -46,6 +46,12 @@ def _server_context(settings: Settings) -> ssl.SSLContext:
     context.set_ciphers(BCP195_CIPHERS)
     context.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
                         | ssl.OP_NO_RENEGOTIATION)
+    _load_chain(context, cert, key)
+    return context
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """Our certificate chain and its key into ``context``; ConfigError saying what is wrong."""
     if "-----BEGIN CERTIFICATE-----" not in _read(cert, "tls_cert"):
         raise ConfigError(f"tls_cert: {cert} holds no PEM certificate")
     if "PRIVATE KEY-----" not in _read(key, "tls_key"):
@@ -59,10 +65,19 @@ def _server_context(settings: Settings) -> ssl.SSLContext:
             raise ConfigError(f"tls_key: {key} is not the private key of tls_cert {cert}") \
                 from None
         raise ConfigError(f"tls_cert, tls_key: cannot load {cert} with {key}: "
-                          f"{_reason(exc)}") from None
+                          f"{tls_reason(exc)}") from None
     except OSError as exc:
         raise ConfigError(f"tls_cert, tls_key: {exc}") from None
-    return context
+
+
+def _load_ca(context: ssl.SSLContext, ca: str) -> None:
+    """The CA bundle ``tls_ca`` as the certificates ``context`` trusts."""
+    if "-----BEGIN CERTIFICATE-----" not in _read(ca, "tls_ca"):
+        raise ConfigError(f"tls_ca: {ca} holds no PEM certificate")
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"tls_ca: cannot load {ca}: {tls_reason(exc)}") from None
 
 
 def _read(path: str, name: str) -> str:
@@ -77,17 +92,44 @@ def dimse_server_context(settings: Settings) -> ssl.SSLContext:
     required (the peer authentication of PS3.15 B.1); without, none is asked for."""
     context = _server_context(settings)
     if settings.tls_ca:
-        if "-----BEGIN CERTIFICATE-----" not in _read(settings.tls_ca, "tls_ca"):
-            raise ConfigError(f"tls_ca: {settings.tls_ca} holds no PEM certificate")
-        try:
-            context.load_verify_locations(cafile=settings.tls_ca)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"tls_ca: cannot load {settings.tls_ca}: {_reason(exc)}") \
-                from None
+        _load_ca(context, settings.tls_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     else:
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def client_context(settings: Settings) -> ssl.SSLContext:
+    """The context of our associations to a ``[remote.AET]`` with ``tls = true`` (C-MOVE,
+    forwarding, commitment reports, REST echo and store): TLS 1.2 or later, BCP 195 ciphers;
+    the peer's certificate must be signed by ``tls_ca`` (else a CA the system trusts) and
+    name the remote's host; ours (``tls_cert``, ``tls_key``) is presented when set, as peers
+    that authenticate their clients require. Loaded once per process."""
+    key = (settings.tls_cert, settings.tls_key, settings.tls_ca)
+    context = _CLIENT_CONTEXTS.get(key)
+    if context is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and host name
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(BCP195_CIPHERS)
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        if settings.tls_ca:
+            _load_ca(context, settings.tls_ca)
+        else:
+            context.load_default_certs()
+        if settings.tls_cert or settings.tls_key:
+            if not settings.tls_cert or not settings.tls_key:
+                raise ConfigError("tls_cert, tls_key: both, or neither, for TLS to remote AEs")
+            _load_chain(context, settings.tls_cert, settings.tls_key)
+        _CLIENT_CONTEXTS[key] = context
+    return context
+
+
+_CLIENT_CONTEXTS: dict[tuple[str, str, str], ssl.SSLContext] = {}
+
+
+def remote_tls(settings: Settings, remote: RemoteAE) -> ssl.SSLContext | None:
+    """The context of associations to ``remote``: None unless it is marked ``tls``."""
+    return client_context(settings) if remote.tls else None
 
 
 def https_server_context(settings: Settings) -> ssl.SSLContext:
@@ -105,9 +147,12 @@ def check_tls_settings(settings: Settings) -> None:
         dimse_server_context(settings)
     if settings.http_tls:
         https_server_context(settings)
+    if any(remote.tls for remote in settings.remotes.values()):
+        client_context(settings)
 
 
-def _reason(exc: BaseException) -> str:
+def tls_reason(exc: BaseException) -> str:
+    """What went wrong in a TLS error, in a few words (the certificate check's own)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"{exc.reason or 'certificate verify failed'}: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError) and exc.reason:
@@ -230,7 +275,7 @@ _NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"
 def _handshake_failure(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS:
         return f"not TLS, a plain connection? ({exc.reason})"
-    return _reason(exc)
+    return tls_reason(exc)
 
 
 def _subject(cert: dict[str, Any] | None) -> str:

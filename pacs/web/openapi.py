@@ -106,7 +106,8 @@ def _schemas() -> dict[str, Any]:
                                              "pattern": r"^[A-Za-z0-9.:-]+$"},
                                     "Port": {"type": "integer", "minimum": 1,
                                              "maximum": 65535},
-                                    "AllowMove": {"type": "boolean"}}},
+                                    "AllowMove": {"type": "boolean"},
+                                    "UseDicomTls": {"type": "boolean"}}},
         "StoreRequest": {"anyOf": [
             {"type": "string", "minLength": 1},
             {"type": "object", "required": ["Resources"], "additionalProperties": False,
@@ -199,7 +200,9 @@ def _modality_paths() -> dict[str, Any]:
                     "requestBody": {"required": True,
                                     "content": {JSON: {"schema": modality}}},
                     "responses": {"200": _json("replaced", modality),
-                                  "201": _json("created", modality), "400": bad}},
+                                  "201": _json("created", modality), "400": bad,
+                                  "409": _error("UseDicomTls, but this archive's TLS "
+                                                "settings cannot be loaded")}},
             "delete": {"summary": "forget a remote", "description": memory,
                        "operationId": "delete_modality",
                        "responses": {"200": _json("removed", {"type": "object"}),

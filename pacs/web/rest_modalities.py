@@ -27,9 +27,11 @@ from typing import Any
 from aiohttp import web
 
 from pacs.config import RemoteAE
+from pacs.errors import ConfigError
 from pacs.index.records import InstanceRecord
 from pacs.remotes import ConfiguredRemoteError, RemoteRegistry
 from pacs.server.scu import SCUError, StoreSCU, send_instances
+from pacs.server.tls import client_context, remote_tls
 from pacs.web.context import WebContext, bad_request, http_error
 
 __all__ = ["routes"]
@@ -43,7 +45,7 @@ Resolver = Callable[[WebContext, str], "list[InstanceRecord] | None"]
 
 def _describe(remote: RemoteAE) -> dict[str, Any]:
     return {"AET": remote.aet, "Host": remote.host, "Port": remote.port,
-            "AllowMove": remote.move_destination}
+            "AllowMove": remote.move_destination, "UseDicomTls": remote.tls}
 
 
 def _aet(raw: str) -> str:
@@ -55,7 +57,7 @@ def _aet(raw: str) -> str:
 def _remote(aet: str, body: Any) -> RemoteAE:
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object with Host and Port")
-    unknown = set(body) - {"AET", "Host", "Port", "AllowMove"}
+    unknown = set(body) - {"AET", "Host", "Port", "AllowMove", "UseDicomTls"}
     if unknown:
         raise bad_request(f"unknown field {sorted(unknown)[0]!r}")
     if "AET" in body and body["AET"] != aet:
@@ -73,7 +75,10 @@ def _remote(aet: str, body: Any) -> RemoteAE:
     allow = body.get("AllowMove", True)
     if not isinstance(allow, bool):
         raise bad_request("AllowMove must be true or false")
-    return RemoteAE(aet, host, port, allow)
+    tls = body.get("UseDicomTls", False)
+    if not isinstance(tls, bool):
+        raise bad_request("UseDicomTls must be true or false")
+    return RemoteAE(aet, host, port, allow, tls=tls)
 
 
 def _resources(body: Any) -> list[str]:
@@ -124,6 +129,11 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
     async def put_one(request: web.Request) -> web.Response:
         aet = _aet(request.match_info["aet"])
         remote = _remote(aet, await body_of(request))
+        if remote.tls:
+            try:  # what this archive presents and trusts, loaded now rather than at first use
+                client_context(ctx.settings)
+            except ConfigError as exc:
+                raise http_error(web.HTTPConflict, f"UseDicomTls: {exc}") from None
         # fsyncs: off the event loop
         created = await loop().run_in_executor(ctx.archive.executor, registry.put, remote)
         log.info("REST: modality %s %s (%s:%d)", aet, "added" if created else "replaced",
@@ -150,7 +160,8 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
         try:
             scu = await StoreSCU.connect(remote.host, remote.port,
                                          calling_aet=ctx.settings.aet, called_aet=remote.aet,
-                                         contexts=[(VERIFICATION, [IMPLICIT_LE])], timeout=10)
+                                         contexts=[(VERIFICATION, [IMPLICIT_LE])], timeout=10,
+                                         tls=remote_tls(ctx.settings, remote))
             try:
                 status = await scu.echo(timeout=10)
             finally:
@@ -173,7 +184,8 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
                   r.transfer_syntax_uid) for r in records.values()]
         counts = await send_instances(ctx.archive.store, items,
                                       (remote.host, remote.port, remote.aet), ctx.settings.aet,
-                                      max_pdu=ctx.settings.max_pdu_size)
+                                      max_pdu=ctx.settings.max_pdu_size,
+                                      tls=remote_tls(ctx.settings, remote))
         log.info("REST: C-STORE to %s: %d completed, %d warning, %d failed", remote.aet,
                  counts.completed, counts.warning, counts.failed)
         return web.json_response({

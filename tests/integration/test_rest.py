@@ -270,7 +270,8 @@ def test_modalities_crud_and_store(server, tmp_path: Path, scp_factory) -> None:
     assert_error(get(base, f"/modalities/{aet}"), 404)
     created = httpx.put(f"{base}/modalities/{aet}", json={"Host": host, "Port": port})
     assert created.status_code == 201, created.text
-    assert created.json() == {"AET": aet, "Host": host, "Port": port, "AllowMove": True}
+    assert created.json() == {"AET": aet, "Host": host, "Port": port, "AllowMove": True,
+                              "UseDicomTls": False}
     assert aet in ok_json(get(base, "/modalities"))
     assert ok_json(get(base, "/modalities", expand="true"))[aet]["Port"] == port
     assert ok_json(get(base, f"/modalities/{aet}"))["Host"] == host

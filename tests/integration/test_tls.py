@@ -315,3 +315,91 @@ def test_https(pki: Pki, tmp_path: Path) -> None:
         assert archive.alive()
     finally:
         archive.stop()
+
+
+def sender(pki: Pki, tmp: Path, name: str, tls_ca: Path, client: bool = True) -> ArchiveProcess:
+    """An archive (AE SENDER, plain ports) whose remote PACS is ``server``'s TLS port, to be
+    reached over TLS trusting ``tls_ca``, presenting the modality's certificate if ``client``."""
+    lines = ['aet = "SENDER"', "hl7_port = 0", f'tls_ca = "{tls_ca}"']
+    if client:
+        lines += [f'tls_cert = "{pki.client_cert}"', f'tls_key = "{pki.client_key}"']
+    config = tmp / f"{name}.toml"
+    config.write_text("\n".join(lines) + "\n")
+    archive = ArchiveProcess(tmp / name, free_port(), aet="SENDER",
+                             extra_args=["--config", str(config), "--workers", "1"])
+    return archive
+
+
+def move_study(archive: ArchiveProcess, study: str) -> subprocess.CompletedProcess[str]:
+    return dcmtk("movescu", "-S", "-aec", "SENDER", "-aem", "PACS",
+                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                 "127.0.0.1", str(archive.port))
+
+
+def test_c_move_and_rest_echo_to_a_tls_remote(server: TlsArchive, pki: Pki,
+                                              tmp_path: Path) -> None:
+    """``[remote.PACS] tls = true``: the C-MOVE's sub-operations and a REST C-ECHO go over DICOM
+    TLS, the server checked against ``tls_ca`` and ours presented (the remote requires one)."""
+    archive = sender(pki, tmp_path, "sender", pki.ca)
+    # The remote comes over REST, as a user would add it.
+    http_port = free_port()
+    archive.extra_args += ["--http-port", str(http_port)]
+    archive.start()
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        put = httpx.put(f"{base}/modalities/PACS", json={
+            "Host": "127.0.0.1", "Port": server.tls_port, "UseDicomTls": True}, timeout=30)
+        assert put.status_code == 201 and put.json()["UseDicomTls"] is True, put.text
+        offset = len(server.process.log())
+        echo = httpx.post(f"{base}/modalities/PACS/echo", json={}, timeout=30)
+        assert echo.status_code == 200 and echo.json() == {"Status": 0}, echo.text
+        ds = make_ct(patient_id="TLSMOVE")
+        sent = write(ds, tmp_path / "move.dcm")
+        proc = dcmtk("storescu", "-aec", "SENDER", "127.0.0.1", str(archive.port), str(sent))
+        assert proc.returncode == 0, proc.stderr
+        proc = move_study(archive, ds.StudyInstanceUID)
+        assert proc.returncode == 0, proc.stderr
+        found = stored_instance(server.process.data_dir, ds.SOPInstanceUID)
+        assert found is not None
+        assert found[0].source_aet == "SENDER"
+        assert read_blob_equal(found[1], sent)
+        text = server.process.wait_log("client certificate CN=MODALITY", offset)
+        assert "TLS" in text
+        # Without TLS the same port is refused: the sub-operation really used it.
+        httpx.put(f"{base}/modalities/PACS", json={
+            "Host": "127.0.0.1", "Port": server.tls_port}, timeout=30).raise_for_status()
+        echo = httpx.post(f"{base}/modalities/PACS/echo", json={}, timeout=30)
+        assert echo.status_code == 502, echo.text
+    finally:
+        archive.stop()
+
+
+def test_c_move_to_a_tls_remote_it_cannot_trust_fails_cleanly(
+    server: TlsArchive, pki: Pki, tmp_path: Path
+) -> None:
+    """A remote whose certificate ``tls_ca`` did not sign: the sub-operations fail, one log
+    line says why, and nothing is sent in the clear."""
+    archive = sender(pki, tmp_path, "distrust", pki.intruder_cert)
+    config = archive.extra_args[1]
+    Path(config).write_text(Path(config).read_text() + (
+        f'[remote.PACS]\nhost = "127.0.0.1"\nport = {server.tls_port}\ntls = true\n'))
+    archive.start()
+    try:
+        ds = make_ct(patient_id="TLSNOPE")
+        sent = write(ds, tmp_path / "nope.dcm")
+        proc = dcmtk("storescu", "-aec", "SENDER", "127.0.0.1", str(archive.port), str(sent))
+        assert proc.returncode == 0, proc.stderr
+        proc = move_study(archive, ds.StudyInstanceUID)
+        text = archive.wait_log(r"C-MOVE of 1 instances to PACS: 0 completed, 1 failed")
+        assert re.search(r"1 instances not sent to PACS@.*: TLS handshake failed: "
+                         r"CERTIFICATE_VERIFY_FAILED", text), text
+        assert "Traceback" not in text
+        assert stored_instance(server.process.data_dir, ds.SOPInstanceUID) is None
+    finally:
+        archive.stop()
+
+
+def read_blob_equal(blob: bytes, sent: Path) -> bool:
+    """The blob holds the data set that was sent (the archive writes its own file meta)."""
+    from tests.integration.archive_check import read_blob, same_dataset
+    return same_dataset(read_blob(blob), pydicom.dcmread(sent))

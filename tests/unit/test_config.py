@@ -46,10 +46,12 @@ def test_the_archive_writer_defers_as_set(tmp_path: Path, defer: bool) -> None:
 def test_remote_tables(tmp_path: Path) -> None:
     toml = tmp_path / "pacs.toml"
     toml.write_text('[remote.STORESCP]\nhost = "127.0.0.1"\nport = 11113\n'
-                    '[remote.VIEWER]\nhost = "10.0.0.2"\nport = 104\nmove_destination = false\n')
+                    '[remote.VIEWER]\nhost = "10.0.0.2"\nport = 104\nmove_destination = false\n'
+                    '[remote.SITE2]\nhost = "pacs.site2"\nport = 2762\ntls = true\n')
     s = load_settings(toml, environ={})
     assert s.remotes["STORESCP"] == RemoteAE("STORESCP", "127.0.0.1", 11113, True)
     assert s.remotes["VIEWER"].move_destination is False
+    assert s.remotes["SITE2"].tls is True and s.remotes["STORESCP"].tls is False
 
 
 def test_access_and_retention_tables(tmp_path: Path) -> None:
@@ -84,6 +86,7 @@ def test_access_and_retention_tables(tmp_path: Path) -> None:
         ("[remote.X]\nhost = 'h'\nport = -1\n", "remote.X.port"),
         ("[remote.X]\nhost = 'h'\npermissions = ['store', 'fly']\n", "remote.X.permissions"),
         ("[remote.X]\nhost = 'h'\nmax_associations = -1\n", "remote.X.max_associations"),
+        ("[remote.X]\nhost = 'h'\ntls = 'yes'\n", "remote.X.tls"),
         ("[[retention]]\nmodality = 'CR'\n", "retention #1"),
         ("[[retention]]\nolder_than_days = 1\ncolour = 1\n", "retention #1"),
         ("tls_port = 2762\n", "tls_cert"),

@@ -44,6 +44,8 @@ def test_put_is_seen_by_another_registry_and_persisted(tmp_path: Path) -> None:
             if p.name.startswith(".modalities-")] == []  # no temporary file left
     assert RemoteRegistry(settings(tmp_path)).all() == {
         "CONF": CONFIGURED, "NEW": RemoteAE("NEW", "127.0.0.2", 11114)}
+    assert writer.put(RemoteAE("NEW", "127.0.0.2", 2762, tls=True)) is False
+    assert reader.get("NEW") == RemoteAE("NEW", "127.0.0.2", 2762, tls=True)
 
 
 def test_override_and_delete_of_configured_ae(tmp_path: Path) -> None:
