@@ -141,6 +141,10 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if self._handed_over:
             return
         self._fail_awaiting()
+        # Requests still running (a C-MOVE's sub-operations, a C-FIND's matches) serve nobody
+        # now: they take their C-CANCEL path and stop.
+        for flag in self._cancels.values():
+            flag.set()
         # Whoever waits for the peer to read again (a paused C-GET, pending C-FIND responses)
         # wakes up and finds the association gone, instead of waiting forever.
         self._can_write.set()

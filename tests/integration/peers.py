@@ -53,6 +53,11 @@ class StoreSCP:
         self.kill()
         return self.log_path.read_text("latin-1")
 
+    def received_count(self) -> int:
+        """How many instances it has written so far (storescp writes each file whole)."""
+        return sum(1 for path in self.directory.iterdir()
+                   if path.is_file() and not path.name.startswith("."))
+
     def received(self) -> dict[str, pydicom.FileDataset]:
         found = {}
         for path in self.directory.iterdir():
