@@ -197,9 +197,9 @@ def instance_uids(assoc: Association, study_uid: str) -> set[str]:
 
 
 def verify_present(src: Association, dst: Association, studies: Iterable[Study]) -> None:
-    """For studies that hold as many instances here as at the source but were not moved by
-    this tool: are they the same instances? (Instances sent here directly, e.g. after
-    go-live, can make up the count while one of the source's is missing.)"""
+    """For studies that already hold instances here but were not moved by this tool: which
+    of the source's are here? (Instances sent here directly, e.g. after go-live, can make up
+    the count, before or after a move, while one of the source's is missing.)"""
     for study in studies:
         study.source_uids = frozenset(instance_uids(src, study.uid))
         study.absent = len(study.source_uids - instance_uids(dst, study.uid))
@@ -484,6 +484,7 @@ def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
             study = work.get()
             if study is None:
                 return
+            before = study.our_count
             try:
                 if src is None or not src.is_established:
                     src = source.associate(handlers)
@@ -506,7 +507,8 @@ def _mover(source: Client, ours: Client, work: queue.Queue[Study | None],
                 study.error = (f"{study.absent} of the source's instances are not here"
                                if study.absent else
                                f"{study.our_count} of {study.source_count} instances arrived")
-            progress.add(study.our_count if study.complete else 0, not study.complete)
+            # What arrived, not what was here before (instances of its own, an earlier run's).
+            progress.add(max(0, study.our_count - before), not study.complete)
     finally:
         for assoc in (src, dst):
             if assoc is not None and assoc.is_established:
@@ -571,10 +573,11 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
         uids = sorted(studies, key=lambda u: (studies[u].date, u))
         for uid, n in counts(dst, uids).items():
             studies[uid].our_count = n
-        # Complete by count, yet not moved here by an earlier run of this tool (which moves
-        # whole studies): compare the instances themselves.
+        # Instances here that an earlier run of this tool (which moves whole studies) did not
+        # bring: counts cannot tell the source's from others, now or after the move, so the
+        # instances themselves are compared.
         verify_present(src, dst, [studies[u] for u in uids
-                                  if 0 < studies[u].source_count <= studies[u].our_count
+                                  if studies[u].source_count and studies[u].our_count
                                   and u not in state.done])
     except MigrateError as exc:
         print(f"pacs: error: {exc}", file=sys.stderr)

@@ -244,3 +244,38 @@ def test_a_study_complete_by_count_is_checked_instance_by_instance(
         # Verified and remembered: the next run moves nothing.
         again = run_migrate(archive, o, tmp_path / "report2.txt")
         assert again.returncode == 0 and moved_studies(again.stdout) == 0, again.stdout
+
+
+def test_a_move_that_falls_short_is_not_hidden_by_instances_of_our_own(
+        archive_factory, tmp_path: Path) -> None:
+    """The source holds 6 instances of a study, one of them over this archive's
+    ``max_dataset_size`` (refused); this archive holds 5 others of it, sent here directly.
+    After the move 10 are here, more than the source's 6: the study is still incomplete."""
+    require_orthanc()
+    first = make_ct(patient_id="MIGY")
+    sizes = [256] + [32] * 10  # the 256x256 one is refused here
+    instances = [make_ct(patient_id="MIGY", study_uid=first.StudyInstanceUID,
+                         series_uid=first.SeriesInstanceUID, instance_number=i, rows=r,
+                         columns=r) for i, r in enumerate(sizes)]
+    for ds in instances:
+        ds.StudyDate = "20230101"
+    paths = [write(ds, tmp_path / f"y{i}.dcm") for i, ds in enumerate(instances)]
+    config = tmp_path / "pacs.toml"
+    config.write_text("max_dataset_size = 65536\n")
+    archive = archive_factory("--config", str(config))
+    store_here = subprocess.run([require_tool("storescu"), "-aec", archive.aet, "127.0.0.1",
+                                 str(archive.port), *map(str, paths[6:])],
+                                capture_output=True, text=True, timeout=60)
+    assert store_here.returncode == 0, store_here.stderr
+    with orthanc_mod.Orthanc(tmp_path / "orthanc", destinations={archive.aet: archive.port}) as o:
+        stock_orthanc(o, paths[:6])
+        report = tmp_path / "report.txt"
+        proc = run_migrate(archive, o, report)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert stored_instance(archive.data_dir, instances[0].SOPInstanceUID) is None
+        assert all(stored_instance(archive.data_dir, ds.SOPInstanceUID) is not None
+                   for ds in instances[1:6])
+        source, ours, status = report_rows(report)[first.StudyInstanceUID]
+        assert (source, ours) == (6, 10) and status.startswith("MISSING 1"), status
+        assert re.search(r"instances\s+6\s+5\s+1", proc.stdout), proc.stdout
+        assert "moved 1 studies (5 instances" in proc.stdout, proc.stdout
