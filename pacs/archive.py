@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from pacs.audit import AuditTrail
 from pacs.config import Settings
-from pacs.errors import CatalogError, ConfigError
+from pacs.errors import CatalogError, ConfigError, StorageError
 from pacs.index import integrity
 from pacs.index.catalog import Catalog
 from pacs.index.query import QueryEngine
@@ -25,6 +26,7 @@ from pacs.writers import (
     drop_replay_all_marker,
     leave_clean_marker,
     leave_replay_all_marker,
+    lock_writer,
     must_replay_all,
     swap_boot_id,
     take_clean_marker,
@@ -32,14 +34,64 @@ from pacs.writers import (
 
 log = logging.getLogger("pacs.archive")
 
+TOOL_WRITERS = 64  # maintenance tools running at once on one archive (tool, tool1, ...)
+
+
+class ToolSegmentStore(SegmentStore):
+    """A maintenance tool's segment store: holds its writer's lock until closed."""
+
+    lock_fd = -1
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.lock_fd >= 0:
+                os.close(self.lock_fd)
+                self.lock_fd = -1
+
+
+def tool_writer_id(n: int) -> str:
+    """The ``n``-th maintenance tool writer: ``tool``, ``tool1``, ``tool2``..."""
+    return f"tool{n}" if n else "tool"
+
+
+def _open_tool_store(settings: Settings) -> ToolSegmentStore:
+    """A segment store for a maintenance tool, as the first tool writer no process holds.
+
+    Two tools on one writer would append to one segment from tails of their own (overwriting
+    each other's tombstones) and cut each other's unsynced records as torn tails at open; the
+    lock (``state/<writer>.lock``) is taken before the open recovers the writer's segments.
+    """
+    for n in range(TOOL_WRITERS):
+        writer = tool_writer_id(n)
+        fd = lock_writer(settings.state_dir, writer)
+        if fd is None:
+            continue  # another tool runs with it
+        try:
+            store = ToolSegmentStore(settings.blob_dir, writer_id=writer,
+                                     segment_size=settings.segment_size,
+                                     prefill=settings.segment_prefill,
+                                     direct_min=settings.segment_direct_min)
+        except BaseException:
+            os.close(fd)
+            raise
+        store.lock_fd = fd
+        return store
+    raise StorageError(f"every maintenance tool writer of {settings.data_dir} (tool.."
+                       f"{tool_writer_id(TOOL_WRITERS - 1)}) is in use")
+
 
 def open_store(settings: Settings, worker_id: int = 0, writer_id: str | None = None) -> BlobStore:
-    """The configured blob store; ``worker_id`` -1 is a maintenance tool (it never ingests).
+    """The configured blob store; ``worker_id`` -1 is a maintenance tool (it never ingests):
+    it writes (tombstones) as a tool writer of its own, locked while the store is open.
 
     ``writer_id`` names the segment writer instead of ``w{worker_id}`` (bulk import: ``import0``).
     """
     if settings.store_backend == "segments":
-        writer = writer_id or (f"w{worker_id}" if worker_id >= 0 else "tool")
+        if writer_id is None and worker_id < 0:
+            return _open_tool_store(settings)
+        writer = writer_id or f"w{worker_id}"
         return SegmentStore(settings.blob_dir, writer_id=writer,
                             segment_size=settings.segment_size,
                             prefill=settings.segment_prefill,
