@@ -12,7 +12,7 @@ from pacs.dicom import part10
 from pacs.dicom.scan import read_index_attributes
 from pacs.errors import DicomFormatError, PacsError
 from pacs.index.catalog import Catalog
-from pacs.index.maintenance import reindex, verify
+from pacs.index.maintenance import follow_moves, reindex, verify
 from pacs.index.records import InstanceRecord
 from pacs.recovery import checkpoint_name
 from pacs.store.base import BlobStore
@@ -117,12 +117,18 @@ def export_command(settings: Settings, out_dir: Path, selection: dict[str, str])
                 continue
             folder = out_dir / _safe(attrs["StudyInstanceUID"]) / _safe(attrs["SeriesInstanceUID"])
             target = folder / f"{_safe(record.sop_instance_uid)}.dcm"
+            partial = target.with_suffix(".part")
+
+            def copy(current: InstanceRecord, partial: Path = partial) -> None:
+                with open(partial, "wb") as fh:
+                    for chunk in store.iter_chunks(current.location):
+                        fh.write(chunk)
+
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                partial = target.with_suffix(".part")
-                with open(partial, "wb") as fh:
-                    for chunk in store.iter_chunks(record.location):
-                        fh.write(chunk)
+                # A compaction (the server's) may move the blob while the export runs.
+                if follow_moves(catalog, record, copy) is None:
+                    continue  # deleted meanwhile
                 partial.replace(target)
                 written += 1
             except (OSError, PacsError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from pacs.errors import BlobNotFound, PacsError, StorageError
 from pacs.index.catalog import Catalog
@@ -16,8 +17,13 @@ from pacs.index.records import InstanceRecord
 from pacs.store import digest as digests
 from pacs.store.base import BlobStore
 from pacs.store.crc import crc32
+from pacs.store.external import is_external
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MOVES = 3  # how many times one read follows its instance to a new location
 
 # How to turn a stored blob into a record: given the store and a location, read what it needs
 # (e.g. a ranged get of the header, then the tag scanner). location, size and digest of the
@@ -143,40 +149,83 @@ def reindex(
     return report
 
 
+def follow_moves(catalog: Catalog, record: InstanceRecord,
+                 read: Callable[[InstanceRecord], T]) -> tuple[InstanceRecord, T] | None:
+    """``read(record)``; where its blob is gone, the instance looked up again and read where
+    the catalog names now: a compaction (the server's, periodic) may have moved it and unlinked
+    the old segment since ``record`` was listed. (the record read, what ``read`` returned);
+    None when the instance was deleted meanwhile; BlobNotFound when the catalog still names
+    a location without a blob."""
+    moves = 0
+    while True:
+        try:
+            return record, read(record)
+        except BlobNotFound:
+            fresh = catalog.get_instance(record.sop_instance_uid)
+            if fresh is None:
+                return None
+            if fresh.location == record.location or moves == MOVES:
+                raise
+            record, moves = fresh, moves + 1
+
+
 def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> VerifyReport:
     """Check that every indexed blob exists with its size and digest; list orphan blobs.
 
-    Holds the set of indexed locations in memory (~100 bytes each) to find the orphans.
+    Holds the set of indexed locations in memory (~100 bytes each) to find the orphans. A
+    server may run meanwhile: an instance moved or deleted since it was listed is looked up
+    again before anything is reported of it (see ``follow_moves``).
     """
     report = VerifyReport()
     indexed: set[str] = set()
     uids: set[str] = set()
-    for record in catalog.iter_instances():
-        uid, location = record.sop_instance_uid, record.location
-        indexed.add(location)
+
+    def measure(record: InstanceRecord) -> tuple[int, str]:
+        if check_digest:
+            return blob_digest(store, record.location, like=record.digest)
+        return store.size(record.location), record.digest
+
+    for listed in catalog.iter_instances():
+        uid = listed.sop_instance_uid
         uids.add(uid)
-        report.checked += 1
         try:
-            if check_digest:
-                size, digest = blob_digest(store, location, like=record.digest)
-            else:
-                size, digest = store.size(location), record.digest
+            found = follow_moves(catalog, listed, measure)
         except BlobNotFound:
-            report.missing.append((uid, location))
+            report.checked += 1
+            indexed.add(listed.location)
+            report.missing.append((uid, listed.location))
             continue
         except PacsError as exc:
-            report.unreadable.append((uid, location, str(exc)))
+            report.checked += 1
+            indexed.add(listed.location)
+            report.unreadable.append((uid, listed.location, str(exc)))
             continue
+        if found is None:
+            continue  # deleted meanwhile
+        report.checked += 1
+        record, (size, digest) = found
+        indexed.add(record.location)
         if size != record.size:
-            report.size_mismatch.append((uid, location, record.size, size))
+            report.size_mismatch.append((uid, record.location, record.size, size))
         elif digest != record.digest:
-            report.digest_mismatch.append((uid, location))
+            report.digest_mismatch.append((uid, record.location))
     # A segment names each record's key (SOP Instance UID): a record nobody points to whose
     # instance is indexed elsewhere is a stale copy; without the key it can only be an orphan.
+    # Listed with their keys in one go: a compaction may have moved records since the
+    # instances were read, and a fresh lookup of the key tells which copy is indexed now.
     iter_records = getattr(store, "iter_records", None)
-    keys: dict[str, str] = dict(iter_records()) if iter_records is not None else {}
-    for location in store.locations():
-        if location not in indexed:
-            stale = keys.get(location) in uids
-            (report.stale_copies if stale else report.orphans).append(location)
+    listing: list[tuple[str, str | None]]
+    if iter_records is not None:
+        listing = list(iter_records())
+        listing += [(loc, None) for loc in store.locations() if is_external(loc)]
+    else:
+        listing = [(loc, None) for loc in store.locations()]
+    for location, key in listing:
+        if location in indexed:
+            continue
+        current = catalog.get_instance(key) if key is not None else None
+        if current is not None and current.location == location:
+            continue  # indexed here since the instances were read (moved by a compaction)
+        stale = current is not None or key in uids
+        (report.stale_copies if stale else report.orphans).append(location)
     return report

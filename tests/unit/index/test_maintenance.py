@@ -16,6 +16,7 @@ from pacs.index.maintenance import blob_digest, reindex, verify
 from pacs.index.records import ALL_KEYWORDS, InstanceRecord
 from pacs.store.base import BlobStore
 from pacs.store.files import FileStore
+from pacs.store.segments import SegmentStore
 from tests.unit.index._records import check_consistent, make_record
 
 CT = UID("1.2.840.10008.5.1.4.1.1.2")
@@ -223,3 +224,83 @@ def test_verify_tells_stale_copies_from_orphans(tmp_path: Path, catalog: Catalog
     assert report.stale_copies == [copy]
     assert report.orphans == [lost]
     assert not report.ok  # the orphan
+
+
+def compactable(root: Path, catalog: Catalog) -> tuple[SegmentStore, list[str]]:
+    """A server's segment store of 20 indexed instances whose first segment a compaction
+    rewrites (most of it deleted), and the SOP Instance UIDs of the instances left in it."""
+    from pacs.deletion import delete_instances
+    from pacs.recovery import checkpoint_name
+
+    server = SegmentStore(root, segment_size=4096, prefill=0, direct_min=0)
+    locations = {}
+    for i in range(20):
+        sop = f"1.9.{i}"
+        location = server.put(sop, [part10("P1", "1.1", "1.1.1", sop)]).location
+        size, digest = blob_digest(server, location)
+        record = read_record(server, location)
+        catalog.store_batch([InstanceRecord(record.attributes, record.transfer_syntax_uid,
+                                            location=location, size=size, digest=digest)])
+        locations[sop] = location
+    catalog.checkpoint(checkpoint_name("w0"), server.active_segment)
+    first = sorted(sop for sop, loc in locations.items()
+                   if loc.startswith(server.segments()[0] + ":"))
+    assert len(first) > 2
+    delete_instances(catalog, server, first[1:])
+    return server, first[:1]
+
+
+def test_verify_follows_an_instance_a_compaction_moves_meanwhile(
+        tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's compaction may move instances (and unlink their old segment) after
+    verify listed them: they are read where they went, not reported missing."""
+    from pacs.maintenance import compact_segments
+
+    server, moved = compactable(tmp_path / "segments", catalog)
+    tool = SegmentStore(tmp_path / "segments", writer_id="tool", prefill=0, direct_min=0)
+    listing = catalog.iter_instances
+    indexed = sum(1 for _ in listing())
+
+    def compact_after_the_first_chunk(chunk: int = 1000) -> Iterator[InstanceRecord]:
+        records = listing(chunk)
+        first = next(records)
+        assert compact_segments(catalog, server, 0.5).moved == 1
+        yield first
+        yield from records
+
+    monkeypatch.setattr(catalog, "iter_instances", compact_after_the_first_chunk)
+    try:
+        old = catalog.get_instance(moved[0])
+        report = verify(catalog, tool)
+        new = catalog.get_instance(moved[0])
+    finally:
+        tool.close()
+        server.close()
+    assert old is not None and new is not None and new.location.startswith("compact-")
+    assert (report.checked, report.missing, report.orphans) == (indexed, [], [])
+    assert report.stale_copies == [] and report.ok
+
+
+def test_verify_rechecks_a_copy_a_compaction_made_after_the_instances_were_read(
+        tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record not indexed when the instances were read may be by the time the segments are
+    listed (a compaction moved the instance there): neither an orphan nor a stale copy."""
+    from pacs.maintenance import compact_segments
+
+    server, _ = compactable(tmp_path / "segments", catalog)
+    tool = SegmentStore(tmp_path / "segments", writer_id="tool", prefill=0, direct_min=0)
+    listing = catalog.iter_instances
+    indexed = sum(1 for _ in listing())
+
+    def compact_after_the_last_chunk(chunk: int = 1000) -> Iterator[InstanceRecord]:
+        yield from listing(chunk)
+        assert compact_segments(catalog, server, 0.5).moved == 1
+
+    monkeypatch.setattr(catalog, "iter_instances", compact_after_the_last_chunk)
+    try:
+        report = verify(catalog, tool)
+    finally:
+        tool.close()
+        server.close()
+    assert (report.checked, report.missing, report.orphans) == (indexed, [], [])
+    assert report.stale_copies == [] and report.ok
