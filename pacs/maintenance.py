@@ -17,6 +17,7 @@ from pacs.index.records import InstanceRecord
 from pacs.recovery import checkpoint_name
 from pacs.store.base import BlobStore
 from pacs.store.compaction import CompactReport
+from pacs.store.export import export
 from pacs.store.segment_format import COMPACT_OWNER, parse_segment_name
 from pacs.store.segments import SegmentStore
 from pacs.writers import must_replay_all
@@ -116,20 +117,16 @@ def export_command(settings: Settings, out_dir: Path, selection: dict[str, str])
             if any(attrs.get(k) != v for k, v in selection.items()):
                 continue
             folder = out_dir / _safe(attrs["StudyInstanceUID"]) / _safe(attrs["SeriesInstanceUID"])
-            target = folder / f"{_safe(record.sop_instance_uid)}.dcm"
-            partial = target.with_suffix(".part")
+            name = f"{_safe(record.sop_instance_uid)}.dcm"
 
-            def copy(current: InstanceRecord, partial: Path = partial) -> None:
-                with open(partial, "wb") as fh:
-                    for chunk in store.iter_chunks(current.location):
-                        fh.write(chunk)
+            def copy(current: InstanceRecord, folder: Path = folder, name: str = name) -> None:
+                # Written aside and renamed; a failed copy leaves no partial file behind.
+                export(store, [(current.location, name)], folder)
 
             try:
-                folder.mkdir(parents=True, exist_ok=True)
                 # A compaction (the server's) may move the blob while the export runs.
                 if follow_moves(catalog, record, copy) is None:
                     continue  # deleted meanwhile
-                partial.replace(target)
                 written += 1
             except (OSError, PacsError) as exc:
                 log.error("cannot export %s: %s", record.sop_instance_uid, exc)

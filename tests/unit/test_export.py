@@ -46,3 +46,24 @@ def test_export_follows_an_instance_a_compaction_moves_meanwhile(
     written = {f.stem: f.stat().st_size for f in out.rglob("*") if f.is_file()}
     assert written == expected
     assert moved[0] in written
+
+
+def test_a_failed_export_leaves_no_partial_file(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=1 << 28)
+    catalog = open_catalog(settings)
+    try:
+        server, _ = compactable(settings.blob_dir, catalog)
+        try:  # its blob unreadable (tombstoned), its entry left: one export fails
+            gone = next(catalog.iter_instances())
+            server.delete(gone.location)
+        finally:
+            server.close()
+        indexed = sum(1 for _ in catalog.iter_instances())
+    finally:
+        catalog.close()
+    out = tmp_path / "export"
+    assert export_command(settings, out, {}) == 1
+    written = sorted(f.name for f in out.rglob("*") if f.is_file())
+    assert len(written) == indexed - 1
+    assert all(name.endswith(".dcm") for name in written)
+    assert f"{gone.sop_instance_uid}.dcm" not in written
