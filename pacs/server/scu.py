@@ -683,19 +683,26 @@ async def _worker(
     # Heads of the next instances are read in one thread call per batch, while the current
     # batch is sent.
     ahead = ReadAhead(run.store, queue, _location, sharers=sharers)
+    stopped: str | None = None
     try:
         while (entry := await ahead.next()) is not None:
             item, head = entry
             try:
                 await run.send_one(scu, item, head)
             except SCUError as exc:
-                ahead.give_back()  # another association (maybe still connecting) sends them
-                return str(exc)
-        drained.set()  # every item is sent: associations still connecting are not needed
-    finally:
+                stopped = str(exc)  # another association (maybe still connecting) sends the rest
+                break
+        else:
+            drained.set()  # every item is sent: associations still connecting are not needed
         ahead.give_back()
         await scu.release(timeout=connect_timeout)
-    return None
+    except BaseException:
+        # Cancelled (a C-CANCEL, a shutdown) maybe with a C-STORE outstanding: a graceful
+        # release would first wait for its response, up to connect_timeout.
+        ahead.give_back()
+        scu.abort()
+        raise
+    return stopped
 
 
 def _location(item: _Item) -> str:

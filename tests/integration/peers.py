@@ -1,4 +1,5 @@
-"""dcmtk peers for tests: a storescp that a move, a get or the SCU sends to."""
+"""Peers for tests: dcmtk's storescp that a move, a get or the SCU sends to; a pynetdicom
+Storage SCP that answers slowly, with a chosen status, or holds its answer."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
 from tests.conftest import free_port, require_tool
 
@@ -79,3 +82,57 @@ def scp_factory(tmp_path: Path) -> Iterator:
     yield start
     for scp in started:
         scp.kill()
+
+
+class PynetdicomSCP:
+    """A pynetdicom Storage SCP in this process on a free port: it answers every C-STORE with
+    ``status`` after ``delay`` seconds; with ``hold``, only once :meth:`let_go` was called
+    (60 s at most). ``stored`` lists the SOP Instance UIDs answered, repeats included."""
+
+    def __init__(self, status: int = 0x0000, delay: float = 0.0, hold: bool = False,
+                 aet: str = "PYSCP") -> None:
+        self.status, self.delay = status, delay
+        self.port = free_port()
+        self.stored: list[str] = []
+        self.arrived = threading.Event()  # a C-STORE-RQ came in
+        self.aborted = threading.Event()  # the requestor aborted an association
+        self._gate = threading.Event()
+        if not hold:
+            self._gate.set()
+        ae = AE(ae_title=aet)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._on_store), (evt.EVT_ABORTED, self._on_abort)])
+
+    def _on_store(self, event: evt.Event) -> int:
+        self.arrived.set()
+        self._gate.wait(60)
+        time.sleep(self.delay)
+        self.stored.append(str(event.request.AffectedSOPInstanceUID))
+        return self.status
+
+    def _on_abort(self, event: evt.Event) -> None:
+        self.aborted.set()
+
+    def let_go(self) -> None:
+        self._gate.set()
+
+    def stop(self) -> None:
+        self._gate.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def pynetdicom_scp() -> Iterator:
+    """``make(status=, delay=, hold=)`` -> a started :class:`PynetdicomSCP`, stopped after."""
+    started: list[PynetdicomSCP] = []
+
+    def make(**kwargs: object) -> PynetdicomSCP:
+        scp = PynetdicomSCP(**kwargs)  # type: ignore[arg-type]
+        started.append(scp)
+        return scp
+
+    yield make
+    for scp in started:
+        scp.stop()

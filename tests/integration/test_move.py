@@ -18,9 +18,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from pacs.dicom.identifier import encode_identifier
+from pacs.net import CommandReceived, dimse
 from tests.conftest import free_port, require_tool
 from tests.dicomgen import make_ct, write
 from tests.integration.archive_check import same_dataset
+from tests.netclient import Client
 
 pytestmark = pytest.mark.integration
 
@@ -167,41 +170,77 @@ def test_pynetdicom_move_with_pending_counts_and_cancel(archive_factory, scp_fac
         assoc.release()
 
 
+def move_and_cancel(study_uid: str, destination: str,
+                    syntax: str) -> tuple[dimse.Command, bytes, dimse.Command]:
+    """A C-MOVE-RQ of ``study_uid`` (message 9), its identifier, and a C-CANCEL-RQ of it."""
+    move = dimse.Command({
+        dimse.AFFECTED_SOP_CLASS_UID: STUDY_ROOT, dimse.COMMAND_FIELD: dimse.C_MOVE_RQ,
+        dimse.MESSAGE_ID: 9, dimse.PRIORITY: 0, dimse.MOVE_DESTINATION: destination,
+        dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT,
+    })  # fmt: skip
+    cancel = dimse.Command({
+        dimse.COMMAND_FIELD: dimse.C_CANCEL_RQ, dimse.MESSAGE_ID_BEING_RESPONDED_TO: 9,
+        dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
+    })  # fmt: skip
+    identifier = encode_identifier({"QueryRetrieveLevel": "STUDY",
+                                    "StudyInstanceUID": study_uid}, syntax)
+    return move, identifier, cancel
+
+
+def final_rsp(client: Client) -> dimse.Command:
+    """The first C-MOVE-RSP that is not pending."""
+    while True:
+        event = client.wait_for(CommandReceived)
+        assert isinstance(event, CommandReceived)
+        if event.command.status not in (0xFF00, 0xFF01):
+            return event.command
+
+
 def test_c_cancel_right_behind_the_move(archive_factory, scp_factory, tmp_path: Path) -> None:
     """The C-CANCEL-RQ follows the C-MOVE-RQ at once: the move stops with 0xFE00 and counts."""
-    from pacs.dicom.identifier import encode_identifier
-    from pacs.net import CommandReceived, dimse
-    from tests.netclient import Client
-
     scp = scp_factory()
     archive = archive_factory("--config", config(tmp_path, STORESCP=scp.port))
     files = stock(archive, tmp_path, 120, rows=256)
     syntax = "1.2.840.10008.1.2.1"
+    move, identifier, cancel = move_and_cancel(pydicom.dcmread(files[0]).StudyInstanceUID,
+                                               "STORESCP", syntax)
     with Client(archive.port, contexts=[(STUDY_ROOT, (syntax,))]) as client:
         client.associate()
         context_id, _ = client.context_for(STUDY_ROOT)
-        move = dimse.Command({
-            dimse.AFFECTED_SOP_CLASS_UID: STUDY_ROOT, dimse.COMMAND_FIELD: dimse.C_MOVE_RQ,
-            dimse.MESSAGE_ID: 9, dimse.PRIORITY: 0, dimse.MOVE_DESTINATION: "STORESCP",
-            dimse.COMMAND_DATA_SET_TYPE: dimse.DATA_SET_PRESENT,
-        })  # fmt: skip
-        cancel = dimse.Command({
-            dimse.COMMAND_FIELD: dimse.C_CANCEL_RQ, dimse.MESSAGE_ID_BEING_RESPONDED_TO: 9,
-            dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
-        })  # fmt: skip
-        identifier = encode_identifier(
-            {"QueryRetrieveLevel": "STUDY",
-             "StudyInstanceUID": pydicom.dcmread(files[0]).StudyInstanceUID}, syntax)
         client.sock.sendall(client.assoc.send_command(context_id, move, True)
                             + client.assoc.send_dataset(context_id, identifier)
                             + client.assoc.send_command(context_id, cancel, False))
-        final = None
-        while final is None:
-            event = client.wait_for(CommandReceived)
-            assert isinstance(event, CommandReceived)
-            if event.command.status not in (0xFF00, 0xFF01):
-                final = event.command
+        final = final_rsp(client)
         client.release()
     assert final.status == 0xFE00
     assert final.get(dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS, 0) < 120
     assert len(scp.received()) < 120
+
+
+def test_c_cancel_while_the_destination_holds_a_store(archive_factory, pynetdicom_scp,
+                                                       tmp_path: Path) -> None:
+    """The C-CANCEL-RQ comes while the destination has not answered a C-STORE: the sub-
+    operations' association is aborted and the 0xFE00 goes at once. A graceful release
+    waited for that C-STORE-RSP first, up to the 10 s connect timeout."""
+    scp = pynetdicom_scp(hold=True)
+    archive = archive_factory("--config", config(tmp_path, HOLDING=scp.port))
+    files = stock(archive, tmp_path, 3)
+    syntax = "1.2.840.10008.1.2.1"
+    move, identifier, cancel = move_and_cancel(pydicom.dcmread(files[0]).StudyInstanceUID,
+                                               "HOLDING", syntax)
+    with Client(archive.port, contexts=[(STUDY_ROOT, (syntax,))], timeout=60) as client:
+        client.associate()
+        context_id, _ = client.context_for(STUDY_ROOT)
+        client.sock.sendall(client.assoc.send_command(context_id, move, True)
+                            + client.assoc.send_dataset(context_id, identifier))
+        assert scp.arrived.wait(20)  # the first C-STORE-RQ waits for its answer
+        started = time.monotonic()
+        client.sock.sendall(client.assoc.send_command(context_id, cancel, False))
+        final = final_rsp(client)
+        took = time.monotonic() - started
+        client.release()
+    assert final.status == 0xFE00
+    assert final.get(dimse.NUMBER_OF_COMPLETED_SUBOPERATIONS, 0) == 0
+    assert took < 5, f"the C-CANCEL was answered after {took:.1f} s"
+    assert scp.stored == []
+    assert archive.alive()
