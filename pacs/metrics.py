@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from pacs.net.dimse import is_warning
+
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedArray
 
@@ -174,7 +176,7 @@ def status_class(status: int | None) -> str:
         return "failure"
     if status == 0xFE00:
         return "cancel"
-    if status in (0x0001, 0x0107, 0x0116) or status & 0xF000 == 0xB000:
+    if is_warning(status):
         return "warning"
     return "failure"
 

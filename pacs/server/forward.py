@@ -86,7 +86,7 @@ async def _send_round(archive: Archive, due: list[Forward], remotes: RemoteRegis
         delivered = 0
         for uid, entry in by_uid.items():
             status, comment = outcomes.get(uid, (0xC000, "not attempted"))
-            if status == dimse.SUCCESS or status & 0xF000 == 0xB000:
+            if dimse.delivered(status):  # a warning too: the peer stored it
                 sent.append(entry)
                 delivered += 1
             else:

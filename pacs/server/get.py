@@ -61,7 +61,7 @@ class Counts:
         self.remaining -= 1
         if status == dimse.SUCCESS:
             self.completed += 1
-        elif status & 0xF000 == 0xB000:  # warnings: coercion, elements discarded, ...
+        elif dimse.is_warning(status):  # stored: coercion, elements discarded, ...
             self.warning += 1
         else:
             self.failed += 1

@@ -73,7 +73,7 @@ class MoveSCP:
 
         def on_result(uid: str, status: int, comment: str | None) -> None:
             counts.record(uid, status)
-            if status == dimse.SUCCESS or status & 0xF000 == 0xB000:
+            if dimse.delivered(status):
                 metrics.BYTES_SENT.inc(("C-MOVE",), sizes.get(uid, 0))
             if status != dimse.SUCCESS:
                 log.info("%s: sub-operation for %s: 0x%04X %s", destination, uid, status,

@@ -42,7 +42,7 @@ from pacs.net import (
     c_store_rq,
     propose,
 )
-from pacs.net.dimse import ERROR_COMMENT
+from pacs.net.dimse import ERROR_COMMENT, is_warning
 from pacs.server.payload import Head, ReadAhead
 from pacs.server.tcp import QuickAck
 from pacs.server.tls import tls_reason
@@ -75,11 +75,6 @@ class AssociationRejected(SCUError):
         self.result, self.source, self.reason = result, source, reason
         kind = "permanently" if result == 1 else "transiently"
         super().__init__(f"association rejected {kind} (source {source}, reason {reason})")
-
-
-def is_warning(status: int) -> bool:
-    """Warning statuses of PS3.7 Annex C (C-STORE: B000, B006, B007)."""
-    return status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
 
 
 class _Protocol(asyncio.BufferedProtocol):

@@ -191,3 +191,19 @@ def test_get_of_unknown_study_completes_nothing(stocked, tmp_path: Path) -> None
                     "-k", "StudyInstanceUID=1.2.3.4.5.6.7")
     assert "Number of Completed Suboperations : 0" in output
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_sub_operations_answered_with_a_warning_are_counted_warnings(stocked) -> None:
+    """0x0107 (Attribute List Error) is a warning of PS3.7 Annex C: the peer stored the
+    instance. Those sub-operations count as warnings (final 0xB000), none as failed."""
+    archive, study, _series, files = stocked
+
+    def on_store(event: evt.Event) -> int:
+        return 0x0107 if event.dataset.InstanceNumber in (1, 3) else 0x0000
+
+    final, identifier = pynetdicom_get(archive.port, study, on_store)[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,
+            final.NumberOfFailedSuboperations) == (3, 2, 0)
+    assert identifier is None or "FailedSOPInstanceUIDList" not in identifier
+    del files

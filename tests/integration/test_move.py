@@ -113,6 +113,20 @@ def test_refusing_destination_fails_every_sub_operation(archive_factory, tmp_pat
     assert "dimse status                  : 0xa702" in out.lower()
 
 
+def test_sub_operations_answered_with_a_warning_are_counted_warnings(
+        archive_factory, pynetdicom_scp, tmp_path: Path) -> None:
+    """The destination stores each instance and answers 0x0107, a warning of PS3.7 Annex C:
+    three warning sub-operations and a final 0xB000, none failed."""
+    scp = pynetdicom_scp(status=0x0107)
+    archive = archive_factory("--config", config(tmp_path, WARNING=scp.port))
+    files = stock(archive, tmp_path, 3)
+    out = movescu(archive.port, "WARNING", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", f"StudyInstanceUID={pydicom.dcmread(files[0]).StudyInstanceUID}")
+    assert (count(out, "Warning"), count(out, "Failed"), completed(out)) == (3, 0, 0)
+    assert re.findall(r"DIMSE Status\s*:\s*(0x\w+)", out)[-1] == "0xb000"
+    assert sorted(scp.stored) == sorted(pydicom.dcmread(f).SOPInstanceUID for f in files)
+
+
 def test_implicit_only_destination_gets_converted(archive_factory, scp_factory, tmp_path):
     scp = scp_factory("+xi")
     archive = archive_factory("--config", config(tmp_path, IMPLICIT=scp.port))

@@ -82,3 +82,21 @@ def test_forward_survives_restart_while_destination_down(archive_factory, tmp_pa
     assert wait_for(lambda: "0 forwards queued" in subprocess.run(
         [sys.executable, "-m", "pacs", "jobs", "--data-dir", str(archive.data_dir)],
         capture_output=True, text=True, cwd=REPO, timeout=60).stdout)
+
+
+def test_forward_acknowledged_with_a_warning_is_done(archive_factory, pynetdicom_scp,
+                                                     tmp_path: Path) -> None:
+    """A destination answering 0x0107 (a warning of PS3.7 Annex C) stored the instance: the
+    forward leaves the queue and is not sent again."""
+    scp = pynetdicom_scp(status=0x0107)
+    env = {"PACS_FORWARD_RETRY_BASE": "0.2"}  # a retry, if any, within the wait below
+    archive = archive_factory("--config", config(tmp_path, scp.port), env=env)
+    ct = write(make_ct(), tmp_path / "ct.dcm")
+    send(archive.port, [ct])
+    assert wait_for(lambda: len(scp.stored) >= 1)
+    time.sleep(2.0)  # ten retry periods: a forward kept in the queue would go again
+    assert scp.stored == [pydicom.dcmread(ct).SOPInstanceUID]
+    jobs = subprocess.run([sys.executable, "-m", "pacs", "jobs", "--data-dir",
+                           str(archive.data_dir)], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert "0 forwards queued" in jobs.stdout, jobs.stdout
