@@ -79,9 +79,14 @@ def test_forward_survives_restart_while_destination_down(archive_factory, tmp_pa
         assert wait_for(lambda: len(scp.received()) == 2, 30)
     finally:
         scp.kill()
-    assert wait_for(lambda: "0 forwards queued" in subprocess.run(
-        [sys.executable, "-m", "pacs", "jobs", "--data-dir", str(archive.data_dir)],
-        capture_output=True, text=True, cwd=REPO, timeout=60).stdout)
+    assert wait_for(lambda: queue_empty(archive))
+
+
+def queue_empty(archive) -> bool:
+    jobs = subprocess.run([sys.executable, "-m", "pacs", "jobs", "--data-dir",
+                           str(archive.data_dir)], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    return "0 forwards queued" in jobs.stdout
 
 
 def test_forward_acknowledged_with_a_warning_is_done(archive_factory, pynetdicom_scp,
@@ -96,7 +101,33 @@ def test_forward_acknowledged_with_a_warning_is_done(archive_factory, pynetdicom
     assert wait_for(lambda: len(scp.stored) >= 1)
     time.sleep(2.0)  # ten retry periods: a forward kept in the queue would go again
     assert scp.stored == [pydicom.dcmread(ct).SOPInstanceUID]
-    jobs = subprocess.run([sys.executable, "-m", "pacs", "jobs", "--data-dir",
-                           str(archive.data_dir)], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
-    assert "0 forwards queued" in jobs.stdout, jobs.stdout
+    assert queue_empty(archive)
+
+
+@pytest.mark.parametrize(("stop", "resent_at_most"), [
+    ("SIGTERM", 1),  # the one in flight: stored, its acknowledgement never came
+    ("SIGKILL", 10),  # ... and those of the last second (about 5), not yet settled
+])
+def test_forwards_acknowledged_before_a_stop_are_not_sent_again(
+        archive_factory, pynetdicom_scp, tmp_path: Path, stop: str,
+        resent_at_most: int) -> None:
+    """The archive stops in the middle of a forwarding round of 30 instances: after the
+    restart the rest goes, not what the destination acknowledged before the stop (a round
+    settled only at its end, so everything went again)."""
+    scp = pynetdicom_scp(delay=0.25)
+    archive = archive_factory("--config", config(tmp_path, scp.port))
+    files = [write(make_ct(instance_number=i), tmp_path / f"{i}.dcm") for i in range(30)]
+    send(archive.port, files)
+    assert wait_for(lambda: len(scp.stored) >= 20)
+    if stop == "SIGTERM":
+        assert archive.stop() == 0
+    else:
+        archive.kill_all()
+    before = len(scp.stored)
+    assert before < 30
+    archive.start()
+    assert wait_for(lambda: len(set(scp.stored)) == 30, 60)
+    assert wait_for(lambda: queue_empty(archive))
+    assert set(scp.stored) == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    resent = len(scp.stored) - 30
+    assert resent <= resent_at_most, f"{resent} of the {before} stored before the stop again"
