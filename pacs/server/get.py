@@ -161,14 +161,25 @@ async def _counted(chunks: AsyncIterator[Chunk], service: str) -> AsyncIterator[
         yield chunk
 
 
-async def identified_instances(archive: Archive, request: Request,
-                               models: dict[str, str]) -> list[InstanceRecord]:
-    """The instances a C-GET / C-MOVE identifier names (QueryError when it is bad)."""
+async def identified_instances(archive: Archive, request: Request, models: dict[str, str],
+                               ) -> tuple[list[InstanceRecord], Counts]:
+    """The instances a C-GET / C-MOVE identifier names (QueryError when it is bad), and the
+    counts of its sub-operations: one per instance, and those it names at IMAGE level that
+    are not here already failed (PS3.4 C.4.2.3.1: the final response cannot be Success when
+    not every instance asked for was sent)."""
     model, elements = request_identifier(request, models)
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(archive.executor, lambda: archive.queries)
-    return await loop.run_in_executor(archive.executor, resolve_instances, archive.catalog,
-                                      engine, model, elements)
+    records, unknown = await loop.run_in_executor(
+        archive.executor, resolve_instances, archive.catalog, engine, model, elements)
+    counts = Counts(remaining=len(records) + len(unknown))
+    if unknown:
+        log.warning("%s: %d SOP Instance UIDs asked for are not here (%s%s): failed "
+                    "sub-operations", request.calling_aet, len(unknown), unknown[0],
+                    ", ..." if len(unknown) > 1 else "")
+    for uid in unknown:
+        counts.record(uid, NOT_SENT)
+    return records, counts
 
 
 def _location(record: InstanceRecord) -> str:
@@ -182,10 +193,9 @@ class GetSCP:
         self.archive = archive
 
     async def c_get(self, request: Request) -> Response:
-        records = await identified_instances(self.archive, request, GET_MODELS)
+        records, counts = await identified_instances(self.archive, request, GET_MODELS)
         subops = request.sub_operations
         assert subops is not None and request.send_pending is not None
-        counts = Counts(remaining=len(records))
         cancelled = False
         # The next instances are read (whole when small) in one executor call per batch while
         # the current ones are sent.

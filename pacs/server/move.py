@@ -64,8 +64,7 @@ class MoveSCP:
                                           destination=destination,
                                           detail="unknown move destination")
             return Response(response)
-        records = await identified_instances(self.archive, request, MOVE_MODELS)
-        counts.remaining = len(records)
+        records, counts = await identified_instances(self.archive, request, MOVE_MODELS)
         assert request.send_pending is not None
         send_pending = request.send_pending
         due = asyncio.Event()  # a sub-operation finished since the last pending response

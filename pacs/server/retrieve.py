@@ -4,9 +4,13 @@ A retrieve identifier carries the Query/Retrieve Level and the unique keys of th
 in the Patient Root model, of the levels above): PatientID at PATIENT level,
 StudyInstanceUID at STUDY, SeriesInstanceUID at SERIES, SOPInstanceUID at IMAGE. Each unique
 key may be a list of UIDs (``\\``-separated). Resolution walks the catalog's child indexes.
+SOP Instance UIDs named at IMAGE level that the archive does not hold are returned too: each
+is a sub-operation the request implies (PS3.4 C.4.2.3.1) that fails.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from pacs.errors import QueryError
 from pacs.index.catalog import Catalog
@@ -26,10 +30,16 @@ def _values(elements: dict[str, str], keyword: str) -> list[str]:
     return [v.strip() for v in elements.get(keyword, "").split("\\") if v.strip()]
 
 
+class Resolved(NamedTuple):
+    records: list[InstanceRecord]  # in study/series/instance order
+    unknown: list[str]  # SOP Instance UIDs named at IMAGE level that are not here
+
+
 def resolve_instances(
     catalog: Catalog, engine: QueryEngine, model: str, elements: dict[str, str]
-) -> list[InstanceRecord]:
-    """Every indexed instance the identifier names, in study/series/instance order."""
+) -> Resolved:
+    """Every indexed instance the identifier names, and the instances it names that are
+    not indexed (IMAGE level only: at the other levels nothing names an instance)."""
     level = elements.get("QueryRetrieveLevel", "").strip().upper()
     if level not in UNIQUE_KEY or (model == "STUDY" and level == "PATIENT"):
         raise QueryError(IDENTIFIER_MISMATCH, f"invalid QueryRetrieveLevel {level!r}")
@@ -37,8 +47,9 @@ def resolve_instances(
     if not keys:
         raise QueryError(IDENTIFIER_MISMATCH, f"{UNIQUE_KEY[level]} missing at {level} level")
     if level == "IMAGE":
-        records = [catalog.get_instance(uid) for uid in keys]
-        return [r for r in records if r is not None]
+        found = [(uid, catalog.get_instance(uid)) for uid in keys]
+        return Resolved([r for _, r in found if r is not None],
+                        [uid for uid, r in found if r is None])
     if level == "SERIES":
         series = keys
     else:
@@ -51,4 +62,4 @@ def resolve_instances(
         else:
             studies = keys
         series = [s for study in studies for s in catalog.series_of_study(study)]
-    return catalog.instances_in_series(series)
+    return Resolved(catalog.instances_in_series(series), [])

@@ -126,9 +126,11 @@ def test_compressed_instance_is_decompressed_for_an_uncompressed_peer(stocked, t
     assert np.array_equal(copy.pixel_array, original.pixel_array)
 
 
-def pynetdicom_get(port: int, study: str, on_store) -> list[tuple[Dataset, Dataset | None]]:
-    """A Study Root C-GET of ``study`` by pynetdicom taking the SCP role of the first 100
-    storage classes; ``on_store`` answers each sub-operation. The (status, identifier)s."""
+def pynetdicom_get(port: int, study: str, on_store, level: str = "STUDY",
+                   **keys: str) -> list[tuple[Dataset, Dataset | None]]:
+    """A Study Root C-GET of ``study`` (at ``level`` with the unique ``keys`` below it) by
+    pynetdicom taking the SCP role of the first 100 storage classes; ``on_store`` answers
+    each sub-operation. The (status, identifier)s."""
     ae = AE(ae_title="PYGET")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     roles = []
@@ -140,8 +142,10 @@ def pynetdicom_get(port: int, study: str, on_store) -> list[tuple[Dataset, Datas
     assert assoc.is_established
     try:
         query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
+        query.QueryRetrieveLevel = level
         query.StudyInstanceUID = study
+        for keyword, value in keys.items():
+            setattr(query, keyword, value)
         return list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
     finally:
         assoc.release()
@@ -207,3 +211,31 @@ def test_sub_operations_answered_with_a_warning_are_counted_warnings(stocked) ->
             final.NumberOfFailedSuboperations) == (3, 2, 0)
     assert identifier is None or "FailedSOPInstanceUIDList" not in identifier
     del files
+
+
+def test_image_level_uids_not_here_are_failed_sub_operations(stocked) -> None:
+    """IMAGE level naming an instance the archive does not have: that sub-operation fails
+    (PS3.4 C.4.3.3.1), listed in the final 0xB000; naming only such instances is 0xA702."""
+    archive, study, series, files = stocked
+    stored: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        stored.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    here = pydicom.dcmread(files[0])
+    final, identifier = pynetdicom_get(
+        archive.port, study, on_store, "IMAGE", SeriesInstanceUID=series[0],
+        SOPInstanceUID=f"{here.SOPInstanceUID}\\1.2.3.4.404")[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 1)
+    assert identifier is not None and identifier.FailedSOPInstanceUIDList == "1.2.3.4.404"
+    assert stored == [here.SOPInstanceUID]
+    final, identifier = pynetdicom_get(archive.port, study, on_store, "IMAGE",
+                                       SeriesInstanceUID=series[0],
+                                       SOPInstanceUID="1.2.3.4.404\\1.2.3.4.405")[-1]
+    assert final.Status == 0xA702
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 2)
+    assert identifier is not None
+    assert list(identifier.FailedSOPInstanceUIDList) == ["1.2.3.4.404", "1.2.3.4.405"]
+    assert stored == [here.SOPInstanceUID]

@@ -127,6 +127,39 @@ def test_sub_operations_answered_with_a_warning_are_counted_warnings(
     assert sorted(scp.stored) == sorted(pydicom.dcmread(f).SOPInstanceUID for f in files)
 
 
+def test_image_level_uids_not_here_are_failed_sub_operations(archive_factory, scp_factory,
+                                                             tmp_path: Path) -> None:
+    """IMAGE level naming an instance the archive does not have: that sub-operation fails
+    (PS3.4 C.4.2.3.1), listed in the final 0xB000; naming only such instances is 0xA702."""
+    scp = scp_factory()
+    archive = archive_factory("--config", config(tmp_path, STORESCP=scp.port))
+    here = pydicom.dcmread(stock(archive, tmp_path, 1)[0])
+    ae = AE(ae_title="PYMOVE")
+    ae.add_requested_context(STUDY_ROOT)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="PACS")
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = here.StudyInstanceUID
+        query.SeriesInstanceUID = here.SeriesInstanceUID
+        query.SOPInstanceUID = [here.SOPInstanceUID, "1.2.3.4.404"]
+        final, identifier = list(assoc.send_c_move(query, "STORESCP", STUDY_ROOT))[-1]
+        assert final.Status == 0xB000
+        assert (final.NumberOfCompletedSuboperations,
+                final.NumberOfFailedSuboperations) == (1, 1)
+        assert identifier is not None and identifier.FailedSOPInstanceUIDList == "1.2.3.4.404"
+        query.SOPInstanceUID = ["1.2.3.4.404", "1.2.3.4.405"]
+        final, identifier = list(assoc.send_c_move(query, "STORESCP", STUDY_ROOT))[-1]
+        assert final.Status == 0xA702
+        assert (final.NumberOfCompletedSuboperations,
+                final.NumberOfFailedSuboperations) == (0, 2)
+        assert identifier is not None
+        assert list(identifier.FailedSOPInstanceUIDList) == ["1.2.3.4.404", "1.2.3.4.405"]
+    finally:
+        assoc.release()
+    assert list(scp.received()) == [here.SOPInstanceUID]
+
+
 def test_implicit_only_destination_gets_converted(archive_factory, scp_factory, tmp_path):
     scp = scp_factory("+xi")
     archive = archive_factory("--config", config(tmp_path, IMPLICIT=scp.port))

@@ -26,22 +26,28 @@ def catalog(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("model", "identifier", "expected"),
+    ("model", "identifier", "expected", "unknown"),
     [
-        ("PATIENT", {"QueryRetrieveLevel": "PATIENT", "PatientID": "P1"}, "I1 I2 I3 I4"),
+        ("PATIENT", {"QueryRetrieveLevel": "PATIENT", "PatientID": "P1"}, "I1 I2 I3 I4", ""),
         ("PATIENT", {"QueryRetrieveLevel": "PATIENT", "PatientID": "P1\\P2"},
-         "I1 I2 I3 I4 I5"),
-        ("STUDY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "ST1"}, "I1 I2 I3"),
-        ("STUDY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "ST2\\ST3"}, "I4 I5"),
-        ("STUDY", {"QueryRetrieveLevel": "SERIES", "SeriesInstanceUID": "SE1"}, "I1 I2"),
-        ("STUDY", {"QueryRetrieveLevel": "IMAGE", "SOPInstanceUID": "I5\\I3\\NOPE"}, "I5 I3"),
-        ("STUDY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "UNKNOWN"}, ""),
+         "I1 I2 I3 I4 I5", ""),
+        ("STUDY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "ST1"}, "I1 I2 I3", ""),
+        ("STUDY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "ST2\\ST3"}, "I4 I5",
+         ""),
+        ("STUDY", {"QueryRetrieveLevel": "SERIES", "SeriesInstanceUID": "SE1"}, "I1 I2", ""),
+        ("STUDY", {"QueryRetrieveLevel": "IMAGE", "SOPInstanceUID": "I5\\NO1\\I3\\NO2"},
+         "I5 I3", "NO1 NO2"),
+        ("STUDY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "UNKNOWN"}, "", ""),
     ],
 )
-def test_levels(catalog: Catalog, model: str, identifier: dict[str, str], expected: str) -> None:
-    records = resolve_instances(catalog, QueryEngine(catalog), model, identifier)
-    uids = [r.sop_instance_uid for r in records]
+def test_levels(catalog: Catalog, model: str, identifier: dict[str, str], expected: str,
+                unknown: str) -> None:
+    """What is named and here, and what is named at IMAGE level but not here (a failed
+    sub-operation of the retrieve)."""
+    resolved = resolve_instances(catalog, QueryEngine(catalog), model, identifier)
+    uids = [r.sop_instance_uid for r in resolved.records]
     assert sorted(uids) == sorted(expected.split())
+    assert resolved.unknown == unknown.split()
 
 
 @pytest.mark.parametrize(
