@@ -58,7 +58,13 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def _copy_file(src: int, dst: int, count: int) -> int:
-    """Copy ``count`` bytes from src's position to dst's position in the kernel; bytes copied."""
+    """Copy ``count`` bytes from src's position to dst's position in the kernel; bytes copied.
+
+    Both positions end past the bytes copied, whichever way the copy was made.
+    """
+    # Callers seek the source to a record (compaction): the fallbacks, which take explicit
+    # offsets, must start from there too, not from 0.
+    start = os.lseek(src, 0, os.SEEK_CUR)
     done = 0
     try:
         while done < count:
@@ -73,16 +79,16 @@ def _copy_file(src: int, dst: int, count: int) -> int:
     try:
         while done < count:
             # sendfile with an explicit source offset leaves src's position alone: seek after.
-            n = os.sendfile(dst, src, done, count - done)
+            n = os.sendfile(dst, src, start + done, count - done)
             if n == 0:
                 break
             done += n
-        os.lseek(src, done, os.SEEK_SET)
+        os.lseek(src, start + done, os.SEEK_SET)
         return done
     except OSError as exc:
         if exc.errno not in _FALLBACK_ERRNOS:
             raise
-    os.lseek(src, done, os.SEEK_SET)
+    os.lseek(src, start + done, os.SEEK_SET)
     while done < count:
         chunk = os.read(src, min(_CHUNK, count - done))
         if not chunk:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,28 @@ def test_catalog_decides_liveness(tmp_path: Path) -> None:
         del catalog.where[key], catalog.data[key]
     assert store.compact(catalog.is_live, catalog.relocate).removed
     catalog.check(store)
+
+
+@pytest.mark.parametrize("broken", [("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_compaction_without_copy_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: tuple[str, ...]
+) -> None:
+    """The copy fallbacks move each record's own bytes (they once copied from offset 0)."""
+    store = SegmentStore(tmp_path, segment_size=SIZE)
+    catalog = FakeCatalog()
+    fill(store, catalog)
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    for name in broken:
+        monkeypatch.setattr(os, name, refuse)
+    report = store.compact(catalog.is_live, catalog.relocate)
+    assert report.moved and report.removed
+    catalog.check(store)
+    monkeypatch.undo()
+    store.close()
+    catalog.check(SegmentStore(tmp_path, segment_size=SIZE))
 
 
 class Crash(Exception):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pacs.errors import StorageError
-from pacs.store.files import FileStore
+from pacs.store.files import FileStore, _copy_file
 
 
 def test_layout_is_sharded_and_named_by_key(tmp_path: Path) -> None:
@@ -50,6 +50,37 @@ def test_copy_fallbacks(
     info = store.put("1.2.3", [b"head", src, b"tail"])
     assert store.get(info.location) == b"head" + data + b"tail"
     assert info.size == len(data) + 8
+
+
+@pytest.mark.parametrize(
+    "broken", [(), ("copy_file_range",), ("copy_file_range", "sendfile")]
+)
+def test_copy_starts_at_the_file_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: tuple[str, ...]
+) -> None:
+    """Compaction seeks the source to a record first: every fallback copies from there."""
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    for name in broken:
+        monkeypatch.setattr(os, name, refuse)
+    data = os.urandom(2 * (1 << 20) + 333)
+    (tmp_path / "src").write_bytes(data)
+    (tmp_path / "dst").write_bytes(b"keep")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY)
+    try:
+        start, count = 1000, (1 << 20) + 4321
+        os.lseek(src, start, os.SEEK_SET)
+        os.lseek(dst, 4, os.SEEK_SET)
+        assert _copy_file(src, dst, count) == count
+        assert os.lseek(src, 0, os.SEEK_CUR) == start + count
+        assert os.lseek(dst, 0, os.SEEK_CUR) == 4 + count
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert (tmp_path / "dst").read_bytes() == b"keep" + data[start : start + count]
 
 
 def test_other_copy_errors_are_storage_errors(
