@@ -277,14 +277,19 @@ def validate(fd: int, size: int) -> Validation:
     """Check every record (header and data crc); note the ranges that fail.
 
     A record whose header is intact but whose data fails its crc is skipped by its length; an
-    invalid header is skipped by searching for the next valid one. Whatever follows the last
-    verified record is the torn tail; ranges before it are corruption (kept, never truncated).
+    invalid header is skipped by searching for the next valid one. An intact header whose
+    record runs past the end of the file is the torn tail: the scan stops there (searching on
+    would read the torn record's own data, where a blob may hold what looks like a record).
+    Whatever follows the last verified record is the torn tail; ranges before it are
+    corruption (kept, never truncated).
     """
     out = Validation()
     offset = 0
     while offset < size:
         head = read_header(fd, offset) if offset + HEADER_SIZE <= size else None
-        if head is not None and head.end <= size:
+        if head is not None and head.end > size:
+            break  # a record cut by a crash: nothing after its header is a record of ours
+        if head is not None:
             if crc_range(fd, head.data_offset, head.data_len) == head.data_crc:
                 out.records.append(head)
                 out.good_end = head.end

@@ -17,6 +17,7 @@ import xxhash
 
 from pacs.errors import BlobNotFound, StorageError
 from pacs.store import segment_format as fmt
+from pacs.store.crc import crc32
 from pacs.store.segments import SegmentStore
 
 
@@ -116,6 +117,31 @@ def test_torn_tail_is_cut(tmp_path: Path, tail: bytes, caplog: pytest.LogCapture
     info = reopened.put("1.3", [b"after"])
     assert reopened.get(info.location) == b"after"
     assert sorted(reopened.locations()) == sorted([*stored, info.location])
+
+
+def test_records_inside_a_torn_tail_are_not_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn record's data may hold what looks like a record (here a tombstone of another
+    blob, e.g. in a private tag): recovery must not search it for records."""
+    store = SegmentStore(tmp_path, prefill=0)
+    kept = store.put("1.2.1", [b"A" * 5000]).location
+    target = kept.encode()
+    embedded = fmt.pack_header(fmt.KIND_TOMBSTONE, b"1.2.1", len(target), crc32(target)) + target
+    start = store._tail
+    store.put("1.2.2", [b"\0" * 1000 + embedded + b"P" * 200_000], durable=False)
+    store.close()
+    path = tmp_path / "w0-00000001.seg"
+    os.truncate(path, start + fmt.HEADER_SIZE + 10_000)  # a crash while 1.2.2 was written
+    with caplog.at_level(logging.WARNING):
+        reopened = SegmentStore(tmp_path, prefill=0)
+    assert f"torn tail of {fmt.HEADER_SIZE + 10_000} bytes at offset {start}" in caplog.text
+    assert "corrupt" not in caplog.text
+    assert path.stat().st_size == start
+    assert reopened.get(kept) == b"A" * 5000
+    assert list(reopened.iter_own_records()) == [(kept, "1.2.1")]
+    reopened.close()
+    assert SegmentStore(tmp_path, writer_id="w1").get(kept) == b"A" * 5000
 
 
 def test_bad_crc_of_last_record_is_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
