@@ -165,11 +165,25 @@ def encode_record_entry(data_offset: int, length: int, key: bytes) -> bytes:
     return _REC_ENTRY.pack(data_offset, length, len(key)) + key
 
 
+class DamagedSeal(ValueError):
+    """A segment's footer is intact but its seal's index fails its CRC or does not decode."""
+
+
+def tombstone_location(data: bytes) -> str | None:
+    """The location a tombstone record's data names; None when it names none (not UTF-8)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _decode_tombstones(raw: bytes, count: int) -> list[str]:
     out: list[str] = []
     pos = 0
     for _ in range(count):
         (n,) = _TOMB_ENTRY.unpack_from(raw, pos)
+        if pos + 2 + n > len(raw):
+            raise DamagedSeal("tombstone section cut short")
         out.append(raw[pos + 2 : pos + 2 + n].decode())
         pos += 2 + n
     return out
@@ -194,7 +208,10 @@ def pack_footer(seal_offset: int) -> bytes:
 def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex | None:
     """The index of a sealed segment from its footer; None when it is not (validly) sealed.
 
-    With ``records=False`` only the tombstone section is read (cheap: deletes are rare).
+    With ``records=False`` only the tombstones are decoded (cheap: deletes are rare); the
+    seal's CRC is checked whenever there are any, since a tombstone damaged into another
+    location would kill a live blob. Raises DamagedSeal when footer and seal header are whole
+    but the index fails its CRC or does not decode: walk the segment's records instead.
     """
     if size < HEADER_SIZE + FOOTER_SIZE:
         return None
@@ -205,22 +222,24 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
     head = read_header(fd, seal_offset)
     if head is None or head.kind != KIND_SEAL or head.end + FOOTER_SIZE != size:
         return None
-    n_tomb, n_rec, tomb_len = _INDEX_HEAD.unpack(os.pread(fd, _INDEX_HEAD.size, head.data_offset))
-    pos = head.data_offset + _INDEX_HEAD.size
-    if records:
-        rest = os.pread(fd, head.data_len - _INDEX_HEAD.size, pos)
-        if crc32(rest, crc32(struct.pack("<IIQ", n_tomb, n_rec, tomb_len))) != (
-            head.data_crc
-        ):
-            return None
+    if head.data_len < _INDEX_HEAD.size:
+        raise DamagedSeal(f"seal index of {head.data_len} bytes is too short")
+    index_head = os.pread(fd, _INDEX_HEAD.size, head.data_offset)
+    n_tomb, n_rec, tomb_len = _INDEX_HEAD.unpack(index_head)
+    if not records and n_tomb == tomb_len == 0:
+        return SegmentIndex(sealed=True, end=size)  # nothing to decode, nothing to trust
+    rest = os.pread(fd, head.data_len - _INDEX_HEAD.size, head.data_offset + _INDEX_HEAD.size)
+    if crc32(rest, crc32(index_head)) != head.data_crc:
+        raise DamagedSeal("seal index fails its CRC")
+    try:
         return SegmentIndex(
-            records=decode_records(rest[tomb_len:], n_rec),
+            records=decode_records(rest[tomb_len:], n_rec) if records else [],
             tombstones=_decode_tombstones(rest[:tomb_len], n_tomb),
             sealed=True,
             end=size,
         )
-    tomb = os.pread(fd, tomb_len, pos)
-    return SegmentIndex(tombstones=_decode_tombstones(tomb, n_tomb), sealed=True, end=size)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise DamagedSeal(f"seal index does not decode: {exc}") from exc
 
 
 def seal_bytes(offset: int, index: bytes) -> bytes:

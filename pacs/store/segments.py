@@ -59,6 +59,7 @@ import errno
 import logging
 import mmap
 import os
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -259,8 +260,12 @@ class SegmentStore:
     def _recover(self, fd: int, name: str) -> fmt.Validation:
         """Validate a segment of ours; cut a torn tail and repair a torn footer."""
         size = os.fstat(fd).st_size
-        if fmt.read_sealed_index(fd, size, records=False) is not None:
-            return fmt.Validation(sealed=True, good_end=size)
+        try:
+            if fmt.read_sealed_index(fd, size, records=False) is not None:
+                return fmt.Validation(sealed=True, good_end=size)
+        except fmt.DamagedSeal as exc:
+            # Its records are checked one by one below; the seal is written again from them.
+            log.error("segment %s: %s: validating its records instead", name, exc)
         state = fmt.validate(fd, size)
         for start, end in state.corrupt:
             if _never_written(fd, start, end):
@@ -315,7 +320,9 @@ class SegmentStore:
                     )
                     n += 1
                 elif head.kind == fmt.KIND_TOMBSTONE:
-                    tombs.append(os.pread(fd, head.data_len, head.data_offset).decode())
+                    tomb = fmt.tombstone_location(os.pread(fd, head.data_len, head.data_offset))
+                    if tomb is not None:
+                        tombs.append(tomb)
             self._write_seal(fd, state.good_end, fmt.encode_index(index, n, tombs))
         finally:
             os.close(fd)
@@ -327,7 +334,9 @@ class SegmentStore:
             self._index += fmt.encode_record_entry(head.data_offset, head.data_len, key)
             self._n_records += 1
         elif head.kind == fmt.KIND_TOMBSTONE:
-            self._tombs.append(os.pread(self._wfd, head.data_len, head.data_offset).decode())
+            tomb = fmt.tombstone_location(os.pread(self._wfd, head.data_len, head.data_offset))
+            if tomb is not None:
+                self._tombs.append(tomb)
 
     def _start_segment(self, seq: int, rolling: bool = False) -> None:
         """Create the next segment and make it the active one; ``rolling``: the loops' sync
@@ -1122,7 +1131,11 @@ class SegmentStore:
             return None
         try:
             size = os.fstat(fd).st_size
-            index = fmt.read_sealed_index(fd, size, records=records)
+            try:
+                index = fmt.read_sealed_index(fd, size, records=records)
+            except fmt.DamagedSeal as exc:
+                log.warning("segment %s: %s: walking its records instead", name, exc)
+                index = None
             if index is not None:
                 return index
             index = fmt.SegmentIndex()
@@ -1130,11 +1143,24 @@ class SegmentStore:
                 if head.kind == fmt.KIND_BLOB:
                     index.records.append((head.data_offset, head.data_len, head.key))
                 elif head.kind == fmt.KIND_TOMBSTONE:
-                    index.tombstones.append(os.pread(fd, head.data_len, head.data_offset).decode())
+                    self._walked_tombstone(fd, name, head, index.tombstones)
                 index.end = head.end
             return index
+        except (ValueError, struct.error) as exc:  # what a damaged file may still raise
+            raise StorageError(f"cannot read segment {self.root / name}: {exc}") from exc
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _walked_tombstone(fd: int, name: str, head: fmt.Header, out: list[str]) -> None:
+        """Add a tombstone record met by a walk, unless its data fails its CRC (a walk trusts
+        lengths only: a damaged tombstone could name a live blob) or names no location."""
+        data = os.pread(fd, head.data_len, head.data_offset)
+        tomb = fmt.tombstone_location(data) if crc32(data) == head.data_crc else None
+        if tomb is None:
+            log.warning("segment %s: the tombstone at %d is damaged: ignored", name, head.offset)
+        else:
+            out.append(tomb)
 
     def scan_all(self) -> tuple[dict[str, fmt.SegmentIndex], set[str]]:
         """Every segment's index, and every tombstoned location (all writers)."""

@@ -287,6 +287,68 @@ def test_tombstones_survive_reopen_and_roll(tmp_path: Path) -> None:
     assert sum(s.dead_bytes for s in reopened.segment_stats()) == 992 * len(dead)
 
 
+@pytest.mark.parametrize("writer", ["w0", "w1"], ids=["own", "other"])
+@pytest.mark.parametrize(
+    ("at", "mask"), [(2, 0x80), (-1, 0x01)], ids=["not-utf8", "other-location"]
+)
+def test_a_damaged_tombstone_in_a_seal_is_not_trusted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, writer: str, at: int, mask: int
+) -> None:
+    """One flipped bit in a seal's tombstone section: the segment's own tombstone records are
+    walked instead (the seal was read without its CRC, and the open failed or the delete was
+    undone)."""
+    store = SegmentStore(tmp_path, segment_size=4096)
+    gone = store.put("1.2.1", [b"A" * 1000]).location
+    kept = store.put("1.2.2", [b"B" * 1000]).location
+    store.delete(gone)
+    store.put("1.2.3", [b"C" * 3000])  # rolls: w0-00000001.seg is sealed with the tombstone
+    store.close()
+    path = tmp_path / "w0-00000001.seg"
+    raw = bytearray(path.read_bytes())
+    i = raw.rfind(gone.encode())  # the tombstone's copy in the seal's index
+    raw[i + at % len(gone)] ^= mask
+    path.write_bytes(raw)
+    with caplog.at_level(logging.WARNING):
+        reopened = SegmentStore(tmp_path, writer_id=writer, segment_size=4096)
+    assert "segment w0-00000001.seg: seal index fails its CRC" in caplog.text
+    assert reopened.get(kept) == b"B" * 1000
+    with pytest.raises(BlobNotFound):
+        reopened.get(gone)
+    assert gone not in set(reopened.locations())
+    assert kept in set(reopened.locations())
+    reopened.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = SegmentStore(tmp_path, writer_id=writer, segment_size=4096)
+    # Its writer sealed it again from its verified records; to others it stays damaged.
+    assert ("seal index fails its CRC" in caplog.text) == (writer != "w0")
+    listed = set(again.locations())
+    assert kept in listed and gone not in listed
+
+
+def test_damaged_tombstone_records_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer's unsealed segment is walked: a tombstone record whose data fails its
+    CRC, or names no location (not UTF-8), kills nothing and stops no open."""
+    store = SegmentStore(tmp_path)
+    kept = store.put("1.2.1", [b"x" * 100]).location
+    store.close()
+    named = kept.encode()
+    flipped = bytes([named[-1] ^ 0x01])
+    torn = fmt.pack_header(fmt.KIND_TOMBSTONE, b"1.2.1", len(named), crc32(named))
+    odd = b"\xff\xfe"
+    (tmp_path / "other-00000001.seg").write_bytes(
+        torn + named[:-1] + flipped
+        + fmt.pack_header(fmt.KIND_TOMBSTONE, b"1.2.1", len(odd), crc32(odd)) + odd
+    )
+    with caplog.at_level(logging.WARNING):
+        reopened = SegmentStore(tmp_path)
+    assert "segment other-00000001.seg: the tombstone at 0 is damaged" in caplog.text
+    assert reopened.get(kept) == b"x" * 100
+    assert list(reopened.locations()) == [kept]
+
+
 def test_large_spooled_part_is_copied_in(tmp_path: Path) -> None:
     big = os.urandom(6 * (1 << 20) + 3)
     spool = tmp_path / "spool"
