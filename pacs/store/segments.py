@@ -59,6 +59,7 @@ import errno
 import logging
 import mmap
 import os
+import stat
 import struct
 import threading
 import time
@@ -176,6 +177,7 @@ class SegmentStore:
         self._direct_broken = False
         self._dbuf: mmap.mmap | None = None  # page-aligned, reused: its pages stay mapped
         self._readers: OrderedDict[str, _ReadHandle] = OrderedDict()
+        self._not_segments: set[str] = set()  # named like segments, skipped (warned once)
         self._dead: set[str] = set()  # tombstoned locations known to this process
         self._closed = False
         self._external = external.Journal(self.root)
@@ -210,12 +212,31 @@ class SegmentStore:
         except OSError as exc:
             self._close_fds()
             raise StorageError(f"cannot open segment store at {self.root}: {exc}") from exc
+        except BaseException:  # a StorageError naming a segment
+            self._close_fds()
+            raise
 
     # -- opening and recovery ----------------------------------------------------------------
 
     def segments(self) -> list[str]:
-        """Every segment file name in the root, ordered by owner and sequence number."""
-        names = [n for n in os.listdir(self.root) if fmt.parse_segment_name(n)]
+        """Every segment file name in the root, ordered by owner and sequence number; other
+        entries named like one (a folder, a FIFO, a dangling link) are skipped, with a
+        warning the first time: opening them would fail, or block."""
+        names = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not fmt.parse_segment_name(entry.name):
+                    continue
+                try:
+                    regular = entry.is_file()  # follows a symbolic link
+                except OSError:
+                    regular = False
+                if regular:
+                    names.append(entry.name)
+                elif entry.name not in self._not_segments:
+                    self._not_segments.add(entry.name)
+                    log.warning("%s is named like a segment but is no regular file: skipped",
+                                self.root / entry.name)
         return sorted(names, key=lambda n: fmt.parse_segment_name(n) or ("", 0))
 
     def _own_segments(self) -> list[str]:
@@ -1126,11 +1147,18 @@ class SegmentStore:
                     entries = fmt.decode_records(bytes(self._index), self._n_records)
                     return fmt.SegmentIndex(entries, list(self._tombs), False, self._tail)
         try:
-            fd = os.open(self.root / name, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO put there since the listing must not block the open.
+            fd = os.open(self.root / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StorageError(f"cannot open segment {self.root / name}: {exc}") from exc
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # replaced since it was listed
+                log.warning("%s is no regular file: skipped", self.root / name)
+                return None
+            size = st.st_size
             try:
                 index = fmt.read_sealed_index(fd, size, records=records)
             except fmt.DamagedSeal as exc:
@@ -1146,7 +1174,7 @@ class SegmentStore:
                     self._walked_tombstone(fd, name, head, index.tombstones)
                 index.end = head.end
             return index
-        except (ValueError, struct.error) as exc:  # what a damaged file may still raise
+        except (OSError, ValueError, struct.error) as exc:  # ValueError: a damaged file
             raise StorageError(f"cannot read segment {self.root / name}: {exc}") from exc
         finally:
             os.close(fd)

@@ -349,6 +349,55 @@ def test_damaged_tombstone_records_are_ignored(
     assert list(reopened.locations()) == [kept]
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dangling-link", "link-to-folder"])
+def test_entries_named_like_segments_that_are_no_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A folder (or FIFO, or link to neither) named like a segment is skipped with a warning
+    naming it; the store opened and listed, compacted, reindexed from, as without it."""
+    store = SegmentStore(tmp_path, segment_size=4096)
+    stored = blobs(store, 8)
+    store.close()
+    odd = tmp_path / "backup-00000001.seg"
+    if kind == "folder":
+        odd.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "dangling-link":
+        odd.symlink_to(tmp_path / "nowhere")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        odd.symlink_to(tmp_path / "elsewhere")
+    with caplog.at_level(logging.WARNING):
+        reopened = SegmentStore(tmp_path, segment_size=4096)
+        assert sorted(reopened.locations()) == sorted(stored)
+        assert odd.name not in reopened.segments()
+        reopened.compact(lambda location: True, lambda mapping: None)
+    assert f"{odd} is named like a segment but is no regular file" in caplog.text
+    assert caplog.text.count(str(odd)) == 1  # once per store, not at every listing
+    for location, data in stored.items():
+        assert reopened.get(location) == data
+
+
+def test_a_segment_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SegmentStore(tmp_path)
+    blobs(store, 2)
+    store.close()
+    (tmp_path / "other-00000001.seg").write_bytes(b"")
+    read_sealed_index = fmt.read_sealed_index
+
+    def failing(fd: int, size: int, records: bool = True) -> fmt.SegmentIndex | None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("other-00000001.seg"):
+            raise OSError(errno.EIO, "I/O error")
+        return read_sealed_index(fd, size, records)
+
+    monkeypatch.setattr(fmt, "read_sealed_index", failing)
+    with pytest.raises(StorageError, match=r"other-00000001\.seg: \[Errno 5\] I/O error"):
+        SegmentStore(tmp_path)
+
+
 def test_large_spooled_part_is_copied_in(tmp_path: Path) -> None:
     big = os.urandom(6 * (1 << 20) + 3)
     spool = tmp_path / "spool"
