@@ -10,7 +10,10 @@ between its write and its catalog commit); its segment is then left as it is thi
 the record would not do: the commit would still name the old location, unlinked by then). Each
 group goes through:
 
-1. write ``compact-<seq>.seg.tmp``: live records, still-useful tombstones, the seal; fdatasync
+1. write ``compact-<seq>.seg.tmp``: live records; the tombstones of the group that point into
+   a segment that still exists (also one of the group: step 4 may be cut short), and one for
+   each other copy of a tombstoned record of the group (see below); the seal, whose index
+   also names, for each record, the location where it was first put (its origin); fdatasync
 2. rename it to ``compact-<seq>.seg``; fsync the folder
 3. ``relocate({old location: new location})``: the caller updates its catalog in one transaction
    and makes it durable; called even with nothing to move, since what made the old records dead
@@ -19,11 +22,17 @@ group goes through:
 4. unlink the old segments; fsync the folder
 
 A crash anywhere loses nothing: before 3 the new segment is an orphan whose records no catalog
-entry points to (a later compaction finds it all dead and removes it; ``iter_records`` may show
-a key twice, with identical bytes); after 3 the old segments are all dead garbage, removed by a
-later compaction. A leftover ``.tmp`` is removed at the start of the next compaction. Readers
-holding an old location get ``BlobNotFound`` once the old segment is unlinked and should look
-the instance up again.
+entry points to (a later compaction finds it all dead and removes it); after 3 the old segments
+are all dead garbage, removed by a later compaction. Either way a record then exists twice,
+with identical bytes (``iter_records`` may show its key twice), and a delete or a replacement
+made meanwhile tombstones only the copy the catalog points at. The origin each copy names ties
+the copies of one put together, and a tombstone of any copy covers them all (``scan_all``), so
+``pacs reindex`` brings back neither a deleted instance nor a replaced version. That tie lives
+in the compact segments' seals: hence the tombstones of step 1 for the other copies of a dead
+record, and tombstones kept while any copy they cover remains. (Compact segments written
+before origins were recorded tie nothing.) A leftover ``.tmp`` is removed at the start of the
+next compaction. Readers holding an old location get ``BlobNotFound`` once the old segment is
+unlinked and should look the instance up again.
 """
 
 from __future__ import annotations
@@ -74,7 +83,9 @@ class CompactReport:
 class _Candidate:
     name: str
     size: int
-    live: list[tuple[int, int, str]]  # (data offset, length, location)
+    # (data offset, length, location, origin: where the record was first put, the location
+    # every copy of it names as its source)
+    live: list[tuple[int, int, str, str]]
     tombstones: list[str]
 
 
@@ -125,6 +136,7 @@ def _candidates(
     report: CompactReport,
 ) -> list[_Candidate]:
     indexes, dead = store.scan_all()
+    copies = fmt.copy_groups(indexes)
     highest: dict[str, int] = {}
     for name in indexes:
         owner, seq = fmt.parse_segment_name(name) or ("", 0)
@@ -136,26 +148,34 @@ def _candidates(
             continue
         report.examined += 1
         total = live_bytes = 0
-        live: list[tuple[int, int, str]] = []
+        live: list[tuple[int, int, str, str]] = []
+        killed: list[str] = []  # tombstoned records that have copies elsewhere
         undecided = False
-        for data_offset, length, _key in index.records:
+        for i, (data_offset, length, _key) in enumerate(index.records):
             total += fmt.HEADER_SIZE + length
             location = fmt.format_location(name, data_offset, length)
             if location in dead:
+                if location in copies:
+                    killed.append(location)
                 continue
             verdict = is_live(location)
             if verdict is None:
                 undecided = True
                 break
             if verdict:
-                live.append((data_offset, length, location))
+                origin = index.sources[i] if index.sources else location
+                live.append((data_offset, length, location, origin))
                 live_bytes += fmt.HEADER_SIZE + length
         if undecided:
             report.deferred.append(name)
             continue
         dead_fraction = 1.0 - live_bytes / total if total else 1.0
         if dead_fraction >= min_dead_fraction:
-            out.append(_Candidate(name, index.end, live, index.tombstones))
+            # A tombstone covers every copy of its record (see above): keep it while any is,
+            # and tombstone the other copies of its dead records, whose seal ties them to the
+            # tombstone that killed them only as long as it exists.
+            tombs = [c for t in [*index.tombstones, *killed] for c in copies.get(t, [t])]
+            out.append(_Candidate(name, index.end, live, list(dict.fromkeys(tombs))))
     return out
 
 
@@ -165,7 +185,7 @@ def _groups(candidates: list[_Candidate], segment_size: int) -> list[list[_Candi
     current: list[_Candidate] = []
     size = 0
     for cand in candidates:
-        live = sum(fmt.HEADER_SIZE + n for _o, n, _l in cand.live)
+        live = sum(fmt.HEADER_SIZE + n for _o, n, _l, _s in cand.live)
         if current and size + live > segment_size:
             groups.append(current)
             current, size = [], 0
@@ -193,15 +213,11 @@ def _rewrite(
     report: CompactReport,
 ) -> None:
     root = store.root
-    removing = {c.name for c in group}
-    # A tombstone still matters while the segment it points into exists (and is not going).
-    keep_tombs = [
-        t
-        for c in group
-        for t in c.tombstones
-        if (seg := t.split(":", 1)[0]) not in removing and (root / seg).exists()
-    ]
+    # A tombstone still matters while the segment it points into exists, even one of this
+    # group: a crash while step 4 unlinks them must not leave a dead record without it.
+    keep_tombs = [t for c in group for t in c.tombstones if (root / t.split(":", 1)[0]).exists()]
     mapping: dict[str, str] = {}
+    sources: list[str] = []  # where each record of the new segment was first put
     new_size = 0
     if any(c.live for c in group) or keep_tombs:
         name = fmt.segment_name(fmt.COMPACT_OWNER, _next_output(os.listdir(root)))
@@ -213,7 +229,7 @@ def _rewrite(
             for cand in group:
                 src = os.open(root / cand.name, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    for data_offset, length, location in cand.live:
+                    for data_offset, length, location, origin in cand.live:
                         head = fmt.read_header(src, data_offset - fmt.HEADER_SIZE)
                         if head is None or head.data_len != length:
                             raise OSError(f"record header at {location} is damaged")
@@ -225,6 +241,7 @@ def _rewrite(
                         mapping[location] = fmt.format_location(
                             name, tail + fmt.HEADER_SIZE, length
                         )
+                        sources.append(origin)
                         index += fmt.encode_record_entry(
                             tail + fmt.HEADER_SIZE, length, fmt.key_bytes(head.key)
                         )
@@ -238,7 +255,7 @@ def _rewrite(
                 tail += len(header) + len(data)
             _step("copied")
             new_size = store._write_seal(
-                out, tail, fmt.encode_index(index, len(mapping), keep_tombs)
+                out, tail, fmt.encode_index(index, len(mapping), keep_tombs, sources)
             )
             _step("sealed")
         finally:

@@ -28,7 +28,7 @@ import hashlib
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pacs.store.crc import crc32
@@ -49,6 +49,9 @@ _FOOTER_MAGIC = b"PSND"
 _INDEX_HEAD = struct.Struct("<IIQ")  # tombstones, records, bytes of the tombstone section
 _TOMB_ENTRY = struct.Struct("<H")
 _REC_ENTRY = struct.Struct("<QQB")  # data offset, data length, key length; then the key
+# After the record entries of a compact segment's index: where each record was first put (its
+# origin, the same for every copy). Older readers stop after the entries and never see it.
+_SOURCES_MAGIC = b"SRC1"
 CHUNK = 1 << 20
 
 # Writer ids become file names and location prefixes: keep them plain. "compact" names the
@@ -153,12 +156,24 @@ class SegmentIndex:
     tombstones: list[str] = field(default_factory=list)
     sealed: bool = False
     end: int = 0  # end of the last valid record (of the footer, when sealed)
+    # Compact segments: where each record was first put (every copy of it names the same).
+    sources: list[str] = field(default_factory=list)
 
 
-def encode_index(records: bytes | bytearray, n_records: int, tombstones: list[str]) -> bytes:
-    """The seal record's data; ``records`` is a concatenation of ``encode_record_entry``."""
-    tomb = b"".join(_TOMB_ENTRY.pack(len(raw)) + raw for raw in (t.encode() for t in tombstones))
-    return _INDEX_HEAD.pack(len(tombstones), n_records, len(tomb)) + tomb + bytes(records)
+def _encode_strings(strings: list[str]) -> bytes:
+    return b"".join(_TOMB_ENTRY.pack(len(raw)) + raw for raw in (t.encode() for t in strings))
+
+
+def encode_index(records: bytes | bytearray, n_records: int, tombstones: list[str],
+                 sources: list[str] | None = None) -> bytes:
+    """The seal record's data; ``records`` is a concatenation of ``encode_record_entry``;
+    ``sources`` (compaction): where each record was first put, in their order."""
+    tomb = _encode_strings(tombstones)
+    out = _INDEX_HEAD.pack(len(tombstones), n_records, len(tomb)) + tomb + bytes(records)
+    if sources:
+        assert len(sources) == n_records
+        out += _SOURCES_MAGIC + _encode_strings(sources)
+    return out
 
 
 def encode_record_entry(data_offset: int, length: int, key: bytes) -> bytes:
@@ -177,19 +192,18 @@ def tombstone_location(data: bytes) -> str | None:
         return None
 
 
-def _decode_tombstones(raw: bytes, count: int) -> list[str]:
+def _decode_tombstones(raw: bytes, count: int, pos: int = 0) -> list[str]:
     out: list[str] = []
-    pos = 0
     for _ in range(count):
         (n,) = _TOMB_ENTRY.unpack_from(raw, pos)
         if pos + 2 + n > len(raw):
-            raise DamagedSeal("tombstone section cut short")
+            raise DamagedSeal("index section cut short")
         out.append(raw[pos + 2 : pos + 2 + n].decode())
         pos += 2 + n
     return out
 
 
-def decode_records(raw: bytes, count: int) -> list[tuple[int, int, str]]:
+def _decode_records(raw: bytes, count: int) -> tuple[list[tuple[int, int, str]], int]:
     out: list[tuple[int, int, str]] = []
     pos = 0
     for _ in range(count):
@@ -197,7 +211,18 @@ def decode_records(raw: bytes, count: int) -> list[tuple[int, int, str]]:
         pos += _REC_ENTRY.size
         out.append((off, length, raw[pos : pos + n].decode("utf-8", "surrogatepass")))
         pos += n
-    return out
+    return out, pos
+
+
+def decode_records(raw: bytes, count: int) -> list[tuple[int, int, str]]:
+    return _decode_records(raw, count)[0]
+
+
+def _decode_sources(raw: bytes, count: int) -> list[str]:
+    """The sources section that may follow the record entries (``raw``: what follows them)."""
+    if not raw.startswith(_SOURCES_MAGIC):
+        return []
+    return _decode_tombstones(raw, count, len(_SOURCES_MAGIC))
 
 
 def pack_footer(seal_offset: int) -> bytes:
@@ -232,14 +257,39 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
     if crc32(rest, crc32(index_head)) != head.data_crc:
         raise DamagedSeal("seal index fails its CRC")
     try:
-        return SegmentIndex(
-            records=decode_records(rest[tomb_len:], n_rec) if records else [],
-            tombstones=_decode_tombstones(rest[:tomb_len], n_tomb),
-            sealed=True,
-            end=size,
-        )
+        index = SegmentIndex(tombstones=_decode_tombstones(rest[:tomb_len], n_tomb),
+                             sealed=True, end=size)
+        if records:
+            index.records, used = _decode_records(rest[tomb_len:], n_rec)
+            index.sources = _decode_sources(rest[tomb_len + used :], n_rec)
+        return index
     except (struct.error, UnicodeDecodeError) as exc:
         raise DamagedSeal(f"seal index does not decode: {exc}") from exc
+
+
+def copy_groups(indexes: Mapping[str, SegmentIndex]) -> dict[str, list[str]]:
+    """Location -> every location holding a copy of the same record (one put that compaction
+    copied, maybe again and again), itself included; only for records that have copies."""
+    parent: dict[str, str] = {}
+
+    def root(location: str) -> str:
+        while parent[location] != location:
+            parent[location] = parent[parent[location]]
+            location = parent[location]
+        return location
+
+    for name, index in indexes.items():
+        if not index.sources:  # not a compact segment (or one written before origins)
+            continue
+        for (data_offset, length, _key), source in zip(index.records, index.sources, strict=True):
+            copy = format_location(name, data_offset, length)
+            parent.setdefault(copy, copy)
+            parent.setdefault(source, source)
+            parent[root(copy)] = root(source)
+    groups: dict[str, list[str]] = {}
+    for location in parent:
+        groups.setdefault(root(location), []).append(location)
+    return {location: members for members in groups.values() for location in members}
 
 
 def seal_bytes(offset: int, index: bytes) -> bytes:

@@ -1199,12 +1199,18 @@ class SegmentStore:
         dead = set(self._dead)
         for index in indexes.values():
             dead.update(index.tombstones)
+        # A tombstone names one copy of a record that compaction copied (a crash may leave
+        # both, and the catalog pointed at either): it covers every copy.
+        copies = fmt.copy_groups(indexes)
+        for location in [d for d in dead if d in copies]:
+            dead.update(copies[location])
         return indexes, dead
 
     def iter_records(self) -> Iterator[tuple[str, str]]:
         """(location, key) of every live blob, scanning the self-describing segments.
 
-        After a crash in compaction one key may appear twice (identical bytes): keep one.
+        After a crash in compaction one key may appear twice (identical bytes): keep one. A
+        tombstone of one copy covers the others (``compaction``).
         """
         self._check_open()
         indexes, dead = self.scan_all()

@@ -304,3 +304,74 @@ def test_verify_rechecks_a_copy_a_compaction_made_after_the_instances_were_read(
         server.close()
     assert (report.checked, report.missing, report.orphans) == (indexed, [], [])
     assert report.stale_copies == [] and report.ok
+
+
+@pytest.mark.parametrize("action", ["delete", "replace"])
+@pytest.mark.parametrize("step", ["renamed", "relocated"])
+def test_reindex_after_an_interrupted_compaction(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, step: str, action: str
+) -> None:
+    """A compaction killed after its rename leaves each moved record twice (the catalog points
+    at the old copy before relocating, at the new one after); a later delete or replacement
+    tombstones the catalog's copy only. Reindex must bring back neither the deleted instance
+    nor the replaced version from the other copy."""
+    from pacs.deletion import delete_instances
+    from pacs.maintenance import compact_segments
+    from pacs.recovery import checkpoint_name
+    from pacs.store import compaction
+    from pacs.store.segments import SegmentStore
+
+    segments = SegmentStore(tmp_path / "segments", segment_size=8192, prefill=0)
+
+    def ingest(sop: str, patient: str = "P1") -> str:
+        location = segments.put(sop, [part10(patient, "1.1", "1.1.1", sop)]).location
+        size, digest = blob_digest(segments, location)
+        record = read_record(segments, location)
+        catalog.store_batch([InstanceRecord(record.attributes, record.transfer_syntax_uid,
+                                            location=location, size=size, digest=digest)],
+                            on_duplicate="replace")
+        return location
+
+    locations = {sop: ingest(sop) for sop in (f"1.9.{i}" for i in range(20))}
+    catalog.checkpoint(checkpoint_name("w0"), segments.active_segment)
+    first = locations["1.9.0"].split(":")[0]
+    in_first = [sop for sop, loc in locations.items() if loc.startswith(first + ":")]
+    delete_instances(catalog, segments, in_first[1:])  # the first segment is mostly dead
+    moved = in_first[0]
+
+    def crash(name: str) -> None:
+        if name == step:
+            raise RuntimeError(f"killed at {name}")
+
+    monkeypatch.setattr(compaction, "crash_hook", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        compact_segments(catalog, segments, 0.5)
+    monkeypatch.setattr(compaction, "crash_hook", None)
+    copies = [loc for loc, sop in segments.iter_records() if sop == moved]
+    assert len(copies) == 2  # the old copy and the new one, identical
+    if action == "delete":
+        assert delete_instances(catalog, segments, [moved])[0] == 1
+    else:  # re-sent with other attributes: the catalog's copy is tombstoned
+        replaced = catalog.get_instance(moved)
+        assert replaced is not None
+        newest = ingest(moved, patient="P2")
+        segments.delete(replaced.location)
+    segments.close()
+
+    segments = SegmentStore(tmp_path / "segments", writer_id="tool", segment_size=8192)
+    try:
+        reindex(catalog, segments, read_record)
+        back = catalog.get_instance(moved)
+        if action == "delete":
+            assert back is None
+        else:
+            assert back is not None and back.location == newest
+            assert back.attributes["PatientID"] == "P2"
+        for sop in set(locations) - set(in_first):
+            assert catalog.get_instance(sop) is not None
+        # A later compaction finishes the job; the instance stays as it should.
+        compact_segments(catalog, segments, 0.01)
+        assert [sop for _loc, sop in segments.iter_records()].count(moved) == (
+            action == "replace")
+    finally:
+        segments.close()

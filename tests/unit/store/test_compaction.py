@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,44 @@ def blobs(store: SegmentStore, catalog: FakeCatalog) -> None:
         key = f"1.9.{i}"
         catalog.data[key] = key.encode() * 40
         catalog.where[key] = store.put(key, [catalog.data[key]]).location
+
+
+@pytest.mark.parametrize("step", ["renamed", "relocated"])
+def test_a_delete_after_a_crash_covers_both_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Killed after its rename, a compaction leaves moved records twice; a delete then
+    tombstones the catalog's copy only. The other copy must stay dead, through every later
+    compaction (each killed after its first unlink here), until both are gone."""
+    store = SegmentStore(tmp_path, segment_size=SIZE)
+    catalog = FakeCatalog()
+    fill(store, catalog)
+
+    def crash_at(wanted: str) -> None:
+        def hook(name: str) -> None:
+            if name == wanted:
+                raise Crash(name)
+
+        monkeypatch.setattr(compaction, "crash_hook", hook)
+
+    crash_at(step)
+    with pytest.raises(Crash):
+        store.compact(catalog.is_live, catalog.relocate)
+    twice = {k for k, n in Counter(k for _loc, k in store.iter_records()).items() if n == 2}
+    assert twice
+    for key in sorted(twice)[::2]:
+        store.delete(catalog.where.pop(key))
+        del catalog.data[key]
+    blobs(store, catalog)  # the tombstones' segment is sealed: it may be compacted too
+    crash_at("unlinked")
+    for _ in range(50):
+        catalog.check(store)
+        try:
+            store.compact(catalog.is_live, catalog.relocate, min_dead_fraction=0.01)
+            break
+        except Crash:
+            store.close()
+            store = SegmentStore(tmp_path, segment_size=SIZE)
+    monkeypatch.setattr(compaction, "crash_hook", None)
+    catalog.check(store)
+    assert sorted(store.locations()) == sorted(catalog.where.values())
