@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pacs.net.dimse import is_warning
+from pacs.dicom.status import is_warning
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedArray

@@ -220,12 +220,18 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
         listing += [(loc, None) for loc in store.locations() if is_external(loc)]
     else:
         listing = [(loc, None) for loc in store.locations()]
+    # A copy is stale (harmless) only while the indexed copy of its instance is whole: the
+    # copy of an instance found missing or damaged may be the last good one, which a
+    # compaction would reclaim, so it counts as an orphan (a problem: `pacs reindex`).
+    damaged = {entry[0] for entry in (*report.missing, *report.unreadable,
+                                      *report.size_mismatch, *report.digest_mismatch)}
     for location, key in listing:
         if location in indexed:
             continue
         current = catalog.get_instance(key) if key is not None else None
         if current is not None and current.location == location:
             continue  # indexed here since the instances were read (moved by a compaction)
-        stale = current is not None or key in uids
+        # Not listed: indexed since (stored meanwhile), or not at all.
+        stale = key not in damaged if key in uids else current is not None
         (report.stale_copies if stale else report.orphans).append(location)
     return report

@@ -67,7 +67,10 @@ __all__ = [
     "MAX_COMMAND_LENGTH", "MAX_SEND_PDU_LENGTH", "Aborted", "AssociateAccepted",
     "AssociateRejected", "AssociateRequested", "Association", "CommandReceived",
     "ConnectionClosed", "DatasetFragment", "Event", "ReleaseConfirmed", "ReleaseRequested", "Role",
+    "TRANSPORT_CLOSED",
 ]  # fmt: skip
+
+TRANSPORT_CLOSED = "transport connection closed"  # the error of an A-ABORT made by AA-4
 
 
 class Role(Enum):
@@ -452,7 +455,7 @@ class Association:
         if action in _CLOSING:
             if action is Action.AA_4:
                 self._events.append(Aborted(P.ABORT_SOURCE_SERVICE_PROVIDER, 0, False,
-                                            "transport connection closed"))  # fmt: skip
+                                            TRANSPORT_CLOSED))  # fmt: skip
             self._close()
         return action
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from pacs.dicom.status import delivered as delivered  # re-exported
+from pacs.dicom.status import is_warning as is_warning  # re-exported
 from pacs.dicom.uids import VERIFICATION
 from pacs.errors import LocalProtocolError, RemoteProtocolError
 
@@ -120,18 +122,6 @@ PRIORITY_MEDIUM, PRIORITY_HIGH, PRIORITY_LOW = 0x0000, 0x0001, 0x0002
 SUCCESS = 0x0000
 CANCEL = 0xFE00
 PENDING = 0xFF00
-
-
-def is_warning(status: int) -> bool:
-    """Warning statuses of PS3.7 Annex C: 0001, 0107, 0116 and B000-BFFF (C-STORE: B000,
-    B006, B007)."""
-    return status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
-
-
-def delivered(status: int) -> bool:
-    """The peer took what was sent: success, or a warning (stored, maybe with coercion,
-    elements discarded, ...). The one classifier of forwards and retrieve sub-operations."""
-    return status == SUCCESS or is_warning(status)
 
 _ELEMENT_HEADER = struct.Struct("<HHI")
 _TEXT_VRS = frozenset({"AE", "LO", "SH", "ST", "LT", "CS", "IS"})

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 import time
 import warnings
 from collections.abc import Sequence
@@ -49,10 +48,11 @@ from pacs.net import (
 )
 from pacs.remotes import RemoteRegistry
 from pacs.server.messages import Request, Response
-from pacs.server.scu import SCUError, StoreSCU
-from pacs.server.tls import remote_tls
+from pacs.server.scu import SCUError, StoreSCU, remote_tls
 
 if TYPE_CHECKING:
+    import ssl
+
     from pacs.archive import Archive
     from pacs.config import RemoteAE
 

@@ -14,11 +14,11 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from pacs.errors import ConfigError
 from pacs.index.outbox import Forward
 from pacs.net import dimse
 from pacs.remotes import RemoteRegistry
-from pacs.server.scu import send_instances
-from pacs.server.tls import remote_tls
+from pacs.server.scu import remote_tls, send_instances
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -72,7 +72,9 @@ class _Ledger:
         def settle() -> None:
             archive.catalog.settle_forwards(sent, failed, now, archive.settings.forward_retry_base)
 
-        await asyncio.wrap_future(archive.writer.run(settle))
+        # Shielded: cancelled while it waits for the writer thread, the transaction would be
+        # skipped, and this batch is no longer in the ledger for the final settle.
+        await asyncio.shield(asyncio.wrap_future(archive.writer.run(settle)))
 
 
 async def _send_round(archive: Archive, due: list[Forward], remotes: RemoteRegistry) -> None:
@@ -125,10 +127,16 @@ async def _send_groups(archive: Archive, due: list[Forward], remotes: RemoteRegi
             else:
                 ledger.failed.append((entry, f"0x{status:04X} {comment or ''}".strip()))
 
+        try:
+            tls = remote_tls(settings, remote)
+        except ConfigError as exc:  # a REST remote's TLS files unreadable since it was added
+            ledger.failed += [(e, f"TLS settings: {exc}") for e in by_uid.values()]
+            by_uid.clear()
+            items = []
         if items:
             sending = asyncio.ensure_future(send_instances(
                 archive.store, items, (remote.host, remote.port, remote.aet), settings.aet,
-                associations=1, on_result=on_result, tls=remote_tls(settings, remote)))
+                associations=1, on_result=on_result, tls=tls))
             try:
                 while not sending.done():
                     await asyncio.wait({sending}, timeout=SETTLE_INTERVAL)

@@ -26,8 +26,7 @@ from pacs.server.get import (
     retrieve_rsp,
 )
 from pacs.server.messages import Request, Response
-from pacs.server.scu import send_instances
-from pacs.server.tls import remote_tls
+from pacs.server.scu import remote_tls, send_instances
 
 if TYPE_CHECKING:
     from pacs.archive import Archive

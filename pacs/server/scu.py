@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import ssl
+import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pacs.dicom.convert import ConversionError, convert_dataset, plan_syntax
 from pacs.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
@@ -42,11 +42,16 @@ from pacs.net import (
     c_store_rq,
     propose,
 )
+from pacs.net.association import TRANSPORT_CLOSED
 from pacs.net.dimse import ERROR_COMMENT, is_warning
 from pacs.server.payload import Head, ReadAhead
 from pacs.server.tcp import QuickAck
-from pacs.server.tls import tls_reason
 from pacs.store.base import BlobStore
+
+if TYPE_CHECKING:
+    import ssl
+
+    from pacs.config import RemoteAE, Settings
 
 log = logging.getLogger("pacs.scu")
 
@@ -77,6 +82,27 @@ class AssociationRejected(SCUError):
         super().__init__(f"association rejected {kind} (source {source}, reason {reason})")
 
 
+def remote_tls(settings: Settings, remote: RemoteAE) -> ssl.SSLContext | None:
+    """The TLS context of associations to ``remote``: None unless it is marked ``tls``.
+    (``ssl`` is imported only then: the supervisor process stays without it.)"""
+    if not remote.tls:
+        return None
+    from pacs.server.tls import client_context
+
+    return client_context(settings)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    ssl = sys.modules.get("ssl")  # loaded whenever a TLS association was tried
+    return ssl is not None and isinstance(exc, ssl.SSLError)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    from pacs.server.tls import tls_reason
+
+    return tls_reason(exc)
+
+
 class _Protocol(asyncio.BufferedProtocol):
     """The transport side of one requestor association: bytes in, events queued."""
 
@@ -89,6 +115,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._tcp: QuickAck | None = None
+        self.tls_error = ""  # why a TLS connection ended, when TLS ended it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -112,6 +139,8 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if exc is not None and _is_tls_error(exc):
+            self.tls_error = _tls_reason(exc)
         if not self.association.is_closed:
             self.association.receive_data(b"")
             self._drain()
@@ -224,9 +253,9 @@ class StoreSCU:
             _, protocol = await asyncio.wait_for(connecting, timeout)
         except TimeoutError:
             raise SCUError(f"{peer}: no connection within {timeout:g} s") from None
-        except ssl.SSLError as exc:  # before OSError: its subclass
-            raise SCUError(f"{peer}: TLS handshake failed: {tls_reason(exc)}") from exc
         except OSError as exc:
+            if _is_tls_error(exc):
+                raise SCUError(f"{peer}: TLS handshake failed: {_tls_reason(exc)}") from exc
             raise SCUError(f"{peer}: cannot connect: {exc.strerror or exc}") from exc
         assert protocol.transport is not None
         rq = propose(called_aet, calling_aet, contexts, roles=roles, max_pdu_length=max_pdu)
@@ -250,6 +279,13 @@ class StoreSCU:
             pdu = event.pdu
             raise AssociationRejected(pdu.result, pdu.source, pdu.reason)
         if isinstance(event, Aborted):
+            # TLS 1.3: the peer checks our certificate after our side of the handshake, so a
+            # refusal shows only now, as a closed connection (uvloop drops the alert itself).
+            if protocol.tls_error:
+                raise SCUError(f"{peer}: TLS: {protocol.tls_error}")
+            if tls is not None and event.error == TRANSPORT_CLOSED:
+                raise SCUError(f"{peer}: TLS connection closed before the association was "
+                               "accepted (our client certificate refused? see tls_cert)")
             raise SCUError(f"{peer}: association aborted (source {event.source}, "
                            f"reason {event.reason}){': ' + event.error if event.error else ''}")
         raise SCUError(f"{peer}: connection closed during association negotiation")

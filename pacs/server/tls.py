@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pacs.config import RemoteAE, Settings
+from pacs.config import Settings
 from pacs.errors import ConfigError
 
 log = logging.getLogger("pacs.tls")
@@ -125,11 +125,6 @@ def client_context(settings: Settings) -> ssl.SSLContext:
 
 
 _CLIENT_CONTEXTS: dict[tuple[str, str, str], ssl.SSLContext] = {}
-
-
-def remote_tls(settings: Settings, remote: RemoteAE) -> ssl.SSLContext | None:
-    """The context of associations to ``remote``: None unless it is marked ``tls``."""
-    return client_context(settings) if remote.tls else None
 
 
 def https_server_context(settings: Settings) -> ssl.SSLContext:

@@ -30,8 +30,7 @@ from pacs.config import RemoteAE
 from pacs.errors import ConfigError
 from pacs.index.records import InstanceRecord
 from pacs.remotes import ConfiguredRemoteError, RemoteRegistry
-from pacs.server.scu import SCUError, StoreSCU, send_instances
-from pacs.server.tls import client_context, remote_tls
+from pacs.server.scu import SCUError, StoreSCU, remote_tls, send_instances
 from pacs.web.context import WebContext, bad_request, http_error
 
 __all__ = ["routes"]
@@ -130,6 +129,8 @@ def routes(ctx: WebContext, resolve: Resolver) -> list[web.RouteDef]:
         aet = _aet(request.match_info["aet"])
         remote = _remote(aet, await body_of(request))
         if remote.tls:
+            from pacs.server.tls import client_context
+
             try:  # what this archive presents and trusts, loaded now rather than at first use
                 client_context(ctx.settings)
             except ConfigError as exc:

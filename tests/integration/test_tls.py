@@ -403,3 +403,24 @@ def read_blob_equal(blob: bytes, sent: Path) -> bool:
     """The blob holds the data set that was sent (the archive writes its own file meta)."""
     from tests.integration.archive_check import read_blob, same_dataset
     return same_dataset(read_blob(blob), pydicom.dcmread(sent))
+
+
+def test_a_remote_refusing_our_missing_client_certificate_says_tls(
+    server: TlsArchive, pki: Pki, tmp_path: Path
+) -> None:
+    """Without ``tls_cert`` the remote (client certificates required) refuses us; with TLS 1.3
+    that happens after the client's handshake, yet the error still names TLS."""
+    archive = sender(pki, tmp_path, "anonymous", pki.ca, client=False)
+    http_port = free_port()
+    archive.extra_args += ["--http-port", str(http_port)]
+    archive.start()
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        httpx.put(f"{base}/modalities/PACS", json={
+            "Host": "127.0.0.1", "Port": server.tls_port, "UseDicomTls": True},
+            timeout=30).raise_for_status()
+        echo = httpx.post(f"{base}/modalities/PACS/echo", json={}, timeout=30)
+        assert echo.status_code == 502, echo.text
+        assert "TLS" in echo.text, echo.text
+    finally:
+        archive.stop()

@@ -375,3 +375,32 @@ def test_reindex_after_an_interrupted_compaction(
             action == "replace")
     finally:
         segments.close()
+
+
+def test_the_copy_of_a_missing_instance_is_no_stale_copy(tmp_path: Path,
+                                                         catalog: Catalog) -> None:
+    """When the indexed copy of an instance is gone, another copy of it may be the last one:
+    an orphan (a problem, for `pacs reindex`), never a stale copy a compaction may reclaim."""
+    import os
+
+    from pacs.store.segments import SegmentStore
+
+    segments = SegmentStore(tmp_path / "segments", segment_size=4096, prefill=0, direct_min=0)
+    try:
+        blob = part10("P1", "1.1", "1.1.1", "1.9.1") + b"\0" * 3000  # one record a segment
+        survivor = segments.put("1.9.1", [blob]).location
+        indexed = segments.put("1.9.1", [blob]).location
+        assert survivor.split(":")[0] != indexed.split(":")[0]
+        size, digest = blob_digest(segments, indexed)
+        record = read_record(segments, indexed)
+        catalog.store_batch([InstanceRecord(record.attributes, record.transfer_syntax_uid,
+                                            location=indexed, size=size, digest=digest)])
+        segments.close()
+        os.unlink(tmp_path / "segments" / indexed.split(":")[0])
+        segments = SegmentStore(tmp_path / "segments", segment_size=4096, prefill=0,
+                                direct_min=0)
+        report = verify(catalog, segments)
+    finally:
+        segments.close()
+    assert report.missing == [("1.9.1", indexed)]
+    assert report.orphans == [survivor] and report.stale_copies == []
