@@ -135,8 +135,7 @@ def _candidates(
     min_dead_fraction: float,
     report: CompactReport,
 ) -> list[_Candidate]:
-    indexes, dead = store.scan_all()
-    copies = fmt.copy_groups(indexes)
+    indexes, dead, copies = store.scan_copies()  # copies: of the dead records only
     highest: dict[str, int] = {}
     for name in indexes:
         owner, seq = fmt.parse_segment_name(name) or ("", 0)
@@ -151,6 +150,7 @@ def _candidates(
         live: list[tuple[int, int, str, str]] = []
         killed: list[str] = []  # tombstoned records that have copies elsewhere
         undecided = False
+        sources = index.sources()
         for i, (data_offset, length, _key) in enumerate(index.records):
             total += fmt.HEADER_SIZE + length
             location = fmt.format_location(name, data_offset, length)
@@ -163,7 +163,7 @@ def _candidates(
                 undecided = True
                 break
             if verdict:
-                origin = index.sources[i] if index.sources else location
+                origin = sources[i] if sources else location
                 live.append((data_offset, length, location, origin))
                 live_bytes += fmt.HEADER_SIZE + length
         if undecided:

@@ -24,7 +24,9 @@ one small read and needs no lookup.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import operator
 import os
 import re
 import struct
@@ -156,8 +158,18 @@ class SegmentIndex:
     tombstones: list[str] = field(default_factory=list)
     sealed: bool = False
     end: int = 0  # end of the last valid record (of the footer, when sealed)
-    # Compact segments: where each record was first put (every copy of it names the same).
-    sources: list[str] = field(default_factory=list)
+    # Compact segments: where each record was first put (every copy of it names the same), as
+    # stored (``sources`` decodes it: kept encoded, it costs a third of the memory).
+    source_section: bytes = b""
+
+    def sources(self) -> list[str]:
+        """Where each record was first put (compact segments; [] for the others)."""
+        if not self.source_section:
+            return []
+        try:
+            return _decode_strings(self.source_section, len(self.records))
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise DamagedSeal(f"sources section does not decode: {exc}") from exc
 
 
 def _encode_strings(strings: list[str]) -> bytes:
@@ -218,11 +230,29 @@ def decode_records(raw: bytes, count: int) -> list[tuple[int, int, str]]:
     return _decode_records(raw, count)[0]
 
 
-def _decode_sources(raw: bytes, count: int) -> list[str]:
-    """The sources section that may follow the record entries (``raw``: what follows them)."""
-    if not raw.startswith(_SOURCES_MAGIC):
-        return []
-    return _decode_tombstones(raw, count, len(_SOURCES_MAGIC))
+def _decode_strings(raw: bytes, count: int) -> list[str]:
+    """``count`` strings encoded by ``_encode_strings`` (a fast path for plain ASCII)."""
+    if not raw.isascii():
+        out = _decode_tombstones(raw, count)
+    else:
+        text = raw.decode("ascii")  # the same positions as the bytes
+        out = []
+        add = out.append
+        pos = 0
+        for _ in range(count):
+            n = raw[pos] | raw[pos + 1] << 8
+            pos += 2
+            add(text[pos : pos + n])
+            pos += n
+        if pos > len(raw):
+            raise DamagedSeal("index section cut short")
+    return out
+
+
+def _source_section(raw: bytes) -> bytes:
+    """The sources section that may follow the record entries (``raw``: what follows them),
+    without its magic; b"" when there is none."""
+    return raw[len(_SOURCES_MAGIC) :] if raw.startswith(_SOURCES_MAGIC) else b""
 
 
 def pack_footer(seal_offset: int) -> bytes:
@@ -261,34 +291,64 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
                              sealed=True, end=size)
         if records:
             index.records, used = _decode_records(rest[tomb_len:], n_rec)
-            index.sources = _decode_sources(rest[tomb_len + used :], n_rec)
+            index.source_section = _source_section(rest[tomb_len + used :])
         return index
     except (struct.error, UnicodeDecodeError) as exc:
         raise DamagedSeal(f"seal index does not decode: {exc}") from exc
 
 
-def copy_groups(indexes: Mapping[str, SegmentIndex]) -> dict[str, list[str]]:
-    """Location -> every location holding a copy of the same record (one put that compaction
-    copied, maybe again and again), itself included; only for records that have copies."""
-    parent: dict[str, str] = {}
-
-    def root(location: str) -> str:
-        while parent[location] != location:
-            parent[location] = parent[parent[location]]
-            location = parent[location]
-        return location
-
-    for name, index in indexes.items():
-        if not index.sources:  # not a compact segment (or one written before origins)
+def dead_in(index: SegmentIndex, locations: list[str]) -> list[int]:
+    """Positions in ``index.records`` of the records that ``locations`` (in its segment) name.
+    Records are in file order: each is looked up by its data offset (a full search only for
+    one not found so)."""
+    records = index.records
+    out = []
+    for location in locations:
+        parsed = parse_location(location)
+        if parsed is None:
             continue
-        for (data_offset, length, _key), source in zip(index.records, index.sources, strict=True):
-            copy = format_location(name, data_offset, length)
-            parent.setdefault(copy, copy)
-            parent.setdefault(source, source)
-            parent[root(copy)] = root(source)
-    groups: dict[str, list[str]] = {}
-    for location in parent:
-        groups.setdefault(root(location), []).append(location)
+        entry = parsed[1:]
+        i = bisect.bisect_left(records, entry[0], key=operator.itemgetter(0))
+        if i < len(records) and records[i][:2] == entry:
+            out.append(i)
+        else:
+            out.extend(j for j, rec in enumerate(records) if rec[:2] == entry)
+    return out
+
+
+def copy_groups(indexes: Mapping[str, SegmentIndex], dead: set[str]) -> dict[str, list[str]]:
+    """Location -> every location holding a copy of the same record (one put that compaction
+    copied, maybe again and again) and its origin, itself included; only for the records with
+    copies one of which, or whose origin, ``dead`` names (a tombstone covers them all).
+
+    Every copy names the origin (where the record was first put): the key of its group. So the
+    first pass collects the origins of the dead copies and the dead origins, the second the
+    copies of those; locations are formatted only in segments ``dead`` points into and for the
+    members of a dead group."""
+    compact = {name: index for name, index in indexes.items() if index.source_section}
+    if not compact or not dead:  # no compact segment (or only ones written before origins)
+        return {}
+    pointing: dict[str, list[str]] = {}
+    for location in dead:
+        name = location.partition(":")[0]
+        if name in compact:
+            pointing.setdefault(name, []).append(location)
+    sources = {name: index.sources() for name, index in compact.items()}  # while it runs only
+    origins: set[str] = set()
+    for name, named in sources.items():
+        origins.update(dead.intersection(named))
+        if name in pointing:
+            origins.update(named[i] for i in dead_in(compact[name], pointing[name]))
+    if not origins:
+        return {}
+    groups: dict[str, list[str]] = {origin: [origin] for origin in origins}
+    for name, named in sources.items():
+        if origins.isdisjoint(named):
+            continue
+        records = compact[name].records
+        for i in [i for i, source in enumerate(named) if source in origins]:
+            data_offset, length, _key = records[i]
+            groups[named[i]].append(format_location(name, data_offset, length))
     return {location: members for members in groups.values() for location in members}
 
 

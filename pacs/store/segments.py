@@ -1192,6 +1192,14 @@ class SegmentStore:
 
     def scan_all(self) -> tuple[dict[str, fmt.SegmentIndex], set[str]]:
         """Every segment's index, and every tombstoned location (all writers)."""
+        indexes, dead, _copies = self.scan_copies()
+        return indexes, dead
+
+    def scan_copies(
+        self,
+    ) -> tuple[dict[str, fmt.SegmentIndex], set[str], dict[str, list[str]]]:
+        """``scan_all``, and for each dead record that has copies (or is one) the locations of
+        all of them and of its origin (``fmt.copy_groups``; compaction needs them)."""
         try:
             indexes = {n: i for n in self.segments() if (i := self._scan(n)) is not None}
         except OSError as exc:
@@ -1200,11 +1208,11 @@ class SegmentStore:
         for index in indexes.values():
             dead.update(index.tombstones)
         # A tombstone names one copy of a record that compaction copied (a crash may leave
-        # both, and the catalog pointed at either): it covers every copy.
-        copies = fmt.copy_groups(indexes)
-        for location in [d for d in dead if d in copies]:
-            dead.update(copies[location])
-        return indexes, dead
+        # both, and the catalog pointed at either): it covers every copy. Every copy names the
+        # same origin, the key of the group: only the groups with a dead member are built.
+        copies = fmt.copy_groups(indexes, dead)
+        dead.update(copies)
+        return indexes, dead, copies
 
     def iter_records(self) -> Iterator[tuple[str, str]]:
         """(location, key) of every live blob, scanning the self-describing segments.

@@ -11,6 +11,7 @@ import pytest
 
 from pacs.errors import BlobNotFound
 from pacs.store import compaction
+from pacs.store import segment_format as fmt
 from pacs.store.segments import SegmentStore
 
 SIZE = 8192
@@ -221,3 +222,53 @@ def test_a_delete_after_a_crash_covers_both_copies(
     monkeypatch.setattr(compaction, "crash_hook", None)
     catalog.check(store)
     assert sorted(store.locations()) == sorted(catalog.where.values())
+
+
+def _compact_index(origins: list[str]) -> fmt.SegmentIndex:
+    """A compact segment's index: record i at data offset 100 * (i + 1), 10 bytes, naming the
+    given origin."""
+    records = [(100 * (i + 1), 10, f"1.2.{i}") for i in range(len(origins))]
+    raw = fmt.encode_index(b"".join(fmt.encode_record_entry(o, n, k.encode())
+                                    for o, n, k in records), len(records), [], origins)
+    return fmt.SegmentIndex(records, sealed=True,
+                            source_section=raw[raw.index(b"SRC1") + 4 :])
+
+
+def test_copy_groups_are_built_for_dead_records_only() -> None:
+    """The origin each copy names is the key of its group: a tombstone of any copy, or of the
+    origin, covers the origin and every copy; groups without a dead member are not built."""
+    a, b, c = (fmt.format_location("w0-00000001.seg", 100 * i, 10) for i in (1, 2, 3))
+    indexes = {
+        "compact-00000001.seg": _compact_index([a, b, c]),
+        "compact-00000002.seg": _compact_index([a, b]),
+        "w0-00000002.seg": fmt.SegmentIndex([(100, 10, "1.2.9")], sealed=True),
+    }
+    first = "compact-00000001.seg:{}:10".format
+    second = "compact-00000002.seg:{}:10".format
+    assert fmt.copy_groups(indexes, set()) == {}
+    assert fmt.copy_groups(indexes, {"w0-00000002.seg:100:10"}) == {}
+    groups = fmt.copy_groups(indexes, {second(100), b})
+    assert sorted(groups) == sorted([a, first(100), second(100), b, first(200), second(200)])
+    assert sorted(groups[first(100)]) == sorted([a, first(100), second(100)])
+    assert sorted(groups[b]) == sorted([b, first(200), second(200)])
+    # A tombstone naming no record of a compact segment ties nothing.
+    assert fmt.copy_groups(indexes, {first(999)}) == {}
+
+
+def test_a_compaction_builds_the_copy_groups_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SegmentStore(tmp_path, segment_size=SIZE)
+    catalog = FakeCatalog()
+    fill(store, catalog)
+    calls = []
+    real = fmt.copy_groups
+
+    def counted(*args: object) -> dict[str, list[str]]:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fmt, "copy_groups", counted)
+    store.compact(catalog.is_live, catalog.relocate)
+    assert len(calls) == 1
+    catalog.check(store)
