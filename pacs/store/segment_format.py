@@ -54,6 +54,11 @@ _REC_ENTRY = struct.Struct("<QQB")  # data offset, data length, key length; then
 # After the record entries of a compact segment's index: where each record was first put (its
 # origin, the same for every copy). Older readers stop after the entries and never see it.
 _SOURCES_MAGIC = b"SRC1"
+# The index's last 8 bytes: a magic and the CRC of its head and tombstone section, so that an
+# open checks the tombstones with one more small read instead of reading and checking the whole
+# index (seals written before it have none: older readers stop before it).
+_TOMB_TRAILER = struct.Struct("<4sI")
+_TOMB_MAGIC = b"TMB1"
 CHUNK = 1 << 20
 
 # Writer ids become file names and location prefixes: keep them plain. "compact" names the
@@ -179,13 +184,15 @@ def _encode_strings(strings: list[str]) -> bytes:
 def encode_index(records: bytes | bytearray, n_records: int, tombstones: list[str],
                  sources: list[str] | None = None) -> bytes:
     """The seal record's data; ``records`` is a concatenation of ``encode_record_entry``;
-    ``sources`` (compaction): where each record was first put, in their order."""
+    ``sources`` (compaction): where each record was first put, in their order. It ends with
+    the trailer holding the tombstone section's CRC (``_TOMB_TRAILER``)."""
     tomb = _encode_strings(tombstones)
-    out = _INDEX_HEAD.pack(len(tombstones), n_records, len(tomb)) + tomb + bytes(records)
+    head = _INDEX_HEAD.pack(len(tombstones), n_records, len(tomb))
+    out = head + tomb + bytes(records)
     if sources:
         assert len(sources) == n_records
         out += _SOURCES_MAGIC + _encode_strings(sources)
-    return out
+    return out + _TOMB_TRAILER.pack(_TOMB_MAGIC, crc32(tomb, crc32(head)))
 
 
 def encode_record_entry(data_offset: int, length: int, key: bytes) -> bytes:
@@ -263,10 +270,11 @@ def pack_footer(seal_offset: int) -> bytes:
 def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex | None:
     """The index of a sealed segment from its footer; None when it is not (validly) sealed.
 
-    With ``records=False`` only the tombstones are decoded (cheap: deletes are rare); the
-    seal's CRC is checked whenever there are any, since a tombstone damaged into another
-    location would kill a live blob. Raises DamagedSeal when footer and seal header are whole
-    but the index fails its CRC or does not decode: walk the segment's records instead.
+    With ``records=False`` only the tombstone section is read and decoded (cheap: run for every
+    segment at every open); its own CRC, in the index's trailer, is checked, since a tombstone
+    damaged into another location would kill a live blob (seals written before that trailer
+    have none: their tombstones are only decoded). Raises DamagedSeal when footer and seal
+    header are whole but the index fails a CRC or does not decode: walk the records instead.
     """
     if size < HEADER_SIZE + FOOTER_SIZE:
         return None
@@ -281,20 +289,58 @@ def read_sealed_index(fd: int, size: int, records: bool = True) -> SegmentIndex 
         raise DamagedSeal(f"seal index of {head.data_len} bytes is too short")
     index_head = os.pread(fd, _INDEX_HEAD.size, head.data_offset)
     n_tomb, n_rec, tomb_len = _INDEX_HEAD.unpack(index_head)
-    if not records and n_tomb == tomb_len == 0:
-        return SegmentIndex(sealed=True, end=size)  # nothing to decode, nothing to trust
+    if not records:
+        if n_tomb == tomb_len == 0:
+            return SegmentIndex(sealed=True, end=size)  # nothing to decode, nothing to trust
+        return SegmentIndex(tombstones=_read_tombstones(fd, head, index_head), sealed=True,
+                            end=size)
     rest = os.pread(fd, head.data_len - _INDEX_HEAD.size, head.data_offset + _INDEX_HEAD.size)
     if crc32(rest, crc32(index_head)) != head.data_crc:
         raise DamagedSeal("seal index fails its CRC")
     try:
         index = SegmentIndex(tombstones=_decode_tombstones(rest[:tomb_len], n_tomb),
                              sealed=True, end=size)
-        if records:
-            index.records, used = _decode_records(rest[tomb_len:], n_rec)
-            index.source_section = _source_section(rest[tomb_len + used :])
+        index.records, used = _decode_records(rest[tomb_len:], n_rec)
+        tail = rest[tomb_len + used :]
+        if _has_trailer(tail, crc32(rest[:tomb_len], crc32(index_head))):
+            tail = tail[: -_TOMB_TRAILER.size]
+        index.source_section = _source_section(tail)
         return index
     except (struct.error, UnicodeDecodeError) as exc:
         raise DamagedSeal(f"seal index does not decode: {exc}") from exc
+
+
+def _has_trailer(raw: bytes, crc: int) -> bool:
+    """Whether ``raw`` (the end of an index) ends with the trailer of a tombstone section whose
+    CRC (with the index head) is ``crc``."""
+    return (len(raw) >= _TOMB_TRAILER.size
+            and _TOMB_TRAILER.unpack_from(raw, len(raw) - _TOMB_TRAILER.size)
+            == (_TOMB_MAGIC, crc))
+
+
+def _read_tombstones(fd: int, head: Header, index_head: bytes) -> list[str]:
+    """The tombstones of a seal's index, checked against the trailer's CRC when it has one."""
+    n_tomb, _n_rec, tomb_len = _INDEX_HEAD.unpack(index_head)
+    if tomb_len > head.data_len - _INDEX_HEAD.size:
+        raise DamagedSeal(f"tombstone section of {tomb_len} bytes runs past the index")
+    tomb = os.pread(fd, tomb_len, head.data_offset + _INDEX_HEAD.size)
+    if len(tomb) != tomb_len:
+        raise DamagedSeal("tombstone section cut short")
+    end = head.data_offset + head.data_len
+    if head.data_len >= _INDEX_HEAD.size + tomb_len + _TOMB_TRAILER.size:
+        trailer = os.pread(fd, _TOMB_TRAILER.size, end - _TOMB_TRAILER.size)
+        magic, crc = _TOMB_TRAILER.unpack(trailer)
+        if magic == _TOMB_MAGIC and crc != crc32(tomb, crc32(index_head)):
+            # Damaged, or a seal written before trailers whose index happens to end alike:
+            # the whole index's CRC tells (it covers the trailer too).
+            rest = os.pread(fd, head.data_len - _INDEX_HEAD.size,
+                            head.data_offset + _INDEX_HEAD.size)
+            if crc32(rest, crc32(index_head)) != head.data_crc:
+                raise DamagedSeal("seal index fails its CRC (its tombstone section's too)")
+    try:
+        return _decode_tombstones(tomb, n_tomb)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise DamagedSeal(f"tombstone section does not decode: {exc}") from exc
 
 
 def dead_in(index: SegmentIndex, locations: list[str]) -> list[int]:
