@@ -1238,6 +1238,9 @@ class SegmentStore:
         (all when None): what an index replay after a crash must look at."""
         self._check_open()
         start = fmt.parse_segment_name(from_segment) if from_segment else None
+        # A record compaction copied is dead when any copy is (a crash between relocate and
+        # unlink, then a delete of the copy): our records are origins, named by their copies.
+        killed = self._origins_of_dead_copies(set(self._dead))
         for name in self._own_segments():
             parsed = fmt.parse_segment_name(name)
             if start is not None and parsed is not None and parsed[1] < start[1]:
@@ -1248,11 +1251,31 @@ class SegmentStore:
                 raise StorageError(f"cannot scan segment {name}: {exc}") from exc
             if index is None:
                 continue
-            dead = self._dead | set(index.tombstones)
+            dead = self._dead | set(index.tombstones) | killed
             for data_offset, length, key in index.records:
                 location = fmt.format_location(name, data_offset, length)
                 if location not in dead:
                     yield location, key
+
+    def _origins_of_dead_copies(self, dead: set[str]) -> set[str]:
+        """The origins named by the copies ``dead`` names (reads only the compact segments it
+        points into)."""
+        pointing: dict[str, list[str]] = {}
+        for location in dead:
+            name = location.partition(":")[0]
+            parsed = fmt.parse_segment_name(name)
+            if parsed is not None and parsed[0] == fmt.COMPACT_OWNER:
+                pointing.setdefault(name, []).append(location)
+        origins: set[str] = set()
+        for name, locations in sorted(pointing.items()):
+            try:
+                index = self._scan(name)
+            except OSError as exc:
+                raise StorageError(f"cannot scan segment {name}: {exc}") from exc
+            if index is not None and index.source_section:
+                sources = index.sources()
+                origins.update(sources[i] for i in fmt.dead_in(index, locations))
+        return origins
 
     def locations(self) -> Iterator[str]:
         """Every live blob's location (for ``pacs reindex`` and ``pacs verify``), then every

@@ -272,3 +272,32 @@ def test_a_compaction_builds_the_copy_groups_once(
     store.compact(catalog.is_live, catalog.relocate)
     assert len(calls) == 1
     catalog.check(store)
+
+
+def test_replay_sees_a_record_dead_when_its_copy_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between relocate and unlink, a compaction leaves the moved records twice; a delete
+    of the relocated copy must kill the original for a replay of the writer's records too."""
+    store = SegmentStore(tmp_path, segment_size=SIZE)
+    catalog = FakeCatalog()
+    fill(store, catalog)
+
+    def hook(name: str) -> None:
+        if name == "relocated":
+            raise Crash(name)
+
+    monkeypatch.setattr(compaction, "crash_hook", hook)
+    with pytest.raises(Crash):
+        store.compact(catalog.is_live, catalog.relocate)
+    monkeypatch.setattr(compaction, "crash_hook", None)
+    moved = sorted(k for k, loc in catalog.where.items() if loc.startswith("compact-"))
+    assert moved
+    for key in moved:
+        store.delete(catalog.where.pop(key))
+    store.close()
+    store = SegmentStore(tmp_path, segment_size=SIZE)
+    replayed = {key for _loc, key in store.iter_own_records()}
+    assert replayed == set(catalog.where)
+    assert not replayed & set(moved)
+    store.close()
