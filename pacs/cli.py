@@ -161,6 +161,9 @@ def _migrate_arguments(cmd: argparse.ArgumentParser) -> None:
                           "destination); ingested by this process beside the running archive")
     cmd.add_argument("--report", type=Path, default=None,
                      help="report file (default: ./migrate-report-<AET>-<timestamp>.txt)")
+    cmd.add_argument("--tls", action="store_true",
+                     help="DICOM TLS towards the source (its certificate checked against "
+                          "tls_ca and its host; tls_cert presented)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -240,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return migrate_command(settings, args.source, args.calling_aet, args.to_host,
                                args.parallel, args.slice_limit, args.since_year, args.undated,
-                               args.report, args.dry_run, args.get)
+                               args.report, args.dry_run, args.get, args.tls)
     if args.command == "retention":
         from pacs.retention import retention_command
 

@@ -25,7 +25,9 @@ source sends the instances to it as C-MOVE sub-operations, and we ask it (C-FIND
    scan, segment blob, batched catalog commits), with its own segment writer (``importN``, as
    ``pacs import``), beside the running archive on the same data directory. A sub-operation is
    answered success only once its instance is durable and indexed. The running archive is
-   still needed for the C-FIND counts.
+   still needed for the C-FIND counts. With ``--tls`` the associations to the source use DICOM
+   TLS, with the context of TLS remote AEs (``tls_ca`` checks the source's certificate and
+   host, ``tls_cert`` is presented).
 4. **Reconciliation.** Counts queried again on both sides; the report (a table per study, then
    the missing ones) goes to ``migrate-report-<AET>-<timestamp>.txt`` (or ``--report``), the
    totals to stdout. Exit 0 when every study of the source is complete here, 1 otherwise, 2 on
@@ -56,8 +58,11 @@ from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 
 from pacs.config import Settings
+from pacs.errors import ConfigError
 
 if TYPE_CHECKING:
+    import ssl
+
     from pacs.archive import Archive
 
 log = logging.getLogger("pacs.migrate")
@@ -125,8 +130,9 @@ class Client:
     """Associations to one peer from our calling AE title."""
 
     def __init__(self, peer: Peer, calling_aet: str, timeout: float = 60.0,
-                 get: bool = False) -> None:
+                 get: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.peer = peer
+        self.tls = tls  # DICOM TLS towards the peer (the source), checked as remotes are
         self.ae = AE(ae_title=calling_aet)
         self.roles: list[Any] = []
         if get:  # C-GET: the sub-operations come back on this association (SCP role)
@@ -144,7 +150,8 @@ class Client:
 
     def associate(self, handlers: list[Any] | None = None) -> Association:
         assoc = self.ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.aet,
-                                  ext_neg=self.roles or None, evt_handlers=handlers)
+                                  ext_neg=self.roles or None, evt_handlers=handlers,
+                                  tls_args=(self.tls, self.peer.host) if self.tls else None)
         if not assoc.is_established:
             raise MigrateError(f"cannot associate with {self.peer} (rejected, aborted or "
                                "unreachable: is it running and does it know our AE title?)")
@@ -542,7 +549,7 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
                     to_host: str | None = None, parallel: int = 4, slice_limit: int = 500,
                     since_year: int = 1900, undated: bool = False,
                     report: Path | None = None, dry_run: bool = False,
-                    get: bool = False) -> int:
+                    get: bool = False, tls: bool = False) -> int:
     """Pull every study of ``source_text`` (C-MOVE to our running archive, or C-GET with
     ``get``); the exit status as described in the module docstring."""
     try:
@@ -557,7 +564,16 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ours = Peer(settings.aet, to_host or _local_host(settings), settings.port)
     caller = calling_aet or settings.aet
-    src_client, our_client = Client(source, caller), Client(ours, caller)
+    source_tls = None
+    if tls:  # the remote-AE context: tls_ca checks the source, tls_cert is presented
+        from pacs.server.tls import client_context
+
+        try:
+            source_tls = client_context(settings)
+        except ConfigError as exc:
+            print(f"pacs: error: --tls: {exc}", file=sys.stderr)
+            return 2
+    src_client, our_client = Client(source, caller, tls=source_tls), Client(ours, caller)
     started = time.monotonic()
     state = State(settings.state_dir / _state_name(source))
     try:
@@ -616,7 +632,7 @@ def migrate_command(settings: Settings, source_text: str, calling_aet: str | Non
             except Exception as exc:
                 print(f"pacs: error: cannot open the archive for C-GET: {exc}", file=sys.stderr)
                 return 2
-        mover_source = Client(source, caller, get=True) if get else src_client
+        mover_source = Client(source, caller, get=True, tls=source_tls) if get else src_client
         workers = [threading.Thread(target=_mover, name=f"migrate{i}", daemon=True,
                                     args=(mover_source, our_client, work, ours.aet, state,
                                           progress, stop, receiver))

@@ -424,3 +424,37 @@ def test_a_remote_refusing_our_missing_client_certificate_says_tls(
         assert "TLS" in echo.text, echo.text
     finally:
         archive.stop()
+
+
+def test_migrate_with_get_from_a_tls_source(server: TlsArchive, pki: Pki,
+                                            tmp_path: Path) -> None:
+    """`pacs migrate --get --tls`: the source's C-FINDs and C-GETs go over DICOM TLS (the
+    source requires client certificates); without --tls its TLS port cannot be used."""
+    study = make_ct(patient_id="TLSMIG").StudyInstanceUID
+    sent = [write(make_ct(patient_id="TLSMIG", study_uid=study, instance_number=i),
+                  tmp_path / f"mig{i}.dcm") for i in range(3)]
+    proc = dcmtk("storescu", *tls_args(pki), "-aec", "PACS", "127.0.0.1",
+                 str(server.tls_port), *map(str, sent))
+    assert proc.returncode == 0, proc.stderr
+    archive = sender(pki, tmp_path, "target", pki.ca)
+    archive.start()
+    try:
+        config = archive.extra_args[1]
+
+        def migrate(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "pacs", "migrate", "--config", config,
+                 "--from", f"PACS@127.0.0.1:{server.tls_port}", "--data-dir",
+                 str(archive.data_dir), "--port", str(archive.port), "--aet", "SENDER",
+                 "--since-year", "2000", "--undated", "--report", str(tmp_path / "r.txt"),
+                 "--get", *extra], capture_output=True, text=True, timeout=120, cwd=REPO)
+
+        plain = migrate()
+        assert plain.returncode == 2, plain.stdout + plain.stderr  # no TLS: no association
+        done = migrate("--tls")
+        assert done.returncode == 0, done.stdout + done.stderr
+        for path in sent:
+            ds = pydicom.dcmread(path)
+            assert stored_instance(archive.data_dir, ds.SOPInstanceUID) is not None
+    finally:
+        archive.stop()
