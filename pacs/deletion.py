@@ -44,7 +44,7 @@ def delete_instances(catalog: Catalog, store: BlobStore, uids: Sequence[str],
             catalog.sync()  # raises: the blobs stay, the instances are unindexed (orphans)
         for record in gone:  # the index no longer points at them: now the blobs go
             try:
-                store.delete(record.location)
+                store.delete(record.location, record.sop_instance_uid)
             except PacsError as exc:
                 log.warning("%s: blob of %s not deleted: %s", why or "delete",
                             record.sop_instance_uid, exc)

@@ -94,6 +94,10 @@ class _Item:
     sop_class: str = ""
     dataset: bytes | Path = b""
     record: InstanceRecord | None = None  # set for a file indexed in place (--in-place)
+    # In place: the instance's entry names a file gone or changed (moved): this one replaces it.
+    replaces: bool = False
+    # In place: instances indexed at this very path before it was overwritten with another one.
+    evicts: list[str] = field(default_factory=list)
 
 
 # -- finding the files -------------------------------------------------------------------------
@@ -199,12 +203,12 @@ class _Reader:
         if not syntax:
             return _Item(name, size, "rejected", "no TransferSyntaxUID in the file meta")
         uid = meta.get("MediaStorageSOPInstanceUID", "")
-        if uid and self.catalog.has_instance(uid):
+        if uid and self._archived(uid, in_place):
             # The data set is stored under its own SOPInstanceUID, and the file meta's may be
             # stale (an anonymiser that changed the data set only): skipped only when the data
             # set's own UID is archived, else a new instance would be reported skipped.
             own = _head_sop_instance_uid(head, syntax, offset)
-            if own == uid or (own and self.catalog.has_instance(own)):
+            if own == uid or (own and self._archived(own, in_place)):
                 return _Item(name, size, "duplicate")
         if offset >= len(head) and len(head) < HEADER_READ:
             return _Item(name, size, "rejected", "no data set after the file meta")
@@ -214,6 +218,7 @@ class _Reader:
                 return _Item(name, size, "rejected", "a newline in the path: cannot index in place")
             item = _in_place(item, fh, head, offset)
             if item.record is not None:
+                self._claims(item, item.record)
                 try:
                     self._sync_in_place(name, fh)
                 except OSError as exc:
@@ -240,6 +245,30 @@ class _Reader:
             fsync_dir(Path(folder))
             self._synced_folders.add(folder)
 
+    # In place: path -> SOP Instance UIDs the journal holds there (``Journal.entries``), read
+    # once per run before the first file.
+    journaled: dict[str, set[str]] = {}
+
+    def _archived(self, uid: str, in_place: bool) -> bool:
+        """Whether ``uid`` is indexed; in place, an entry naming a file now gone or of another
+        size (moved, overwritten) does not count: the file at hand takes its place."""
+        if not in_place:
+            return self.catalog.has_instance(uid)
+        record = self.catalog.get_instance(uid)
+        return record is not None and _readable(record)
+
+    def _claims(self, item: _Item, record: InstanceRecord) -> None:
+        """What indexing ``item`` in place takes over: its instance's unreadable entry elsewhere
+        (replaced), and other instances' entries at its path (the file now holds another data
+        set: theirs is gone, and two entries for one file would serve it under both UIDs)."""
+        current = self.catalog.get_instance(record.sop_instance_uid)
+        item.replaces = current is not None and not _readable(current)
+        for uid in self.journaled.get(external.path_of(record.location), ()):
+            if uid and uid != record.sop_instance_uid:
+                other = self.catalog.get_instance(uid)
+                if other is not None and other.location == record.location:
+                    item.evicts.append(uid)
+
     def _spool(self, start: bytes, fh: IO[bytes]) -> Path:
         self._spooled += 1
         target = self.spool_dir / f"spool-import-{self._spooled}"
@@ -247,6 +276,16 @@ class _Reader:
             out.write(start)
             shutil.copyfileobj(fh, out, 1 << 20)
         return target
+
+
+def _readable(record: InstanceRecord) -> bool:
+    """False for an in-place entry whose file is gone or has another size than indexed."""
+    if not external.is_external(record.location):
+        return True
+    try:
+        return external.size(record.location) == record.size
+    except PacsError:
+        return False
 
 
 def _head_sop_instance_uid(head: bytes, transfer_syntax: str, offset: int) -> str:
@@ -351,6 +390,8 @@ async def _import(
     reader = _Reader(archive, archive.settings.spool_memory_limit, in_place)
     space = watermark(archive.settings)
     journal = external.Journal(archive.settings.blob_dir)
+    if in_place:
+        reader.journaled = journal.entries()
 
     def produce() -> None:
         batch: list[_Item] = []
@@ -396,27 +437,52 @@ async def _import(
             count(BYTES, item.size)
             slots.release()
 
+    async def evict(uid: str, location: str) -> None:
+        """Unindex ``uid`` if still indexed at ``location``, whose file now holds another
+        instance (the old data set is gone from there), then unjournal its entry."""
+
+        def unindex() -> None:
+            current = archive.catalog.get_instance(uid)
+            if current is not None and current.location == location:
+                archive.catalog.delete_instance(uid)
+
+        await asyncio.wrap_future(archive.writer.run(unindex))
+        await loop.run_in_executor(None, journal.remove, location, uid)
+        log.info("%s: instance %s indexed there before is unindexed (file overwritten)",
+                 external.path_of(location), uid)
+
     async def index_in_place(item: _Item) -> None:
         """Commit the index entry of a file already journaled (no blob is written)."""
-        assert item.record is not None
-        modality = item.record.attributes.get("Modality", "")
+        record = item.record
+        assert record is not None
+        uid = record.sop_instance_uid
+        modality = record.attributes.get("Modality", "")
         forwards = [r.destination for r in archive.settings.routes
                     if r.matches(SOURCE_AET, modality)]
+        indexed = False
         try:
-            outcome = await asyncio.wrap_future(
-                archive.writer.submit(item.record, "keep", forwards=forwards))
-            if outcome.kind == "stored":
+            outcome = await asyncio.wrap_future(archive.writer.submit(
+                record, "replace" if item.replaces else "keep", forwards=forwards))
+            indexed = outcome.location == record.location
+            if outcome.kind != "duplicate_kept":
                 count(IMPORTED)
             else:  # the same SOP Instance UID twice in this run: the first file stays indexed
                 count(DUPLICATES)
-                if outcome.obsolete_location:
-                    await loop.run_in_executor(None, journal.remove, outcome.obsolete_location)
+            if outcome.obsolete_location not in (None, record.location):  # the replaced path
+                await loop.run_in_executor(None, journal.remove, outcome.obsolete_location, uid)
+            for other in item.evicts:
+                await evict(other, record.location)
         except PacsError as exc:
             reject(item.name, f"cannot index in place: {exc}")
         except Exception as exc:  # never abort the run for one file
             log.exception("in-place import of %s failed", item.name)
             reject(item.name, f"internal error: {exc}")
         finally:
+            if not indexed:  # journaled before: unless forgotten, reindex would index it
+                try:
+                    await loop.run_in_executor(None, journal.remove, record.location, uid)
+                except PacsError as exc:
+                    log.warning("%s stays in the in-place journal: %s", item.name, exc)
             count(FILES)
             count(BYTES, item.size)
             slots.release()
@@ -435,7 +501,8 @@ async def _import(
                         item.dataset.unlink(missing_ok=True)
                 stop_reading.set()
                 break
-            placed = [item.record.location for item in batch if item.record is not None]
+            placed = [(item.record.location, item.record.sop_instance_uid)
+                      for item in batch if item.record is not None]
             if placed and not stop.is_set():
                 # Journaled (durable) before indexed: reindex can always rebuild the entries.
                 try:

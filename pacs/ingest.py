@@ -242,7 +242,8 @@ class Ingest:
         obsolete = outcome.obsolete_location
         if obsolete:
             # A kept duplicate's new blob, or the replaced instance's old one.
-            forgotten = await loop.run_in_executor(self.executor, self._forget_blob, obsolete)
+            forgotten = await loop.run_in_executor(self.executor, self._forget_blob, obsolete,
+                                                   record.sop_instance_uid)
             if not forgotten and outcome.kind == "replaced":
                 # The old blob stays readable: after a power cut that took the (not yet
                 # synced) commit, replay would find the old entry readable and keep it. The
@@ -261,10 +262,10 @@ class Ingest:
                               record.attributes["StudyInstanceUID"],
                               record.attributes.get("PatientID", ""))
 
-    def _forget_blob(self, location: str) -> bool:
+    def _forget_blob(self, location: str, uid: str = "") -> bool:
         """Delete a blob nothing points at any more; False (logged) when that failed."""
         try:
-            self.blobs.delete(location)
+            self.blobs.delete(location, uid)
         except PacsError as exc:
             log.warning("cannot delete obsolete blob %s: %s", location, exc)
             return False

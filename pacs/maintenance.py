@@ -90,7 +90,8 @@ def verify_command(settings: Settings) -> int:
     finally:
         catalog.close()
         store.close()
-    for kind in ("missing", "size_mismatch", "digest_mismatch", "unreadable", "orphans"):
+    for kind in ("missing", "size_mismatch", "digest_mismatch", "unreadable", "orphans",
+                 "unjournaled"):
         for item in getattr(report, kind):
             print(f"{kind}: {item}")
     if report.stale_copies:

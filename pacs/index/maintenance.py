@@ -52,6 +52,9 @@ class VerifyReport:
     digest_mismatch: list[tuple[str, str]] = field(default_factory=list)  # (uid, location)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # uid, location, reason
     orphans: list[str] = field(default_factory=list)  # blobs no instance points to
+    # In-place entries (``ext:``) the in-place journal does not list: `pacs reindex` would
+    # drop them. (SOPInstanceUID, location)
+    unjournaled: list[tuple[str, str]] = field(default_factory=list)
     # Blobs of instances indexed at another location: copies a compaction or a replacement
     # cut short left behind (nothing lost; the next compaction reclaims them), not problems.
     stale_copies: list[str] = field(default_factory=list)
@@ -64,6 +67,7 @@ class VerifyReport:
             or self.digest_mismatch
             or self.unreadable
             or self.orphans
+            or self.unjournaled
         )
 
 
@@ -179,6 +183,7 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
     report = VerifyReport()
     indexed: set[str] = set()
     uids: set[str] = set()
+    placed: list[tuple[str, str]] = []  # indexed in place: (uid, location)
 
     def measure(record: InstanceRecord) -> tuple[int, str]:
         if check_digest:
@@ -205,6 +210,8 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
         report.checked += 1
         record, (size, digest) = found
         indexed.add(record.location)
+        if is_external(record.location):
+            placed.append((uid, record.location))
         if size != record.size:
             report.size_mismatch.append((uid, record.location, record.size, size))
         elif digest != record.digest:
@@ -234,4 +241,12 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
         # Not listed: indexed since (stored meanwhile), or not at all.
         stale = key not in damaged if key in uids else current is not None
         (report.stale_copies if stale else report.orphans).append(location)
+    # The journal is read after the instances, and a file is journaled before it is indexed:
+    # an entry it lacks lost its line (unless deleted or moved since: looked up again).
+    journaled = {location for location, _key in listing if is_external(location)}
+    for uid, location in placed:
+        if location not in journaled:
+            current = catalog.get_instance(uid)
+            if current is not None and current.location == location:
+                report.unjournaled.append((uid, location))
     return report

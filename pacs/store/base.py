@@ -52,8 +52,9 @@ class BlobStore(Protocol):
         """Size in bytes of a stored blob; BlobNotFound when absent."""
         ...
 
-    def delete(self, location: str) -> None:
-        """Remove a blob; BlobNotFound when absent."""
+    def delete(self, location: str, uid: str = "") -> None:
+        """Remove a blob; BlobNotFound when absent. ``uid`` (the instance's SOP Instance UID)
+        names which entry of an in-place file goes (a file may carry two for a while)."""
         ...
 
     def locations(self) -> Iterator[str]:

@@ -6,10 +6,15 @@ Part-10 file, served as it is). Deleting one (DELETE, retention, a kept duplicat
 index entry and never touches the file; compaction never sees it (it lives in no segment).
 
 Which in-place files the archive holds is journaled in ``<blob_dir>/in-place.journal``: one line
-``+<path>`` per indexed file and ``-<path>`` per removed one, appended with O_APPEND and
-fdatasync'd before the index entries are committed. ``locations`` replays it, so ``pacs reindex``
-rebuilds in-place entries from their files like stored ones, and ``pacs verify`` sees an in-place
-instance that lost its index entry as an orphan. A file moved, deleted or changed after import is
+``+<uid><TAB><path>`` per indexed file and ``-<uid><TAB><path>`` per removed entry, appended
+with O_APPEND and fdatasync'd before the index entries are committed. The SOP Instance UID is
+there because one path may carry several entries for a while (a file overwritten with another
+instance): dropping the stale entry must not forget the live one. Lines of the older format
+(``+<path>``, ``-<path>``: a path is absolute, a UID never starts with ``/``) are read as
+before. ``locations`` replays it, so ``pacs reindex`` rebuilds in-place entries from their
+files like stored ones, and ``pacs verify`` sees an in-place instance that lost its index entry
+as an orphan, and an index entry the journal does not list. A file moved, deleted or changed
+after import is
 reported by ``pacs verify`` (missing, size or digest mismatch).
 """
 
@@ -110,30 +115,58 @@ class Journal:
             except OSError as exc:
                 raise StorageError(f"cannot write {self.path}: {exc.strerror}") from exc
 
-    def add(self, locations: Iterable[str]) -> None:
-        """Record files about to be indexed in place (durable on return)."""
-        self._append(f"+{path_of(loc)}\n" for loc in locations)
+    def add(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Record files about to be indexed in place, as (location, SOP Instance UID) pairs
+        (durable on return)."""
+        self._append(f"+{_uid(uid)}\t{path_of(loc)}\n" for loc, uid in entries)
 
-    def remove(self, location: str) -> None:
-        """Forget an in-place file (its index entry goes; the file stays where it is)."""
-        self._append([f"-{path_of(location)}\n"])
+    def remove(self, location: str, uid: str = "") -> None:
+        """Forget the entry of ``uid`` at an in-place file (its index entry goes; the file stays
+        where it is); without a uid, every entry of that file."""
+        path = path_of(location)
+        self._append([f"-{_uid(uid)}\t{path}\n" if uid else f"-{path}\n"])
 
-    def locations(self) -> Iterator[str]:
-        """Every in-place file the journal holds now (added and not removed since)."""
-        live: dict[str, None] = {}
+    def entries(self) -> dict[str, set[str]]:
+        """path -> the SOP Instance UIDs journaled there now ("" for a line of the old format,
+        whose UID is unknown)."""
+        live: dict[str, set[str]] = {}
         try:
             with open(self.path, "rb") as fh:
                 for raw in fh:
                     if not raw.endswith(b"\n") or len(raw) < 3:
                         continue  # a torn last line: its files were never indexed
-                    path = raw[1:-1].decode("utf-8", "surrogateescape")
+                    body = raw[1:-1].decode("utf-8", "surrogateescape")
+                    if body.startswith("/"):
+                        uid, path = "", body
+                    else:
+                        uid, tab, path = body.partition("\t")
+                        if not tab:
+                            continue  # not a line this journal writes
                     if raw[:1] == b"+":
-                        live[path] = None
-                    elif raw[:1] == b"-":
-                        live.pop(path, None)
+                        live.setdefault(path, set()).add(uid)
+                    elif raw[:1] == b"-" and path in live:
+                        uids = live[path]
+                        if not uid:
+                            uids.clear()  # the old format: the file forgotten whole
+                        elif uid in uids:
+                            uids.discard(uid)
+                        else:
+                            uids.discard("")  # journaled by the old format, UID unknown
+                        if not uids:
+                            del live[path]
         except FileNotFoundError:
-            return
+            return {}
         except OSError as exc:
             raise StorageError(f"cannot read {self.path}: {exc.strerror}") from exc
-        for path in live:
+        return live
+
+    def locations(self) -> Iterator[str]:
+        """Every in-place file the journal holds now (added and not removed since)."""
+        for path in self.entries():
             yield PREFIX + path
+
+
+def _uid(uid: str) -> str:
+    if not uid or "\t" in uid or "\n" in uid or uid.startswith("/"):
+        raise ValueError(f"not a SOP Instance UID for the in-place journal: {uid!r}")
+    return uid

@@ -288,12 +288,12 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"cannot stat {path}: {exc}") from exc
 
-    def delete(self, location: str) -> None:
+    def delete(self, location: str, uid: str = "") -> None:
         """Remove a blob (durably: the folder is fsynced); an in-place file (``ext:``) is only
         dropped from the journal, never touched."""
         if external.is_external(location):
             self._check_open()
-            self._external.remove(location)
+            self._external.remove(location, uid)
             return
         path = self._path(location)
         try:

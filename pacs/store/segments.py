@@ -1004,13 +1004,13 @@ class SegmentStore:
         finally:
             os.close(fd)
 
-    def delete(self, location: str) -> None:
+    def delete(self, location: str, uid: str = "") -> None:
         """Append a tombstone (fdatasync'd: deletes are rare); BlobNotFound when not live.
 
         An in-place file (``ext:``) is only dropped from the journal, never touched."""
         if external.is_external(location):
             self._check_open()
-            self._external.remove(location)
+            self._external.remove(location, uid)
             return
         with self._reading(location) as (_fd, head, _parsed):
             key = head.key
