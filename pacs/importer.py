@@ -28,7 +28,9 @@ blob store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
@@ -239,10 +241,12 @@ class _Reader:
         cut the index would hold an entry whose bytes (or directory entry) are gone."""
         from pacs.store.files import fsync_dir
 
-        os.fsync(fh.fileno())
+        with _read_only_ok():
+            os.fsync(fh.fileno())
         folder = os.path.dirname(os.path.abspath(name))
         if folder not in self._synced_folders:
-            fsync_dir(Path(folder))
+            with _read_only_ok():
+                fsync_dir(Path(folder))
             self._synced_folders.add(folder)
 
     # In place: path -> SOP Instance UIDs the journal holds there (``Journal.entries``), read
@@ -276,6 +280,17 @@ class _Reader:
             out.write(start)
             shutil.copyfileobj(fh, out, 1 << 20)
         return target
+
+
+@contextlib.contextmanager
+def _read_only_ok() -> Iterator[None]:
+    """An fsync refused with EINVAL (squashfs, iso9660) or EROFS: a read-only file system
+    holds no dirty data, so there is nothing to flush; any other error is raised."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EROFS):
+            raise
 
 
 def _readable(record: InstanceRecord) -> bool:

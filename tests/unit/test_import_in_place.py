@@ -1,8 +1,9 @@
 """`pacs import --in-place` on files that change under the archive: a path reused for another
-instance, files moved after import, a failed index commit."""
+instance, files moved after import, a failed index commit, read-only media."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -114,3 +115,22 @@ def test_moved_files_are_indexed_at_their_new_place(
     assert all(location.startswith(f"ext:{tmp_path / 'b'}") for location in journaled(settings))
     status, out, err = run_import(settings, tmp_path, tmp_path / "b", capsys, in_place=True)
     assert summary(out)["skipped"] == 3, out + err  # where they are now: skipped again
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EROFS], ids=["EINVAL", "EROFS"])
+def test_read_only_media_need_no_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """squashfs and iso9660 refuse fsync (EINVAL): they hold no dirty data, nothing to flush."""
+    settings = settings_for(tmp_path)
+    generate(tmp_path / "src", 2)
+    real_fsync = os.fsync
+    source = str(tmp_path / "src")
+
+    def read_only_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(source):
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", read_only_fsync)
+    status, out, err = run_import(settings, tmp_path, tmp_path / "src", capsys, in_place=True)
+    assert status == 0 and summary(out)["imported"] == 2, out + err
