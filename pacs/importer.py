@@ -109,9 +109,16 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
     """Every regular file under ``paths`` (folders recursively, sorted), and missing paths."""
     found: list[str] = []
     missing: list[tuple[str, str]] = []
+    # A symlinked folder is followed once: a link to an ancestor would repeat the walk (and
+    # two such links never end it).
+    seen_folders: set[tuple[int, int]] = set()
 
     def walk(folder: str) -> None:
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_folders:
+                return
+            seen_folders.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             missing.append((folder, f"cannot list folder: {exc.strerror}"))
