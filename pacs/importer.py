@@ -106,7 +106,8 @@ class _Item:
 
 
 def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Every regular file under ``paths`` (folders recursively, sorted), and missing paths."""
+    """Every regular file under ``paths`` (folders recursively, sorted), and the paths that
+    cannot be imported (missing, broken links), with why."""
     found: list[str] = []
     missing: list[tuple[str, str]] = []
     # A symlinked folder is followed once: a link to an ancestor would repeat the walk (and
@@ -129,6 +130,8 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
                     walk(entry.path)
                 elif entry.is_file(follow_symlinks=True):
                     found.append(entry.path)
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    missing.append((entry.path, "broken symbolic link"))
             except OSError as exc:
                 missing.append((entry.path, f"cannot stat: {exc.strerror}"))
 
@@ -137,6 +140,8 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
             walk(str(path))
         elif path.is_file():
             found.append(str(path))
+        elif path.is_symlink():
+            missing.append((str(path), "broken symbolic link"))
         else:
             missing.append((str(path), "no such file or folder"))
     return found, missing

@@ -38,3 +38,14 @@ def test_symlink_loops_are_walked_once(tmp_path: Path) -> None:
     found, missing = collect([src])
     assert missing == []
     assert sorted(os.path.realpath(path) for path in found) == sorted(map(str, files))
+
+
+def test_dangling_symlink_in_a_folder_is_reported(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = generate(src, 2)
+    link = files[0].parent / "gone.dcm"
+    link.symlink_to(tmp_path / "unmounted" / "IM0003.dcm")
+    found, missing = collect([src])
+    assert sorted(found) == sorted(map(str, files))
+    assert missing == [(str(link), "broken symbolic link")]
+    assert collect([link]) == ([], [(str(link), "broken symbolic link")])
