@@ -106,13 +106,25 @@ class _Item:
 
 
 def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Every regular file under ``paths`` (folders recursively, sorted), and the paths that
-    cannot be imported (missing, broken links), with why."""
+    """Every regular file under ``paths`` (folders recursively, sorted) and the files a DICOMDIR
+    lists, each once; and the paths that cannot be imported (missing, broken links), with why."""
     found: list[str] = []
     missing: list[tuple[str, str]] = []
+    seen_files: set[str] = set()
     # A symlinked folder is followed once: a link to an ancestor would repeat the walk (and
     # two such links never end it).
     seen_folders: set[tuple[int, int]] = set()
+
+    def add(path: str) -> None:
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen_files:
+            seen_files.add(key)
+            found.append(path)
+
+    def add_dicomdir(path: str, named: bool) -> None:
+        if os.path.normpath(os.path.abspath(path)) not in seen_files:  # its list read once
+            _dicomdir(path, add, missing, named)
+        add(path)
 
     def walk(folder: str) -> None:
         try:
@@ -129,7 +141,10 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
                 if entry.is_dir(follow_symlinks=True):
                     walk(entry.path)
                 elif entry.is_file(follow_symlinks=True):
-                    found.append(entry.path)
+                    if entry.name.upper() == "DICOMDIR":
+                        add_dicomdir(entry.path, named=False)
+                    else:
+                        add(entry.path)
                 elif entry.is_symlink() and not os.path.exists(entry.path):
                     missing.append((entry.path, "broken symbolic link"))
             except OSError as exc:
@@ -139,12 +154,92 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
         if path.is_dir():
             walk(str(path))
         elif path.is_file():
-            found.append(str(path))
+            if _is_dicomdir(str(path)):
+                add_dicomdir(str(path), named=True)
+            else:
+                add(str(path))
         elif path.is_symlink():
             missing.append((str(path), "broken symbolic link"))
         else:
             missing.append((str(path), "no such file or folder"))
     return found, missing
+
+
+def _is_dicomdir(path: str) -> bool:
+    """A DICOMDIR by its name, or by its Media Storage SOP Class (a renamed copy)."""
+    from pacs.dicom.part10 import read_file_meta
+
+    if os.path.basename(path).upper() == "DICOMDIR":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            meta, _ = read_file_meta(fh.read(HEADER_READ))
+    except (OSError, DicomFormatError):
+        return False  # the reader reports it
+    return bool(meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY)
+
+
+def _dicomdir(path: str, add: Callable[[str], None], missing: list[tuple[str, str]],
+              named: bool) -> None:
+    """Hand every file ``path`` (a DICOMDIR) references to ``add``; list the missing ones.
+
+    Named on the command line, a DICOMDIR that cannot be read is reported: nothing else would
+    be imported. Met in a folder walk, it is left to the reader (ignored): the walk finds the
+    set's files anyway."""
+    import warnings
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():  # values not valid for their VR: judged below
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=False)
+            file_ids = [record.get("ReferencedFileID")
+                        for record in ds.get("DirectoryRecordSequence") or []]
+    except Exception as exc:  # pydicom raises many kinds on a damaged file: reported, never fatal
+        if named:
+            missing.append((path, f"cannot read DICOMDIR: {exc}"))
+        return
+    root = os.path.dirname(path) or "."
+    for file_id in file_ids:
+        if not file_id:
+            continue
+        parts = [file_id] if isinstance(file_id, str) else [str(part) for part in file_id]
+        listed = os.path.join(root, *parts)
+        if any(not part or part in (".", "..") or "/" in part or os.sep in part or ":" in part
+               for part in parts):
+            # Only files inside the set's folder: the DICOMDIR is data, not a list of paths.
+            missing.append((listed, "referenced by DICOMDIR, outside its folder"))
+            continue
+        resolved = _find_case_insensitive(root, parts)
+        if resolved is None:
+            missing.append((listed, "referenced by DICOMDIR, missing"))
+        else:
+            add(resolved)
+
+
+def _find_case_insensitive(root: str, parts: list[str]) -> str | None:
+    """``root/parts...`` as it exists, each part matched exactly or else case-insensitively (a
+    CD's ISO 9660 names are upper case in the DICOMDIR, the copy's may not be); None if none."""
+    exact = os.path.join(root, *parts)
+    if os.path.isfile(exact):
+        return exact
+    folder = root
+    for i, part in enumerate(parts):
+        candidate = os.path.join(folder, part)
+        if not os.path.lexists(candidate):
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                return None
+            matches = [name for name in names if name.upper() == part.upper()]
+            if not matches:
+                return None
+            candidate = os.path.join(folder, matches[0])
+        folder = candidate
+        if i < len(parts) - 1 and not os.path.isdir(folder):
+            return None
+    return folder if os.path.isfile(folder) else None
 
 
 # -- reading one file (producer thread) --------------------------------------------------------

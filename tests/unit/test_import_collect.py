@@ -4,13 +4,19 @@ data sets (never left partial, bounded by max_dataset_size) and a report of odd 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pydicom
 import pytest
 
-from bench.bench_import import generate
+from bench.bench_import import generate, sop_uid
 from pacs.config import Settings
 from pacs.importer import collect, import_command
+from tests.conftest import require_tool
+from tests.integration.archive_check import statistics, stored_instance
+from tests.integration.test_import import summary
 
 
 def settings_for(tmp_path: Path, **overrides: int) -> Settings:
@@ -49,3 +55,37 @@ def test_dangling_symlink_in_a_folder_is_reported(tmp_path: Path) -> None:
     assert sorted(found) == sorted(map(str, files))
     assert missing == [(str(link), "broken symbolic link")]
     assert collect([link]) == ([], [(str(link), "broken symbolic link")])
+
+
+def test_dicomdir_named_imports_its_set_and_reports_missing_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    media = tmp_path / "media"
+    (media / "X").mkdir(parents=True)
+    for i, path in enumerate(generate(tmp_path / "gen", 4, first=300), 1):
+        shutil.copy(path, media / "X" / f"IM{i}")
+    subprocess.run([require_tool("dcmmkdir"), "--recurse", "--input-directory", str(media), "X"],
+                   check=True, capture_output=True, timeout=60, cwd=media)
+    dicomdir = media / "DICOMDIR"
+    (media / "X" / "IM2").rename(media / "X" / "im2")  # a copy of a CD, names lower-cased
+    (media / "X" / "IM3").unlink()  # lost from the copy
+    ds = pydicom.dcmread(dicomdir)  # and one entry pointing out of the set's folder
+    outside = [r for r in ds.DirectoryRecordSequence if r.get("ReferencedFileID") == ["X", "IM4"]]
+    with pytest.warns(UserWarning, match="VR CS"):
+        outside[0].ReferencedFileID = ["..", "gen", "IM4"]
+    ds.save_as(dicomdir)
+
+    status, out = run_import(settings_for(tmp_path), tmp_path, [dicomdir], capsys)
+    assert status == 1, out
+    assert summary(out) == {"imported": 2, "skipped": 0, "rejected": 2, "ignored": 1}
+    assert report_rejected(tmp_path) == {
+        os.fsencode(media / "X" / "IM3"): b"referenced by DICOMDIR, missing",
+        os.fsencode(media / ".." / "gen" / "IM4"): b"referenced by DICOMDIR, outside its folder"}
+    assert stored_instance(tmp_path / "data", sop_uid(301)) is not None  # the lower-cased one
+    assert statistics(tmp_path / "data")["instances"] == 2
+
+    # The set's folder and its DICOMDIR both named: each file once.
+    found, missing = collect([media, dicomdir])
+    names = ("DICOMDIR", "X/IM1", "X/IM4", "X/im2")  # IM4 found by the walk
+    assert sorted(found) == sorted(str(media / name) for name in names)
+    assert sorted(reason for _, reason in missing) == [
+        "referenced by DICOMDIR, missing", "referenced by DICOMDIR, outside its folder"]
