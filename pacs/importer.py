@@ -35,7 +35,6 @@ import logging
 import multiprocessing
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
@@ -66,6 +65,7 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 SOP_INSTANCE_UID = 0x00080018  # the tag
 SOURCE_AET = "IMPORT"
 MAX_WRITERS = 64
+SPOOL_CHUNK = 1 << 20  # bytes per read while spooling (limits checked between them)
 MIN_FILES_PER_PROCESS = 1000  # below, one process: spawning costs more than it saves
 
 # Shared counters per worker (a multiprocessing Array of int64, FIELDS slots per worker).
@@ -245,6 +245,10 @@ def _find_case_insensitive(root: str, parts: list[str]) -> str | None:
 # -- reading one file (producer thread) --------------------------------------------------------
 
 
+class _Refused(Exception):
+    """A file not imported, for the reason given (the report's text)."""
+
+
 class _Reader:
     """Turns paths (and zip members) into ``_Item``s; runs on the producer thread."""
 
@@ -255,6 +259,8 @@ class _Reader:
         self.in_place = in_place
         self._spooled = 0
         self._synced_folders: set[str] = set()
+        self.max_dataset = archive.settings.max_dataset_size
+        self.space = watermark(archive.settings)
 
     def items(self, paths: Iterable[str], stop: threading.Event) -> Iterator[_Item]:
         for path in paths:
@@ -334,8 +340,14 @@ class _Reader:
                     return _Item(name, size, "rejected",
                                  f"cannot sync to disk: {exc.strerror or exc}")
             return item
+        if size - offset > self.max_dataset:  # checked before a byte is spooled
+            return _Item(name, size, "rejected",
+                         f"data set larger than max_dataset_size ({self.max_dataset} bytes)")
         if size > self.spool_limit:
-            item.dataset = self._spool(head[offset:], fh)
+            try:
+                item.dataset = self._spool(head[offset:], fh)
+            except _Refused as exc:
+                return _Item(name, size, "rejected", str(exc))
         elif len(head) < HEADER_READ:
             item.dataset = head[offset:]
         else:
@@ -381,11 +393,28 @@ class _Reader:
                     item.evicts.append(uid)
 
     def _spool(self, start: bytes, fh: IO[bytes]) -> Path:
+        """Copy a large data set into the spool folder; never left there partial (a bad zip
+        CRC, a full disk), never past ``max_dataset_size`` nor the free-space watermark (a zip
+        member's declared size may lie: the bytes written are what counts)."""
         self._spooled += 1
         target = self.spool_dir / f"spool-import-{self._spooled}"
-        with open(target, "wb") as out:
-            out.write(start)
-            shutil.copyfileobj(fh, out, 1 << 20)
+        try:
+            with open(target, "wb") as out:
+                out.write(start)
+                written = len(start)
+                while chunk := fh.read(SPOOL_CHUNK):
+                    written += len(chunk)
+                    if written > self.max_dataset:
+                        raise _Refused(f"data set larger than max_dataset_size "
+                                       f"({self.max_dataset} bytes)")
+                    self.space.note_written(len(chunk))
+                    if self.space.below_watermark():
+                        raise _Refused(f"{BELOW_WATERMARK} while spooling "
+                                       f"(min_free_space {self.space.min_free} bytes)")
+                    out.write(chunk)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         return target
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pydicom
@@ -15,6 +16,7 @@ from bench.bench_import import generate, sop_uid
 from pacs.config import Settings
 from pacs.importer import collect, import_command
 from tests.conftest import require_tool
+from tests.dicomgen import make_ct, write
 from tests.integration.archive_check import statistics, stored_instance
 from tests.integration.test_import import summary
 
@@ -89,3 +91,37 @@ def test_dicomdir_named_imports_its_set_and_reports_missing_files(
     assert sorted(found) == sorted(str(media / name) for name in names)
     assert sorted(reason for _, reason in missing) == [
         "referenced by DICOMDIR, missing", "referenced by DICOMDIR, outside its folder"]
+
+
+def test_failed_spool_leaves_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = tmp_path / "big.dcm"
+    write(make_ct(sop_uid="1.2.3.4.77", rows=256, columns=256), big)  # 128 KiB of pixels
+    archive = tmp_path / "src" / "set.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.write(big, "IMG/big.dcm")
+    raw = bytearray(archive.read_bytes())
+    raw[100_000] ^= 0xFF  # a damaged byte: the CRC check fails at the member's end
+    archive.write_bytes(raw)
+    settings = settings_for(tmp_path, spool_memory_limit=1024)
+    status, out = run_import(settings, tmp_path, [archive], capsys)
+    assert status == 1, out
+    assert b"Bad CRC-32" in report_rejected(tmp_path)[os.fsencode(f"{archive}!IMG/big.dcm")]
+    assert list(settings.spool_dir.rglob("spool-*")) == []
+
+
+def test_data_set_over_max_dataset_size_is_not_spooled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write(make_ct(sop_uid="1.2.3.4.78", rows=64, columns=64), src / "big.dcm")  # 8 KiB
+    with zipfile.ZipFile(src / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(src / "big.dcm", "IMG/big.dcm")
+    settings = settings_for(tmp_path, spool_memory_limit=1024, max_dataset_size=4096)
+    status, out = run_import(settings, tmp_path, [src], capsys)
+    assert status == 1, out
+    reasons = report_rejected(tmp_path)
+    limit = b"data set larger than max_dataset_size (4096 bytes)"
+    assert reasons == {os.fsencode(src / "big.dcm"): limit,
+                       os.fsencode(f"{src / 'bomb.zip'}!IMG/big.dcm"): limit}
+    assert statistics(tmp_path / "data")["instances"] == 0
