@@ -809,6 +809,13 @@ class Progress:
         self.stream.flush()
 
 
+def _printable(text: str, stream: IO[str]) -> str:
+    """``text`` as ``stream`` can encode it: a path that is not UTF-8 (an undecodable byte is a
+    lone surrogate) is shown escaped rather than failing the run after its work is done."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 def _checkpoint_error(writer: str, failures: int) -> str:
     return (f"writer {writer}: {failures} catalog checkpoint(s) failed: the index of this run "
             "may not be durable (an OS crash could lose entries); the next pacs import replays "
@@ -905,7 +912,8 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
     report_path = report or Path(f"import-report-{time.strftime('%Y%m%d-%H%M%S')}.txt")
     rejected.sort()
     try:
-        with open(report_path, "w", encoding="utf-8") as out:
+        # Paths come from os.fsdecode: a name that is not UTF-8 is written as its own bytes.
+        with open(report_path, "w", encoding="utf-8", errors="surrogateescape") as out:
             out.write(f"# pacs import into {settings.data_dir}: {summary}\n")
             if interrupted:
                 out.write("# interrupted: run the same command again to resume\n")
@@ -915,14 +923,15 @@ def import_command(settings: Settings, paths: list[Path], report: Path | None = 
             for name, reason in rejected:
                 out.write(f"{name}\t{reason}\n")
     except OSError as exc:
-        print(f"pacs: cannot write the report {report_path}: {exc.strerror}", file=sys.stderr)
+        print(_printable(f"pacs: cannot write the report {report_path}: {exc.strerror}",
+                         sys.stderr), file=sys.stderr)
     shown = 100
     for name, reason in rejected[:shown]:
-        print(f"rejected: {name}: {reason}")
+        print(_printable(f"rejected: {name}: {reason}", sys.stdout))
     if len(rejected) > shown:
         print(f"... and {len(rejected) - shown} more")
     print(summary)
-    print(f"report: {report_path}")
+    print(_printable(f"report: {report_path}", sys.stdout))
     # Not a success: the index may lack what this run reported imported until that replay.
     for writer, n in sorted(failed_checkpoints.items()):
         print(f"pacs: error: {_checkpoint_error(writer, n)}", file=sys.stderr)

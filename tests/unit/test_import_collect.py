@@ -125,3 +125,16 @@ def test_data_set_over_max_dataset_size_is_not_spooled(
     assert reasons == {os.fsencode(src / "big.dcm"): limit,
                        os.fsencode(f"{src / 'bomb.zip'}!IMG/big.dcm"): limit}
     assert statistics(tmp_path / "data")["instances"] == 0
+
+
+def test_report_of_a_file_name_that_is_not_utf8(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    generate(src, 1)
+    name = os.fsencode(src) + b"/r\xe9sum\xe9.txt"
+    with open(name, "wb") as fh:
+        fh.write(b"not dicom")
+    status, out = run_import(settings_for(tmp_path), tmp_path, [src], capsys)
+    assert status == 1, out
+    assert report_rejected(tmp_path) == {name: b"not a DICOM file (no DICM prefix)"}
+    assert "r\\udce9sum\\udce9.txt: not a DICOM file" in out  # printed, escaped
