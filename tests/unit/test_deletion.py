@@ -34,9 +34,9 @@ def test_the_catalog_is_synced_before_any_blob_goes(
         events.append("sync")
         real_sync()
 
-    def delete(location: str) -> None:
+    def delete(location: str, uid: str = "") -> None:
         events.append("delete")
-        real_delete(location)
+        real_delete(location, uid)
 
     monkeypatch.setattr(archive.catalog, "sync", sync)
     monkeypatch.setattr(archive.store, "delete", delete)
