@@ -48,7 +48,7 @@ def test_an_undeletable_replaced_blob_makes_the_catalog_durable_first(
         syncs.append("sync")
         real_sync()
 
-    def no_delete(location: str) -> None:
+    def no_delete(location: str, uid: str = "") -> None:
         raise StorageError(f"cannot write a tombstone for {location}: [Errno 28] No space")
 
     monkeypatch.setattr(archive.catalog, "sync", sync)
@@ -69,7 +69,7 @@ def test_a_replacement_that_cannot_be_made_durable_is_refused(
     first = make_ct()
     store(archive, first)
 
-    def no_delete(location: str) -> None:
+    def no_delete(location: str, uid: str = "") -> None:
         raise StorageError("[Errno 5] Input/output error")
 
     def no_sync() -> None:
