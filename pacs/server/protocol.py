@@ -573,14 +573,13 @@ class DicomProtocol(asyncio.BufferedProtocol):
         if self._closed or not self.association.may_send_p_data:
             log.info("%s %s: association gone before the response to message %s", self.peer,
                      self.calling_aet, request.command.message_id)
-        elif response.dataset is None:
-            self._write(self.association.send_command(request.context_id, response.command,
-                                                      False))
-            self._last_progress = self._loop.time()
-        else:  # e.g. a C-GET's Failed SOP Instance UID List
-            head = self.association.send_command(request.context_id, response.command, True)
-            self._write(head + self.association.send_dataset(request.context_id,
-                                                             response.dataset, last=True))
+        else:
+            dataset = response.dataset  # e.g. a C-GET's Failed SOP Instance UID List
+            out = self.association.send_command(request.context_id, response.command,
+                                                dataset is not None)
+            if dataset is not None:
+                out += self.association.send_dataset(request.context_id, dataset, last=True)
+            self._write(out)
             self._last_progress = self._loop.time()
 
     def _maybe_release(self) -> None:
