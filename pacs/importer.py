@@ -116,13 +116,13 @@ def collect(paths: Iterable[Path]) -> tuple[list[str], list[tuple[str, str]]]:
     seen_folders: set[tuple[int, int]] = set()
 
     def add(path: str) -> None:
-        key = os.path.normpath(os.path.abspath(path))
+        key = os.path.abspath(path)  # normalised too
         if key not in seen_files:
             seen_files.add(key)
             found.append(path)
 
     def add_dicomdir(path: str, named: bool) -> None:
-        if os.path.normpath(os.path.abspath(path)) not in seen_files:  # its list read once
+        if os.path.abspath(path) not in seen_files:  # its list read once
             _dicomdir(path, add, missing, named)
         add(path)
 
@@ -252,8 +252,12 @@ class _Refused(Exception):
 class _Reader:
     """Turns paths (and zip members) into ``_Item``s; runs on the producer thread."""
 
-    def __init__(self, archive: Archive, spool_limit: int, in_place: bool = False) -> None:
+    def __init__(self, archive: Archive, spool_limit: int, in_place: bool = False,
+                 journaled: dict[str, set[str]] | None = None) -> None:
         self.catalog = archive.catalog
+        # In place: path -> SOP Instance UIDs the journal holds there (``Journal.entries``),
+        # read once per run before the first file.
+        self.journaled = journaled or {}
         self.spool_dir = archive.spool_dir
         self.spool_limit = spool_limit
         self.in_place = in_place
@@ -367,10 +371,6 @@ class _Reader:
             with _read_only_ok():
                 fsync_dir(Path(folder))
             self._synced_folders.add(folder)
-
-    # In place: path -> SOP Instance UIDs the journal holds there (``Journal.entries``), read
-    # once per run before the first file.
-    journaled: dict[str, set[str]] = {}
 
     def _archived(self, uid: str, in_place: bool) -> bool:
         """Whether ``uid`` is indexed; in place, an entry naming a file now gone or of another
@@ -538,11 +538,10 @@ async def _import(
     base = slot * FIELDS
     handoff: queue.Queue[list[_Item] | None] = queue.Queue(maxsize=8)
     stop_reading = threading.Event()
-    reader = _Reader(archive, archive.settings.spool_memory_limit, in_place)
-    space = watermark(archive.settings)
     journal = external.Journal(archive.settings.blob_dir)
-    if in_place:
-        reader.journaled = journal.entries()
+    reader = _Reader(archive, archive.settings.spool_memory_limit, in_place,
+                     journal.entries() if in_place else None)
+    space = reader.space
 
     def produce() -> None:
         batch: list[_Item] = []

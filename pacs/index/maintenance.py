@@ -18,6 +18,7 @@ from pacs.store import digest as digests
 from pacs.store.base import BlobStore
 from pacs.store.crc import crc32
 from pacs.store.external import is_external
+from pacs.store.segments import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,10 @@ def verify(catalog: Catalog, store: BlobStore, check_digest: bool = True) -> Ver
     # instance is indexed elsewhere is a stale copy; without the key it can only be an orphan.
     # Listed with their keys in one go: a compaction may have moved records since the
     # instances were read, and a fresh lookup of the key tells which copy is indexed now.
-    iter_records = getattr(store, "iter_records", None)
     listing: list[tuple[str, str | None]]
-    if iter_records is not None:
-        listing = list(iter_records())
-        listing += [(loc, None) for loc in store.locations() if is_external(loc)]
+    if isinstance(store, SegmentStore):  # one scan of the segments, then the journal
+        listing = list(store.iter_records())
+        listing += [(loc, None) for loc in store.in_place_locations()]
     else:
         listing = [(loc, None) for loc in store.locations()]
     # A copy is stale (harmless) only while the indexed copy of its instance is whole: the

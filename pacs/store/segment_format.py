@@ -211,8 +211,9 @@ def tombstone_location(data: bytes) -> str | None:
         return None
 
 
-def _decode_tombstones(raw: bytes, count: int, pos: int = 0) -> list[str]:
+def _decode_tombstones(raw: bytes, count: int) -> list[str]:
     out: list[str] = []
+    pos = 0
     for _ in range(count):
         (n,) = _TOMB_ENTRY.unpack_from(raw, pos)
         if pos + 2 + n > len(raw):

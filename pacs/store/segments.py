@@ -1241,6 +1241,7 @@ class SegmentStore:
         # A record compaction copied is dead when any copy is (a crash between relocate and
         # unlink, then a delete of the copy): our records are origins, named by their copies.
         killed = self._origins_of_dead_copies(set(self._dead))
+        known_dead = self._dead | killed  # once, not per segment
         for name in self._own_segments():
             parsed = fmt.parse_segment_name(name)
             if start is not None and parsed is not None and parsed[1] < start[1]:
@@ -1251,10 +1252,10 @@ class SegmentStore:
                 raise StorageError(f"cannot scan segment {name}: {exc}") from exc
             if index is None:
                 continue
-            dead = self._dead | set(index.tombstones) | killed
+            tombstones = set(index.tombstones)
             for data_offset, length, key in index.records:
                 location = fmt.format_location(name, data_offset, length)
-                if location not in dead:
+                if location not in known_dead and location not in tombstones:
                     yield location, key
 
     def _origins_of_dead_copies(self, dead: set[str]) -> set[str]:
@@ -1282,7 +1283,11 @@ class SegmentStore:
         in-place file's."""
         for location, _key in self.iter_records():
             yield location
-        yield from self._external.locations()
+        yield from self.in_place_locations()
+
+    def in_place_locations(self) -> Iterator[str]:
+        """Every in-place file's location (``pacs import --in-place``), from its journal."""
+        return self._external.locations()
 
     def segment_stats(self) -> list[SegmentStat]:
         """Per segment: size, blob bytes and tombstoned bytes (for a compaction threshold)."""
