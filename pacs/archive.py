@@ -26,7 +26,7 @@ from pacs.writers import (
     drop_replay_all_marker,
     leave_clean_marker,
     leave_replay_all_marker,
-    lock_writer,
+    lock_first_free,
     must_replay_all,
     swap_boot_id,
     take_clean_marker,
@@ -63,23 +63,21 @@ def _open_tool_store(settings: Settings) -> ToolSegmentStore:
     each other's tombstones) and cut each other's unsynced records as torn tails at open; the
     lock (``state/<writer>.lock``) is taken before the open recovers the writer's segments.
     """
-    for n in range(TOOL_WRITERS):
-        writer = tool_writer_id(n)
-        fd = lock_writer(settings.state_dir, writer)
-        if fd is None:
-            continue  # another tool runs with it
-        try:
-            store = ToolSegmentStore(settings.blob_dir, writer_id=writer,
-                                     segment_size=settings.segment_size,
-                                     prefill=settings.segment_prefill,
-                                     direct_min=settings.segment_direct_min)
-        except BaseException:
-            os.close(fd)
-            raise
-        store.lock_fd = fd
-        return store
-    raise StorageError(f"every maintenance tool writer of {settings.data_dir} (tool.."
-                       f"{tool_writer_id(TOOL_WRITERS - 1)}) is in use")
+    held = lock_first_free(settings.state_dir, map(tool_writer_id, range(TOOL_WRITERS)))
+    if held is None:
+        raise StorageError(f"every maintenance tool writer of {settings.data_dir} (tool.."
+                           f"{tool_writer_id(TOOL_WRITERS - 1)}) is in use")
+    writer, fd = held
+    try:
+        store = ToolSegmentStore(settings.blob_dir, writer_id=writer,
+                                 segment_size=settings.segment_size,
+                                 prefill=settings.segment_prefill,
+                                 direct_min=settings.segment_direct_min)
+    except BaseException:
+        os.close(fd)
+        raise
+    store.lock_fd = fd
+    return store
 
 
 def open_store(settings: Settings, worker_id: int = 0, writer_id: str | None = None) -> BlobStore:

@@ -51,7 +51,7 @@ from pacs.errors import DicomFormatError, IngestError, PacsError
 from pacs.index.records import InstanceRecord
 from pacs.store import digest as blob_digest
 from pacs.store import external
-from pacs.writers import lock_writer, stale_writers
+from pacs.writers import lock_first_free, lock_writer, stale_writers
 
 if TYPE_CHECKING:
     from pacs.archive import Archive
@@ -489,11 +489,10 @@ def _in_place(item: _Item, fh: IO[bytes], head: bytes, offset: int) -> _Item:
 
 def _lock_writer(settings: Settings, first: int) -> tuple[str, int]:
     """A free import writer name (``importN``) and the descriptor holding its lock."""
-    for step in range(MAX_WRITERS):
-        writer = f"import{(first + step) % MAX_WRITERS}"
-        fd = lock_writer(settings.state_dir, writer)
-        if fd is not None:
-            return writer, fd
+    held = lock_first_free(settings.state_dir, (f"import{(first + step) % MAX_WRITERS}"
+                                                for step in range(MAX_WRITERS)))
+    if held is not None:
+        return held
     raise PacsError(f"every import writer (import0..import{MAX_WRITERS - 1}) is busy")
 
 

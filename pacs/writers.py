@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from pacs.store.files import fsync_dir
@@ -56,6 +56,16 @@ def lock_writer(state_dir: Path, writer_id: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def lock_first_free(state_dir: Path, writer_ids: Iterable[str]) -> tuple[str, int] | None:
+    """The first of ``writer_ids`` no process holds, locked: (its id, the descriptor holding
+    the lock); None when every one is held."""
+    for writer_id in writer_ids:
+        fd = lock_writer(state_dir, writer_id)
+        if fd is not None:
+            return writer_id, fd
+    return None
 
 
 def clean_marker(state_dir: Path, writer_id: str) -> Path:
