@@ -30,7 +30,7 @@ import operator
 import os
 import re
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pacs.store.crc import crc32
@@ -363,6 +363,27 @@ def dead_in(index: SegmentIndex, locations: list[str]) -> list[int]:
     return out
 
 
+def by_segment(locations: Iterable[str]) -> dict[str, list[str]]:
+    """Segment name -> the ``locations`` in it."""
+    out: dict[str, list[str]] = {}
+    for location in locations:
+        out.setdefault(location.partition(":")[0], []).append(location)
+    return out
+
+
+def dead_origins(compact: Mapping[str, SegmentIndex], sources: Mapping[str, list[str]],
+                 dead: set[str]) -> set[str]:
+    """The origins of dead groups: those ``dead`` names, and those of the copies it names, in
+    the ``compact`` segments whose decoded ``sources`` are given."""
+    pointing = by_segment(dead)
+    origins: set[str] = set()
+    for name, named in sources.items():
+        origins.update(dead.intersection(named))
+        if name in pointing:
+            origins.update(named[i] for i in dead_in(compact[name], pointing[name]))
+    return origins
+
+
 def copy_groups(indexes: Mapping[str, SegmentIndex], dead: set[str]) -> dict[str, list[str]]:
     """Location -> every location holding a copy of the same record (one put that compaction
     copied, maybe again and again) and its origin, itself included; only for the records with
@@ -375,17 +396,8 @@ def copy_groups(indexes: Mapping[str, SegmentIndex], dead: set[str]) -> dict[str
     compact = {name: index for name, index in indexes.items() if index.source_section}
     if not compact or not dead:  # no compact segment (or only ones written before origins)
         return {}
-    pointing: dict[str, list[str]] = {}
-    for location in dead:
-        name = location.partition(":")[0]
-        if name in compact:
-            pointing.setdefault(name, []).append(location)
     sources = {name: index.sources() for name, index in compact.items()}  # while it runs only
-    origins: set[str] = set()
-    for name, named in sources.items():
-        origins.update(dead.intersection(named))
-        if name in pointing:
-            origins.update(named[i] for i in dead_in(compact[name], pointing[name]))
+    origins = dead_origins(compact, sources, dead)
     if not origins:
         return {}
     groups: dict[str, list[str]] = {origin: [origin] for origin in origins}

@@ -1261,22 +1261,19 @@ class SegmentStore:
     def _origins_of_dead_copies(self, dead: set[str]) -> set[str]:
         """The origins named by the copies ``dead`` names (reads only the compact segments it
         points into)."""
-        pointing: dict[str, list[str]] = {}
-        for location in dead:
-            name = location.partition(":")[0]
+        compact: dict[str, fmt.SegmentIndex] = {}
+        for name in sorted(fmt.by_segment(dead)):
             parsed = fmt.parse_segment_name(name)
-            if parsed is not None and parsed[0] == fmt.COMPACT_OWNER:
-                pointing.setdefault(name, []).append(location)
-        origins: set[str] = set()
-        for name, locations in sorted(pointing.items()):
+            if parsed is None or parsed[0] != fmt.COMPACT_OWNER:
+                continue
             try:
                 index = self._scan(name)
             except OSError as exc:
                 raise StorageError(f"cannot scan segment {name}: {exc}") from exc
             if index is not None and index.source_section:
-                sources = index.sources()
-                origins.update(sources[i] for i in fmt.dead_in(index, locations))
-        return origins
+                compact[name] = index
+        sources = {name: index.sources() for name, index in compact.items()}
+        return fmt.dead_origins(compact, sources, dead)
 
     def locations(self) -> Iterator[str]:
         """Every live blob's location (for ``pacs reindex`` and ``pacs verify``), then every
